@@ -1,0 +1,143 @@
+"""`adcache`: the one command-line entry point (click for parsing, rich for tables and progress).
+
+Every command that talks to Redis takes `--url` (default: $REDIS_URL) and `--cluster/--no-cluster`
+(default: ask the server). Exit codes: 0 ok, 1 drift or failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from adcache_loader import deploy as deploy_mod
+from adcache_loader.render import RenderError, write
+
+console = Console()
+
+url_option = click.option(
+    "--url",
+    envvar="REDIS_URL",
+    required=True,
+    help="Redis URL of the server or of any cluster node (redis://, rediss://); default $REDIS_URL.",
+)
+cluster_option = click.option(
+    "--cluster/--no-cluster",
+    default=None,
+    help="Treat the URL as a cluster seed (default: detect).",
+)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done.")
+def main(verbose: bool) -> None:
+    """adcache: deploy and operate the adcache Redis Functions library."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when a rendered file is stale.")
+def render(check: bool) -> None:
+    """Render lua/ into functions/adcache.lua, the generated Python and docs/FUNCTIONS.md."""
+    try:
+        stale = write(check=check)
+    except RenderError as e:
+        console.print(f"[red]render failed:[/] {e}")
+        sys.exit(1)
+    if check and stale:
+        for p in stale:
+            console.print(f"[red]stale:[/] {p}")
+        console.print("run `adcache render` (or `make render`) and commit the result")
+        sys.exit(1)
+    for p in stale:
+        console.print(f"wrote {p}")
+    if not stale:
+        console.print("rendered files are up to date")
+
+
+def _status_table(statuses: list[deploy_mod.NodeStatus]) -> Table:
+    table = Table(title="adcache library per node")
+    for col in ("node", "role", "state", "version", "sha256", "detail"):
+        table.add_column(col)
+    colors = {"ok": "green", "stale": "yellow", "missing": "red", "error": "red"}
+    for s in statuses:
+        table.add_row(
+            s.node, s.role, f"[{colors[s.state]}]{s.state}[/]", s.version, s.sha256[:12], s.detail
+        )
+    return table
+
+
+@main.command()
+@url_option
+@cluster_option
+def deploy(url: str, cluster: bool | None) -> None:
+    """Load the library on the server or on every primary of the cluster, then verify."""
+    with console.status("deploying adcache..."):
+        statuses = deploy_mod.deploy(
+            url, cluster, progress=lambda n: console.print(f"loaded on {n}")
+        )
+    console.print(_status_table(statuses))
+    if not all(s.in_sync for s in statuses):
+        sys.exit(1)
+
+
+@main.command()
+@url_option
+@cluster_option
+def verify(url: str, cluster: bool | None) -> None:
+    """Report per node whether the deployed library is ok, stale or missing (exit 1 on drift)."""
+    statuses = deploy_mod.verify(url, cluster)
+    console.print(_status_table(statuses))
+    if not all(s.in_sync for s in statuses):
+        console.print("[red]drift:[/] run `adcache deploy` to bring every node in line")
+        sys.exit(1)
+
+
+@main.command()
+@url_option
+@cluster_option
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def dump(url: str, cluster: bool | None, path: Path) -> None:
+    """Back up the deployed functions (FUNCTION DUMP) to PATH."""
+    payload = deploy_mod.dump(url, cluster)
+    path.write_bytes(payload)
+    console.print(f"wrote {len(payload)} bytes to {path}")
+
+
+@main.command()
+@url_option
+@cluster_option
+@click.option(
+    "--policy",
+    type=click.Choice(["REPLACE", "FLUSH", "APPEND"]),
+    default="REPLACE",
+    show_default=True,
+)
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def restore(url: str, cluster: bool | None, policy: str, path: Path) -> None:
+    """Restore functions from a FUNCTION DUMP file on every primary."""
+    done = deploy_mod.restore(url, path.read_bytes(), cluster, policy)
+    console.print(f"restored on {', '.join(done)}")
+
+
+@main.command()
+@click.option(
+    "--url", envvar="REDIS_URL", default=None, help="Use this Redis instead of a throwaway one."
+)
+def demo(url: str | None) -> None:
+    """A short tour: start a throwaway Redis (unless --url/$REDIS_URL), deploy, run a scenario."""
+    from adcache_loader.demo import run_demo
+
+    sys.exit(run_demo(url, console))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,280 @@
+"""The asyncio adcache client: the twin of `adcache.client.AdCache`, with the same names.
+
+Wraps `redis.asyncio.Redis` or `redis.asyncio.RedisCluster`. On a cluster every FCALL goes
+straight to the node that owns the slot of its hash tag; `run_many` sends one pipeline per node,
+all nodes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from adcache._core import Arg, Call, check_library_reply, str_pairs, translate_error
+from adcache._generated import AdCacheError, LibraryMissingError
+from adcache.facades import AsyncFacades
+
+log = logging.getLogger("adcache")
+T = TypeVar("T")
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
+
+__all__ = ["AdCache"]
+
+
+class AdCache(AsyncFacades):
+    """Asyncio twin of `adcache.AdCache`; see that class for the options."""
+
+    def __init__(
+        self,
+        client: aredis.Redis | RedisCluster,
+        *,
+        auto_deploy: bool = False,
+        verify_library: bool = True,
+        read_from_replicas: bool = False,
+        max_attempts: int = 5,
+    ) -> None:
+        self.redis = client
+        self.is_cluster = isinstance(client, RedisCluster)
+        self.auto_deploy = auto_deploy
+        self.verify_library = verify_library
+        self.read_from_replicas = read_from_replicas
+        self.max_attempts = max_attempts
+        self._verified: set[str] = set()
+        if self.is_cluster:
+            self._name = ""
+        else:
+            kw = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+            self._name = str(kw["path"]) if "path" in kw else f"{kw.get('host')}:{kw.get('port')}"
+        self._attach_facades()
+
+    @classmethod
+    async def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
+        if cluster is None:
+            probe = aredis.Redis.from_url(url)
+            try:
+                cluster = str((await probe.info("cluster")).get("cluster_enabled", 0)) == "1"
+            finally:
+                await probe.aclose()
+        client: aredis.Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(url)
+            await client.initialize()
+        else:
+            client = aredis.Redis.from_url(url)
+        return cls(client, **kwargs)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # ---- routing ----
+
+    async def _ensure_initialized(self) -> None:
+        rc = self.redis
+        if isinstance(rc, RedisCluster) and not rc.nodes_manager.slots_cache:
+            await rc.initialize()
+
+    def _node_for(self, call: Call[Any]) -> ClusterNode | None:
+        if not self.is_cluster:
+            return None
+        rc: RedisCluster = self.redis  # type: ignore[assignment]
+        slot = call.slot
+        if slot is None:
+            return random.choice(rc.get_primaries())
+        return rc.nodes_manager.get_node_from_slot(slot, self.read_from_replicas and call.readonly)
+
+    async def _send(self, node: ClusterNode | None, *cmd: Arg) -> Any:
+        if node is None:
+            return await self.redis.execute_command(*cmd)
+        return await node.execute_command(*cmd)
+
+    async def _send_many(
+        self, node: ClusterNode | None, cmds: list[tuple[Arg, ...]], *, asking: bool = False
+    ) -> list[Any]:
+        """Several commands on one connection, written at once; errors are returned in place."""
+        if node is None:
+            pipe = self.redis.pipeline(transaction=False)
+            for c in cmds:
+                pipe.execute_command(*c)
+            return list(await pipe.execute(raise_on_error=False))
+        conn = node.acquire_connection()
+        try:
+            allc = [("ASKING",), *cmds] if asking else cmds
+            await conn.send_packed_command(conn.pack_commands(allc))
+            out: list[Any] = []
+            for _ in allc:
+                try:
+                    out.append(await conn.read_response())
+                except ResponseError as e:
+                    out.append(e)
+            return out[1:] if asking else out
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            node.release(conn)
+
+    async def _refresh_topology(self) -> None:
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.nodes_manager.initialize()
+
+    # ---- library checks ----
+
+    async def _deploy_on(self, name: str, node: ClusterNode | None) -> None:
+        from adcache_loader.paths import library_source
+
+        log.warning("adcache library missing on %s: loading it (auto_deploy)", name)
+        await self._send(node, "FUNCTION", "LOAD", "REPLACE", library_source())
+
+    async def _verify(self, name: str, node: ClusterNode | None) -> None:
+        try:
+            reply = await self._send(node, "FCALL_RO", "ac_version", 0)
+        except ResponseError as e:
+            err = translate_error(e, name)
+            if isinstance(err, LibraryMissingError) and self.auto_deploy:
+                await self._deploy_on(name, node)
+                reply = await self._send(node, "FCALL_RO", "ac_version", 0)
+            else:
+                raise err from e
+        check_library_reply(reply, name)
+        self._verified.add(name)
+
+    async def library_info(self) -> dict[str, dict[str, str]]:
+        await self._ensure_initialized()
+        targets: list[tuple[str, ClusterNode | None]]
+        if isinstance(self.redis, RedisCluster):
+            targets = [(n.name, n) for n in self.redis.get_primaries()]
+        else:
+            targets = [(self._name, None)]
+        out = {}
+        for name, node in targets:
+            try:
+                out[name] = str_pairs(await self._send(node, "FCALL_RO", "ac_version", 0))
+            except ResponseError as e:
+                raise translate_error(e, name) from e
+        return out
+
+    # ---- calls ----
+
+    async def run(self, call: Call[T]) -> T:
+        return call.parse(await self.fcall(call))
+
+    async def fcall(self, call: Call[Any]) -> Any:
+        await self._ensure_initialized()
+        cmd = call.command()
+        deployed = False
+        ask_node: ClusterNode | None = None
+        for attempt in range(self.max_attempts):
+            node = self._node_for(call)
+            name = node.name if node is not None else self._name
+            try:
+                if self.verify_library and name not in self._verified:
+                    await self._verify(name, node)
+                if ask_node is not None:
+                    name = ask_node.name
+                    reply = (await self._send_many(ask_node, [cmd], asking=True))[0]
+                    if isinstance(reply, Exception):
+                        raise reply
+                    return reply
+                return await self._send(node, *cmd)
+            except MovedError as e:
+                await self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
+            except AskError as e:
+                ask_node = self.redis.get_node(host=e.host, port=e.port)  # type: ignore[union-attr]
+                if ask_node is None:
+                    await self._refresh_topology()
+                continue
+            except TryAgainError:
+                await asyncio.sleep(0.05 * (attempt + 1))
+            except _TRANSIENT as e:
+                if not self.is_cluster or attempt == self.max_attempts - 1:
+                    raise
+                log.info(
+                    "adcache: %s on %s, refreshing topology (attempt %d)", e, name, attempt + 1
+                )
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+                await self._refresh_topology()
+            except ResponseError as e:
+                err = translate_error(e, name)
+                if isinstance(err, LibraryMissingError):
+                    self._verified.discard(name)
+                    if self.auto_deploy and not deployed:
+                        deployed = True
+                        await self._deploy_on(name, node)
+                        continue
+                raise err from e
+            ask_node = None
+        raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
+
+    async def run_many(
+        self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Many calls, one pipeline per node, all nodes concurrently; results in call order."""
+        await self._ensure_initialized()
+        groups: dict[str, tuple[ClusterNode | None, list[int]]] = {}
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for i, call in enumerate(calls):
+            node = self._node_for(call)
+            name = node.name if node is not None else self._name
+            by_node[name].append(i)
+            groups[name] = (node, by_node[name])
+        results: list[Any] = [None] * len(calls)
+
+        async def one(name: str, node: ClusterNode | None, idxs: list[int]) -> None:
+            try:
+                if self.verify_library and name not in self._verified:
+                    await self._verify(name, node)
+                replies = await self._send_many(node, [calls[i].command() for i in idxs])
+            except _TRANSIENT:
+                if not self.is_cluster:
+                    raise
+                await self._refresh_topology()
+                replies = [_REDO] * len(idxs)
+            for i, reply in zip(idxs, replies, strict=True):
+                results[i] = await self._settle(calls[i], name, reply)
+
+        await asyncio.gather(*(one(n, node, idxs) for n, (node, idxs) in groups.items()))
+        if raise_on_error:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+        return results
+
+    async def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
+        if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError, *_TRANSIENT)):
+            try:
+                return await self.run(call)
+            except Exception as e:
+                return e
+        if isinstance(reply, ResponseError):
+            err = translate_error(reply, name)
+            if isinstance(err, LibraryMissingError) and self.auto_deploy:
+                try:
+                    return await self.run(call)
+                except Exception as e:
+                    return e
+            return err
+        try:
+            return call.parse(reply)
+        except Exception as e:
+            return e
+
+
+_REDO = object()  # a pipelined call whose node failed as a whole: retried on its own

@@ -1,0 +1,266 @@
+"""The synchronous adcache client: one FCALL per operation, sent straight to the owning node.
+
+`AdCache` wraps a redis-py `Redis` or `RedisCluster`. On a cluster it computes the slot from the
+key's hash tag and sends the FCALL to that node's connection itself: plain `RedisCluster.fcall`
+would first ask a server `COMMAND GETKEYS`, doubling the round trips. MOVED, ASK, TRYAGAIN and
+connection errors are handled here, with a topology refresh and bounded retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from adcache._core import Call, check_library_reply, translate_error
+from adcache._generated import AdCacheError, LibraryMissingError
+from adcache.facades import SyncFacades
+
+log = logging.getLogger("adcache")
+T = TypeVar("T")
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
+
+
+def _standalone_name(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return str(kw["path"])
+    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+
+
+class AdCache(SyncFacades):
+    """Typed access to the adcache library on a standalone Redis or a Redis Cluster.
+
+    auto_deploy: when a node has no library (a primary restarted without persistence, a shard
+    added by other means), load the bundled library there and retry once. Needs a user allowed to
+    run FUNCTION LOAD.
+    verify_library: check `ac_version` once per node before its first call, and refuse a library
+    older than this client needs.
+    read_from_replicas: send read-only functions (FCALL_RO) to replicas too (cluster only).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        *,
+        auto_deploy: bool = False,
+        verify_library: bool = True,
+        read_from_replicas: bool = False,
+        max_attempts: int = 5,
+    ) -> None:
+        self.redis = client
+        self.is_cluster = isinstance(client, RedisCluster)
+        self.auto_deploy = auto_deploy
+        self.verify_library = verify_library
+        self.read_from_replicas = read_from_replicas
+        self.max_attempts = max_attempts
+        self._verified: set[str] = set()
+        self._lock = threading.Lock()
+        self._name = "" if self.is_cluster else _standalone_name(client)  # type: ignore[arg-type]
+        self._attach_facades()
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
+        """Connect to `url`; `cluster=None` asks the server whether it is a cluster node."""
+        if cluster is None:
+            probe = redis.Redis.from_url(url)
+            try:
+                cluster = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+            finally:
+                probe.close()
+        client: redis.Redis | RedisCluster
+        client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+        return cls(client, **kwargs)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # ---- routing ----
+
+    def _node_for(self, call: Call[Any]) -> tuple[str, redis.Redis]:
+        if not self.is_cluster:
+            return self._name, self.redis  # type: ignore[return-value]
+        rc: RedisCluster = self.redis  # type: ignore[assignment]
+        slot = call.slot
+        node: ClusterNode
+        if slot is None:
+            node = random.choice(rc.get_primaries())
+        else:
+            node = rc.nodes_manager.get_node_from_slot(
+                slot, self.read_from_replicas and call.readonly
+            )
+        return node.name, rc.get_redis_connection(node)
+
+    def _refresh_topology(self) -> None:
+        if self.is_cluster:
+            self.redis.nodes_manager.initialize()  # type: ignore[union-attr]
+
+    # ---- library checks ----
+
+    def _deploy_on(self, name: str, client: redis.Redis) -> None:
+        from adcache_loader.paths import library_source
+
+        log.warning("adcache library missing on %s: loading it (auto_deploy)", name)
+        client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+
+    def _verify(self, name: str, client: redis.Redis) -> None:
+        try:
+            reply = client.execute_command("FCALL_RO", "ac_version", 0)
+        except ResponseError as e:
+            err = translate_error(e, name)
+            if isinstance(err, LibraryMissingError) and self.auto_deploy:
+                self._deploy_on(name, client)
+                reply = client.execute_command("FCALL_RO", "ac_version", 0)
+            else:
+                raise err from e
+        check_library_reply(reply, name)
+        with self._lock:
+            self._verified.add(name)
+
+    def library_info(self) -> dict[str, dict[str, str]]:
+        """`ac_version` of every primary (standalone: the one server), by node name."""
+        from adcache._core import str_pairs
+
+        targets: list[tuple[str, redis.Redis]]
+        if self.is_cluster:
+            rc: RedisCluster = self.redis  # type: ignore[assignment]
+            targets = [(n.name, rc.get_redis_connection(n)) for n in rc.get_primaries()]
+        else:
+            targets = [(self._name, self.redis)]  # type: ignore[list-item]
+        out = {}
+        for name, client in targets:
+            try:
+                out[name] = str_pairs(client.execute_command("FCALL_RO", "ac_version", 0))
+            except ResponseError as e:
+                raise translate_error(e, name) from e
+        return out
+
+    # ---- calls ----
+
+    def run(self, call: Call[T]) -> T:
+        """Execute one call (one round trip on the owning node) and parse its reply."""
+        return call.parse(self.fcall(call))
+
+    def fcall(self, call: Call[Any]) -> Any:
+        """Execute one call and return the raw reply, with redirects and retries handled."""
+        cmd = call.command()
+        deployed = False
+        ask_node: ClusterNode | None = None
+        for attempt in range(self.max_attempts):
+            name, client = self._node_for(call)
+            try:
+                if self.verify_library and name not in self._verified:
+                    self._verify(name, client)
+                if ask_node is not None:
+                    name = ask_node.name
+                    client = self.redis.get_redis_connection(ask_node)  # type: ignore[union-attr]
+                    pipe = client.pipeline(transaction=False)
+                    pipe.execute_command("ASKING")
+                    pipe.execute_command(*cmd)
+                    return pipe.execute()[1]
+                return client.execute_command(*cmd)
+            except MovedError as e:
+                self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
+            except AskError as e:
+                ask_node = self.redis.get_node(host=e.host, port=e.port)  # type: ignore[union-attr]
+                if ask_node is None:
+                    self._refresh_topology()
+                continue
+            except TryAgainError:
+                time.sleep(0.05 * (attempt + 1))
+            except _TRANSIENT as e:
+                if not self.is_cluster or attempt == self.max_attempts - 1:
+                    raise
+                log.info(
+                    "adcache: %s on %s, refreshing topology (attempt %d)", e, name, attempt + 1
+                )
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+                self._refresh_topology()
+            except ResponseError as e:
+                err = translate_error(e, name)
+                if isinstance(err, LibraryMissingError):
+                    with self._lock:
+                        self._verified.discard(name)
+                    if self.auto_deploy and not deployed:
+                        deployed = True
+                        self._deploy_on(name, client)
+                        continue
+                raise err from e
+            ask_node = None
+        raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
+
+    def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
+        """Execute many calls with one pipeline per node (one round per node).
+
+        Results come back in the order of `calls`. With raise_on_error=False a failed call's slot
+        holds its exception instead of raising the first one.
+        """
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for i, call in enumerate(calls):
+            name, client = self._node_for(call)
+            by_node[name].append(i)
+            groups[name] = (client, by_node[name])
+        results: list[Any] = [None] * len(calls)
+        for name, (client, idxs) in groups.items():
+            try:
+                if self.verify_library and name not in self._verified:
+                    self._verify(name, client)
+                pipe = client.pipeline(transaction=False)
+                for i in idxs:
+                    pipe.execute_command(*calls[i].command())
+                replies = pipe.execute(raise_on_error=False)
+            except _TRANSIENT:
+                if not self.is_cluster:
+                    raise
+                self._refresh_topology()
+                replies = [_Redo()] * len(idxs)
+            for i, reply in zip(idxs, replies, strict=True):
+                results[i] = self._settle(calls[i], name, reply)
+        if raise_on_error:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+        return results
+
+    def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
+        # Redirects and lost connections inside a pipeline are retried one by one.
+        if isinstance(reply, (_Redo, MovedError, AskError, TryAgainError, *_TRANSIENT)):
+            try:
+                return self.run(call)
+            except Exception as e:
+                return e
+        if isinstance(reply, ResponseError):
+            err = translate_error(reply, name)
+            if isinstance(err, LibraryMissingError) and self.auto_deploy:
+                try:
+                    return self.run(call)
+                except Exception as e:
+                    return e
+            return err
+        try:
+            return call.parse(reply)
+        except Exception as e:
+            return e
+
+
+class _Redo:
+    """Marks a pipelined call whose node failed as a whole: it is retried on its own."""

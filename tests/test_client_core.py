@@ -1,0 +1,157 @@
+"""Client core: one round trip per call on a cluster (no COMMAND GETKEYS), error mapping, library
+checks (missing, older, auto_deploy), and redirects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from adcache import AdCache, LibraryMissingError, LibraryVersionError, aio
+from adcache import _generated as keys
+from adcache_loader.paths import library_source
+from adcache_loader.render import render
+from adcache_loader.servers import LocalCluster, RedisServer
+
+
+def _commandstats(clients: list[redis.Redis]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in clients:
+        for name, st in c.info("commandstats").items():
+            total[name] = total.get(name, 0) + int(st["calls"])
+    return total
+
+
+def _primary_clients(cluster: LocalCluster) -> list[redis.Redis]:
+    return [p.client() for p in cluster.primaries]
+
+
+def test_cluster_calls_cost_no_command_getkeys(
+    ac_cluster: AdCache, lib_cluster: LocalCluster, uid: str
+) -> None:
+    ids = [f"{uid}-{i}" for i in range(30)]
+    ac_cluster.sessions.get_many(ids)  # the one-time library check of every node happens here
+    for p in _primary_clients(lib_cluster):
+        p.config_resetstat()
+    for sid in ids[1:]:
+        ac_cluster.sessions.create(sid, "u", idle_ttl=60, max_lifetime=60)
+        ac_cluster.sessions.get(sid)
+    stats = _commandstats(_primary_clients(lib_cluster))
+    assert stats.get("cmdstat_command|getkeys", 0) == 0
+    assert stats.get("cmdstat_fcall") == 29 and stats.get("cmdstat_fcall_ro") == 29
+
+    # The check can fail: plain redis-py RedisCluster.fcall does ask for the keys first.
+    plain = lib_cluster.client()
+    try:
+        plain.fcall("ac_session_get", 1, keys.session(ids[1]))
+    finally:
+        plain.close()
+    assert _commandstats(_primary_clients(lib_cluster)).get("cmdstat_command|getkeys", 0) >= 1
+
+
+async def test_async_cluster_calls_cost_no_command_getkeys(
+    aac_cluster: aio.AdCache, lib_cluster: LocalCluster, uid: str
+) -> None:
+    await aac_cluster.sessions.create(uid, "warm", idle_ttl=60, max_lifetime=60)
+    for other in range(10):  # touch every node once so library checks are done
+        await aac_cluster.sessions.get(f"{uid}-{other}")
+    for p in _primary_clients(lib_cluster):
+        p.config_resetstat()
+    for i in range(20):
+        await aac_cluster.sessions.get(f"{uid}-{i}")
+    await aac_cluster.sessions.get_many([f"{uid}-{i}" for i in range(20)])
+    stats = _commandstats(_primary_clients(lib_cluster))
+    assert stats.get("cmdstat_command|getkeys", 0) == 0
+    assert stats.get("cmdstat_fcall_ro") == 40
+
+
+@pytest.fixture
+def bare_server(redis_binary: str) -> Iterator[RedisServer]:
+    server = RedisServer(redis_binary).start()
+    yield server
+    server.stop()
+
+
+def test_missing_library_names_the_node_and_how_to_deploy(
+    bare_server: RedisServer, uid: str
+) -> None:
+    cache = AdCache(bare_server.client())
+    with pytest.raises(LibraryMissingError) as e:
+        cache.sessions.get(uid)
+    assert f"{bare_server.port}" in str(e.value) and "adcache deploy" in str(e.value)
+    assert e.value.node and str(bare_server.port) in e.value.node
+
+
+def test_auto_deploy_loads_the_library_and_retries(bare_server: RedisServer, uid: str) -> None:
+    cache = AdCache(bare_server.client(), auto_deploy=True)
+    assert cache.sessions.get(uid) is None
+    # A restart without persistence loses functions: the verified client notices and reloads.
+    bare_server.client().function_flush()
+    cache.sessions.create(uid, "u", idle_ttl=10, max_lifetime=10)
+    assert cache.sessions.get(uid) is not None
+
+
+def test_library_lost_after_verification_raises_without_auto_deploy(
+    bare_server: RedisServer, uid: str
+) -> None:
+    bare_server.client().function_load(library_source(), replace=True)
+    cache = AdCache(bare_server.client())
+    assert cache.sessions.get(uid) is None
+    bare_server.client().function_flush()
+    with pytest.raises(LibraryMissingError):
+        cache.sessions.get(uid)
+
+
+def test_older_library_is_refused(bare_server: RedisServer, uid: str) -> None:
+    old = render().source.replace("local LIBRARY_VERSION = '", "local LIBRARY_VERSION = '0.0.0-", 1)
+    old = old.replace("'0.0.0-" + keys.LIBRARY_VERSION + "'", "'0.0.1'")
+    bare_server.client().function_load(old, replace=True)
+    with pytest.raises(LibraryVersionError, match=r"0\.0\.1"):
+        AdCache(bare_server.client()).sessions.get(uid)
+
+
+async def test_async_auto_deploy(bare_server: RedisServer, uid: str) -> None:
+    import redis.asyncio as aredis
+
+    cache = aio.AdCache(aredis.Redis(port=bare_server.port), auto_deploy=True)
+    try:
+        await cache.sessions.create(uid, "u", idle_ttl=10, max_lifetime=10)
+        assert (await cache.sessions.get(uid)) is not None
+    finally:
+        await cache.aclose()
+
+
+def test_auto_deploy_on_a_cluster_shard_without_library(redis_binary: str, uid: str) -> None:
+    with LocalCluster(3, binary=redis_binary) as cl:
+        from adcache_loader.deploy import deploy
+
+        deploy(cl.seed_url)
+        cl.primaries[1].client().function_flush()  # one shard lost its functions
+        cache = AdCache(cl.client(), auto_deploy=True)
+        ids = [f"{uid}-{i}" for i in range(30)]
+        for sid in ids:
+            cache.sessions.create(sid, "u", idle_ttl=10, max_lifetime=10)
+        assert all(cache.sessions.get_many(ids))
+        strict = AdCache(cl.client())
+        cl.primaries[2].client().function_flush()
+        with pytest.raises(LibraryMissingError, match=str(cl.primaries[2].port)):
+            strict.sessions.get_many(ids)
+
+
+def test_moved_slot_is_followed(redis_binary: str, uid: str) -> None:
+    """After slots move to a new primary the client follows MOVED and keeps working."""
+    with LocalCluster(3, binary=redis_binary) as cl:
+        from adcache_loader.deploy import deploy
+
+        deploy(cl.seed_url)
+        cache = AdCache(cl.client())
+        ids = [f"{uid}-{i}" for i in range(200)]
+        for sid in ids:
+            cache.sessions.create(sid, "u", idle_ttl=60, max_lifetime=60)
+        new = cl.add_primary(with_slots=0)
+        deploy(cl.seed_url)
+        # move slots owned by the first primary after the client has cached the map
+        cl._migrate_slots(cl.primaries[0], new, 2000)
+        cl.wait_ok()
+        assert all(s is not None for s in (cache.sessions.get(i) for i in ids))
+        assert all(cache.sessions.get_many(ids))

@@ -1,0 +1,83 @@
+"""The rendered library and generated files are fresh, and the renderer refuses bad templates."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from adcache import _generated
+from adcache_loader.paths import project_paths
+from adcache_loader.render import RenderError, render, source_sha256, write
+
+
+def test_committed_outputs_are_fresh() -> None:
+    stale = write(check=True)
+    assert stale == [], f"stale rendered files {stale}: run `make render` and commit"
+
+
+def test_library_declares_its_own_sha() -> None:
+    r = render()
+    assert r.source.startswith("#!lua name=adcache\n")
+    assert source_sha256(r.source) == r.sha256
+    assert r.sha256 == _generated.LIBRARY_SHA256
+
+
+def test_every_function_is_registered_once_with_its_flags() -> None:
+    r = render()
+    for c in r.functions:
+        assert r.source.count(f"function_name='{c.name}'") == 1
+        assert (c.name in _generated.FUNCTIONS) and _generated.FUNCTIONS[
+            c.name
+        ].readonly == c.readonly
+    assert _generated.FUNCTIONS["ac_version"].readonly
+    assert _generated.FUNCTIONS["ac_session_get"].readonly
+    assert not _generated.FUNCTIONS["ac_session_create"].readonly
+
+
+def test_key_builders_match_the_keyspace() -> None:
+    assert _generated.session("abc") == "ad:{s:abc}:sess"
+    assert _generated.tag_of("session", "abc") == "{s:abc}"
+
+
+@pytest.fixture
+def lua_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "lua"
+    shutil.copytree(project_paths().lua, dst)
+    return dst
+
+
+def test_missing_include_fails(lua_copy: Path) -> None:
+    (lua_copy / "zz.lua.j2").write_text("--@include nothere\n")
+    with pytest.raises(RenderError, match="nothere"):
+        render(lua_copy)
+
+
+def test_include_cycle_fails(lua_copy: Path) -> None:
+    (lua_copy / "_a.lua.j2").write_text("--@include b\n")
+    (lua_copy / "_b.lua.j2").write_text("--@include a\n")
+    with pytest.raises(RenderError, match="cycle"):
+        render(lua_copy)
+
+
+def test_undefined_template_variable_fails(lua_copy: Path) -> None:
+    (lua_copy / "zz.lua.j2").write_text("local x = {{ no_such_thing }}\n")
+    with pytest.raises(Exception, match="no_such_thing"):
+        render(lua_copy)
+
+
+def test_contract_header_must_name_known_keys_and_errors(lua_copy: Path) -> None:
+    body = (
+        "--- @function ac_zz_get\n--- @summary s\n--- @keys nosuchkey\n--- @argv none\n"
+        "--- @reply nil\nlocal function zz_get(keys, args)\nend\n"
+    )
+    (lua_copy / "zz.lua.j2").write_text(body)
+    with pytest.raises(RenderError, match="nosuchkey"):
+        render(lua_copy)
+    (lua_copy / "zz.lua.j2").write_text(body.replace("nosuchkey", "session") + "")
+    render(lua_copy)
+    (lua_copy / "zz.lua.j2").write_text(
+        body.replace("nosuchkey", "session").replace("ac_zz_get", "ac_other_get")
+    )
+    with pytest.raises(RenderError, match="ac_zz_"):
+        render(lua_copy)
