@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import pytest
+
 from adcache import AdCache, aio
 from adcache_loader.servers import (
     ExternalCluster,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from adcache import AdCache, LibraryMissingError, LibraryVersionError, aio
 from adcache import _generated as keys
 from adcache_loader.paths import library_source

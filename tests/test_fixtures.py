@@ -7,6 +7,9 @@ import time
 from typing import Any
 
 import pytest
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
 from adcache_loader.servers import (
     CLUSTER_SLOTS,
     ExternalCluster,
@@ -15,8 +18,6 @@ from adcache_loader.servers import (
     Standalone,
     command,
 )
-from redis.cluster import RedisCluster
-from redis.crc import key_slot
 
 
 def _pid_alive(pid: int) -> bool:

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
 from adcache import _generated
 from adcache_loader import deploy as d
 from adcache_loader.cli import main
 from adcache_loader.paths import library_source, project_paths
 from adcache_loader.servers import LocalCluster, RedisServer
-from click.testing import CliRunner
 
 
 @pytest.fixture

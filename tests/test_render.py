@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from adcache import _generated
 from adcache_loader.paths import project_paths
 from adcache_loader.render import RenderError, render, source_sha256, write

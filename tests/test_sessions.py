@@ -6,6 +6,7 @@ import time
 
 import pytest
 import redis
+
 from adcache import (
     AdCache,
     AlreadyExistsError,

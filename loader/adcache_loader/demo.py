@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable
 
 import redis
-from adcache import AdCache, AdCacheError
 from rich.console import Console
 from rich.table import Table
 
+from adcache import AdCache, AdCacheError
 from adcache_loader import deploy as deploy_mod
 
 

@@ -1,0 +1,1 @@
+"""adcache benchmarks: `python -m benchmarks` (or `make bench`)."""
