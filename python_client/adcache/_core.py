@@ -42,12 +42,15 @@ class Call(Generic[T]):
         return FUNCTIONS[self.function].readonly
 
     def command(self) -> tuple[Arg, ...]:
-        verb = "FCALL_RO" if FUNCTIONS[self.function].readonly else "FCALL"
+        verb = _VERB[self.function]
         return (verb, self.function, len(self.keys), *self.keys, *self.args)
 
     @property
     def slot(self) -> int | None:
         return key_slot(self.keys[0].encode()) if self.keys else None
+
+
+_VERB = {name: "FCALL_RO" if spec.readonly else "FCALL" for name, spec in FUNCTIONS.items()}
 
 
 def raw(reply: Any) -> Any:
@@ -58,9 +61,9 @@ def raw(reply: Any) -> Any:
 
 
 def text(v: Any) -> str:
-    if isinstance(v, bytes):
+    if type(v) is bytes:
         return v.decode()
-    return str(v)
+    return v if type(v) is str else str(v)
 
 
 def opt_text(v: Any) -> str | None:

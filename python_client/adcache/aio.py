@@ -98,7 +98,10 @@ class AdCache(AsyncFacades):
         slot = call.slot
         if slot is None:
             return random.choice(rc.get_primaries())
-        return rc.nodes_manager.get_node_from_slot(slot, self.read_from_replicas and call.readonly)
+        if self.read_from_replicas and call.readonly:
+            return rc.nodes_manager.get_node_from_slot(slot, True)
+        owners = rc.nodes_manager.slots_cache.get(slot)  # hot path: the slot's primary directly
+        return owners[0] if owners else rc.nodes_manager.get_node_from_slot(slot)
 
     async def _send(self, node: ClusterNode | None, *cmd: Arg) -> Any:
         if node is None:
@@ -258,6 +261,11 @@ class AdCache(AsyncFacades):
         return results
 
     async def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
+        if reply is not _REDO and not isinstance(reply, Exception):
+            try:
+                return call.parse(reply)
+            except Exception as e:
+                return e
         if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError, *_TRANSIENT)):
             try:
                 return await self.run(call)
@@ -271,10 +279,7 @@ class AdCache(AsyncFacades):
                 except Exception as e:
                     return e
             return err
-        try:
-            return call.parse(reply)
-        except Exception as e:
-            return e
+        return reply
 
 
 _REDO = object()  # a pipelined call whose node failed as a whole: retried on its own

@@ -103,11 +103,14 @@ class AdCache(SyncFacades):
         node: ClusterNode
         if slot is None:
             node = random.choice(rc.get_primaries())
+        elif self.read_from_replicas and call.readonly:
+            node = rc.nodes_manager.get_node_from_slot(slot, True)
         else:
-            node = rc.nodes_manager.get_node_from_slot(
-                slot, self.read_from_replicas and call.readonly
-            )
-        return node.name, rc.get_redis_connection(node)
+            # The slot's primary straight from the slot map: this is the hot path, and the
+            # public lookup takes a lock and a deprecation wrapper on every call.
+            owners = rc.nodes_manager.slots_cache.get(slot)
+            node = owners[0] if owners else rc.nodes_manager.get_node_from_slot(slot)
+        return node.name, node.redis_connection or rc.get_redis_connection(node)
 
     def _refresh_topology(self) -> None:
         if self.is_cluster:
@@ -220,18 +223,35 @@ class AdCache(SyncFacades):
             by_node[name].append(i)
             groups[name] = (client, by_node[name])
         results: list[Any] = [None] * len(calls)
+        # Write every node's batch first, then read them all: the nodes work in parallel, so the
+        # whole batch costs about one round trip, not one per node.
+        sent: list[tuple[str, list[int], _Batch | None]] = []
         for name, (client, idxs) in groups.items():
+            batch: _Batch | None = None
             try:
                 if self.verify_library and name not in self._verified:
                     self._verify(name, client)
-                pipe = client.pipeline(transaction=False)
-                for i in idxs:
-                    pipe.execute_command(*calls[i].command())
-                replies = pipe.execute(raise_on_error=False)
+                batch = _Batch(client, [calls[i].command() for i in idxs])
+            except _TRANSIENT:
+                if not self.is_cluster:
+                    self._abandon(sent)
+                    raise
+            except BaseException:
+                self._abandon(sent)
+                raise
+            sent.append((name, idxs, batch))
+        refreshed = False
+        for name, idxs, batch in sent:
+            try:
+                if batch is None:
+                    raise RedisConnectionError(f"could not send to {name}")
+                replies = batch.read()
             except _TRANSIENT:
                 if not self.is_cluster:
                     raise
-                self._refresh_topology()
+                if not refreshed:
+                    self._refresh_topology()
+                    refreshed = True
                 replies = [_Redo()] * len(idxs)
             for i, reply in zip(idxs, replies, strict=True):
                 results[i] = self._settle(calls[i], name, reply)
@@ -241,7 +261,19 @@ class AdCache(SyncFacades):
                     raise r
         return results
 
+    @staticmethod
+    def _abandon(sent: list[tuple[str, list[int], _Batch | None]]) -> None:
+        # Batches already written hold connections with unread replies: drop those connections.
+        for _, _, batch in sent:
+            if batch is not None:
+                batch._done(broken=True)
+
     def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
+        if not isinstance(reply, (Exception, _Redo)):
+            try:
+                return call.parse(reply)
+            except Exception as e:
+                return e
         # Redirects and lost connections inside a pipeline are retried one by one.
         if isinstance(reply, (_Redo, MovedError, AskError, TryAgainError, *_TRANSIENT)):
             try:
@@ -256,10 +288,42 @@ class AdCache(SyncFacades):
                 except Exception as e:
                     return e
             return err
+        return reply
+
+
+class _Batch:
+    """Several commands written at once on one pooled connection; `read()` collects the replies,
+    an error reply taking its command's place instead of raising. (A redis-py Pipeline does the
+    same with more bookkeeping per command: this is the hot path of `run_many`.)"""
+
+    def __init__(self, client: redis.Redis, cmds: list[tuple[Any, ...]]) -> None:
+        self.pool = client.connection_pool
+        self.n = len(cmds)
+        self.conn = self.pool.get_connection()
         try:
-            return call.parse(reply)
-        except Exception as e:
-            return e
+            self.conn.send_packed_command(self.conn.pack_commands(cmds))
+        except BaseException:
+            self._done(broken=True)
+            raise
+
+    def read(self) -> list[Any]:
+        out: list[Any] = []
+        try:
+            for _ in range(self.n):
+                try:
+                    out.append(self.conn.read_response())
+                except ResponseError as e:
+                    out.append(e)
+        except BaseException:
+            self._done(broken=True)
+            raise
+        self._done(broken=False)
+        return out
+
+    def _done(self, *, broken: bool) -> None:
+        if broken:
+            self.conn.disconnect()
+        self.pool.release(self.conn)
 
 
 class _Redo:
