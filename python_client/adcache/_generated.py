@@ -136,6 +136,12 @@ class LibraryVersionError(AdCacheError):
     code = 'ADCACHE_OLDLIB'
 
 
+class DurabilityError(AdCacheError):
+    """durable mode: the write was applied on the primary but fewer replicas than asked acknowledged it in time (retry: adcache writes are idempotent where money is concerned)."""
+
+    code = 'ADCACHE_NOTDURABLE'
+
+
 ERRORS: dict[str, type[AdCacheError]] = {
     'ADCACHE_BADARG': BadArgumentError,
     'ADCACHE_ARITY': ArityError,
@@ -149,4 +155,5 @@ ERRORS: dict[str, type[AdCacheError]] = {
     'ADCACHE_WRONGTYPE': CorruptStateError,
     'ADCACHE_NOLIB': LibraryMissingError,
     'ADCACHE_OLDLIB': LibraryVersionError,
+    'ADCACHE_NOTDURABLE': DurabilityError,
 }

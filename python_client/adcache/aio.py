@@ -8,6 +8,7 @@ all nodes at once.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 from collections import defaultdict
@@ -28,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adcache._core import Arg, Call, check_library_reply, str_pairs, translate_error
-from adcache._generated import AdCacheError, LibraryMissingError
+from adcache._generated import AdCacheError, DurabilityError, LibraryMissingError
 from adcache.facades import AsyncFacades
 
 log = logging.getLogger("adcache")
@@ -50,8 +51,12 @@ class AdCache(AsyncFacades):
         verify_library: bool = True,
         read_from_replicas: bool = False,
         max_attempts: int = 5,
+        durable_replicas: int = 0,
+        durable_timeout_ms: int = 500,
     ) -> None:
         self.redis = client
+        self.durable_replicas = durable_replicas
+        self.durable_timeout_ms = durable_timeout_ms
         self.is_cluster = isinstance(client, RedisCluster)
         self.auto_deploy = auto_deploy
         self.verify_library = verify_library
@@ -64,6 +69,13 @@ class AdCache(AsyncFacades):
             kw = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
             self._name = str(kw["path"]) if "path" in kw else f"{kw.get('host')}:{kw.get('port')}"
         self._attach_facades()
+
+    def durable(self, replicas: int = 1, timeout_ms: int = 500) -> AdCache:
+        """A view of this client (same connections) whose writes wait for `replicas` replicas."""
+        view = copy.copy(self)
+        view.durable_replicas, view.durable_timeout_ms = replicas, timeout_ms
+        view._attach_facades()
+        return view
 
     @classmethod
     async def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
@@ -196,6 +208,12 @@ class AdCache(AsyncFacades):
                     if isinstance(reply, Exception):
                         raise reply
                     return reply
+                if self.durable_replicas and not call.readonly:
+                    reply, acked = await self._send_many(node, [cmd, self._wait_cmd()])
+                    if isinstance(reply, Exception):
+                        raise reply
+                    self._check_acked(name, acked)
+                    return reply
                 return await self._send(node, *cmd)
             except MovedError as e:
                 await self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
@@ -226,6 +244,17 @@ class AdCache(AsyncFacades):
             ask_node = None
         raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
 
+    def _wait_cmd(self) -> tuple[Arg, ...]:
+        return ("WAIT", self.durable_replicas, self.durable_timeout_ms)
+
+    def _check_acked(self, name: str, acked: Any) -> None:
+        if isinstance(acked, Exception) or int(acked) < self.durable_replicas:
+            raise DurabilityError(
+                f"{name}: {acked} of {self.durable_replicas} replicas acknowledged the write "
+                f"within {self.durable_timeout_ms} ms",
+                node=name,
+            )
+
     async def run_many(
         self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True
     ) -> list[Any]:
@@ -244,7 +273,19 @@ class AdCache(AsyncFacades):
             try:
                 if self.verify_library and name not in self._verified:
                     await self._verify(name, node)
-                replies = await self._send_many(node, [calls[i].command() for i in idxs])
+                cmds = [calls[i].command() for i in idxs]
+                durable = self.durable_replicas and not all(calls[i].readonly for i in idxs)
+                if durable:
+                    cmds.append(self._wait_cmd())  # one WAIT covers the whole batch
+                replies = await self._send_many(node, cmds)
+                if durable:
+                    try:
+                        self._check_acked(name, replies.pop())
+                    except DurabilityError as e:
+                        replies = [
+                            r if calls[i].readonly or isinstance(r, Exception) else e
+                            for i, r in zip(idxs, replies, strict=True)
+                        ]
             except _TRANSIENT:
                 if not self.is_cluster:
                     raise

@@ -8,6 +8,7 @@ connection errors are handled here, with a topology refresh and bounded retries.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import threading
@@ -30,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adcache._core import Call, check_library_reply, translate_error
-from adcache._generated import AdCacheError, LibraryMissingError
+from adcache._generated import AdCacheError, DurabilityError, LibraryMissingError
 from adcache.facades import SyncFacades
 
 log = logging.getLogger("adcache")
@@ -55,6 +56,10 @@ class AdCache(SyncFacades):
     verify_library: check `ac_version` once per node before its first call, and refuse a library
     older than this client needs.
     read_from_replicas: send read-only functions (FCALL_RO) to replicas too (cluster only).
+    durable_replicas: after each write, wait until this many replicas acknowledged it (WAIT, sent
+    with the write on the same connection: still one round trip). A write the replicas did not
+    confirm within durable_timeout_ms raises DurabilityError: it is on the primary and may be lost
+    by a failover, so retry it (the money path is idempotent). 0 (default) does not wait.
     """
 
     def __init__(
@@ -65,8 +70,12 @@ class AdCache(SyncFacades):
         verify_library: bool = True,
         read_from_replicas: bool = False,
         max_attempts: int = 5,
+        durable_replicas: int = 0,
+        durable_timeout_ms: int = 500,
     ) -> None:
         self.redis = client
+        self.durable_replicas = durable_replicas
+        self.durable_timeout_ms = durable_timeout_ms
         self.is_cluster = isinstance(client, RedisCluster)
         self.auto_deploy = auto_deploy
         self.verify_library = verify_library
@@ -76,6 +85,13 @@ class AdCache(SyncFacades):
         self._lock = threading.Lock()
         self._name = "" if self.is_cluster else _standalone_name(client)  # type: ignore[arg-type]
         self._attach_facades()
+
+    def durable(self, replicas: int = 1, timeout_ms: int = 500) -> AdCache:
+        """A view of this client (same connections) whose writes wait for `replicas` replicas."""
+        view = copy.copy(self)
+        view.durable_replicas, view.durable_timeout_ms = replicas, timeout_ms
+        view._attach_facades()
+        return view
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
@@ -179,6 +195,8 @@ class AdCache(SyncFacades):
                     pipe.execute_command("ASKING")
                     pipe.execute_command(*cmd)
                     return pipe.execute()[1]
+                if self.durable_replicas and not call.readonly:
+                    return self._durable_write(name, client, cmd)
                 return client.execute_command(*cmd)
             except MovedError as e:
                 self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
@@ -210,6 +228,24 @@ class AdCache(SyncFacades):
             ask_node = None
         raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
 
+    def _durable_write(self, name: str, client: redis.Redis, cmd: tuple[Any, ...]) -> Any:
+        reply, acked = _Batch(client, [cmd, self._wait_cmd()]).read()
+        if isinstance(reply, Exception):
+            raise reply
+        self._check_acked(name, acked)
+        return reply
+
+    def _wait_cmd(self) -> tuple[Any, ...]:
+        return ("WAIT", self.durable_replicas, self.durable_timeout_ms)
+
+    def _check_acked(self, name: str, acked: Any) -> None:
+        if isinstance(acked, Exception) or int(acked) < self.durable_replicas:
+            raise DurabilityError(
+                f"{name}: {acked} of {self.durable_replicas} replicas acknowledged the write "
+                f"within {self.durable_timeout_ms} ms",
+                node=name,
+            )
+
     def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
         """Execute many calls with one pipeline per node (one round per node).
 
@@ -231,7 +267,10 @@ class AdCache(SyncFacades):
             try:
                 if self.verify_library and name not in self._verified:
                     self._verify(name, client)
-                batch = _Batch(client, [calls[i].command() for i in idxs])
+                cmds = [calls[i].command() for i in idxs]
+                if self.durable_replicas and not all(calls[i].readonly for i in idxs):
+                    cmds.append(self._wait_cmd())  # one WAIT covers the whole batch
+                batch = _Batch(client, cmds)
             except _TRANSIENT:
                 if not self.is_cluster:
                     self._abandon(sent)
@@ -246,6 +285,14 @@ class AdCache(SyncFacades):
                 if batch is None:
                     raise RedisConnectionError(f"could not send to {name}")
                 replies = batch.read()
+                if len(replies) > len(idxs):
+                    try:
+                        self._check_acked(name, replies.pop())
+                    except DurabilityError as e:
+                        replies = [
+                            r if calls[i].readonly or isinstance(r, Exception) else e
+                            for i, r in zip(idxs, replies, strict=True)
+                        ]
             except _TRANSIENT:
                 if not self.is_cluster:
                     raise
