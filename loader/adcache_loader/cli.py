@@ -139,5 +139,52 @@ def demo(url: str | None) -> None:
     sys.exit(run_demo(url, console))
 
 
+@main.command()
+@click.option(
+    "--url", envvar="REDIS_URL", default=None, help="Apply to this server/cluster (else print)."
+)
+@click.option(
+    "--cluster/--no-cluster",
+    default=None,
+    help="Treat the URL as a cluster seed (default: detect).",
+)
+@click.option("--app-user", default="adcache-app", show_default=True)
+@click.option("--app-password", envvar="ADCACHE_APP_PASSWORD", default=None)
+@click.option("--deploy-user", default="adcache-deploy", show_default=True)
+@click.option("--deploy-password", envvar="ADCACHE_DEPLOY_PASSWORD", default=None)
+def acl(
+    url: str | None,
+    cluster: bool | None,
+    app_user: str,
+    app_password: str | None,
+    deploy_user: str,
+    deploy_password: str | None,
+) -> None:
+    """Least-privilege ACL users (app: FCALL and the library's inner commands on ad:*; deploy:
+    FUNCTION LOAD and inspection). Prints the ACL SETUSER lines, or applies them on every node
+    with --url and both passwords."""
+    from adcache_loader import acl as acl_mod
+
+    users = [
+        (acl_mod.app_user(app_user), app_password),
+        (acl_mod.deploy_user(deploy_user), deploy_password),
+    ]
+    if url is None:
+        for user, _ in users:
+            console.print(user.command_text(), soft_wrap=True, highlight=False)
+        return
+    if app_password is None or deploy_password is None:
+        raise click.UsageError("--app-password and --deploy-password are needed to apply")
+    with deploy_mod.nodes(url, cluster) as ns:
+        for n in ns:
+            for user, password in users:
+                dropped = acl_mod.apply_user(n.client, user, password or "")
+                if dropped:
+                    console.print(
+                        f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
+                    )
+            console.print(f"ACL users set on {n.name}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

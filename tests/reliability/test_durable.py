@@ -31,7 +31,9 @@ def pair(redis_binary: str) -> Iterator[tuple[RedisServer, RedisServer]]:
         primary.stop()
 
 
-def test_durable_write_waits_for_the_replica(pair: tuple[RedisServer, RedisServer], uid: str) -> None:
+def test_durable_write_waits_for_the_replica(
+    pair: tuple[RedisServer, RedisServer], uid: str
+) -> None:
     primary, replica = pair
     cache = AdCache(primary.client()).durable(replicas=1, timeout_ms=2000)
     cache.sessions.create(uid, "u", idle_ttl=60, max_lifetime=60)
