@@ -97,7 +97,8 @@ _BAD_MODIFIER = re.compile(r"modifier '([^']+)': Unknown command")
 def apply_user(client: Any, user: AclUser, password: str) -> list[str]:
     """ACL SETUSER on one node. Rules naming commands this server does not have (CLIENT SETINFO
     before 7.2, say) are dropped and reported, since a client cannot send them there either."""
-    rules, dropped = list(user.rules), []
+    rules: list[str] = list(user.rules)
+    dropped: list[str] = []
     while True:
         try:
             client.execute_command(
