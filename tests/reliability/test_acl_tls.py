@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from adcache_loader.cli import main
-from adcache_loader.deploy import verify
-from adcache_loader.servers import LocalCluster, RedisServer
 from click.testing import CliRunner
 from redis.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
 from adcache import AdCache
+from adcache_loader.cli import main
+from adcache_loader.deploy import verify
+from adcache_loader.servers import LocalCluster, RedisServer
 
 APP, DEPLOY = ("adcache-app", "app-secret"), ("adcache-deploy", "deploy-secret")
 
@@ -190,7 +190,7 @@ def tls_server(redis_binary: str, tmp_path: Path) -> Iterator[tuple[RedisServer,
 def test_tls_urls_work_in_loader_and_client(
     tls_server: tuple[RedisServer, int, Path], uid: str
 ) -> None:
-    server, port, ca = tls_server
+    _server, port, ca = tls_server
     url = f"rediss://127.0.0.1:{port}?ssl_cert_reqs=required&ssl_ca_certs={ca}"
     r = CliRunner().invoke(main, ["deploy", "--url", url])
     assert r.exit_code == 0, r.output

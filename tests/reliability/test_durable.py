@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aredis
-from adcache_loader.deploy import deploy
-from adcache_loader.servers import RedisServer
 
 from adcache import AdCache, DurabilityError, aio
 from adcache.sessions import delete_call, get_call
+from adcache_loader.deploy import deploy
+from adcache_loader.servers import RedisServer
 
 
 @pytest.fixture
