@@ -107,9 +107,15 @@ def nodes(url: str, cluster: bool | None = None) -> Iterator[list[Node]]:
         raw = seed.execute_command("CLUSTER", "NODES")
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         found = []
-        for host, port, role in _parse_cluster_nodes(text):
+        for host, port, seen_as in _parse_cluster_nodes(text):
             c = _client_like(seed, host, port)
             opened.append(c)
+            # Each node's own ROLE: the seed's view lags while gossip spreads (a node just made a
+            # replica can still be listed as a master there, and loading on it would fail).
+            try:
+                role = "primary" if _s(c.execute_command("ROLE")[0]) == "master" else "replica"
+            except redis.RedisError:
+                role = seen_as
             found.append(Node(f"{host}:{port}", role, c))
         found.sort(key=lambda n: (n.role != "primary", n.name))
         yield found
