@@ -9,6 +9,8 @@ from decimal import Decimal
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adcache import (
     AdCache,
@@ -324,3 +326,86 @@ def test_record_call_builder_is_one_fcall(uid: str) -> None:
     call = record_call(uid, [Event(impressions=1)], StatsConfig(offset_s=3600))
     assert call.command()[:4] == ("FCALL", "ac_stats_record", 1, keys.stats_meta(uid))
     assert call.command()[4:8] == (3600, 172_800, 7_776_000, 3600)
+
+
+def test_concurrent_retries_count_each_event_once(lib_cluster: object, uid: str) -> None:
+    """Eight clients deliver the same 300 events (with ids) at once: each event counts once."""
+    import threading
+
+    cid = f"{uid}-conc"
+    events = [
+        Event(impressions=1, cost_micros=1_000, user_id=f"u{i % 50}", event_id=f"ev-{i}")
+        for i in range(300)
+    ]
+    results: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        cache = AdCache(lib_cluster.client())  # type: ignore[attr-defined]
+        try:
+            for i in range(0, 300, 25):
+                r = cache.stats.record(cid, events[i : i + 25])
+                with lock:
+                    results.append((r.recorded, r.duplicates))
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            cache.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sum(r for r, _ in results) == 300 and sum(d for _, d in results) == 7 * 300
+    check = AdCache(lib_cluster.client())  # type: ignore[attr-defined]
+    try:
+        s = check.stats.summary(cid, hours=1)
+        assert (s.impressions, s.cost_micros, s.reach) == (300, 300_000, 50)
+    finally:
+        check.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 2),
+            st.integers(0, 1),
+            st.integers(0, 10**9),
+            st.integers(0, 10**9),
+            st.sampled_from(["", "a", "b", "c"]),
+            st.sampled_from(["", "e1", "e2", "e3", "e4"]),
+        ),
+        max_size=30,
+    )
+)
+def test_summary_matches_a_model(
+    ac: AdCache, events: list[tuple[int, int, int, int, int, str, str]]
+) -> None:
+    import uuid
+
+    cid = f"prop-{uuid.uuid4().hex[:12]}"
+    batch = [Event(i, c, v, co, rv, u or None, e or None) for i, c, v, co, rv, u, e in events]
+    ac.stats.record(cid, batch[: len(batch) // 2])
+    ac.stats.record(cid, batch[len(batch) // 2 :])
+    seen: set[str] = set()
+    want = [0, 0, 0, 0, 0]
+    users: set[str] = set()
+    for i, c, v, co, rv, u, e in events:
+        if e and e in seen:
+            continue
+        if e:
+            seen.add(e)
+        for k, x in enumerate((i, c, v, co, rv)):
+            want[k] += x
+        if u:
+            users.add(u)
+    s = ac.stats.summary(cid, days=1)
+    assert [s.impressions, s.clicks, s.conversions, s.cost_micros, s.revenue_micros] == want
+    assert s.reach == len(users)  # tiny sets: the HyperLogLog is exact here
