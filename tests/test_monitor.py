@@ -8,12 +8,14 @@ import urllib.request
 import pytest
 import redis
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from adcache import AdCache, aio
 from adcache import _generated as keys
 from adcache.metrics import (
+    ProcessCounters,
     _counter_metrics,
     build_registry,
     register_collector,
@@ -181,6 +183,35 @@ def test_metrics_endpoint_over_http(acs: AdCache, uid: str) -> None:
         for s in fam.samples:  # type: ignore[attr-defined]
             assert not any("user" in k for k in s.labels), "no user ids as labels"
             assert "user-secret" not in str(s.labels)
+
+
+def test_process_counters_register_and_expose(ac: AdCache) -> None:
+    events = ProcessCounters("cache_events", "Cache events.", ("cache", "event"))
+    events.incr("profiles", "hit")
+    events.incr("profiles", "hit", n=2)
+    events.incr("profiles", "miss")
+    with pytest.raises(ValueError):
+        events.incr("profiles")
+
+    def factory(cache: AdCache) -> ProcessCounters:
+        return events
+
+    register_collector(factory)
+    register_collector(factory)  # twice: no effect
+    try:
+        text = generate_latest(build_registry(ac)).decode()
+    finally:
+        unregister_collector(factory)
+    fam = {f.name: f for f in text_string_to_metric_families(text)}["adcache_cache_events"]
+    got = {(s.labels["cache"], s.labels["event"]): s.value for s in fam.samples}
+    assert got == {("profiles", "hit"): 3, ("profiles", "miss"): 1}
+
+
+def test_cli_top_on_a_cluster(lib_cluster: object) -> None:
+    url = lib_cluster.seed_url  # type: ignore[attr-defined]
+    res = CliRunner(env={"COLUMNS": "240"}).invoke(main, ["top", "--url", url, "--once"])
+    assert res.exit_code == 0, res.output
+    assert "nodes up 3/3" in res.output
 
 
 def test_registry_built_after_unregister_has_no_extra(ac: AdCache) -> None:

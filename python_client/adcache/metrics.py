@@ -65,6 +65,42 @@ def unregister_collector(factory: CollectorFactory) -> None:
             _EXTRA.remove(factory)
 
 
+class ProcessCounters:
+    """Counters kept in this process (client-side caches, say), ready to register:
+
+        hits = ProcessCounters("cache_events", "Cache events, by cache and event.", ("cache", "event"))
+        register_collector(lambda cache: hits)
+        hits.incr("profiles", "hit")
+
+    exposes `adcache_cache_events_total{cache="profiles",event="hit"}`. Thread-safe.
+    """
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> None:
+        self.name = f"{PREFIX}_{name.removeprefix(PREFIX + '_').removesuffix('_total')}"
+        self.doc = doc
+        self.labels = labels
+        self._values: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def incr(self, *label_values: str, n: float = 1) -> None:
+        if len(label_values) != len(self.labels):
+            raise ValueError(f"{self.name} takes labels {self.labels}")
+        with self._lock:
+            self._values[label_values] = self._values.get(label_values, 0) + n
+
+    def value(self, *label_values: str) -> float:
+        with self._lock:
+            return self._values.get(label_values, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
+        with self._lock:
+            items = sorted(self._values.items())
+        for labels, v in items:
+            fam.add_metric(list(labels), v)
+        yield fam
+
+
 def _counter_metrics(totals: dict[str, int]) -> Iterator[Metric]:
     families: dict[str, CounterMetricFamily] = {}
     for name, value in totals.items():
