@@ -655,8 +655,10 @@ local function stats_record(keys, args)
   local wrote = false
   for f = 1, 5 do
     if sums[f] > 0 then
-      redis.call('HINCRBY', hkey, FIELDS[f], sums[f])
-      redis.call('HINCRBY', dkey, FIELDS[f], sums[f])
+      -- As a '%d' string: Redis would print a large Lua number in exponent form.
+      local by = string.format('%d', sums[f])
+      redis.call('HINCRBY', hkey, FIELDS[f], by)
+      redis.call('HINCRBY', dkey, FIELDS[f], by)
       wrote = true
     end
   end
@@ -751,7 +753,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '3419eea2d7206dea2326b2177de2eb77adc33057b982b1df08f4bce554978315'
+local LIBRARY_SHA256 = '0a78b2cdfbc5db9e7b3438b63342249ade86f33daad523e30c00c6344857304a'
 
 --- @function ac_version
 --- @flags no-writes

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '3419eea2d7206dea2326b2177de2eb77adc33057b982b1df08f4bce554978315'
+LIBRARY_SHA256 = '0a78b2cdfbc5db9e7b3438b63342249ade86f33daad523e30c00c6344857304a'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
