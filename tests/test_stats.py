@@ -409,3 +409,23 @@ def test_summary_matches_a_model(
     s = ac.stats.summary(cid, days=1)
     assert [s.impressions, s.clicks, s.conversions, s.cost_micros, s.revenue_micros] == want
     assert s.reach == len(users)  # tiny sets: the HyperLogLog is exact here
+
+
+def test_dedup_looks_back_over_the_window(ac: AdCache, uid: str) -> None:
+    """An id remembered in an earlier UTC hour's set is a duplicate while that hour is within
+    dedup_s of now, and forgotten once the window no longer reaches it."""
+    cid = f"{uid}-lb"
+    now = server_ms(ac.redis)
+    if now % HOUR_MS > HOUR_MS - 5_000 or now % HOUR_MS < 5_000:
+        time.sleep(10)  # keep clear of a UTC hour boundary
+        now = server_ms(ac.redis)
+    two_ago = time.strftime("%Y%m%d%H", time.gmtime(now // 1000 - 2 * 3600))
+    ac.redis.sadd(keys.stats_dedup(cid, two_ago), "old-event")
+    ac.redis.expire(keys.stats_dedup(cid, two_ago), 60)
+    ev = Event(impressions=1, event_id="old-event")
+    ac.stats.config = StatsConfig(dedup_s=3 * 3600)  # reaches back over two full hours
+    assert ac.stats.record(cid, [ev]).duplicates == 1
+    ac.stats.config = StatsConfig(dedup_s=3600)  # only the previous hour: forgotten
+    r = ac.stats.record(cid, [ev])
+    assert (r.recorded, r.duplicates) == (1, 0)
+    assert ac.stats.record(cid, [ev]).duplicates == 1  # now remembered in this hour's set
