@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -184,6 +185,161 @@ def acl(
                         f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
                     )
             console.print(f"ACL users set on {n.name}")
+def _cache(url: str, cluster: bool | None) -> Any:
+    from adcache import AdCache
+
+    return AdCache.from_url(url, cluster=cluster)
+
+
+@main.command()
+@url_option
+@cluster_option
+@click.option("--port", type=int, default=9121, show_default=True, help="HTTP port of /metrics.")
+@click.option("--addr", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--once", is_flag=True, help="Print one scrape to stdout and exit.")
+def metrics(url: str, cluster: bool | None, port: int, addr: str, once: bool) -> None:
+    """Serve Prometheus metrics of every node (health, adcache counters) on --port."""
+    import time
+
+    from adcache.metrics import exposition, serve
+
+    cache = _cache(url, cluster)
+    try:
+        if once:
+            click.echo(exposition(cache), nl=False)
+            return
+        server, _ = serve(cache, port, addr)
+        console.print(f"serving adcache metrics on http://{addr}:{server.server_port}/metrics")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            server.shutdown()
+    finally:
+        cache.close()
+
+
+@main.command()
+@url_option
+@cluster_option
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--iterations", type=int, default=0, help="Stop after N refreshes (0: until Ctrl-C).")
+@click.option("--once", is_flag=True, help="Draw once and exit (same as --iterations 1).")
+@click.option("--campaign", "campaigns", multiple=True, help="Also show today's stats of CAMPAIGN.")
+@click.option("--offset", type=int, default=0, help="Stats UTC offset in seconds.")
+def top(
+    url: str,
+    cluster: bool | None,
+    interval: float,
+    iterations: int,
+    once: bool,
+    campaigns: tuple[str, ...],
+    offset: int,
+) -> None:
+    """A live dashboard: node health, hit rate, memory, adcache counters, campaigns."""
+    import time
+
+    from rich.live import Live
+
+    from adcache.stats import StatsConfig
+    from adcache_loader.dashboard import top_view
+
+    cache = _cache(url, cluster)
+    cache.stats.config = StatsConfig(offset_s=offset)
+    n = 1 if once else iterations
+    try:
+        with Live(
+            console=console, auto_refresh=False, transient=False, vertical_overflow="visible"
+        ) as live:
+            i = 0
+            while True:
+                live.update(top_view(cache, campaigns), refresh=True)
+                i += 1
+                if n and i >= n:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cache.close()
+
+
+@main.command(name="stats")
+@url_option
+@cluster_option
+@click.argument("campaign")
+@click.option("--days", type=click.IntRange(1, 90), default=None, help="Last N days (default 7).")
+@click.option("--hours", type=click.IntRange(1, 168), default=None, help="Last N hours instead.")
+@click.option("--offset", type=int, default=0, help="Stats UTC offset in seconds.")
+@click.option("--series", is_flag=True, help="Also show the value of every bucket.")
+def stats_cmd(
+    url: str,
+    cluster: bool | None,
+    campaign: str,
+    days: int | None,
+    hours: int | None,
+    offset: int,
+    series: bool,
+) -> None:
+    """Summary of CAMPAIGN over the last N days or hours, with CTR, CVR, CPC, CPM and ROAS."""
+    from adcache.stats import StatsConfig
+    from adcache_loader.dashboard import series_view, summary_view
+
+    if days is not None and hours is not None:
+        raise click.UsageError("give --days or --hours, not both")
+    cache = _cache(url, cluster)
+    cache.stats.config = StatsConfig(offset_s=offset)
+    try:
+        if hours is not None:
+            s = cache.stats.summary(campaign, hours=hours)
+        else:
+            s = cache.stats.summary(campaign, days=days or 7)
+        console.print(summary_view([s]))
+        if series:
+            console.print(series_view(cache.stats.series(campaign, s.unit, s.buckets)))  # type: ignore[arg-type]
+    finally:
+        cache.close()
+
+
+@main.command()
+@url_option
+@cluster_option
+@click.option(
+    "--count",
+    type=click.IntRange(1, 10_000),
+    default=200,
+    show_default=True,
+    help="SCAN COUNT per step.",
+)
+@click.option(
+    "--max-keys",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Stop after this many keys.",
+)
+@click.option(
+    "--max-report",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Keys listed per problem.",
+)
+def audit(url: str, cluster: bool | None, count: int, max_keys: int, max_report: int) -> None:
+    """Key hygiene: SCAN every primary (bounded) for adcache keys without a TTL or of an unknown
+    pattern or type. Exit 1 when it finds any."""
+    from adcache_loader.dashboard import audit_view
+
+    cache = _cache(url, cluster)
+    try:
+        report = cache.monitor.audit(count=count, max_keys=max_keys, max_report=max_report)
+    finally:
+        cache.close()
+    console.print(audit_view(report))
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

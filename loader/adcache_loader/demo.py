@@ -34,8 +34,45 @@ def scene_sessions(cache: AdCache, console: Console) -> None:
     cache.sessions.delete(sid)
 
 
+def scene_stats(cache: AdCache, console: Console) -> None:
+    from adcache.money import to_micros
+    from adcache.stats import Event
+
+    cid = f"demo-{uuid.uuid4().hex[:8]}"
+    cpm = to_micros("2.50") // 1000  # a 2.50 CPM impression costs 2,500 micros
+    events = [
+        Event(impressions=1, cost_micros=cpm, user_id=f"user-{i % 40}", event_id=f"imp-{i}")
+        for i in range(100)
+    ]
+    events += [Event(clicks=1, user_id=f"user-{i}", event_id=f"clk-{i}") for i in range(4)]
+    events += [Event(conversions=1, revenue_micros=to_micros("1.20"), event_id="conv-0")]
+    r = cache.stats.record(cid, events)
+    console.print(
+        f"recorded {r.recorded} events of campaign [bold]{cid}[/] in one call (hour {r.hour}, day {r.day})"
+    )
+    retry = cache.stats.record(cid, events[:10])
+    console.print(
+        f"a retried delivery of 10 events counts nothing: {retry.duplicates} duplicates dropped"
+    )
+    s = cache.stats.summary(cid, days=7)
+    console.print(
+        f"last 7 days in one call: {s.impressions} impressions, {s.clicks} clicks, "
+        f"{s.conversions} conversion, cost {s.cost}, reach ≈{s.reach} users; "
+        f"CTR {s.ctr:.2%}, CPC {s.cpc}, CPM {s.cpm}, ROAS {s.roas:.3f}"
+    )
+    empty = cache.stats.summary(f"{cid}-new", days=7)
+    console.print(f"a campaign with no impressions has CTR {empty.ctr} (no division by zero)")
+    h = cache.monitor.health()
+    console.print(
+        f"cache health over {len(h.nodes)} node(s): hit rate "
+        f"{'n/a' if h.hit_rate is None else f'{h.hit_rate:.1%}'}, "
+        f"adcache counters {cache.monitor.counters().totals}"
+    )
+
+
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("sessions", scene_sessions),
+    ("stats", scene_stats),
 ]
 
 

@@ -1,0 +1,455 @@
+"""Monitoring a deployment (Lua domain `monitor` plus server INFO): health of every node, adcache's
+own counters summed over the nodes, and a key-hygiene audit.
+
+Health comes from `INFO` of every node (primaries and, on a cluster, the replicas the client
+knows): the hit rate is keyspace_hits / (hits + misses) summed over the nodes, not one node's view.
+Counters come from `ac_monitor_counters` on every node: each node keeps its own in its Lua state
+(not replicated, reset when the library is reloaded or the server restarts), and the client sums
+them. The audit walks each primary with SCAN (bounded COUNT, a cap on keys, never KEYS) and
+reports adcache keys without a TTL, with a pattern the keyspace does not know, or of the wrong type.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from adcache._core import pairs, text, translate_error
+from adcache._generated import KEY_PREFIX
+
+if TYPE_CHECKING:
+    import redis
+    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+
+    from adcache import aio
+    from adcache.client import AdCache
+
+log = logging.getLogger("adcache.monitor")
+
+# INFO sections health needs (several sections in one INFO needs Redis >= 7).
+INFO_SECTIONS = ("server", "stats", "memory", "clients", "commandstats")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStat:
+    calls: int
+    usec: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    """One node's INFO figures (counters are since the server started or CONFIG RESETSTAT)."""
+
+    node: str
+    role: str
+    up: bool
+    used_memory: int = 0
+    maxmemory: int = 0
+    keyspace_hits: int = 0
+    keyspace_misses: int = 0
+    evicted_keys: int = 0
+    expired_keys: int = 0
+    connected_clients: int = 0
+    ops_per_sec: int = 0
+    commands_processed: int = 0
+    # Script entry points from INFO commandstats: fcall, fcall_ro (Redis 7 counts FCALL as one
+    # command; a server that reports per-function entries, `fcall|<name>`, shows them here too).
+    functions: Mapping[str, CommandStat] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.keyspace_hits + self.keyspace_misses
+        return self.keyspace_hits / total if total else None
+
+
+_SUMMED = (
+    "used_memory",
+    "maxmemory",
+    "keyspace_hits",
+    "keyspace_misses",
+    "evicted_keys",
+    "expired_keys",
+    "connected_clients",
+    "ops_per_sec",
+    "commands_processed",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Every node's figures and their sums (maxmemory 0 on a node means no limit there)."""
+
+    nodes: tuple[NodeHealth, ...]
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(n, name)) for n in self.nodes if n.up)
+
+    @property
+    def hit_rate(self) -> float | None:
+        """keyspace hits / (hits + misses), both summed over every node."""
+        hits, misses = self.total("keyspace_hits"), self.total("keyspace_misses")
+        return hits / (hits + misses) if hits + misses else None
+
+    @property
+    def functions(self) -> dict[str, CommandStat]:
+        out: dict[str, CommandStat] = {}
+        for n in self.nodes:
+            for name, st in n.functions.items():
+                prev = out.get(name, CommandStat(0, 0))
+                out[name] = CommandStat(prev.calls + st.calls, prev.usec + st.usec)
+        return out
+
+    @property
+    def nodes_up(self) -> int:
+        return sum(1 for n in self.nodes if n.up)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """adcache's own counters: per node and summed. A node whose library is missing or was just
+    reloaded reports none (its counters restart from zero)."""
+
+    per_node: Mapping[str, Mapping[str, int]]
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for counts in self.per_node.values():
+            total.update(counts)
+        return dict(sorted(total.items()))
+
+    def get(self, name: str) -> int:
+        return self.totals.get(name, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPattern:
+    name: str
+    regex: re.Pattern[str]
+    redis_type: str  # what TYPE answers for it
+    expires: bool  # False when the keyspace gives the key an owner instead of a TTL
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """What a bounded SCAN saw. complete is False when max_keys stopped it before the end."""
+
+    scanned: int
+    complete: bool
+    per_node: Mapping[str, int]
+    by_pattern: Mapping[str, int]
+    no_ttl: tuple[str, ...]
+    unknown: tuple[str, ...]
+    wrong_type: tuple[str, ...]
+    owned_without_ttl: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.no_ttl or self.unknown or self.wrong_type)
+
+
+# ---- parsing (shared by the sync and asyncio twins) ----
+
+
+def _int(info: Mapping[str, Any], name: str) -> int:
+    try:
+        return int(float(info.get(name, 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def parse_info(raw: Any) -> dict[str, Any]:
+    """INFO as a dict, whether redis-py parsed it already or handed back the text."""
+    if isinstance(raw, dict):
+        return raw
+    out: dict[str, Any] = {}
+    for line in text(raw).splitlines():
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        k, v = line.split(":", 1)
+        if k.startswith("cmdstat_"):
+            out[k] = dict(kv.split("=", 1) for kv in v.split(","))
+        else:
+            out[k] = v
+    return out
+
+
+def node_health(node: str, role: str, raw_info: Any) -> NodeHealth:
+    info = parse_info(raw_info)
+    functions: dict[str, CommandStat] = {}
+    for k, v in info.items():
+        name = k.removeprefix("cmdstat_")
+        if k.startswith("cmdstat_") and name.startswith("fcall") and isinstance(v, dict):
+            functions[name] = CommandStat(_int(v, "calls"), _int(v, "usec"))
+    return NodeHealth(
+        node=node,
+        role=role,
+        up=True,
+        used_memory=_int(info, "used_memory"),
+        maxmemory=_int(info, "maxmemory"),
+        keyspace_hits=_int(info, "keyspace_hits"),
+        keyspace_misses=_int(info, "keyspace_misses"),
+        evicted_keys=_int(info, "evicted_keys"),
+        expired_keys=_int(info, "expired_keys"),
+        connected_clients=_int(info, "connected_clients"),
+        ops_per_sec=_int(info, "instantaneous_ops_per_sec"),
+        commands_processed=_int(info, "total_commands_processed"),
+        functions=functions,
+    )
+
+
+def parse_counters(reply: Any) -> dict[str, int]:
+    return {k: int(v) for k, v in pairs(reply).items()}
+
+
+_REDIS_TYPE = {"hyperloglog": "string", "sortedset": "zset", "sorted set": "zset"}
+
+
+@cache
+def key_patterns() -> tuple[KeyPattern, ...]:
+    """A regex per keyspace pattern, derived from lua/keyspace.yaml (never typed by hand)."""
+    from adcache_loader.paths import project_paths
+    from adcache_loader.render import load_keyspace
+
+    spec = load_keyspace(project_paths().lua)
+    out = []
+    for name, key in spec["keys"].items():
+        parts = re.split(r"<\w+>", key["suffix"])
+        suffix = "[^{}]+".join(re.escape(p) for p in parts)
+        rx = re.compile(rf"^{re.escape(spec['prefix'])}:\{{{key['letter']}:[^{{}}]+\}}:{suffix}$")
+        ttl_words = str(key["ttl"]).strip().lower()
+        expires = not ttl_words.startswith(("none", "owner", "no ttl", "persistent"))
+        rtype = _REDIS_TYPE.get(str(key["type"]).lower(), str(key["type"]).lower())
+        out.append(KeyPattern(name, rx, rtype, expires))
+    return tuple(out)
+
+
+def classify(key: str) -> KeyPattern | None:
+    for p in key_patterns():
+        if p.regex.match(key):
+            return p
+    return None
+
+
+class _AuditState:
+    def __init__(self, max_report: int) -> None:
+        self.max_report = max_report
+        self.scanned = 0
+        self.per_node: Counter[str] = Counter()
+        self.by_pattern: Counter[str] = Counter()
+        self.no_ttl: list[str] = []
+        self.unknown: list[str] = []
+        self.wrong_type: list[str] = []
+        self.owned = 0
+        self.complete = True
+
+    def take(self, found: Any, max_keys: int) -> list[str]:
+        keys = [text(k) for k in found]
+        room = max(0, max_keys - self.scanned)
+        if len(keys) > room:
+            self.complete = False  # the cap cut this step short
+        return keys[:room]
+
+    def node_done(self, finished: bool) -> None:
+        # A node whose cursor did not come back to 0 was only sampled.
+        self.complete = self.complete and finished
+
+    def _note(self, bucket: list[str], key: str) -> None:
+        if len(bucket) < self.max_report:
+            bucket.append(key)
+
+    def add(self, node: str, key: str, pttl: int, rtype: str) -> None:
+        self.scanned += 1
+        self.per_node[node] += 1
+        if pttl == -2:
+            return  # expired between SCAN and PTTL
+        pat = classify(key)
+        if pat is None:
+            self.by_pattern["(unknown)"] += 1
+            self._note(self.unknown, key)
+            if pttl == -1:
+                self._note(self.no_ttl, key)
+            return
+        self.by_pattern[pat.name] += 1
+        if rtype != pat.redis_type:
+            self._note(self.wrong_type, f"{key} ({rtype}, expected {pat.redis_type})")
+        if pttl == -1:
+            if pat.expires:
+                self._note(self.no_ttl, key)
+            else:
+                self.owned += 1
+
+    def report(self) -> AuditReport:
+        return AuditReport(
+            scanned=self.scanned,
+            complete=self.complete,
+            per_node=dict(self.per_node),
+            by_pattern=dict(sorted(self.by_pattern.items())),
+            no_ttl=tuple(self.no_ttl),
+            unknown=tuple(self.unknown),
+            wrong_type=tuple(self.wrong_type),
+            owned_without_ttl=self.owned,
+        )
+
+
+MATCH = f"{KEY_PREFIX}:*"
+
+
+# ---- sync ----
+
+
+def nodes_of(cache: AdCache, *, replicas: bool = True) -> list[tuple[str, str, redis.Redis]]:
+    """(name, role, connection) of every node the client knows (standalone: the one server)."""
+    from redis.cluster import RedisCluster
+
+    rc = cache.redis
+    if isinstance(rc, RedisCluster):
+        nodes = rc.get_nodes() if replicas else rc.get_primaries()
+        return [
+            (n.name, str(n.server_type or "primary"), rc.get_redis_connection(n))
+            for n in sorted(nodes, key=lambda n: n.name)
+        ]
+    return [(cache._name, "primary", rc)]
+
+
+class Monitor:
+    """Health, counters and audit on a synchronous `AdCache` (`cache.monitor`)."""
+
+    def __init__(self, cache: AdCache) -> None:
+        self._c = cache
+
+    def health(self) -> Health:
+        out = []
+        for name, role, conn in nodes_of(self._c):
+            try:
+                raw = conn.execute_command("INFO", *INFO_SECTIONS)
+                out.append(node_health(name, role, raw))
+            except RedisError as e:
+                log.warning("adcache monitor: INFO on %s failed: %s", name, e)
+                out.append(NodeHealth(node=name, role=role, up=False, error=str(e)))
+        return Health(tuple(out))
+
+    def counters(self) -> Counters:
+        per: dict[str, dict[str, int]] = {}
+        errors: dict[str, str] = {}
+        for name, _role, conn in nodes_of(self._c):
+            try:
+                per[name] = parse_counters(
+                    conn.execute_command("FCALL_RO", "ac_monitor_counters", 0)
+                )
+            except ResponseError as e:
+                errors[name] = str(translate_error(e, name))
+            except RedisError as e:
+                errors[name] = str(e)
+        return Counters(per, errors)
+
+    def audit(
+        self, *, count: int = 200, max_keys: int = 100_000, max_report: int = 50
+    ) -> AuditReport:
+        """SCAN every primary (COUNT `count` per step, at most `max_keys` keys in all)."""
+        st = _AuditState(max_report)
+        for name, _role, conn in nodes_of(self._c, replicas=False):
+            if st.scanned >= max_keys:
+                st.complete = False  # nodes left unscanned
+                break
+            cursor = 0
+            while st.scanned < max_keys:
+                cursor, found = conn.scan(cursor=cursor, match=MATCH, count=count)
+                batch = st.take(found, max_keys)
+                if batch:
+                    pipe = conn.pipeline(transaction=False)
+                    for k in batch:
+                        pipe.pttl(k)
+                        pipe.type(k)
+                    res = pipe.execute()
+                    for i, k in enumerate(batch):
+                        st.add(name, k, int(res[2 * i]), text(res[2 * i + 1]))
+                if int(cursor) == 0:
+                    break
+            st.node_done(int(cursor) == 0)
+        return st.report()
+
+
+# ---- asyncio ----
+
+
+def async_nodes_of(
+    cache: aio.AdCache, *, replicas: bool = True
+) -> list[tuple[str, str, AsyncClusterNode | None]]:
+    from redis.asyncio.cluster import RedisCluster
+
+    rc = cache.redis
+    if isinstance(rc, RedisCluster):
+        nodes = rc.get_nodes() if replicas else rc.get_primaries()
+        return [
+            (n.name, str(n.server_type or "primary"), n)
+            for n in sorted(nodes, key=lambda n: n.name)
+        ]
+    return [(cache._name, "primary", None)]
+
+
+class AsyncMonitor:
+    """Asyncio twin of `Monitor` (`cache.monitor` on `adcache.aio.AdCache`)."""
+
+    def __init__(self, cache: aio.AdCache) -> None:
+        self._c = cache
+
+    async def health(self) -> Health:
+        await self._c._ensure_initialized()
+        out = []
+        for name, role, node in async_nodes_of(self._c):
+            try:
+                raw = await self._c._send(node, "INFO", *INFO_SECTIONS)
+                out.append(node_health(name, role, raw))
+            except RedisError as e:
+                out.append(NodeHealth(node=name, role=role, up=False, error=str(e)))
+        return Health(tuple(out))
+
+    async def counters(self) -> Counters:
+        await self._c._ensure_initialized()
+        per: dict[str, dict[str, int]] = {}
+        errors: dict[str, str] = {}
+        for name, _role, node in async_nodes_of(self._c):
+            try:
+                reply = await self._c._send(node, "FCALL_RO", "ac_monitor_counters", 0)
+                per[name] = parse_counters(reply)
+            except ResponseError as e:
+                errors[name] = str(translate_error(e, name))
+            except RedisError as e:
+                errors[name] = str(e)
+        return Counters(per, errors)
+
+    async def audit(
+        self, *, count: int = 200, max_keys: int = 100_000, max_report: int = 50
+    ) -> AuditReport:
+        await self._c._ensure_initialized()
+        st = _AuditState(max_report)
+        for name, _role, node in async_nodes_of(self._c, replicas=False):
+            if st.scanned >= max_keys:
+                st.complete = False  # nodes left unscanned
+                break
+            cursor = 0
+            while st.scanned < max_keys:
+                reply = await self._c._send(node, "SCAN", cursor, "MATCH", MATCH, "COUNT", count)
+                cursor = int(reply[0])
+                batch = st.take(reply[1], max_keys)
+                if batch:
+                    cmds: list[tuple[str | int | bytes | float, ...]] = []
+                    for k in batch:
+                        cmds += [("PTTL", k), ("TYPE", k)]
+                    res = await self._c._send_many(node, cmds)
+                    for i, k in enumerate(batch):
+                        st.add(name, k, int(res[2 * i]), text(res[2 * i + 1]))
+                if cursor == 0:
+                    break
+            st.node_done(cursor == 0)
+        return st.report()
