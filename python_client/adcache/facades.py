@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adcache.profiles import AsyncProfiles, Profiles
+from adcache.segments import AsyncSegments, Segments
 from adcache.sessions import AsyncSessions, Sessions
 
 if TYPE_CHECKING:
@@ -16,13 +18,21 @@ if TYPE_CHECKING:
 
 class SyncFacades:
     sessions: Sessions
+    profiles: Profiles
+    segments: Segments
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         self.sessions = Sessions(self)
+        self.profiles = Profiles(self)
+        self.segments = Segments(self)
 
 
 class AsyncFacades:
     sessions: AsyncSessions
+    profiles: AsyncProfiles
+    segments: AsyncSegments
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         self.sessions = AsyncSessions(self)
+        self.profiles = AsyncProfiles(self)
+        self.segments = AsyncSegments(self)
