@@ -896,7 +896,8 @@ local function session_touch(keys, args)
 end
 
 --- @function ac_session_delete
---- @summary Delete a session (and its history), optionally only when it belongs to a given user.
+--- @summary Delete a session. With the history key, its history too; with user_id, only a
+---   session of that user.
 --- @keys session session_history...
 --- @argv [user_id] -- given, a session of another user is left alone (reply 0); the history key
 ---   is optional
@@ -1105,7 +1106,7 @@ end
 redis.register_function{function_name='ac_session_create', callback=session_create, flags={}, description='Create a session for a user with an idle TTL and an absolute lifetime.'}
 redis.register_function{function_name='ac_session_get', callback=session_get, flags={'no-writes'}, description='Read a session; nil when it is unknown or expired.'}
 redis.register_function{function_name='ac_session_touch', callback=session_touch, flags={}, description='Slide the idle TTL forward from now, never past the absolute lifetime.'}
-redis.register_function{function_name='ac_session_delete', callback=session_delete, flags={}, description='Delete a session (and its history), optionally only when it belongs to a given user.'}
+redis.register_function{function_name='ac_session_delete', callback=session_delete, flags={}, description='Delete a session. With the history key, its history too; with user_id, only a session of that user.'}
 redis.register_function{function_name='ac_session_track', callback=session_track, flags={}, description='A page view or ad request: append its context to the bounded history and slide the idle TTL (a touch), in one call.'}
 redis.register_function{function_name='ac_session_history', callback=session_history, flags={'no-writes'}, description='The newest entries of a session\'s context history.'}
 redis.register_function{function_name='ac_session_context', callback=session_context, flags={'no-writes'}, description='The session\'s weighted interests for targeting: recent context weighs more.'}
@@ -1120,7 +1121,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'ac64ebdc32331b1c3352507de019b4900c5b8a9920d9e186111b675b9626ce16'
+local LIBRARY_SHA256 = '747aa2231a329b9173fde81739ee3f57f30dbbce17cf66e4a92239130e7e4b6d'
 
 --- @function ac_version
 --- @flags no-writes

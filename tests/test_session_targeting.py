@@ -167,15 +167,24 @@ def test_unknown_session_is_not_found_and_nothing_is_written(acs: AdCache, uid: 
     assert acs.sessions.context(uid) is None
 
 
+def test_unindexed_create_and_plain_delete_are_single_calls(ac: AdCache, uid: str) -> None:
+    ac.sessions.create(uid, uid + "-user", idle_ttl=60, max_lifetime=600)
+    assert ac.redis.exists(keys.user_sessions(uid + "-user")) == 0
+    assert ac.sessions.list(uid + "-user") == []
+    assert ac.sessions.delete(uid) is True
+
+
 def test_user_sessions_are_listed_and_revoked(acs: AdCache, uid: str) -> None:
     user = f"{uid}-user"
     sids = [f"{uid}-s{i}" for i in range(6)]
     for sid in sids:
-        acs.sessions.create(sid, user, idle_ttl=60, max_lifetime=600)
+        acs.sessions.create(sid, user, idle_ttl=60, max_lifetime=600, index=True)
         acs.sessions.track(sid, categories=["x"])
-    acs.sessions.create(f"{uid}-other", f"{uid}-someone-else", idle_ttl=60, max_lifetime=600)
+    acs.sessions.create(
+        f"{uid}-other", f"{uid}-someone-else", idle_ttl=60, max_lifetime=600, index=True
+    )
     assert sorted(s.session_id for s in acs.sessions.list(user)) == sorted(sids)
-    assert acs.sessions.delete(sids[0]) is True  # finds the user, then drops the index entry
+    assert acs.sessions.delete(sids[0], user) is True  # then drops the index entry
     assert acs.redis.zscore(keys.user_sessions(user), sids[0]) is None
     assert acs.sessions.revoke_all(user) == 5
     for sid in sids:
@@ -188,14 +197,14 @@ def test_user_sessions_are_listed_and_revoked(acs: AdCache, uid: str) -> None:
 
 def test_index_skips_idled_out_sessions_and_prunes_passed_bounds(ac: AdCache, uid: str) -> None:
     user = f"{uid}-user"
-    ac.sessions.create(f"{uid}-short", user, idle_ttl=0.2, max_lifetime=600)
-    ac.sessions.create(f"{uid}-long", user, idle_ttl=60, max_lifetime=600)
+    ac.sessions.create(f"{uid}-short", user, idle_ttl=0.2, max_lifetime=600, index=True)
+    ac.sessions.create(f"{uid}-long", user, idle_ttl=60, max_lifetime=600, index=True)
     idx = keys.user_sessions(user)
     assert 600_000 < ac.redis.pttl(idx) <= 605_000, "the index lives as long as its latest bound"
     time.sleep(0.3)
     assert [s.session_id for s in ac.sessions.list(user)] == [f"{uid}-long"]
     ac.redis.zadd(idx, {"stale": 1})  # an entry whose bound has passed
-    ac.sessions.create(f"{uid}-third", user, idle_ttl=60, max_lifetime=600)
+    ac.sessions.create(f"{uid}-third", user, idle_ttl=60, max_lifetime=600, index=True)
     assert ac.redis.zscore(idx, "stale") is None, "index writes prune passed bounds"
 
 
@@ -204,15 +213,15 @@ def test_a_crash_between_index_and_create_is_harmless(acs: AdCache, uid: str) ->
     acs.run(index_add_call(user, sid, max_lifetime=600))  # then the client died
     assert acs.sessions.list(user) == []
     assert acs.sessions.revoke_all(user) == 0
-    acs.sessions.create(sid, user, idle_ttl=60, max_lifetime=600)  # the retry
+    acs.sessions.create(sid, user, idle_ttl=60, max_lifetime=600, index=True)  # the retry
     assert [s.session_id for s in acs.sessions.list(user)] == [sid]
 
 
 def test_revocation_never_deletes_a_session_of_another_user(ac: AdCache, uid: str) -> None:
     sid = f"{uid}-s"
-    ac.sessions.create(sid, "alice-" + uid, idle_ttl=60, max_lifetime=600)
+    ac.sessions.create(sid, "alice-" + uid, idle_ttl=60, max_lifetime=600, index=True)
     with pytest.raises(AlreadyExistsError):
-        ac.sessions.create(sid, "mallory-" + uid, idle_ttl=60, max_lifetime=600)
+        ac.sessions.create(sid, "mallory-" + uid, idle_ttl=60, max_lifetime=600, index=True)
     assert ac.sessions.list("mallory-" + uid) == []
     assert ac.sessions.revoke_all("mallory-" + uid) == 0
     s = ac.sessions.get(sid)
@@ -222,9 +231,13 @@ def test_revocation_never_deletes_a_session_of_another_user(ac: AdCache, uid: st
 def test_user_session_bound(ac: AdCache, uid: str) -> None:
     user = f"{uid}-user"
     for i in range(3):
-        ac.sessions.create(f"{uid}-{i}", user, idle_ttl=60, max_lifetime=60, max_sessions=3)
+        ac.sessions.create(
+            f"{uid}-{i}", user, idle_ttl=60, max_lifetime=60, max_sessions=3, index=True
+        )
     with pytest.raises(LimitExceededError):
-        ac.sessions.create(f"{uid}-x", user, idle_ttl=60, max_lifetime=60, max_sessions=3)
+        ac.sessions.create(
+            f"{uid}-x", user, idle_ttl=60, max_lifetime=60, max_sessions=3, index=True
+        )
     assert ac.sessions.get(f"{uid}-x") is None and len(ac.sessions.list(user)) == 3
 
 
@@ -312,7 +325,7 @@ def test_foreign_history_key_is_reported(ac: AdCache, uid: str) -> None:
 
 async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     user = f"{uid}-user"
-    await aacs.sessions.create(uid, user, idle_ttl=60, max_lifetime=600)
+    await aacs.sessions.create(uid, user, idle_ttl=60, max_lifetime=600, index=True)
     t = await aacs.sessions.track(uid, categories=["a"], keywords=["k"], referrer="r")
     assert t.history_length == 1
     ctx = await aacs.sessions.context(uid)

@@ -1,7 +1,8 @@
 """Sessions: a sliding idle TTL inside an absolute lifetime, the context history that feeds
 targeting, per-session impression caps, and a per-user index (Lua domain `session`).
 
-The user index (`{u:<id>}`) and the session (`{s:<id>}`) are two single-tag calls composed here:
+The user index (`{u:<id>}`) and the session (`{s:<id>}`) are two single-tag calls composed here
+(`create(..., index=True)`, `delete(session_id, user_id)`):
 
 * create: index entry first, then the session;
 * delete: the session first, then the index entry.
@@ -291,16 +292,20 @@ class Sessions:
         idle_ttl: float,
         max_lifetime: float,
         attributes: Mapping[str, str] | None = None,
+        index: bool = False,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> Session:
-        """Create a session and index it under its user (index first: see the module doc).
-        AlreadyExistsError when the id is taken; LimitExceededError when the user has
+        """Create a session (one call); AlreadyExistsError when the id is taken.
+
+        With index=True it is first added to its user's index (one more call, see the module
+        doc), so `list` and `revoke_all` know it; LimitExceededError when the user has
         `max_sessions` live sessions."""
-        self._c.run(
-            index_add_call(
-                user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
+        if index:
+            self._c.run(
+                index_add_call(
+                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
+                )
             )
-        )
         return self._c.run(
             create_call(
                 session_id,
@@ -324,13 +329,11 @@ class Sessions:
         return self._c.run(touch_call(session_id))
 
     def delete(self, session_id: str, user_id: str | None = None) -> bool:
-        """Delete the session and its history, then its index entry. Without user_id the
-        session is read first to find its user (one more round trip)."""
+        """Delete the session and its history (one call). With user_id, only a session of that
+        user, and then its entry in the user's index too (one more call). Without it the index
+        entry, if any, is skipped by `list` and pruned when its bound passes."""
         if user_id is None:
-            s = self._c.run(get_call(session_id))
-            if s is None:
-                return False
-            user_id = s.user_id
+            return self._c.run(delete_call(session_id))
         deleted = self._c.run(delete_call(session_id, user_id))
         self._c.run(index_remove_call(user_id, [session_id]))
         return deleted
@@ -413,13 +416,15 @@ class AsyncSessions:
         idle_ttl: float,
         max_lifetime: float,
         attributes: Mapping[str, str] | None = None,
+        index: bool = False,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> Session:
-        await self._c.run(
-            index_add_call(
-                user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
+        if index:
+            await self._c.run(
+                index_add_call(
+                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
+                )
             )
-        )
         return await self._c.run(
             create_call(
                 session_id,
@@ -441,10 +446,7 @@ class AsyncSessions:
 
     async def delete(self, session_id: str, user_id: str | None = None) -> bool:
         if user_id is None:
-            s = await self._c.run(get_call(session_id))
-            if s is None:
-                return False
-            user_id = s.user_id
+            return await self._c.run(delete_call(session_id))
         deleted = await self._c.run(delete_call(session_id, user_id))
         await self._c.run(index_remove_call(user_id, [session_id]))
         return deleted
