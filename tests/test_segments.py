@@ -9,7 +9,7 @@ import pytest
 
 from adcache import AdCache, ArityError, BadArgumentError, Call, LimitExceededError, aio
 from adcache import _generated as keys
-from adcache.segments import add_call
+from adcache.segments import add_call, leave_call
 
 
 def _raw(fn: str, ks: tuple[str, ...], *args: str | int) -> Call[object]:
@@ -161,6 +161,16 @@ def test_a_crash_between_the_two_writes_is_harmless_and_a_retry_repairs_it(
     assert _user_side(acs, user) == {seg: m.expires_at_ms}
     assert _seg_side(acs, seg) == {user: m.expires_at_ms}, "both sides agree after the retry"
     assert [x.user_id for x in acs.segments.members(seg).members] == [user]
+
+
+def test_a_crash_inside_remove_leaves_only_a_segment_side_entry(acs: AdCache, uid: str) -> None:
+    user, seg = f"{uid}-u", f"{uid}-g"
+    acs.segments.add(user, seg, ttl=60)
+    acs.run(leave_call(user, seg))  # the user side went first, then the client died
+    assert acs.segments.of(user) == [], "targeting stops at once"
+    assert user in _seg_side(acs, seg), "the segment side still lists it until the retry"
+    assert acs.segments.remove(user, seg) is False  # the retry finishes the job
+    assert acs.redis.exists(keys.segment_members(seg), keys.segment_expiry(seg)) == 0
 
 
 @pytest.mark.parametrize(
