@@ -227,3 +227,17 @@ async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     assert [x.user_id for x in page.members] == [user]
     assert await aacs.segments.remove(user, seg) is True
     assert await aacs.segments.of(user) == []
+
+
+def test_foreign_keys_are_reported(ac: AdCache, uid: str) -> None:
+    from adcache import CorruptStateError
+
+    ac.redis.set(keys.user_segments(uid), "junk")
+    ac.redis.set(keys.segment_members(uid), "junk")
+    with pytest.raises(CorruptStateError):
+        ac.segments.of(uid)
+    with pytest.raises(CorruptStateError):
+        ac.segments.members(uid)
+    with pytest.raises(CorruptStateError):
+        ac.segments.add(uid + "-u", uid, ttl=60)
+    assert ac.redis.exists(keys.segment_expiry(uid)) == 0, "refused before any write"

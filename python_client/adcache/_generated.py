@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '747aa2231a329b9173fde81739ee3f57f30dbbce17cf66e4a92239130e7e4b6d'
+LIBRARY_SHA256 = '32fe48bec5faacf79617a0fbc4e8fc419e556930ecc4a507f8157511bb4ed8e3'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
