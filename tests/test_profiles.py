@@ -89,6 +89,9 @@ def test_patch_creates_a_missing_profile(ac: AdCache, uid: str) -> None:
     assert p is not None and w.version == 1 == p.version
     assert p.score_milli == 0 and p.attributes == {"src": "import"}
     assert 0 < p.ttl_ms <= 30_000
+    ac.profiles.patch(uid + "b", score_milli=42)
+    q = ac.profiles.get(uid + "b")
+    assert q is not None and q.score_milli == 42 and q.version == 1
 
 
 def test_compare_and_set(acs: AdCache, uid: str) -> None:
