@@ -82,3 +82,15 @@ def test_contract_header_must_name_known_keys_and_errors(lua_copy: Path) -> None
     )
     with pytest.raises(RenderError, match="ac_zz_"):
         render(lua_copy)
+
+
+def test_sync_and_async_facades_have_the_same_names_and_methods() -> None:
+    from adcache import facades
+
+    assert facades.SYNC.keys() == facades.ASYNC.keys()
+    assert set(facades.SyncFacades.__annotations__) == set(facades.SYNC)
+    assert set(facades.AsyncFacades.__annotations__) == set(facades.ASYNC)
+    for name, cls in facades.SYNC.items():
+        public = {m for m in vars(cls) if not m.startswith("_")}
+        apublic = {m for m in vars(facades.ASYNC[name]) if not m.startswith("_")}
+        assert public == apublic, f"{name}: sync and async differ by {public ^ apublic}"

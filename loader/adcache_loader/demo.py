@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 
 import redis
 from rich.console import Console
@@ -68,11 +69,48 @@ def scene_stats(cache: AdCache, console: Console) -> None:
         f"{'n/a' if h.hit_rate is None else f'{h.hit_rate:.1%}'}, "
         f"adcache counters {cache.monitor.counters().totals}"
     )
+def scene_users(cache: AdCache, console: Console) -> None:
+    tag = uuid.uuid4().hex[:8]
+    uid, sid, seg = f"demo-user-{tag}", f"demo-sess-{tag}", f"demo-seg-{tag}"
+    w = cache.profiles.set(
+        uid, idle_ttl=600, score_milli=75_500, interests=["tech", "gaming"], segment="high_value"
+    )
+    console.print(f"profile [bold]{uid}[/] version {w.version}, score 75.500 (stored as 75500)")
+    a = cache.profiles.activity(uid, 1_250)
+    console.print(
+        f"activity +1.250 in one atomic call: score {Decimal(a.score_milli) / 1000}, TTL refreshed"
+    )
+    try:
+        cache.profiles.patch(uid, expected_version=7, segment="stale")
+    except AdCacheError as e:
+        console.print(f"a patch against an old version is refused: [yellow]{type(e).__name__}[/]")
+    m = cache.segments.add(uid, seg, ttl=3600)
+    console.print(
+        f"joined segment {seg} until {m.expires_at_ms}; segments: {[x.segment_id for x in cache.segments.of(uid)]}"
+    )
+    cache.sessions.create(sid, uid, idle_ttl=1800, max_lifetime=7200, index=True)
+    cache.sessions.track(
+        sid, categories=["sports", "cars"], keywords=["tyres"], referrer="search.example"
+    )
+    cache.sessions.track(sid, categories=["sports"], keywords=["golf"])
+    ctx = cache.sessions.context(sid, half_life=600)
+    if ctx is not None:
+        console.print(
+            f"session context (weights in thousandths): categories {ctx.categories}, keywords {ctx.keywords}"
+        )
+    for _ in range(3):
+        imp = cache.sessions.record_impression(sid, cap=2)
+        console.print(
+            f"impression: {'allowed' if imp.allowed else 'refused'} ({imp.reason}), {imp.session_impressions} in session"
+        )
+    console.print(f"revoked {cache.sessions.revoke_all(uid)} live session(s) of {uid}")
+    cache.segments.remove(uid, seg)
 
 
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("sessions", scene_sessions),
     ("stats", scene_stats),
+    ("users", scene_users),
 ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '0a78b2cdfbc5db9e7b3438b63342249ade86f33daad523e30c00c6344857304a'
+LIBRARY_SHA256 = '1064d2e1274ac15322ddf46af80b6e2ca6738c3ca7247867be831ea5963160d5'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -21,6 +21,36 @@ ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'se
 def session(session_id: str) -> str:
     """session record: user id, attributes (a.<name>), created/expires/idle bookkeeping (hash; TTL: idle TTL given at create, slid forward by touch, never past the absolute lifetime)."""
     return f"ad:{{s:{session_id}}}:sess"
+
+
+def session_history(session_id: str) -> str:
+    """recent context, newest first, capped by LTRIM: '<ms> <kind> <categories> <keywords> <referrer>' (tab-separated) (list; TTL: same PEXPIREAT as the session record (set by create, track and touch); deleted with it)."""
+    return f"ad:{{s:{session_id}}}:hist"
+
+
+def user_sessions(user_id: str) -> str:
+    """index of a user's sessions: session id -> upper bound of its end (deadline + slack, ms) (zset; TTL: PEXPIREAT the latest member score; members past their score are pruned on add)."""
+    return f"ad:{{u:{user_id}}}:sessions"
+
+
+def profile(user_id: str) -> str:
+    """user profile: v, score (thousandths), last, created, updated, idle, segment, interests, d.<name>, x.<name> (hash; TTL: idle TTL (field idle, ms) from the last set, patch or activity)."""
+    return f"ad:{{u:{user_id}}}:prof"
+
+
+def user_segments(user_id: str) -> str:
+    """a user's segment memberships: segment id -> expiry (ms) (zset; TTL: PEXPIREAT the latest membership expiry; expired members pruned on every write)."""
+    return f"ad:{{u:{user_id}}}:segs"
+
+
+def segment_members(segment_id: str) -> str:
+    """users of a segment: user id -> time added (ms), for newest-first paging (zset; TTL: PEXPIREAT the latest member expiry (kept equal to segment_expiry's))."""
+    return f"ad:{{g:{segment_id}}}:members"
+
+
+def segment_expiry(segment_id: str) -> str:
+    """users of a segment: user id -> membership expiry (ms) (zset; TTL: PEXPIREAT the latest member expiry; expired members pruned (both zsets) on every write)."""
+    return f"ad:{{g:{segment_id}}}:expiry"
 
 
 def stats_meta(campaign_id: str) -> str:
@@ -73,10 +103,27 @@ class FunctionSpec:
 
 FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_monitor_counters': FunctionSpec('ac_monitor_counters', 'monitor', True, (), 'none', ('ADCACHE_ARITY',)),
-    'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session',), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
-    'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
+    'ac_profile_activity': FunctionSpec('ac_profile_activity', 'profile', False, ('profile',), 'score_delta idle_ttl_ms missing -- score_delta in thousandths (may be negative or 0); idle_ttl_ms 0 keeps the stored idle TTL; missing is create (an unknown user gets a minimal profile: version 1, score = delta) or fail (ADCACHE_NOTFOUND)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_profile_get': FunctionSpec('ac_profile_get', 'profile', True, ('profile',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
+    'ac_profile_patch': FunctionSpec('ac_profile_patch', 'profile', False, ('profile',), 'idle_ttl_ms expected_version [field value]... -- as for ac_profile_set; an empty value deletes the field', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
+    'ac_profile_set': FunctionSpec('ac_profile_set', 'profile', False, ('profile',), 'idle_ttl_ms expected_version [field value]... -- idle_ttl_ms 0 keeps the stored idle TTL (30 days for a new profile); expected_version \'-\' for any, 0 for "must not exist"; fields are score, last, segment, interests, d.<name>, x.<name>; an empty value leaves the field out', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
+    'ac_segment_add': FunctionSpec('ac_segment_add', 'segment', False, ('segment_members', 'segment_expiry'), 'user_id ttl_ms max_members -- the membership expires ttl_ms from now; max_members bounds the segment (up to 10,000,000); re-adding keeps the time added and sets the new expiry', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_segment_join': FunctionSpec('ac_segment_join', 'segment', False, ('user_segments',), "segment_id expires_at_ms max_segments -- expires_at_ms as returned by ac_segment_add; max_segments bounds the user's live memberships (up to 4096)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_segment_leave': FunctionSpec('ac_segment_leave', 'segment', False, ('user_segments',), 'segment_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_segment_members': FunctionSpec('ac_segment_members', 'segment', True, ('segment_members', 'segment_expiry'), "cursor count -- cursor '' for the first page, else the next_cursor of the previous page; count 1..1000", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_segment_of': FunctionSpec('ac_segment_of', 'segment', True, ('user_segments',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
+    'ac_segment_remove': FunctionSpec('ac_segment_remove', 'segment', False, ('segment_members', 'segment_expiry'), 'user_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_session_context': FunctionSpec('ac_session_context', 'session', True, ('session', 'session_history'), "half_life_ms top -- an entry of age a (ms) weighs floor(1000 * 2^(-a / half_life_ms)) thousandths (1000 when it is new, 500 one half-life later); a category's or keyword's weight is the sum over the history entries that carry it; the `top` (1..100) heaviest of each are returned, heaviest first (ties by name), tokens of weight 0 left out", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session', 'session_history...'), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]... -- the history key is optional; given, a stale history of an earlier session with the same id is dropped', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
+    'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id] -- given, a session of another user is left alone (reply 0); the history key is optional', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG')),
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
-    'ac_session_touch': FunctionSpec('ac_session_touch', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_session_history': FunctionSpec('ac_session_history', 'session', True, ('session', 'session_history'), 'count -- 1..500', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), "session_cap campaign_id campaign_cap -- caps are counts, 0 for no cap; campaign_id '' for none (then campaign_cap is ignored); a session counts at most 256 distinct campaigns", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_session_index_add': FunctionSpec('ac_session_index_add', 'session', False, ('user_sessions',), "session_id max_lifetime_ms max_sessions -- the entry is kept until now + max_lifetime_ms + 5 s (an upper bound of the session's end; a retry only raises it); max_sessions bounds the user's live entries (up to 4096)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_session_index_list': FunctionSpec('ac_session_index_list', 'session', True, ('user_sessions',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
+    'ac_session_index_remove': FunctionSpec('ac_session_index_remove', 'session', False, ('user_sessions',), 'session_id... -- 1 to 1000 ids', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_session_touch': FunctionSpec('ac_session_touch', 'session', False, ('session', 'session_history...'), 'none -- the history key is optional; given, it gets the same expiry', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_session_track': FunctionSpec('ac_session_track', 'session', False, ('session', 'session_history'), "kind max_history referrer n_categories category... keyword... -- kind view or request; max_history 1..500 entries kept (newest first); referrer up to 512 bytes ('' for none); then n_categories categories and the rest keywords (each at most 16, 1..64 bytes, no comma or control character; duplicates in one entry count once)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_stats_record': FunctionSpec('ac_stats_record', 'stats', False, ('stats_meta',), 'offset_s hour_retention_s day_retention_s dedup_s [impressions clicks conversions cost_micros revenue_micros user_id event_id]... (7 values per event, at most 1000 events; user_id and event_id may be empty strings)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_series': FunctionSpec('ac_stats_series', 'stats', False, ('stats_meta',), 'unit (hour|day) n (days <= 90, hours <= 168) offset_s', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_summary': FunctionSpec('ac_stats_summary', 'stats', False, ('stats_meta',), 'unit (hour|day) n (days <= 90, hours <= 168) offset_s', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),

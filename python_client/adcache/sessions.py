@@ -1,13 +1,26 @@
-"""Sessions: a sliding idle TTL inside an absolute lifetime (Lua domain `session`)."""
+"""Sessions: a sliding idle TTL inside an absolute lifetime, the context history that feeds
+targeting, per-session impression caps, and a per-user index (Lua domain `session`).
+
+The user index (`{u:<id>}`) and the session (`{s:<id>}`) are two single-tag calls composed here
+(`create(..., index=True)`, `delete(session_id, user_id)`):
+
+* create: index entry first, then the session;
+* delete: the session first, then the index entry.
+
+So every live session is in its user's index. A crash between the two calls leaves at most an
+index entry without a session: listing skips it, revocation deletes nothing for it, and it is
+pruned when its bound (the session's latest possible end) passes. Both calls are idempotent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, text
+from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
     from adcache import aio
@@ -26,6 +39,7 @@ class Session:
     deadline_ms: int
     ttl_ms: int
     attributes: dict[str, str] = field(default_factory=dict)
+    impressions: int = 0
 
     @property
     def expires_at_ms(self) -> int:
@@ -59,6 +73,7 @@ def _record(session_id: str) -> Callable[[Any], Session | None]:
             deadline_ms=int(f["deadline"]),
             ttl_ms=int(f["pttl"]),
             attributes={k[2:]: text(v) for k, v in f.items() if k.startswith("a.")},
+            impressions=int(f.get("imps", 0)),
         )
 
     return parse
@@ -87,7 +102,7 @@ def create_call(
     args: list[str | int] = [user_id, _ms(idle_ttl, "idle_ttl"), _ms(max_lifetime, "max_lifetime")]
     for k, v in (attributes or {}).items():
         args += [k, v]
-    return Call("ac_session_create", (keys.session(session_id),), tuple(args), _created(session_id))
+    return Call("ac_session_create", _both(session_id), tuple(args), _created(session_id))
 
 
 def get_call(session_id: str) -> Call[Session | None]:
@@ -95,11 +110,172 @@ def get_call(session_id: str) -> Call[Session | None]:
 
 
 def touch_call(session_id: str) -> Call[Touch]:
-    return Call("ac_session_touch", (keys.session(session_id),), (), lambda r: Touch(*ints(r)))
+    return Call("ac_session_touch", _both(session_id), (), lambda r: Touch(*ints(r)))
 
 
-def delete_call(session_id: str) -> Call[bool]:
-    return Call("ac_session_delete", (keys.session(session_id),), (), lambda r: int(r) == 1)
+def delete_call(session_id: str, user_id: str | None = None) -> Call[bool]:
+    """Delete the session and its history; with user_id, only a session of that user."""
+    args: tuple[str, ...] = () if user_id is None else (user_id,)
+    return Call("ac_session_delete", _both(session_id), args, lambda r: int(r) == 1)
+
+
+def _both(session_id: str) -> tuple[str, str]:
+    return keys.session(session_id), keys.session_history(session_id)
+
+
+# ---- context for targeting ----
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    expires_at_ms: int
+    deadline_ms: int
+    history_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    at_ms: int
+    kind: str  # 'view' or 'request'
+    categories: tuple[str, ...]
+    keywords: tuple[str, ...]
+    referrer: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """Weighted interests of a session. Weights are integers in thousandths: an entry of age a
+    weighs floor(1000 * 2^(-a / half_life)); a token sums the weights of the entries carrying it."""
+
+    now_ms: int
+    entries: int
+    impressions: int
+    categories: list[tuple[str, int]]
+    keywords: list[tuple[str, int]]
+    referrer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    allowed: bool
+    reason: str  # ok, session_cap, campaign_cap, campaign_limit
+    session_impressions: int
+    campaign_impressions: int
+
+
+DEFAULT_MAX_HISTORY = 50
+DEFAULT_HALF_LIFE_S = 600.0
+DEFAULT_MAX_SESSIONS = 1000
+
+
+def _tokens(values: Iterable[str], what: str) -> list[str]:
+    out = list(values)
+    for v in out:
+        # The server stores tokens comma-joined; say so here rather than split one in two.
+        if "," in v:
+            raise BadArgumentError(f"{what} {v!r} contains a comma")
+    return out
+
+
+def _weights(flat: Any) -> list[tuple[str, int]]:
+    it = iter(flat or [])
+    return [(text(n), int(w)) for n, w in zip(it, it, strict=True)]
+
+
+def _split(v: Any) -> tuple[str, ...]:
+    t = text(v)
+    return tuple(t.split(",")) if t else ()
+
+
+def track_call(
+    session_id: str,
+    *,
+    kind: Literal["view", "request"] = "view",
+    categories: Iterable[str] = (),
+    keywords: Iterable[str] = (),
+    referrer: str = "",
+    max_history: int = DEFAULT_MAX_HISTORY,
+) -> Call[Track]:
+    cats = _tokens(categories, "category")
+    kws = _tokens(keywords, "keyword")
+    args = (kind, int(max_history), referrer, len(cats), *cats, *kws)
+    return Call("ac_session_track", _both(session_id), args, lambda r: Track(*ints(r)))
+
+
+def history_call(
+    session_id: str, count: int = DEFAULT_MAX_HISTORY
+) -> Call[list[ContextEntry] | None]:
+    def parse(reply: Any) -> list[ContextEntry] | None:
+        if reply is None:
+            return None
+        return [
+            ContextEntry(int(e[0]), text(e[1]), _split(e[2]), _split(e[3]), text(e[4]))
+            for e in reply
+        ]
+
+    return Call("ac_session_history", _both(session_id), (int(count),), parse)
+
+
+def context_call(
+    session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
+) -> Call[SessionContext | None]:
+    """half_life in seconds (stored as ms); top: how many categories and keywords to return."""
+
+    def parse(reply: Any) -> SessionContext | None:
+        if not reply:
+            return None
+        f = pairs(reply)
+        return SessionContext(
+            now_ms=int(f["now"]),
+            entries=int(f["entries"]),
+            impressions=int(f["impressions"]),
+            categories=_weights(f["categories"]),
+            keywords=_weights(f["keywords"]),
+            referrer=text(f["referrer"]),
+        )
+
+    args = (_ms(half_life, "half_life"), int(top))
+    return Call("ac_session_context", _both(session_id), args, parse)
+
+
+def impression_call(
+    session_id: str, *, cap: int = 0, campaign_id: str | None = None, campaign_cap: int = 0
+) -> Call[Impression]:
+    """Caps are counts (0: none)."""
+
+    def parse(reply: Any) -> Impression:
+        return Impression(int(reply[0]) == 1, text(reply[1]), int(reply[2]), int(reply[3]))
+
+    args = (int(cap), campaign_id or "", int(campaign_cap))
+    return Call("ac_session_impression", (keys.session(session_id),), args, parse)
+
+
+# ---- the user's index ({u:<id>}) ----
+
+
+def index_add_call(
+    user_id: str, session_id: str, *, max_lifetime: float, max_sessions: int = DEFAULT_MAX_SESSIONS
+) -> Call[int]:
+    """Reply: the entry's bound (ms)."""
+    args = (session_id, _ms(max_lifetime, "max_lifetime"), int(max_sessions))
+    return Call("ac_session_index_add", (keys.user_sessions(user_id),), args, lambda r: int(r[0]))
+
+
+def index_remove_call(user_id: str, session_ids: list[str]) -> Call[int]:
+    return Call("ac_session_index_remove", (keys.user_sessions(user_id),), tuple(session_ids), int)
+
+
+def index_list_call(user_id: str) -> Call[list[str]]:
+    """Ids in the index whose bound has not passed (some may have idled out)."""
+
+    def parse(reply: Any) -> list[str]:
+        return [text(x) for x in (reply or [])[::2]]
+
+    return Call("ac_session_index_list", (keys.user_sessions(user_id),), (), parse)
+
+
+def _live_of(user_id: str, got: list[Session | None]) -> list[Session]:
+    return [s for s in got if s is not None and s.user_id == user_id]
 
 
 class Sessions:
@@ -116,8 +292,20 @@ class Sessions:
         idle_ttl: float,
         max_lifetime: float,
         attributes: Mapping[str, str] | None = None,
+        index: bool = False,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> Session:
-        """Create a session; AlreadyExistsError when the id is taken."""
+        """Create a session (one call); AlreadyExistsError when the id is taken.
+
+        With index=True it is first added to its user's index (one more call, see the module
+        doc), so `list` and `revoke_all` know it; LimitExceededError when the user has
+        `max_sessions` live sessions."""
+        if index:
+            self._c.run(
+                index_add_call(
+                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
+                )
+            )
         return self._c.run(
             create_call(
                 session_id,
@@ -140,8 +328,78 @@ class Sessions:
         """Slide the idle TTL from now, never past the lifetime; NotFoundError if expired."""
         return self._c.run(touch_call(session_id))
 
-    def delete(self, session_id: str) -> bool:
-        return self._c.run(delete_call(session_id))
+    def delete(self, session_id: str, user_id: str | None = None) -> bool:
+        """Delete the session and its history (one call). With user_id, only a session of that
+        user, and then its entry in the user's index too (one more call). Without it the index
+        entry, if any, is skipped by `list` and pruned when its bound passes."""
+        if user_id is None:
+            return self._c.run(delete_call(session_id))
+        deleted = self._c.run(delete_call(session_id, user_id))
+        self._c.run(index_remove_call(user_id, [session_id]))
+        return deleted
+
+    def track(
+        self,
+        session_id: str,
+        *,
+        kind: Literal["view", "request"] = "view",
+        categories: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        referrer: str = "",
+        max_history: int = DEFAULT_MAX_HISTORY,
+    ) -> Track:
+        """A page view or ad request: append its context and slide the idle TTL (one call)."""
+        return self._c.run(
+            track_call(
+                session_id,
+                kind=kind,
+                categories=categories,
+                keywords=keywords,
+                referrer=referrer,
+                max_history=max_history,
+            )
+        )
+
+    def history(
+        self, session_id: str, count: int = DEFAULT_MAX_HISTORY
+    ) -> list[ContextEntry] | None:
+        """The newest context entries, newest first; None when the session is gone."""
+        return self._c.run(history_call(session_id, count))
+
+    def context(
+        self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
+    ) -> SessionContext | None:
+        """Weighted interests for targeting (FCALL_RO); None when the session is gone."""
+        return self._c.run(context_call(session_id, half_life=half_life, top=top))
+
+    def record_impression(
+        self,
+        session_id: str,
+        *,
+        cap: int = 0,
+        campaign_id: str | None = None,
+        campaign_cap: int = 0,
+    ) -> Impression:
+        """Count an impression unless a cap is reached (a refusal is a reply, not an error)."""
+        return self._c.run(
+            impression_call(session_id, cap=cap, campaign_id=campaign_id, campaign_cap=campaign_cap)
+        )
+
+    def list(self, user_id: str) -> list[Session]:
+        """The user's live sessions (two rounds: the index, then the sessions pipelined)."""
+        ids = self._c.run(index_list_call(user_id))
+        return _live_of(user_id, self._c.run_many([get_call(s) for s in ids])) if ids else []
+
+    def revoke_all(self, user_id: str) -> int:
+        """Delete every session of the user, then their index entries; returns how many
+        sessions were deleted. Only the entries listed are removed, so a session created
+        meanwhile stays indexed."""
+        ids = self._c.run(index_list_call(user_id))
+        if not ids:
+            return 0
+        done = self._c.run_many([delete_call(s, user_id) for s in ids])
+        self._c.run(index_remove_call(user_id, ids))
+        return sum(1 for d in done if d)
 
 
 class AsyncSessions:
@@ -158,7 +416,15 @@ class AsyncSessions:
         idle_ttl: float,
         max_lifetime: float,
         attributes: Mapping[str, str] | None = None,
+        index: bool = False,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> Session:
+        if index:
+            await self._c.run(
+                index_add_call(
+                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
+                )
+            )
         return await self._c.run(
             create_call(
                 session_id,
@@ -178,5 +444,66 @@ class AsyncSessions:
     async def touch(self, session_id: str) -> Touch:
         return await self._c.run(touch_call(session_id))
 
-    async def delete(self, session_id: str) -> bool:
-        return await self._c.run(delete_call(session_id))
+    async def delete(self, session_id: str, user_id: str | None = None) -> bool:
+        if user_id is None:
+            return await self._c.run(delete_call(session_id))
+        deleted = await self._c.run(delete_call(session_id, user_id))
+        await self._c.run(index_remove_call(user_id, [session_id]))
+        return deleted
+
+    async def track(
+        self,
+        session_id: str,
+        *,
+        kind: Literal["view", "request"] = "view",
+        categories: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        referrer: str = "",
+        max_history: int = DEFAULT_MAX_HISTORY,
+    ) -> Track:
+        return await self._c.run(
+            track_call(
+                session_id,
+                kind=kind,
+                categories=categories,
+                keywords=keywords,
+                referrer=referrer,
+                max_history=max_history,
+            )
+        )
+
+    async def history(
+        self, session_id: str, count: int = DEFAULT_MAX_HISTORY
+    ) -> list[ContextEntry] | None:
+        return await self._c.run(history_call(session_id, count))
+
+    async def context(
+        self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
+    ) -> SessionContext | None:
+        return await self._c.run(context_call(session_id, half_life=half_life, top=top))
+
+    async def record_impression(
+        self,
+        session_id: str,
+        *,
+        cap: int = 0,
+        campaign_id: str | None = None,
+        campaign_cap: int = 0,
+    ) -> Impression:
+        return await self._c.run(
+            impression_call(session_id, cap=cap, campaign_id=campaign_id, campaign_cap=campaign_cap)
+        )
+
+    async def list(self, user_id: str) -> list[Session]:
+        ids = await self._c.run(index_list_call(user_id))
+        if not ids:
+            return []
+        return _live_of(user_id, await self._c.run_many([get_call(s) for s in ids]))
+
+    async def revoke_all(self, user_id: str) -> int:
+        ids = await self._c.run(index_list_call(user_id))
+        if not ids:
+            return 0
+        done = await self._c.run_many([delete_call(s, user_id) for s in ids])
+        await self._c.run(index_remove_call(user_id, ids))
+        return sum(1 for d in done if d)

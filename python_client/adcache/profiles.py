@@ -1,0 +1,383 @@
+"""User profiles: idle TTL, field-level patches, compare-and-set, atomic score increments
+(Lua domain `profile`).
+
+The behaviour score is an integer in thousandths (`score_milli`): 75.5 points is 75500. Convert
+with `score_from_points` / `Profile.score_points`, which are exact (Decimal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from adcache import _generated as keys
+from adcache._core import Call, ints, pairs, text
+from adcache._generated import BadArgumentError
+
+if TYPE_CHECKING:
+    from adcache import aio
+    from adcache.client import AdCache
+
+SCORE_SCALE = 1000
+# Sentinel of "any version" for expected_version.
+ANY = "-"
+
+
+def score_from_points(points: Decimal | int | str) -> int:
+    """Points (e.g. Decimal('75.5')) to thousandths; refuses values finer than 0.001."""
+    d = Decimal(points) * SCORE_SCALE
+    if d != d.to_integral_value():
+        raise BadArgumentError(f"score {points} has more than 3 decimals")
+    return int(d)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A profile record. Times are epoch milliseconds of the server clock."""
+
+    user_id: str
+    version: int
+    score_milli: int
+    last_activity_ms: int | None
+    created_ms: int
+    updated_ms: int
+    idle_ttl_ms: int
+    ttl_ms: int
+    segment: str | None = None
+    interests: tuple[str, ...] = ()
+    demographics: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def score_points(self) -> Decimal:
+        return Decimal(self.score_milli) / SCORE_SCALE
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileWrite:
+    version: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    score_milli: int
+    last_activity_ms: int
+    version: int
+    expires_at_ms: int
+    created: bool
+
+
+def _parse(user_id: str) -> Any:
+    def parse(reply: Any) -> Profile | None:
+        if not reply:
+            return None
+        f = {k: text(v) for k, v in pairs(reply).items()}
+        interests = f.get("interests", "")
+        return Profile(
+            user_id=user_id,
+            version=int(f["v"]),
+            score_milli=int(f.get("score", "0")),
+            last_activity_ms=int(f["last"]) if "last" in f else None,
+            created_ms=int(f["created"]),
+            updated_ms=int(f["updated"]),
+            idle_ttl_ms=int(f["idle"]),
+            ttl_ms=int(f["pttl"]),
+            segment=f.get("segment"),
+            interests=tuple(interests.split(",")) if interests else (),
+            demographics={k[2:]: v for k, v in f.items() if k.startswith("d.")},
+            attributes={k[2:]: v for k, v in f.items() if k.startswith("x.")},
+        )
+
+    return parse
+
+
+def _idle(idle_ttl: float | None) -> int:
+    # None keeps the stored idle TTL (30 days for a new profile): 0 on the wire.
+    if idle_ttl is None:
+        return 0
+    ms = round(idle_ttl * 1000)
+    if ms <= 0:
+        raise BadArgumentError("idle_ttl must be positive (or None to keep the stored one)")
+    return ms
+
+
+def _interests(values: Iterable[str] | None) -> str:
+    if values is None:
+        return ""
+    vals = list(values)
+    # A comma would silently split one interest in two on the server.
+    for v in vals:
+        if "," in v:
+            raise BadArgumentError(f"interest {v!r} contains a comma")
+    return ",".join(vals)
+
+
+def _fields(
+    *,
+    score_milli: int | None = None,
+    last_activity_ms: int | None = None,
+    segment: str | None = None,
+    interests: Iterable[str] | None = None,
+    demographics: Mapping[str, str | None] | None = None,
+    attributes: Mapping[str, str | None] | None = None,
+) -> list[str | int]:
+    """Wire pairs; None in a mapping (or an empty string) deletes that field in a patch."""
+    out: list[str | int] = []
+    if score_milli is not None:
+        out += ["score", int(score_milli)]
+    if last_activity_ms is not None:
+        out += ["last", int(last_activity_ms)]
+    if segment is not None:
+        out += ["segment", segment]
+    if interests is not None:
+        out += ["interests", _interests(interests)]
+    for prefix, m in (("d.", demographics), ("x.", attributes)):
+        for k, v in (m or {}).items():
+            out += [prefix + k, "" if v is None else v]
+    return out
+
+
+def _write(reply: Any) -> ProfileWrite:
+    v, exp = ints(reply)
+    return ProfileWrite(v, exp)
+
+
+def _expected(expected_version: int | None) -> str | int:
+    return ANY if expected_version is None else int(expected_version)
+
+
+def get_call(user_id: str) -> Call[Profile | None]:
+    return Call("ac_profile_get", (keys.profile(user_id),), (), _parse(user_id))
+
+
+def set_call(
+    user_id: str,
+    *,
+    idle_ttl: float | None = None,
+    expected_version: int | None = None,
+    score_milli: int | None = None,
+    last_activity_ms: int | None = None,
+    segment: str | None = None,
+    interests: Iterable[str] | None = None,
+    demographics: Mapping[str, str] | None = None,
+    attributes: Mapping[str, str] | None = None,
+) -> Call[ProfileWrite]:
+    """Replace the whole profile (fields not given are gone; score 0 unless given)."""
+    f = _fields(
+        score_milli=score_milli,
+        last_activity_ms=last_activity_ms,
+        segment=segment,
+        interests=interests,
+        demographics=demographics,
+        attributes=attributes,
+    )
+    args = (_idle(idle_ttl), _expected(expected_version), *f)
+    return Call("ac_profile_set", (keys.profile(user_id),), args, _write)
+
+
+def patch_call(
+    user_id: str,
+    *,
+    idle_ttl: float | None = None,
+    expected_version: int | None = None,
+    score_milli: int | None = None,
+    last_activity_ms: int | None = None,
+    segment: str | None = None,
+    interests: Iterable[str] | None = None,
+    demographics: Mapping[str, str | None] | None = None,
+    attributes: Mapping[str, str | None] | None = None,
+) -> Call[ProfileWrite]:
+    """Change only the given fields (segment '' clears it; None in a mapping deletes that key)."""
+    f = _fields(
+        score_milli=score_milli,
+        last_activity_ms=last_activity_ms,
+        segment=segment,
+        interests=interests,
+        demographics=demographics,
+        attributes=attributes,
+    )
+    args = (_idle(idle_ttl), _expected(expected_version), *f)
+    return Call("ac_profile_patch", (keys.profile(user_id),), args, _write)
+
+
+def activity_call(
+    user_id: str,
+    score_delta_milli: int = 0,
+    *,
+    idle_ttl: float | None = None,
+    missing: Literal["create", "fail"] = "create",
+) -> Call[Activity]:
+    def parse(reply: Any) -> Activity:
+        score, last, version, exp, created = ints(reply)
+        return Activity(score, last, version, exp, created == 1)
+
+    args = (int(score_delta_milli), _idle(idle_ttl), missing)
+    return Call("ac_profile_activity", (keys.profile(user_id),), args, parse)
+
+
+class Profiles:
+    """Profile calls on a synchronous `AdCache` (`cache.profiles`)."""
+
+    def __init__(self, cache: AdCache) -> None:
+        self._c = cache
+
+    def get(self, user_id: str) -> Profile | None:
+        """The profile, or None when unknown or expired (FCALL_RO)."""
+        return self._c.run(get_call(user_id))
+
+    def get_many(self, user_ids: list[str]) -> list[Profile | None]:
+        """Many profiles, one pipelined round per node, in the order of `user_ids`."""
+        return self._c.run_many([get_call(u) for u in user_ids])
+
+    def set(
+        self,
+        user_id: str,
+        *,
+        idle_ttl: float | None = None,
+        expected_version: int | None = None,
+        score_milli: int | None = None,
+        last_activity_ms: int | None = None,
+        segment: str | None = None,
+        interests: Iterable[str] | None = None,
+        demographics: Mapping[str, str] | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> ProfileWrite:
+        """Replace the profile (score 0 unless given). VersionConflictError when
+        expected_version (0: must not exist) is not the stored one."""
+        return self._c.run(
+            set_call(
+                user_id,
+                idle_ttl=idle_ttl,
+                expected_version=expected_version,
+                score_milli=score_milli,
+                last_activity_ms=last_activity_ms,
+                segment=segment,
+                interests=interests,
+                demographics=demographics,
+                attributes=attributes,
+            )
+        )
+
+    def patch(
+        self,
+        user_id: str,
+        *,
+        idle_ttl: float | None = None,
+        expected_version: int | None = None,
+        score_milli: int | None = None,
+        last_activity_ms: int | None = None,
+        segment: str | None = None,
+        interests: Iterable[str] | None = None,
+        demographics: Mapping[str, str | None] | None = None,
+        attributes: Mapping[str, str | None] | None = None,
+    ) -> ProfileWrite:
+        """Change only the given fields, in one call (creates the profile when absent).
+        segment '' clears it; None in demographics/attributes deletes that key."""
+        return self._c.run(
+            patch_call(
+                user_id,
+                idle_ttl=idle_ttl,
+                expected_version=expected_version,
+                score_milli=score_milli,
+                last_activity_ms=last_activity_ms,
+                segment=segment,
+                interests=interests,
+                demographics=demographics,
+                attributes=attributes,
+            )
+        )
+
+    def activity(
+        self,
+        user_id: str,
+        score_delta_milli: int = 0,
+        *,
+        idle_ttl: float | None = None,
+        missing: Literal["create", "fail"] = "create",
+    ) -> Activity:
+        """Add to the score, set last activity to now, refresh the idle TTL: one atomic call."""
+        return self._c.run(
+            activity_call(user_id, score_delta_milli, idle_ttl=idle_ttl, missing=missing)
+        )
+
+
+class AsyncProfiles:
+    """Profile calls on an asyncio `AdCache` (`cache.profiles`)."""
+
+    def __init__(self, cache: aio.AdCache) -> None:
+        self._c = cache
+
+    async def get(self, user_id: str) -> Profile | None:
+        return await self._c.run(get_call(user_id))
+
+    async def get_many(self, user_ids: list[str]) -> list[Profile | None]:
+        return await self._c.run_many([get_call(u) for u in user_ids])
+
+    async def set(
+        self,
+        user_id: str,
+        *,
+        idle_ttl: float | None = None,
+        expected_version: int | None = None,
+        score_milli: int | None = None,
+        last_activity_ms: int | None = None,
+        segment: str | None = None,
+        interests: Iterable[str] | None = None,
+        demographics: Mapping[str, str] | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> ProfileWrite:
+        return await self._c.run(
+            set_call(
+                user_id,
+                idle_ttl=idle_ttl,
+                expected_version=expected_version,
+                score_milli=score_milli,
+                last_activity_ms=last_activity_ms,
+                segment=segment,
+                interests=interests,
+                demographics=demographics,
+                attributes=attributes,
+            )
+        )
+
+    async def patch(
+        self,
+        user_id: str,
+        *,
+        idle_ttl: float | None = None,
+        expected_version: int | None = None,
+        score_milli: int | None = None,
+        last_activity_ms: int | None = None,
+        segment: str | None = None,
+        interests: Iterable[str] | None = None,
+        demographics: Mapping[str, str | None] | None = None,
+        attributes: Mapping[str, str | None] | None = None,
+    ) -> ProfileWrite:
+        return await self._c.run(
+            patch_call(
+                user_id,
+                idle_ttl=idle_ttl,
+                expected_version=expected_version,
+                score_milli=score_milli,
+                last_activity_ms=last_activity_ms,
+                segment=segment,
+                interests=interests,
+                demographics=demographics,
+                attributes=attributes,
+            )
+        )
+
+    async def activity(
+        self,
+        user_id: str,
+        score_delta_milli: int = 0,
+        *,
+        idle_ttl: float | None = None,
+        missing: Literal["create", "fail"] = "create",
+    ) -> Activity:
+        return await self._c.run(
+            activity_call(user_id, score_delta_milli, idle_ttl=idle_ttl, missing=missing)
+        )
