@@ -168,10 +168,17 @@ def test_unknown_session_is_not_found_and_nothing_is_written(acs: AdCache, uid: 
 
 
 def test_unindexed_create_and_plain_delete_are_single_calls(ac: AdCache, uid: str) -> None:
-    ac.sessions.create(uid, uid + "-user", idle_ttl=60, max_lifetime=600)
+    ac.sessions.create(uid, uid + "-user", idle_ttl=60, max_lifetime=600, index=False)
     assert ac.redis.exists(keys.user_sessions(uid + "-user")) == 0
     assert ac.sessions.list(uid + "-user") == []
     assert ac.sessions.delete(uid) is True
+
+
+def test_sessions_are_indexed_by_default(ac: AdCache, uid: str) -> None:
+    ac.sessions.create(uid, uid + "-user", idle_ttl=60, max_lifetime=600)
+    assert [s.session_id for s in ac.sessions.list(uid + "-user")] == [uid]
+    assert ac.sessions.revoke_all(uid + "-user") == 1
+    assert ac.sessions.get(uid) is None
 
 
 def test_user_sessions_are_listed_and_revoked(acs: AdCache, uid: str) -> None:

@@ -13,6 +13,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
@@ -37,7 +38,14 @@ T = TypeVar("T")
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
 
-__all__ = ["AdCache"]
+__all__ = ["AdCache", "AsyncNodeRef"]
+
+
+@dataclass(frozen=True)
+class AsyncNodeRef:
+    name: str  # host:port
+    role: str  # "primary" | "replica"
+    node: ClusterNode | None  # None on a standalone server
 
 
 class AdCache(AsyncFacades):
@@ -149,6 +157,26 @@ class AdCache(AsyncFacades):
     async def _refresh_topology(self) -> None:
         if isinstance(self.redis, RedisCluster):
             await self.redis.nodes_manager.initialize()
+
+    async def nodes(self, *, replicas: bool = True) -> list[AsyncNodeRef]:
+        """Every node the client knows (standalone: the one server); send to one with
+        `execute_on` / `execute_many_on`."""
+        await self._ensure_initialized()
+        if not isinstance(self.redis, RedisCluster):
+            return [AsyncNodeRef(self._name, "primary", None)]
+        found = self.redis.get_nodes() if replicas else self.redis.get_primaries()
+        return [
+            AsyncNodeRef(n.name, "replica" if n.server_type == "replica" else "primary", n)
+            for n in sorted(found, key=lambda n: n.name)
+        ]
+
+    async def execute_on(self, ref: AsyncNodeRef, *cmd: Arg) -> Any:
+        """One command on one node (admin and monitoring: no routing, no retries)."""
+        return await self._send(ref.node, *cmd)
+
+    async def execute_many_on(self, ref: AsyncNodeRef, cmds: list[tuple[Arg, ...]]) -> list[Any]:
+        """Several commands on one node in one round trip; error replies are returned in place."""
+        return await self._send_many(ref.node, cmds)
 
     # ---- library checks ----
 

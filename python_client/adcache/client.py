@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -38,6 +39,13 @@ log = logging.getLogger("adcache")
 T = TypeVar("T")
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    name: str  # host:port
+    role: str  # "primary" | "replica"
+    client: redis.Redis
 
 
 def _standalone_name(client: redis.Redis) -> str:
@@ -131,6 +139,22 @@ class AdCache(SyncFacades):
     def _refresh_topology(self) -> None:
         if self.is_cluster:
             self.redis.nodes_manager.initialize()  # type: ignore[union-attr]
+
+    def nodes(self, *, replicas: bool = True) -> list[NodeRef]:
+        """Every node the client knows (standalone: the one server), for admin and monitoring
+        commands sent to one node at a time with `ref.client`."""
+        if not self.is_cluster:
+            return [NodeRef(self._name, "primary", self.redis)]  # type: ignore[arg-type]
+        rc: RedisCluster = self.redis  # type: ignore[assignment]
+        found = rc.get_nodes() if replicas else rc.get_primaries()
+        return [
+            NodeRef(
+                n.name,
+                "replica" if n.server_type == "replica" else "primary",
+                rc.get_redis_connection(n),
+            )
+            for n in sorted(found, key=lambda n: n.name)
+        ]
 
     # ---- library checks ----
 

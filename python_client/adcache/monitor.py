@@ -25,9 +25,6 @@ from adcache._core import pairs, text, translate_error
 from adcache._generated import KEY_PREFIX
 
 if TYPE_CHECKING:
-    import redis
-    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
-
     from adcache import aio
     from adcache.client import AdCache
 
@@ -307,20 +304,6 @@ MATCH = f"{KEY_PREFIX}:*"
 # ---- sync ----
 
 
-def nodes_of(cache: AdCache, *, replicas: bool = True) -> list[tuple[str, str, redis.Redis]]:
-    """(name, role, connection) of every node the client knows (standalone: the one server)."""
-    from redis.cluster import RedisCluster
-
-    rc = cache.redis
-    if isinstance(rc, RedisCluster):
-        nodes = rc.get_nodes() if replicas else rc.get_primaries()
-        return [
-            (n.name, str(n.server_type or "primary"), rc.get_redis_connection(n))
-            for n in sorted(nodes, key=lambda n: n.name)
-        ]
-    return [(cache._name, "primary", rc)]
-
-
 class Monitor:
     """Health, counters and audit on a synchronous `AdCache` (`cache.monitor`)."""
 
@@ -329,7 +312,8 @@ class Monitor:
 
     def health(self) -> Health:
         out = []
-        for name, role, conn in nodes_of(self._c):
+        for ref in self._c.nodes():
+            name, role, conn = ref.name, ref.role, ref.client
             try:
                 raw = conn.execute_command("INFO", *INFO_SECTIONS)
                 out.append(node_health(name, role, raw))
@@ -341,7 +325,8 @@ class Monitor:
     def counters(self) -> Counters:
         per: dict[str, dict[str, int]] = {}
         errors: dict[str, str] = {}
-        for name, _role, conn in nodes_of(self._c):
+        for ref in self._c.nodes():
+            name, conn = ref.name, ref.client
             try:
                 per[name] = parse_counters(
                     conn.execute_command("FCALL_RO", "ac_monitor_counters", 0)
@@ -357,7 +342,8 @@ class Monitor:
     ) -> AuditReport:
         """SCAN every primary (COUNT `count` per step, at most `max_keys` keys in all)."""
         st = _AuditState(max_report)
-        for name, _role, conn in nodes_of(self._c, replicas=False):
+        for ref in self._c.nodes(replicas=False):
+            name, conn = ref.name, ref.client
             if st.scanned >= max_keys:
                 st.complete = False  # nodes left unscanned
                 break
@@ -382,21 +368,6 @@ class Monitor:
 # ---- asyncio ----
 
 
-def async_nodes_of(
-    cache: aio.AdCache, *, replicas: bool = True
-) -> list[tuple[str, str, AsyncClusterNode | None]]:
-    from redis.asyncio.cluster import RedisCluster
-
-    rc = cache.redis
-    if isinstance(rc, RedisCluster):
-        nodes = rc.get_nodes() if replicas else rc.get_primaries()
-        return [
-            (n.name, str(n.server_type or "primary"), n)
-            for n in sorted(nodes, key=lambda n: n.name)
-        ]
-    return [(cache._name, "primary", None)]
-
-
 class AsyncMonitor:
     """Asyncio twin of `Monitor` (`cache.monitor` on `adcache.aio.AdCache`)."""
 
@@ -404,23 +375,23 @@ class AsyncMonitor:
         self._c = cache
 
     async def health(self) -> Health:
-        await self._c._ensure_initialized()
         out = []
-        for name, role, node in async_nodes_of(self._c):
+        for ref in await self._c.nodes():
+            name, role = ref.name, ref.role
             try:
-                raw = await self._c._send(node, "INFO", *INFO_SECTIONS)
+                raw = await self._c.execute_on(ref, "INFO", *INFO_SECTIONS)
                 out.append(node_health(name, role, raw))
             except RedisError as e:
                 out.append(NodeHealth(node=name, role=role, up=False, error=str(e)))
         return Health(tuple(out))
 
     async def counters(self) -> Counters:
-        await self._c._ensure_initialized()
         per: dict[str, dict[str, int]] = {}
         errors: dict[str, str] = {}
-        for name, _role, node in async_nodes_of(self._c):
+        for ref in await self._c.nodes():
+            name = ref.name
             try:
-                reply = await self._c._send(node, "FCALL_RO", "ac_monitor_counters", 0)
+                reply = await self._c.execute_on(ref, "FCALL_RO", "ac_monitor_counters", 0)
                 per[name] = parse_counters(reply)
             except ResponseError as e:
                 errors[name] = str(translate_error(e, name))
@@ -431,22 +402,24 @@ class AsyncMonitor:
     async def audit(
         self, *, count: int = 200, max_keys: int = 100_000, max_report: int = 50
     ) -> AuditReport:
-        await self._c._ensure_initialized()
         st = _AuditState(max_report)
-        for name, _role, node in async_nodes_of(self._c, replicas=False):
+        for ref in await self._c.nodes(replicas=False):
+            name = ref.name
             if st.scanned >= max_keys:
                 st.complete = False  # nodes left unscanned
                 break
             cursor = 0
             while st.scanned < max_keys:
-                reply = await self._c._send(node, "SCAN", cursor, "MATCH", MATCH, "COUNT", count)
+                reply = await self._c.execute_on(
+                    ref, "SCAN", cursor, "MATCH", MATCH, "COUNT", count
+                )
                 cursor = int(reply[0])
                 batch = st.take(reply[1], max_keys)
                 if batch:
                     cmds: list[tuple[str | int | bytes | float, ...]] = []
                     for k in batch:
                         cmds += [("PTTL", k), ("TYPE", k)]
-                    res = await self._c._send_many(node, cmds)
+                    res = await self._c.execute_many_on(ref, cmds)
                     for i, k in enumerate(batch):
                         st.add(name, k, int(res[2 * i]), text(res[2 * i + 1]))
                 if cursor == 0:

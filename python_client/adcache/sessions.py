@@ -2,7 +2,7 @@
 targeting, per-session impression caps, and a per-user index (Lua domain `session`).
 
 The user index (`{u:<id>}`) and the session (`{s:<id>}`) are two single-tag calls composed here
-(`create(..., index=True)`, `delete(session_id, user_id)`):
+(`create(...)`, indexed by default, and `delete(session_id, user_id)`):
 
 * create: index entry first, then the session;
 * delete: the session first, then the index entry.
@@ -292,7 +292,7 @@ class Sessions:
         idle_ttl: float,
         max_lifetime: float,
         attributes: Mapping[str, str] | None = None,
-        index: bool = False,
+        index: bool = True,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> Session:
         """Create a session (one call); AlreadyExistsError when the id is taken.
@@ -416,7 +416,7 @@ class AsyncSessions:
         idle_ttl: float,
         max_lifetime: float,
         attributes: Mapping[str, str] | None = None,
-        index: bool = False,
+        index: bool = True,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> Session:
         if index:

@@ -49,7 +49,7 @@ def test_unconfirmed_write_is_reported(pair: tuple[RedisServer, RedisServer], ui
     admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the replica stops acknowledging
     try:
         with pytest.raises(DurabilityError, match="0 of 1"):
-            cache.sessions.create(uid, "u", idle_ttl=60, max_lifetime=60)
+            cache.sessions.create(uid, "u", idle_ttl=60, max_lifetime=60, index=False)
         results = cache.run_many([get_call(uid), delete_call(uid)], raise_on_error=False)
         assert results[0] is not None and isinstance(results[1], DurabilityError)
     finally:

@@ -51,7 +51,7 @@ def _run_load(cache: AdCache, ids: Iterator[str], stop: threading.Event, load: L
     for sid in ids:
         while not stop.is_set():
             try:
-                cache.sessions.create(sid, "u", idle_ttl=600, max_lifetime=600)
+                cache.sessions.create(sid, "u", idle_ttl=600, max_lifetime=600, index=False)
                 load.acked.append(sid)
                 load.ack_times.append(time.monotonic())
                 load.answer_times.append(time.monotonic())

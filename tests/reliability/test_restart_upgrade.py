@@ -31,7 +31,7 @@ def test_aof_crash_mid_load_loses_no_acknowledged_write(redis_binary: str, uid: 
             while not stop.is_set():
                 sid = f"{uid}-{i}"
                 try:
-                    cache.sessions.create(sid, "u", idle_ttl=600, max_lifetime=600)
+                    cache.sessions.create(sid, "u", idle_ttl=600, max_lifetime=600, index=False)
                     acked.append(sid)
                     i += 1
                 except AlreadyExistsError:
@@ -79,7 +79,7 @@ def test_upgrade_under_load_fails_no_call(redis_binary: str, uid: str) -> None:
             while not stop.is_set():
                 sid = f"{uid}-{n}-{i}"
                 try:
-                    cache.sessions.create(sid, "u", idle_ttl=60, max_lifetime=60)
+                    cache.sessions.create(sid, "u", idle_ttl=60, max_lifetime=60, index=False)
                     assert cache.sessions.get(sid) is not None
                     cache.sessions.touch(sid)
                     calls[0] += 3
