@@ -39,6 +39,8 @@ K.MAX_ID = 128
 -- name -> {entity letter, Lua pattern of the suffix}
 K.SPEC = {
   session = {'s', '^sess$'},
+  auction = {'a', '^auc$'},
+  auction_bids = {'a', '^bids$'},
 }
 
 -- Split '<prefix>:{<letter>:<id>}:<suffix>' into letter, id, suffix (nil when it does not parse).
@@ -84,6 +86,12 @@ end
 -- Key builders from a tag '<letter>:<id>' (for keys derived inside a call from a passed key's tag).
 function K.session(tag)
   return 'ad:{' .. tag .. '}:sess'
+end
+function K.auction(tag)
+  return 'ad:{' .. tag .. '}:auc'
+end
+function K.auction_bids(tag)
+  return 'ad:{' .. tag .. '}:bids'
 end
 
 -- ==== helper: validate (lua/_validate.lua.j2) ====
@@ -241,6 +249,490 @@ function T.ymdh(ms, offset_s)
   return T.ymd(ms, offset_s) .. string.format('%02d', math.floor((l % T.DAY) / T.HOUR))
 end
 
+-- ==== helper: money (lua/_money.lua.j2) ====
+--@helper money: amounts are integer micro-units (1 currency unit = 1,000,000 micros). They never
+-- pass through floating-point arithmetic beyond exact integers (< 2^53).
+
+local M = {}
+M.PER_UNIT = 1000000
+-- Largest amount accepted in one argument: 999,999,999 units.
+M.MAX = 999999999 * 1000000
+
+-- A non-negative amount of micros given as a decimal integer string.
+function M.amount(v, name)
+  return V.int(v, name, 0, M.MAX)
+end
+
+-- A strictly positive amount.
+function M.positive(v, name)
+  return V.int(v, name, 1, M.MAX)
+end
+
+-- Integer reply of a stored amount (HGET returns strings or false).
+function M.stored(v)
+  return v and tonumber(v) or 0
+end
+
+-- ==== domain: auction (lua/auction.lua.j2) ====
+do
+--@domain auction: real-time-bidding auctions, OpenRTB-shaped: floors, deals, private auctions,
+-- first and second price, ties to the earliest bid, loss reasons, idempotent bids, close and bill.
+
+-- Two keys per auction, both under the tag {a:<request id>} and both expiring at `expires`:
+--   auction (hash): at, inc, created, deadline, exp, expires, seq (arrival counter), state
+--     ('open' | 'closed'), closed (ms), imps (msgpack list of imp ids, in request order),
+--     ws / bs (msgpack seat sets: auction-level allowed / blocked seats),
+--     i.<imp> = msgpack {f = floor, p = private 0|1, d = {<deal id> = {f = floor, w = seat set}}},
+--     r.<imp> = msgpack {w = winning bid id, c = clearing price} (written at close),
+--     b.<imp> = billing time in ms (written by the first bill).
+--   auction_bids (hash): <bid id> = msgpack {s seat, i imp, p price, d deal, c cid, r crid,
+--     a adomain, n nurl, l lurl, b burl, q arrival seq, st 1 accepted | 0 refused, rs reason}.
+-- Every bid received is stored, refused ones too, so a repeated bid id gets the first reply back.
+-- Prices are CPM in integer micros. All sizes are bounded (ADCACHE_LIMIT beyond).
+--
+-- Lazy close: once the deadline has passed no bid can be accepted, so the outcome is fixed. The
+-- write paths (bid, close, bill) record the close when they find an open auction past its deadline;
+-- ac_auction_result never writes: it reports state 'due' with the outcome the close will record.
+local AU = {}
+AU.MAX_IMPS = 32
+AU.MAX_DEALS = 64 -- per auction, over all imps
+AU.MAX_SEATS = 64 -- per seat list (auction wseat / bseat, deal wseat)
+AU.MAX_BIDS = 256 -- stored bids per auction, refused ones included
+AU.MAX_TMAX_MS = 10 * T.MINUTE
+AU.MAX_TTL_MS = 7 * T.DAY
+AU.MAX_URL = 2048
+AU.MAX_ADOMAIN = 1024
+AU.BID_FIELDS = 11
+-- OpenRTB loss reason codes (0 = no loss: won, or accepted while the auction is open).
+AU.WON, AU.EXPIRED, AU.BAD_DEAL = 0, 2, 4
+AU.BELOW_FLOOR, AU.BELOW_DEAL_FLOOR, AU.OUTBID, AU.SEAT_BLOCKED = 100, 101, 102, 104
+
+-- Argument cursor for variadic, count-prefixed ARGV layouts.
+function AU.take(r, what)
+  local v = r.args[r.i]
+  if v == nil then E.fail('ADCACHE_ARITY', 'missing ' .. what .. ' (argument ' .. r.i .. ')') end
+  r.i = r.i + 1
+  return v
+end
+
+function AU.count(v, name, max)
+  local n = V.uint(v, name)
+  if n > max then E.fail('ADCACHE_LIMIT', 'at most ' .. max .. ' ' .. name .. ', got ' .. n) end
+  return n
+end
+
+-- `n seat...` as a set {seat = true}; duplicates are harmless.
+function AU.seats(r, name)
+  local n = AU.count(AU.take(r, name .. ' count'), name, AU.MAX_SEATS)
+  local set = {}
+  for _ = 1, n do set[V.id(AU.take(r, name), name)] = true end
+  return set
+end
+
+function AU.is_empty(t) return next(t) == nil end
+
+-- An optional id: '' means absent.
+function AU.opt_id(v, name)
+  if v == '' then return '' end
+  return V.id(v, name)
+end
+
+-- Fetch meta fields; NOTFOUND when the auction is unknown or expired.
+function AU.meta(key, ...)
+  local names = {...}
+  local vals = redis.call('HMGET', key, 'state', unpack(names))
+  if not vals[1] then
+    if redis.call('EXISTS', key) == 1 then
+      E.fail('ADCACHE_WRONGTYPE', key .. ' is not an auction record')
+    end
+    E.fail('ADCACHE_NOTFOUND', 'auction ' .. key .. ' is unknown or expired')
+  end
+  local m = {state = vals[1]}
+  for i, n in ipairs(names) do m[n] = vals[i + 1] end
+  return m
+end
+
+function AU.unpack(v, what)
+  local ok, t = pcall(cmsgpack.unpack, v)
+  if not ok or type(t) ~= 'table' then
+    E.fail('ADCACHE_WRONGTYPE', what .. ' does not hold an adcache record')
+  end
+  return t
+end
+
+-- Every stored bid, in arrival order.
+function AU.load_bids(bids_key)
+  local flat = redis.call('HGETALL', bids_key)
+  local list = {}
+  for i = 1, #flat, 2 do
+    local rec = AU.unpack(flat[i + 1], 'bid ' .. flat[i])
+    rec.id = flat[i]
+    list[#list + 1] = rec
+  end
+  table.sort(list, function(a, b) return a.q < b.q end)
+  return list
+end
+
+-- The outcome of a closed auction: per imp {w = bid id, c = clearing price}, from the accepted
+-- bids. Highest price wins, ties go to the earliest arrival; second price is the higher of the
+-- runner-up and the winner's floor (its deal floor for a deal bid), plus the increment, never above
+-- the winning bid. Deterministic: close and a read of a 'due' auction compute the same.
+function AU.outcome(at, inc, cfg, list)
+  local best, second = {}, {}
+  for _, b in ipairs(list) do -- arrival order: a later equal price never displaces the best
+    if b.st == 1 then
+      local cur = best[b.i]
+      if not cur or b.p > cur.p then
+        second[b.i], best[b.i] = cur, b
+      elseif not second[b.i] or b.p > second[b.i].p then
+        second[b.i] = b
+      end
+    end
+  end
+  local res = {}
+  for imp, w in pairs(best) do
+    local clear = w.p
+    if at == 2 then
+      local c = cfg[imp]
+      local floor = c.f
+      if w.d ~= '' and c.d[w.d] then floor = c.d[w.d].f end
+      local base = second[imp] and second[imp].p or 0
+      if floor > base then base = floor end
+      clear = math.min(w.p, base + inc)
+    end
+    res[imp] = {w = w.id, c = clear}
+  end
+  return res
+end
+
+-- Per-imp configs of the auction, by imp id, and the imp ids in request order.
+function AU.config(key)
+  local order = AU.unpack(redis.call('HGET', key, 'imps'), 'auction imps')
+  local fields = {}
+  for i, imp in ipairs(order) do fields[i] = 'i.' .. imp end
+  local vals = redis.call('HMGET', key, unpack(fields))
+  local cfg = {}
+  for i, imp in ipairs(order) do cfg[imp] = AU.unpack(vals[i], 'imp ' .. imp) end
+  return order, cfg
+end
+
+-- Record the close: state, time and the per-imp results. Idempotent by the callers' state check.
+function AU.close(key, bids_key, now)
+  local m = AU.meta(key, 'at', 'inc')
+  local order, cfg = AU.config(key)
+  local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, AU.load_bids(bids_key))
+  local fields = {'state', 'closed', 'closed', now}
+  for _, imp in ipairs(order) do
+    if res[imp] then
+      fields[#fields + 1] = 'r.' .. imp
+      fields[#fields + 1] = cmsgpack.pack(res[imp])
+    end
+  end
+  redis.call('HSET', key, unpack(fields))
+end
+
+-- The result reply (see ac_auction_result). `due` computes the outcome without recording it.
+function AU.result_reply(key, bids_key, now)
+  local m = AU.meta(key, 'at', 'inc', 'created', 'deadline', 'closed', 'exp', 'expires')
+  local order, cfg = AU.config(key)
+  local list = AU.load_bids(bids_key)
+  local deadline = tonumber(m.deadline)
+  local state = m.state
+  local res = {}
+  local billed = {}
+  if state == 'closed' then
+    local fields = {}
+    for i, imp in ipairs(order) do
+      fields[2 * i - 1] = 'r.' .. imp
+      fields[2 * i] = 'b.' .. imp
+    end
+    local vals = redis.call('HMGET', key, unpack(fields))
+    for i, imp in ipairs(order) do
+      if vals[2 * i - 1] then res[imp] = AU.unpack(vals[2 * i - 1], 'result of imp ' .. imp) end
+      billed[imp] = vals[2 * i] and 1 or 0
+    end
+  elseif now >= deadline then
+    state = 'due'
+    res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
+  end
+  local closed = m.closed and tonumber(m.closed) or 0
+  local ended = deadline
+  if closed > 0 and closed < deadline then ended = closed end
+  local imps = {}
+  for _, imp in ipairs(order) do
+    local r = res[imp]
+    imps[#imps + 1] = {imp, cfg[imp].f, cfg[imp].p, r and r.w or '', r and r.c or 0, billed[imp] or 0}
+  end
+  local bids = {}
+  for _, b in ipairs(list) do
+    local status, reason = 'rejected', b.rs
+    if b.st == 1 then
+      local r = res[b.i]
+      if state == 'open' then
+        status, reason = 'pending', AU.WON
+      elseif r and r.w == b.id then
+        status, reason = 'won', AU.WON
+      else
+        status, reason = 'lost', AU.OUTBID
+      end
+    end
+    local c = cfg[b.i]
+    local floor = c.f
+    if b.d ~= '' and c.d[b.d] then floor = c.d[b.d].f end
+    bids[#bids + 1] = {b.id, b.i, b.s, b.p, b.d, b.c, b.r, b.a, b.n, b.l, b.b, b.q, status, reason,
+      floor}
+  end
+  return {'state', state, 'at', tonumber(m.at), 'increment', tonumber(m.inc),
+    'created', tonumber(m.created), 'deadline', deadline, 'closed', closed, 'ended', ended,
+    'exp', tonumber(m.exp), 'expires', tonumber(m.expires), 'imps', imps, 'bids', bids}
+end
+
+--- @function ac_auction_create
+--- @summary Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.
+--- @keys auction
+--- @argv at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros n_wseat [seat]...]...]...
+--- @reply field/value array: created, deadline, expires (epoch ms, server clock)
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_EXISTS
+local function auction_create(keys, args)
+  K.check(keys, {'auction'})
+  V.nargs(args, 8)
+  local r = {args = args, i = 1}
+  local at = V.int(AU.take(r, 'at'), 'at', 1, 2)
+  local tmax = V.pos(AU.take(r, 'tmax_ms'), 'tmax_ms', AU.MAX_TMAX_MS)
+  local exp = V.pos(AU.take(r, 'exp_ms'), 'exp_ms', AU.MAX_TTL_MS)
+  local ttl = V.pos(AU.take(r, 'ttl_ms'), 'ttl_ms', AU.MAX_TTL_MS)
+  local inc = M.amount(AU.take(r, 'increment_micros'), 'increment_micros')
+  if ttl < tmax + exp then
+    E.fail('ADCACHE_BADARG', 'ttl_ms must cover tmax_ms + exp_ms (' .. (tmax + exp) .. '), got '
+      .. ttl)
+  end
+  local wseat = AU.seats(r, 'wseat')
+  local bseat = AU.seats(r, 'bseat')
+  local nimps = AU.count(AU.take(r, 'imp count'), 'imps', AU.MAX_IMPS)
+  if nimps == 0 then E.fail('ADCACHE_BADARG', 'an auction needs at least one imp') end
+  local order, imps, ndeals = {}, {}, 0
+  for _ = 1, nimps do
+    local id = V.id(AU.take(r, 'imp id'), 'imp id')
+    if imps[id] then E.fail('ADCACHE_BADARG', 'imp id ' .. id .. ' is given twice') end
+    local floor = M.amount(AU.take(r, 'imp floor'), 'floor of imp ' .. id)
+    local private = V.int(AU.take(r, 'private flag'), 'private_auction of imp ' .. id, 0, 1)
+    local nd = AU.count(AU.take(r, 'deal count'), 'deals', AU.MAX_DEALS)
+    local deals = {}
+    for _ = 1, nd do
+      local did = V.id(AU.take(r, 'deal id'), 'deal id')
+      if deals[did] then E.fail('ADCACHE_BADARG', 'deal ' .. did .. ' is given twice') end
+      local dfloor = M.amount(AU.take(r, 'deal floor'), 'floor of deal ' .. did)
+      deals[did] = {f = dfloor, w = AU.seats(r, 'deal wseat')}
+      ndeals = ndeals + 1
+      if ndeals > AU.MAX_DEALS then
+        E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_DEALS .. ' deals per auction')
+      end
+    end
+    if private == 1 and nd == 0 then
+      E.fail('ADCACHE_BADARG', 'imp ' .. id .. ' is a private auction without deals')
+    end
+    order[#order + 1] = id
+    imps[id] = {f = floor, p = private, d = deals}
+  end
+  if r.i <= #args then
+    E.fail('ADCACHE_ARITY', 'unexpected argument ' .. r.i .. ' after the last imp')
+  end
+  if redis.call('EXISTS', keys[1]) == 1 then
+    E.fail('ADCACHE_EXISTS', 'auction ' .. keys[1] .. ' exists')
+  end
+  local now = T.now_ms()
+  local deadline, expires = now + tmax, now + ttl
+  local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
+    'exp', exp, 'expires', expires, 'seq', 0, 'imps', cmsgpack.pack(order),
+    'ws', cmsgpack.pack(wseat), 'bs', cmsgpack.pack(bseat)}
+  for _, id in ipairs(order) do
+    fields[#fields + 1] = 'i.' .. id
+    fields[#fields + 1] = cmsgpack.pack(imps[id])
+  end
+  redis.call('HSET', keys[1], unpack(fields))
+  redis.call('PEXPIREAT', keys[1], expires)
+  return {'created', now, 'deadline', deadline, 'expires', expires}
+end
+
+--- @function ac_auction_bid
+--- @summary Submit one or more bids atomically; each is accepted or refused with a loss reason.
+--- @keys auction auction_bids
+--- @argv [seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)
+--- @reply array, one entry per bid in order: {bid_id, status accepted|rejected, reason, seq, duplicate 0|1}
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
+local function auction_bid(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  local F = AU.BID_FIELDS
+  if #args == 0 or #args % F ~= 0 then
+    E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
+  end
+  if #args / F > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
+  end
+  -- 1. parse every bid
+  local bids, ids = {}, {}
+  for base = 1, #args, F do
+    local b = {}
+    b.s = V.id(args[base], 'seat')
+    b.id = V.id(args[base + 1], 'bid id')
+    b.i = V.id(args[base + 2], 'imp id')
+    b.p = M.amount(args[base + 3], 'price_micros of bid ' .. b.id)
+    b.d = AU.opt_id(args[base + 4], 'deal id')
+    b.c = AU.opt_id(args[base + 5], 'cid')
+    b.r = AU.opt_id(args[base + 6], 'crid')
+    b.a = V.str(args[base + 7], 'adomain', AU.MAX_ADOMAIN)
+    b.n = V.str(args[base + 8], 'nurl', AU.MAX_URL)
+    b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
+    b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
+    bids[#bids + 1] = b
+    ids[#ids + 1] = b.id
+  end
+  -- 2. the auction, the imps the bids name, and the bids already stored
+  local m = AU.meta(keys[1], 'deadline', 'ws', 'bs', 'expires')
+  local imp_names, imp_fields = {}, {}
+  for _, b in ipairs(bids) do
+    if not imp_names[b.i] then
+      imp_names[b.i] = #imp_fields + 1
+      imp_fields[#imp_fields + 1] = 'i.' .. b.i
+    end
+  end
+  local imp_vals = redis.call('HMGET', keys[1], unpack(imp_fields))
+  local cfg = {}
+  for imp, n in pairs(imp_names) do
+    if not imp_vals[n] then
+      E.fail('ADCACHE_BADARG', 'imp ' .. imp .. ' is not part of auction ' .. keys[1])
+    end
+    cfg[imp] = AU.unpack(imp_vals[n], 'imp ' .. imp)
+  end
+  local stored = redis.call('HMGET', keys[2], unpack(ids))
+  local fresh, seen = 0, {}
+  for k, b in ipairs(bids) do
+    if not stored[k] and not seen[b.id] then fresh = fresh + 1 end
+    seen[b.id] = true
+  end
+  if fresh > 0 and redis.call('HLEN', keys[2]) + fresh > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
+  end
+  local ws, bs = AU.unpack(m.ws, 'wseat'), AU.unpack(m.bs, 'bseat')
+  -- 3. decide and record (no error past this point)
+  local now = T.now_ms()
+  local state = m.state
+  if state == 'open' and now >= tonumber(m.deadline) then
+    AU.close(keys[1], keys[2], now)
+    state = 'closed'
+  end
+  local out, replies, wrote = {}, {}, false
+  for k, b in ipairs(bids) do
+    local prev = replies[b.id]
+    if not prev and stored[k] then
+      local rec = AU.unpack(stored[k], 'bid ' .. b.id)
+      prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
+    end
+    if prev then
+      out[k] = {prev[1], prev[2], prev[3], prev[4], 1}
+    else
+      local c = cfg[b.i]
+      local reason = AU.WON
+      if state ~= 'open' then
+        reason = AU.EXPIRED
+      elseif bs[b.s] or (not AU.is_empty(ws) and not ws[b.s]) then
+        reason = AU.SEAT_BLOCKED
+      elseif b.d ~= '' then
+        local deal = c.d[b.d]
+        if not deal then
+          reason = AU.BAD_DEAL
+        elseif not AU.is_empty(deal.w) and not deal.w[b.s] then
+          reason = AU.SEAT_BLOCKED
+        elseif b.p < deal.f then
+          reason = AU.BELOW_DEAL_FLOOR
+        end
+      elseif c.p == 1 then
+        reason = AU.BAD_DEAL -- a private auction takes deal bids only
+      elseif b.p < c.f then
+        reason = AU.BELOW_FLOOR
+      end
+      b.q = redis.call('HINCRBY', keys[1], 'seq', 1)
+      b.st = reason == AU.WON and 1 or 0
+      b.rs = reason
+      local id = b.id
+      b.id = nil
+      redis.call('HSET', keys[2], id, cmsgpack.pack(b))
+      wrote = true
+      replies[id] = {id, b.st == 1 and 'accepted' or 'rejected', reason, b.q}
+      out[k] = {id, replies[id][2], reason, b.q, 0}
+    end
+  end
+  if wrote then redis.call('PEXPIREAT', keys[2], tonumber(m.expires)) end
+  return out
+end
+
+--- @function ac_auction_close
+--- @summary Close the auction (idempotent): record per imp the winner and the clearing price.
+--- @keys auction auction_bids
+--- @argv none
+--- @reply the result, as for ac_auction_result (state 'closed')
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
+local function auction_close(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  V.nargs(args, 0, 0)
+  local m = AU.meta(keys[1])
+  local now = T.now_ms()
+  if m.state ~= 'closed' then AU.close(keys[1], keys[2], now) end
+  return AU.result_reply(keys[1], keys[2], now)
+end
+
+--- @function ac_auction_result
+--- @flags no-writes
+--- @summary Read the auction: state, per imp the winner and clearing price, per bid the outcome.
+--- @keys auction auction_bids
+--- @argv none
+--- @reply nil when unknown, else field/value array: state open|due|closed, at, increment, created, deadline, closed, ended, exp, expires, imps {imp_id, floor, private, winning bid_id or '', clearing, billed}..., bids {bid_id, imp_id, seat, price, deal_id, cid, crid, adomain, nurl, lurl, burl, seq, status won|lost|rejected|pending, reason, floor}...
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_WRONGTYPE
+local function auction_result(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  V.nargs(args, 0, 0)
+  if redis.call('EXISTS', keys[1]) == 0 then return false end
+  return AU.result_reply(keys[1], keys[2], T.now_ms())
+end
+
+--- @function ac_auction_bill
+--- @summary Billing notice (burl) of a winning bid: the first call charges, later ones do not.
+--- @keys auction auction_bids
+--- @argv bid_id
+--- @reply array: status billed|already_billed|expired|not_won|unknown_bid|open, clearing price micros (billed, already_billed), imp_id
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
+local function auction_bill(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  V.nargs(args, 1, 1)
+  local bid_id = V.id(args[1], 'bid id')
+  local m = AU.meta(keys[1], 'deadline', 'closed', 'exp')
+  local stored = redis.call('HGET', keys[2], bid_id)
+  if not stored then return {'unknown_bid', 0, ''} end
+  local imp = AU.unpack(stored, 'bid ' .. bid_id).i
+  local now = T.now_ms()
+  local deadline = tonumber(m.deadline)
+  local closed = m.closed and tonumber(m.closed) or now
+  if m.state ~= 'closed' then
+    if now < deadline then return {'open', 0, imp} end
+    AU.close(keys[1], keys[2], now)
+  end
+  local v = redis.call('HMGET', keys[1], 'r.' .. imp, 'b.' .. imp)
+  local r = v[1] and AU.unpack(v[1], 'result of imp ' .. imp)
+  if not r or r.w ~= bid_id then return {'not_won', 0, imp} end
+  if v[2] then return {'already_billed', r.c, imp} end
+  local ended = math.min(closed, deadline)
+  if now > ended + tonumber(m.exp) then return {'expired', 0, imp} end
+  redis.call('HSET', keys[1], 'b.' .. imp, now)
+  return {'billed', r.c, imp}
+end
+
+redis.register_function{function_name='ac_auction_create', callback=auction_create, flags={}, description='Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.'}
+redis.register_function{function_name='ac_auction_bid', callback=auction_bid, flags={}, description='Submit one or more bids atomically; each is accepted or refused with a loss reason.'}
+redis.register_function{function_name='ac_auction_close', callback=auction_close, flags={}, description='Close the auction (idempotent): record per imp the winner and the clearing price.'}
+redis.register_function{function_name='ac_auction_result', callback=auction_result, flags={'no-writes'}, description='Read the auction: state, per imp the winner and clearing price, per bid the outcome.'}
+redis.register_function{function_name='ac_auction_bill', callback=auction_bill, flags={}, description='Billing notice (burl) of a winning bid: the first call charges, later ones do not.'}
+end
+
 -- ==== domain: session (lua/session.lua.j2) ====
 do
 --@domain session: browsing sessions with a sliding idle TTL inside an absolute lifetime.
@@ -347,7 +839,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '17d973f81f2e5b50f7fa7defcf595c9a7ef5992e9c51f6829b5b8846a64d0eb2'
+local LIBRARY_SHA256 = '04fe8a3d2eebe529a8e394f70354d97ef34eb1e979889e004b0aac5ea34a5ac0'
 
 --- @function ac_version
 --- @flags no-writes

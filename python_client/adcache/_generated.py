@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '17d973f81f2e5b50f7fa7defcf595c9a7ef5992e9c51f6829b5b8846a64d0eb2'
+LIBRARY_SHA256 = '04fe8a3d2eebe529a8e394f70354d97ef34eb1e979889e004b0aac5ea34a5ac0'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -21,6 +21,16 @@ ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'se
 def session(session_id: str) -> str:
     """session record: user id, attributes (a.<name>), created/expires/idle bookkeeping (hash; TTL: idle TTL given at create, slid forward by touch, never past the absolute lifetime)."""
     return f"ad:{{s:{session_id}}}:sess"
+
+
+def auction(auction_id: str) -> str:
+    """auction meta: type, deadline, increment, arrival counter, state, per-imp config (i.<imp>), results (r.<imp>), billing marks (b.<imp>) (hash; TTL: PEXPIREAT created + ttl_ms, set at create (ttl_ms >= tmax + billing window))."""
+    return f"ad:{{a:{auction_id}}}:auc"
+
+
+def auction_bids(auction_id: str) -> str:
+    """every bid received, accepted or refused: bid id -> msgpack record (seat, imp, price, deal, cid, crid, adomain, urls, arrival seq, status, reason) (hash; TTL: the same PEXPIREAT as the auction meta, set on every write)."""
+    return f"ad:{{a:{auction_id}}}:bids"
 
 
 def tag_of(entity: str, entity_id: str) -> str:
@@ -42,6 +52,11 @@ class FunctionSpec:
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
+    'ac_auction_bid': FunctionSpec('ac_auction_bid', 'auction', False, ('auction', 'auction_bids'), "[seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_bill': FunctionSpec('ac_auction_bill', 'auction', False, ('auction', 'auction_bids'), 'bid_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros n_wseat [seat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
+    'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session',), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
     'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adcache.auctions import AsyncAuctions, Auctions
 from adcache.sessions import AsyncSessions, Sessions
 
 if TYPE_CHECKING:
@@ -16,13 +17,17 @@ if TYPE_CHECKING:
 
 class SyncFacades:
     sessions: Sessions
+    auctions: Auctions
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         self.sessions = Sessions(self)
+        self.auctions = Auctions(self)
 
 
 class AsyncFacades:
     sessions: AsyncSessions
+    auctions: AsyncAuctions
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         self.sessions = AsyncSessions(self)
+        self.auctions = AsyncAuctions(self)
