@@ -35,6 +35,7 @@ from adcache.auctions import (
     bid_many_call,
     create_call,
 )
+from adcache.money import to_decimal
 
 if TYPE_CHECKING:
     from adcache import aio
@@ -99,10 +100,14 @@ def _opt_str(v: Any, what: str) -> str | None:
     return None if v is None or v == "" else _str(v, what)
 
 
-def _price(v: Any, what: str) -> Decimal | int | float:
+def _price(v: Any, what: str) -> Decimal:
+    """A CPM price as an exact Decimal (the sign is the server's to check)."""
     if isinstance(v, bool) or not isinstance(v, Decimal | int | float | str):
         raise OpenRTBError(f"{what} must be a number, got {v!r}")
-    return v if not isinstance(v, str) else Decimal(v)
+    try:
+        return to_decimal(v)
+    except ValueError as e:
+        raise OpenRTBError(f"{what} must be a number, got {v!r}") from e
 
 
 def _seats(v: Any, what: str) -> tuple[str, ...]:
