@@ -337,23 +337,29 @@ function AU.opt_id(v, name)
   return V.id(v, name)
 end
 
--- Fetch meta fields; NOTFOUND when the auction is unknown or expired.
-function AU.meta(key, ...)
-  local names = {...}
-  local vals = redis.call('HMGET', key, 'state', unpack(names))
-  if not vals[1] then
-    if redis.call('EXISTS', key) == 1 then
-      E.fail('ADCACHE_WRONGTYPE', key .. ' is not an auction record')
-    end
-    E.fail('ADCACHE_NOTFOUND', 'auction ' .. key .. ' is unknown or expired')
+function AU.missing(key)
+  if redis.call('EXISTS', key) == 1 then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' is not an auction record')
   end
-  local m = {state = vals[1]}
-  for i, n in ipairs(names) do m[n] = vals[i + 1] end
+  E.fail('ADCACHE_NOTFOUND', 'auction ' .. key .. ' is unknown or expired')
+end
+
+-- The whole meta hash as a table: a few fields per imp, small by the bounds above, so one HGETALL
+-- is cheaper than several HMGETs.
+function AU.load(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then AU.missing(key) end
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  if not m.state or not m.imps or not m.deadline then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' is not an auction record')
+  end
   return m
 end
 
 function AU.unpack(v, what)
-  local ok, t = pcall(cmsgpack.unpack, v)
+  local ok, t = false, nil
+  if type(v) == 'string' then ok, t = pcall(cmsgpack.unpack, v) end
   if not ok or type(t) ~= 'table' then
     E.fail('ADCACHE_WRONGTYPE', what .. ' does not hold an adcache record')
   end
@@ -371,6 +377,20 @@ function AU.load_bids(bids_key)
   end
   table.sort(list, function(a, b) return a.q < b.q end)
   return list
+end
+
+-- Per-imp configs of the auction, by imp id, and the imp ids in request order.
+function AU.config(m)
+  local order = AU.unpack(m.imps, 'auction imps')
+  local cfg = {}
+  for _, imp in ipairs(order) do cfg[imp] = AU.unpack(m['i.' .. imp], 'imp ' .. imp) end
+  return order, cfg
+end
+
+-- The floor a bid is held to: its deal's floor for a deal bid, else the imp floor.
+function AU.floor(c, deal)
+  if deal ~= '' and c.d[deal] then return c.d[deal].f end
+  return c.f
 end
 
 -- The outcome of a closed auction: per imp {w = bid id, c = clearing price}, from the accepted
@@ -393,10 +413,8 @@ function AU.outcome(at, inc, cfg, list)
   for imp, w in pairs(best) do
     local clear = w.p
     if at == 2 then
-      local c = cfg[imp]
-      local floor = c.f
-      if w.d ~= '' and c.d[w.d] then floor = c.d[w.d].f end
       local base = second[imp] and second[imp].p or 0
+      local floor = AU.floor(cfg[imp], w.d)
       if floor > base then base = floor end
       clear = math.min(w.p, base + inc)
     end
@@ -405,51 +423,32 @@ function AU.outcome(at, inc, cfg, list)
   return res
 end
 
--- Per-imp configs of the auction, by imp id, and the imp ids in request order.
-function AU.config(key)
-  local order = AU.unpack(redis.call('HGET', key, 'imps'), 'auction imps')
-  local fields = {}
-  for i, imp in ipairs(order) do fields[i] = 'i.' .. imp end
-  local vals = redis.call('HMGET', key, unpack(fields))
-  local cfg = {}
-  for i, imp in ipairs(order) do cfg[imp] = AU.unpack(vals[i], 'imp ' .. imp) end
-  return order, cfg
-end
-
--- Record the close: state, time and the per-imp results. Idempotent by the callers' state check.
-function AU.close(key, bids_key, now)
-  local m = AU.meta(key, 'at', 'inc')
-  local order, cfg = AU.config(key)
-  local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, AU.load_bids(bids_key))
+-- Record the close (callers check the state first, so it happens once) and update `m` to match.
+function AU.close(key, m, list, now)
+  local _, cfg = AU.config(m)
+  local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
   local fields = {'state', 'closed', 'closed', now}
-  for _, imp in ipairs(order) do
-    if res[imp] then
-      fields[#fields + 1] = 'r.' .. imp
-      fields[#fields + 1] = cmsgpack.pack(res[imp])
-    end
+  m.state, m.closed = 'closed', tostring(now)
+  for imp, r in pairs(res) do
+    local packed = cmsgpack.pack(r)
+    fields[#fields + 1] = 'r.' .. imp
+    fields[#fields + 1] = packed
+    m['r.' .. imp] = packed
   end
   redis.call('HSET', key, unpack(fields))
 end
 
--- The result reply (see ac_auction_result). `due` computes the outcome without recording it.
-function AU.result_reply(key, bids_key, now)
-  local m = AU.meta(key, 'at', 'inc', 'created', 'deadline', 'closed', 'exp', 'expires')
-  local order, cfg = AU.config(key)
-  local list = AU.load_bids(bids_key)
+-- The result reply (see ac_auction_result), from the loaded meta and bids; no Redis calls.
+-- A 'due' auction gets the outcome the close will record.
+function AU.result_reply(m, list, now)
+  local order, cfg = AU.config(m)
   local deadline = tonumber(m.deadline)
   local state = m.state
   local res = {}
-  local billed = {}
   if state == 'closed' then
-    local fields = {}
-    for i, imp in ipairs(order) do
-      fields[2 * i - 1] = 'r.' .. imp
-      fields[2 * i] = 'b.' .. imp
-    end
-    local vals = redis.call('HMGET', key, unpack(fields))
-    for i, imp in ipairs(order) do
-      if vals[2 * i - 1] then res[imp] = AU.unpack(vals[2 * i - 1], 'result of imp ' .. imp) end
-      billed[imp] = vals[2 * i] and 1 or 0
+    for _, imp in ipairs(order) do
+      local r = m['r.' .. imp]
+      if r then res[imp] = AU.unpack(r, 'result of imp ' .. imp) end
     end
   elseif now >= deadline then
     state = 'due'
@@ -461,7 +460,8 @@ function AU.result_reply(key, bids_key, now)
   local imps = {}
   for _, imp in ipairs(order) do
     local r = res[imp]
-    imps[#imps + 1] = {imp, cfg[imp].f, cfg[imp].p, r and r.w or '', r and r.c or 0, billed[imp] or 0}
+    imps[#imps + 1] = {imp, cfg[imp].f, cfg[imp].p, r and r.w or '', r and r.c or 0,
+      m['b.' .. imp] and 1 or 0}
   end
   local bids = {}
   for _, b in ipairs(list) do
@@ -476,11 +476,8 @@ function AU.result_reply(key, bids_key, now)
         status, reason = 'lost', AU.OUTBID
       end
     end
-    local c = cfg[b.i]
-    local floor = c.f
-    if b.d ~= '' and c.d[b.d] then floor = c.d[b.d].f end
     bids[#bids + 1] = {b.id, b.i, b.s, b.p, b.d, b.c, b.r, b.a, b.n, b.l, b.b, b.q, status, reason,
-      floor}
+      AU.floor(cfg[b.i], b.d)}
   end
   return {'state', state, 'at', tonumber(m.at), 'increment', tonumber(m.inc),
     'created', tonumber(m.created), 'deadline', deadline, 'closed', closed, 'ended', ended,
@@ -587,22 +584,28 @@ local function auction_bid(keys, args)
     bids[#bids + 1] = b
     ids[#ids + 1] = b.id
   end
-  -- 2. the auction, the imps the bids name, and the bids already stored
-  local m = AU.meta(keys[1], 'deadline', 'ws', 'bs', 'expires')
-  local imp_names, imp_fields = {}, {}
+  -- 2. the auction and the imps the bids name (one HMGET), and the bids already stored
+  local fields = {'state', 'deadline', 'ws', 'bs', 'expires', 'seq'}
+  local imp_at = {}
   for _, b in ipairs(bids) do
-    if not imp_names[b.i] then
-      imp_names[b.i] = #imp_fields + 1
-      imp_fields[#imp_fields + 1] = 'i.' .. b.i
+    if not imp_at[b.i] then
+      fields[#fields + 1] = 'i.' .. b.i
+      imp_at[b.i] = #fields
     end
   end
-  local imp_vals = redis.call('HMGET', keys[1], unpack(imp_fields))
+  local vals = redis.call('HMGET', keys[1], unpack(fields))
+  if not vals[1] then AU.missing(keys[1]) end
   local cfg = {}
-  for imp, n in pairs(imp_names) do
-    if not imp_vals[n] then
+  for imp, n in pairs(imp_at) do
+    if not vals[n] then
       E.fail('ADCACHE_BADARG', 'imp ' .. imp .. ' is not part of auction ' .. keys[1])
     end
-    cfg[imp] = AU.unpack(imp_vals[n], 'imp ' .. imp)
+    cfg[imp] = AU.unpack(vals[n], 'imp ' .. imp)
+  end
+  local ws, bs = AU.unpack(vals[3], 'wseat'), AU.unpack(vals[4], 'bseat')
+  local deadline, expires, seq = tonumber(vals[2]), tonumber(vals[5]), tonumber(vals[6])
+  if not (deadline and expires and seq) then
+    E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
   end
   local stored = redis.call('HMGET', keys[2], unpack(ids))
   local fresh, seen = 0, {}
@@ -610,18 +613,18 @@ local function auction_bid(keys, args)
     if not stored[k] and not seen[b.id] then fresh = fresh + 1 end
     seen[b.id] = true
   end
-  if fresh > 0 and redis.call('HLEN', keys[2]) + fresh > AU.MAX_BIDS then
+  -- `seq` counts every stored bid, so it bounds the bids hash without an HLEN.
+  if seq + fresh > AU.MAX_BIDS then
     E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
   end
-  local ws, bs = AU.unpack(m.ws, 'wseat'), AU.unpack(m.bs, 'bseat')
   -- 3. decide and record (no error past this point)
   local now = T.now_ms()
-  local state = m.state
-  if state == 'open' and now >= tonumber(m.deadline) then
-    AU.close(keys[1], keys[2], now)
+  local state = vals[1]
+  if state == 'open' and now >= deadline then
+    AU.close(keys[1], AU.load(keys[1]), AU.load_bids(keys[2]), now)
     state = 'closed'
   end
-  local out, replies, wrote = {}, {}, false
+  local out, replies, records = {}, {}, {}
   for k, b in ipairs(bids) do
     local prev = replies[b.id]
     if not prev and stored[k] then
@@ -651,18 +654,21 @@ local function auction_bid(keys, args)
       elseif b.p < c.f then
         reason = AU.BELOW_FLOOR
       end
-      b.q = redis.call('HINCRBY', keys[1], 'seq', 1)
-      b.st = reason == AU.WON and 1 or 0
-      b.rs = reason
+      seq = seq + 1
+      b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
       local id = b.id
       b.id = nil
-      redis.call('HSET', keys[2], id, cmsgpack.pack(b))
-      wrote = true
-      replies[id] = {id, b.st == 1 and 'accepted' or 'rejected', reason, b.q}
-      out[k] = {id, replies[id][2], reason, b.q, 0}
+      records[#records + 1] = id
+      records[#records + 1] = cmsgpack.pack(b)
+      replies[id] = {id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
+      out[k] = {id, replies[id][2], reason, seq, 0}
     end
   end
-  if wrote then redis.call('PEXPIREAT', keys[2], tonumber(m.expires)) end
+  if #records > 0 then
+    redis.call('HSET', keys[2], unpack(records))
+    redis.call('PEXPIREAT', keys[2], expires)
+    redis.call('HSET', keys[1], 'seq', seq)
+  end
   return out
 end
 
@@ -675,10 +681,11 @@ end
 local function auction_close(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   V.nargs(args, 0, 0)
-  local m = AU.meta(keys[1])
+  local m = AU.load(keys[1])
+  local list = AU.load_bids(keys[2])
   local now = T.now_ms()
-  if m.state ~= 'closed' then AU.close(keys[1], keys[2], now) end
-  return AU.result_reply(keys[1], keys[2], now)
+  if m.state ~= 'closed' then AU.close(keys[1], m, list, now) end
+  return AU.result_reply(m, list, now)
 end
 
 --- @function ac_auction_result
@@ -692,7 +699,7 @@ local function auction_result(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   V.nargs(args, 0, 0)
   if redis.call('EXISTS', keys[1]) == 0 then return false end
-  return AU.result_reply(keys[1], keys[2], T.now_ms())
+  return AU.result_reply(AU.load(keys[1]), AU.load_bids(keys[2]), T.now_ms())
 end
 
 --- @function ac_auction_bill
@@ -705,22 +712,20 @@ local function auction_bill(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   V.nargs(args, 1, 1)
   local bid_id = V.id(args[1], 'bid id')
-  local m = AU.meta(keys[1], 'deadline', 'closed', 'exp')
+  local m = AU.load(keys[1])
   local stored = redis.call('HGET', keys[2], bid_id)
   if not stored then return {'unknown_bid', 0, ''} end
   local imp = AU.unpack(stored, 'bid ' .. bid_id).i
   local now = T.now_ms()
   local deadline = tonumber(m.deadline)
-  local closed = m.closed and tonumber(m.closed) or now
   if m.state ~= 'closed' then
     if now < deadline then return {'open', 0, imp} end
-    AU.close(keys[1], keys[2], now)
+    AU.close(keys[1], m, AU.load_bids(keys[2]), now)
   end
-  local v = redis.call('HMGET', keys[1], 'r.' .. imp, 'b.' .. imp)
-  local r = v[1] and AU.unpack(v[1], 'result of imp ' .. imp)
+  local r = m['r.' .. imp] and AU.unpack(m['r.' .. imp], 'result of imp ' .. imp)
   if not r or r.w ~= bid_id then return {'not_won', 0, imp} end
-  if v[2] then return {'already_billed', r.c, imp} end
-  local ended = math.min(closed, deadline)
+  if m['b.' .. imp] then return {'already_billed', r.c, imp} end
+  local ended = math.min(tonumber(m.closed), deadline)
   if now > ended + tonumber(m.exp) then return {'expired', 0, imp} end
   redis.call('HSET', keys[1], 'b.' .. imp, now)
   return {'billed', r.c, imp}
@@ -839,7 +844,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '04fe8a3d2eebe529a8e394f70354d97ef34eb1e979889e004b0aac5ea34a5ac0'
+local LIBRARY_SHA256 = '3b4e50774658a92e9702a6516c1fb23ec78dd10cd256fa7f7915e565cd638f3d'
 
 --- @function ac_version
 --- @flags no-writes

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '04fe8a3d2eebe529a8e394f70354d97ef34eb1e979889e004b0aac5ea34a5ac0'
+LIBRARY_SHA256 = '3b4e50774658a92e9702a6516c1fb23ec78dd10cd256fa7f7915e565cd638f3d'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
