@@ -717,3 +717,74 @@ async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     assert (await aacs.auctions.bill(uid, "b")).status == "already_billed"
     with pytest.raises(AlreadyExistsError):
         await aacs.auctions.create(uid, [Imp("1")])
+
+
+def test_close_racing_bidders(ac: AdCache, lib_standalone: Any, uid: str) -> None:
+    """Closes land while bids stream in: every bid accepted before a close counts, every later one
+    is refused as expired, and the recorded winner matches the accepted bids."""
+    auctions = [f"{uid}-{n}" for n in range(4)]
+    for a in auctions:
+        ac.auctions.create(a, [Imp("1")], tmax_ms=120_000)
+    sent: dict[tuple[str, str], int] = {}
+    firsts: dict[tuple[str, str], Any] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(9)
+    errors: list[BaseException] = []
+
+    def bidder(t: int) -> None:
+        rng = random.Random(100 + t)
+        cache = AdCache(lib_standalone.client())
+        try:
+            start.wait()
+            for n in range(40):
+                a = auctions[n % len(auctions)]
+                bid = _bid(f"t{t}-{n}", Decimal(rng.randrange(1, 9)) / 4, seat=f"s{t}")
+                r = cache.auctions.bid(a, bid)
+                with lock:
+                    sent[(a, bid.bid_id)] = to_micros(bid.price)
+                    firsts[(a, bid.bid_id)] = r
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+        finally:
+            cache.close()
+
+    def closer() -> None:
+        cache = AdCache(lib_standalone.client())
+        try:
+            start.wait()
+            for a in auctions:
+                time.sleep(0.01)
+                cache.auctions.close(a)
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+        finally:
+            cache.close()
+
+    threads = [threading.Thread(target=bidder, args=(t,)) for t in range(8)]
+    threads.append(threading.Thread(target=closer))
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for a in auctions:
+        res = ac.auctions.close(a)
+        accepted = [
+            (b, "1", sent[(aa, b)], r.seq)
+            for (aa, b), r in firsts.items()
+            if aa == a and r.accepted
+        ]
+        refused = {b for (aa, b), r in firsts.items() if aa == a and not r.accepted}
+        assert {b.bid_id for b in res.bids if b.status in ("won", "lost")} == {
+            x[0] for x in accepted
+        }
+        assert {b.bid_id for b in res.bids if b.status == "rejected"} == refused
+        assert all(firsts[(a, b)].reason == 2 for b in refused)
+        # every refused bid arrived after every accepted one
+        if accepted and refused:
+            assert max(x[3] for x in accepted) < min(firsts[(a, b)].seq for b in refused)
+        ref = _reference(accepted, {"1": 0}, 10_000)
+        got = {
+            i.imp_id: (i.winner.bid_id, i.clearing_micros) for i in res.imps if i.winner is not None
+        }
+        assert got == ref
