@@ -788,3 +788,25 @@ def test_close_racing_bidders(ac: AdCache, lib_standalone: Any, uid: str) -> Non
             i.imp_id: (i.winner.bid_id, i.clearing_micros) for i in res.imps if i.winner is not None
         }
         assert got == ref
+
+
+def test_the_record_expires_whole(ac: AdCache, uid: str) -> None:
+    ac.auctions.create(uid, [Imp("1")], tmax_ms=100, exp=0.1, ttl=0.3)
+    ac.auctions.bid(uid, _bid("a", "1"))
+    time.sleep(0.45)
+    assert ac.redis.exists(keys.auction(uid), keys.auction_bids(uid)) == 0
+    assert ac.auctions.result(uid) is None
+
+
+async def test_async_result_settles_a_due_auction(aac: aio.AdCache, uid: str) -> None:
+    import asyncio
+
+    await aac.auctions.create(uid, [Imp("1")], tmax_ms=100)
+    await aac.auctions.bid(uid, _bid("a", "1"))
+    await asyncio.sleep(0.2)
+    due = await aac.auctions.result(uid, settle=False)
+    assert due is not None and due.state == "due"
+    settled = await aac.auctions.result(uid)
+    assert settled is not None and settled.state == "closed" and settled.closed_ms > 0
+    w = settled.winner("1")
+    assert w is not None and w.bid_id == "a"
