@@ -211,6 +211,7 @@ def test_request_and_response_end_to_end(acs: AdCache, uid: str) -> None:
         (lambda r: r["imp"][0].update(id=None), "id"),
         (lambda r: r["imp"][0].update(bidfloor="x1"), "bidfloor|money|number"),
         (lambda r: r.update(id=""), "empty"),
+        (lambda r: r["imp"][1]["pmp"].update(deals=[]), "private auction without deals"),
     ],
 )
 def test_bad_requests_send_nothing(ac: AdCache, uid: str, mutate: Any, match: str) -> None:

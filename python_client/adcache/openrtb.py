@@ -164,7 +164,10 @@ def auction_from_request(
             deals.append(
                 Deal(deal_id, _price(d.get("bidfloor", 0), f"deal {deal_id} bidfloor"), seats)
             )
-        private = bool(pmp.get("private_auction", 0)) and bool(deals)
+        private = bool(pmp.get("private_auction", 0))
+        if private and not deals:
+            # Only deal bids could win, and there is no deal: refuse rather than open it up.
+            raise OpenRTBError(f"imp {imp_id} is a private auction without deals")
         imps.append(Imp(imp_id, floor, private, tuple(deals)))
     return AuctionSpec(
         auction_id=auction_id,
