@@ -282,7 +282,8 @@ do
 --   auction (hash): at, inc, created, deadline, exp, expires, seq (arrival counter), state
 --     ('open' | 'closed'), closed (ms), imps (msgpack list of imp ids, in request order),
 --     ws / bs (msgpack seat sets: auction-level allowed / blocked seats),
---     i.<imp> = msgpack {f = floor, p = private 0|1, d = {<deal id> = {f = floor, w = seat set}}},
+--     i.<imp> = msgpack {f = floor, p = private 0|1,
+--       d = {<deal id> = {f = floor, a = deal auction type (0: the auction's), w = seat set}}},
 --     r.<imp> = msgpack {w = winning bid id, c = clearing price} (written at close),
 --     b.<imp> = billing time in ms (written by the first bill).
 --   auction_bids (hash): <bid id> = msgpack {s seat, i imp, p price, d deal, c cid, r crid,
@@ -396,7 +397,9 @@ end
 -- The outcome of a closed auction: per imp {w = bid id, c = clearing price}, from the accepted
 -- bids. Highest price wins, ties go to the earliest arrival; second price is the higher of the
 -- runner-up and the winner's floor (its deal floor for a deal bid), plus the increment, never above
--- the winning bid. Deterministic: close and a read of a 'due' auction compute the same.
+-- the winning bid. A winning deal bid follows its deal's type when the deal sets one (OpenRTB
+-- deal.at: 1 first price, 2 second price, 3 fixed price = the deal floor).
+-- Deterministic: close and a read of a 'due' auction compute the same.
 function AU.outcome(at, inc, cfg, list)
   local best, second = {}, {}
   for _, b in ipairs(list) do -- arrival order: a later equal price never displaces the best
@@ -412,7 +415,12 @@ function AU.outcome(at, inc, cfg, list)
   local res = {}
   for imp, w in pairs(best) do
     local clear = w.p
-    if at == 2 then
+    local deal = w.d ~= '' and cfg[imp].d[w.d] or nil
+    local kind = at
+    if deal and deal.a and deal.a ~= 0 then kind = deal.a end -- the deal overrides the type
+    if kind == 3 then
+      clear = deal.f -- fixed-price deal: the agreed price, which an accepted bid never undercuts
+    elseif kind == 2 then
       local base = second[imp] and second[imp].p or 0
       local floor = AU.floor(cfg[imp], w.d)
       if floor > base then base = floor end
@@ -487,7 +495,7 @@ end
 --- @function ac_auction_create
 --- @summary Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.
 --- @keys auction
---- @argv at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros n_wseat [seat]...]...]...
+--- @argv at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...
 --- @reply field/value array: created, deadline, expires (epoch ms, server clock)
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_EXISTS
 local function auction_create(keys, args)
@@ -519,7 +527,8 @@ local function auction_create(keys, args)
       local did = V.id(AU.take(r, 'deal id'), 'deal id')
       if deals[did] then E.fail('ADCACHE_BADARG', 'deal ' .. did .. ' is given twice') end
       local dfloor = M.amount(AU.take(r, 'deal floor'), 'floor of deal ' .. did)
-      deals[did] = {f = dfloor, w = AU.seats(r, 'deal wseat')}
+      local dat = V.int(AU.take(r, 'deal at'), 'at of deal ' .. did, 0, 3)
+      deals[did] = {f = dfloor, a = dat, w = AU.seats(r, 'deal wseat')}
       ndeals = ndeals + 1
       if ndeals > AU.MAX_DEALS then
         E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_DEALS .. ' deals per auction')
@@ -844,7 +853,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '3b4e50774658a92e9702a6516c1fb23ec78dd10cd256fa7f7915e565cd638f3d'
+local LIBRARY_SHA256 = '33ec5f65673ac59c3737a1270e1cfdea5048094f3395e36bb4ad0c7d41a06a9a'
 
 --- @function ac_version
 --- @flags no-writes

@@ -206,6 +206,24 @@ def test_deal_and_open_bids_compete_on_price(ac: AdCache, uid: str) -> None:
     assert res.imp("1").clearing_micros == to_micros("2.21")
 
 
+@pytest.mark.parametrize(
+    ("deal_at", "clearing"),
+    [(None, "2.21"), (2, "2.21"), (1, "2.50"), (3, "2.00")],
+)
+def test_a_deal_may_set_its_own_auction_type(
+    ac: AdCache, uid: str, deal_at: int | None, clearing: str
+) -> None:
+    imp = Imp("1", floor="1.00", deals=(Deal("d", "2.00", at=deal_at),))
+    ac.auctions.create(uid, [imp], tmax_ms=60_000)  # a second-price auction
+    ac.auctions.bid_many(
+        uid, [_bid("deal", "2.50", deal_id="d", seat="a"), _bid("open", "2.20", seat="b")]
+    )
+    res = ac.auctions.close(uid)
+    w = res.winner("1")
+    assert w is not None and w.bid_id == "deal"
+    assert res.imp("1").clearing_micros == to_micros(clearing)
+
+
 def test_private_auction_takes_deal_bids_only(acs: AdCache, uid: str) -> None:
     imp = Imp("1", floor="0.10", private=True, deals=(Deal("pd", "1.00", wseat=("s1", "s2")),))
     acs.auctions.create(uid, [imp], tmax_ms=60_000)
@@ -453,11 +471,16 @@ ONE_IMP = (1, "i1", 1000000, 0, 0)
         ((*GOOD_HEAD, 1, "i{1}", 0, 0, 0), BadArgumentError),
         ((*GOOD_HEAD, 1, "i" * 129, 0, 0, 0), BadArgumentError),
         ((*GOOD_HEAD, 0), BadArgumentError),  # no imps
-        ((*GOOD_HEAD, 1, "i1", 0, 0, 1, "d", 0, 0, "extra"), ArityError),
+        ((*GOOD_HEAD, 1, "i1", 0, 0, 1, "d", 0, 0, 0, "extra"), ArityError),
+        ((*GOOD_HEAD, 1, "i1", 0, 0, 1, "d", 0, 4, 0), BadArgumentError),  # deal at
+        (
+            (*GOOD_HEAD, 1, "i1", 0, 0, 2, "d", 0, 0, 0, "d", 0, 0, 0),
+            BadArgumentError,
+        ),  # deal twice
         ((*GOOD_HEAD, 2, "i1", 0, 0, 0), ArityError),  # one imp missing
         ((*GOOD_HEAD, 33, *[x for n in range(33) for x in (f"i{n}", 0, 0, 0)]), LimitExceededError),
         (
-            (*GOOD_HEAD, 1, "i1", 0, 0, 65, *[x for n in range(65) for x in (f"d{n}", 0, 0)]),
+            (*GOOD_HEAD, 1, "i1", 0, 0, 65, *[x for n in range(65) for x in (f"d{n}", 0, 0, 0)]),
             LimitExceededError,
         ),
         ((*GOOD_HEAD[:5], 65, *[f"s{n}" for n in range(65)], 0, *ONE_IMP), LimitExceededError),

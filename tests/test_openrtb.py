@@ -212,6 +212,7 @@ def test_request_and_response_end_to_end(acs: AdCache, uid: str) -> None:
         (lambda r: r["imp"][0].update(bidfloor="x1"), "bidfloor|money|number"),
         (lambda r: r.update(id=""), "empty"),
         (lambda r: r["imp"][1]["pmp"].update(deals=[]), "private auction without deals"),
+        (lambda r: r["imp"][1]["pmp"]["deals"][0].update(at=7), "at=7"),
     ],
 )
 def test_bad_requests_send_nothing(ac: AdCache, uid: str, mutate: Any, match: str) -> None:
@@ -278,9 +279,9 @@ def test_video_sample_deals_and_private_auctions(ac: AdCache, uid: str) -> None:
     spec = auction_from_request(req)
     one, two, three = spec.imps
     assert one.private and two.private and not three.private
-    assert [(d.deal_id, to_micros(d.floor), d.wseat) for d in two.deals] == [
-        ("1452f.eadb4.7aaa", 3_500_000, ()),
-        ("1452f.eadb4.f9bc", 2_500_000, ("45", "165", "33")),
+    assert [(d.deal_id, to_micros(d.floor), d.wseat, d.at) for d in two.deals] == [
+        ("1452f.eadb4.7aaa", 3_500_000, (), 1),
+        ("1452f.eadb4.f9bc", 2_500_000, ("45", "165", "33"), 1),
     ]
     assert to_micros(three.floor) == 2_000_000
     rtb = OpenRTB(ac)
@@ -304,7 +305,7 @@ def test_video_sample_deals_and_private_auctions(ac: AdCache, uid: str) -> None:
         "campaign111",
         "creative112",
     )
-    assert res.imp("2").clearing_micros == to_micros("3.51")  # deal floor 3.50 + 0.01
+    assert res.imp("2").clearing_micros == to_micros("5.00")  # the deal's at=1: first price
     assert res.bid("12345").status == "rejected"
 
 

@@ -45,13 +45,19 @@ class LossReason(IntEnum):
 # ---- what goes in ----
 
 
+FIXED_PRICE = 3  # a deal's `at`: the deal floor is the price
+
+
 @dataclass(frozen=True, slots=True)
 class Deal:
-    """A PMP deal of an imp: its floor (CPM) and the seats allowed to bid on it (empty: any)."""
+    """A PMP deal of an imp: its floor (CPM), the seats allowed to bid on it (empty: any), and
+    optionally its own auction type `at` (1 first, 2 second, 3 fixed price at the floor; None:
+    the auction's), used when a bid of this deal wins."""
 
     deal_id: str
     floor: Amount = 0
     wseat: tuple[str, ...] = ()
+    at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +248,7 @@ def create_call(
     for imp in imps:
         args += [imp.imp_id, to_micros(imp.floor), int(imp.private), len(imp.deals)]
         for d in imp.deals:
-            args += [d.deal_id, to_micros(d.floor), len(d.wseat), *d.wseat]
+            args += [d.deal_id, to_micros(d.floor), d.at or 0, len(d.wseat), *d.wseat]
 
     def parse(reply: Any) -> Created:
         f = pairs(reply)
@@ -540,6 +546,9 @@ class AsyncAuctions:
 
 
 __all__ = [
+    "FIRST_PRICE",
+    "FIXED_PRICE",
+    "SECOND_PRICE",
     "AsyncAuctions",
     "AuctionResult",
     "Auctions",

@@ -6,7 +6,8 @@ What is read:
 * request: `id`, `at` (1 or 2; default 2), `tmax` (ms), `wseat`, `bseat`, `cur`; per imp `id`,
   `bidfloor`, `bidfloorcur` (must be the auction currency), `exp` (s; the largest one becomes the
   billing window), `pmp.private_auction`, `pmp.deals[].id / bidfloor / bidfloorcur / wseat`
-  (`wseats`, as some exchanges spell it, too). Deal-level `at` is not used.
+  (`wseats`, as some exchanges spell it, too) / `at` (the deal's own auction type: 1 first, 2
+  second, 3 fixed price at the deal floor).
 * response: `id`, `cur` (must be the auction currency), every `seatbid[].bid[]`: `id`, `impid`,
   `price`, `dealid`, `cid`, `crid`, `adomain`, `nurl`, `lurl`, `burl`; a seatbid without `seat`
   gets `default_seat`.
@@ -161,9 +162,11 @@ def auction_from_request(
             deal_id = _str(d.get("id"), f"imp {imp_id} deal[{k}].id")
             _currency(d.get("bidfloorcur"), currency, f"deal {deal_id} bidfloorcur")
             seats = _seats(d.get("wseat", d.get("wseats")), f"deal {deal_id} wseat")
-            deals.append(
-                Deal(deal_id, _price(d.get("bidfloor", 0), f"deal {deal_id} bidfloor"), seats)
-            )
+            deal_at = d.get("at")
+            if deal_at is not None and deal_at not in (1, 2, 3):
+                raise OpenRTBError(f"deal {deal_id} at={deal_at!r} is not supported (1, 2 or 3)")
+            floor_d = _price(d.get("bidfloor", 0), f"deal {deal_id} bidfloor")
+            deals.append(Deal(deal_id, floor_d, seats, deal_at))
         private = bool(pmp.get("private_auction", 0))
         if private and not deals:
             # Only deal bids could win, and there is no deal: refuse rather than open it up.
