@@ -286,9 +286,12 @@ do
 --       d = {<deal id> = {f = floor, a = deal auction type (0: the auction's), w = seat set}}},
 --     r.<imp> = msgpack {w = winning bid id, c = clearing price} (written at close),
 --     b.<imp> = billing time in ms (written by the first bill).
---   auction_bids (hash): <bid id> = msgpack {s seat, i imp, p price, d deal, c cid, r crid,
---     a adomain, n nurl, l lurl, b burl, q arrival seq, st 1 accepted | 0 refused, rs reason}.
--- Every bid received is stored, refused ones too, so a repeated bid id gets the first reply back.
+--   auction_bids (hash): <bid key> = msgpack {id bid id, s seat, i imp, p price, d deal, c cid,
+--     r crid, a adomain, n nurl, l lurl, b burl, q arrival seq, st 1 accepted | 0 refused,
+--     rs reason}. The bid key is the seat and the bid id (AU.bid_key): OpenRTB bid ids are only
+--     unique per bidder, so two seats may both send bid "1".
+-- Every bid received is stored, refused ones too, so a repeated (seat, bid id) gets the first
+-- reply back.
 -- Prices are CPM in integer micros. All sizes are bounded (ADCACHE_LIMIT beyond).
 --
 -- Lazy close: once the deadline has passed no bid can be accepted, so the outcome is fixed. The
@@ -332,6 +335,11 @@ end
 
 function AU.is_empty(t) return next(t) == nil end
 
+-- The bids-hash field of a bid: length-prefixed seat, then the bid id (unambiguous for any ids).
+function AU.bid_key(seat, id)
+  return #seat .. ':' .. seat .. ':' .. id
+end
+
 -- An optional id: '' means absent.
 function AU.opt_id(v, name)
   if v == '' then return '' end
@@ -373,7 +381,7 @@ function AU.load_bids(bids_key)
   local list = {}
   for i = 1, #flat, 2 do
     local rec = AU.unpack(flat[i + 1], 'bid ' .. flat[i])
-    rec.id = flat[i]
+    rec.k = flat[i]
     list[#list + 1] = rec
   end
   table.sort(list, function(a, b) return a.q < b.q end)
@@ -426,7 +434,7 @@ function AU.outcome(at, inc, cfg, list)
       if floor > base then base = floor end
       clear = math.min(w.p, base + inc)
     end
-    res[imp] = {w = w.id, c = clear}
+    res[imp] = {w = w.k, c = clear}
   end
   return res
 end
@@ -465,11 +473,14 @@ function AU.result_reply(m, list, now)
   local closed = m.closed and tonumber(m.closed) or 0
   local ended = deadline
   if closed > 0 and closed < deadline then ended = closed end
+  local by_key = {}
+  for _, b in ipairs(list) do by_key[b.k] = b end
   local imps = {}
   for _, imp in ipairs(order) do
     local r = res[imp]
-    imps[#imps + 1] = {imp, cfg[imp].f, cfg[imp].p, r and r.w or '', r and r.c or 0,
-      m['b.' .. imp] and 1 or 0}
+    local w = r and by_key[r.w]
+    imps[#imps + 1] = {imp, cfg[imp].f, cfg[imp].p, w and w.s or '', w and w.id or '',
+      r and r.c or 0, m['b.' .. imp] and 1 or 0}
   end
   local bids = {}
   for _, b in ipairs(list) do
@@ -478,7 +489,7 @@ function AU.result_reply(m, list, now)
       local r = res[b.i]
       if state == 'open' then
         status, reason = 'pending', AU.WON
-      elseif r and r.w == b.id then
+      elseif r and r.w == b.k then
         status, reason = 'won', AU.WON
       else
         status, reason = 'lost', AU.OUTBID
@@ -564,7 +575,7 @@ end
 --- @summary Submit one or more bids atomically; each is accepted or refused with a loss reason.
 --- @keys auction auction_bids
 --- @argv [seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)
---- @reply array, one entry per bid in order: {bid_id, status accepted|rejected, reason, seq, duplicate 0|1}
+--- @reply array, one entry per bid in order: {bid_id, status accepted|rejected, reason, seq, duplicate 0|1}; a bid repeats another when seat and bid id are the same
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function auction_bid(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
@@ -583,6 +594,7 @@ local function auction_bid(keys, args)
     b.id = V.id(args[base + 1], 'bid id')
     b.i = V.id(args[base + 2], 'imp id')
     b.p = M.amount(args[base + 3], 'price_micros of bid ' .. b.id)
+    b.k = AU.bid_key(b.s, b.id)
     b.d = AU.opt_id(args[base + 4], 'deal id')
     b.c = AU.opt_id(args[base + 5], 'cid')
     b.r = AU.opt_id(args[base + 6], 'crid')
@@ -591,7 +603,7 @@ local function auction_bid(keys, args)
     b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
     b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
     bids[#bids + 1] = b
-    ids[#ids + 1] = b.id
+    ids[#ids + 1] = b.k
   end
   -- 2. the auction and the imps the bids name (one HMGET), and the bids already stored
   local fields = {'state', 'deadline', 'ws', 'bs', 'expires', 'seq'}
@@ -619,8 +631,8 @@ local function auction_bid(keys, args)
   local stored = redis.call('HMGET', keys[2], unpack(ids))
   local fresh, seen = 0, {}
   for k, b in ipairs(bids) do
-    if not stored[k] and not seen[b.id] then fresh = fresh + 1 end
-    seen[b.id] = true
+    if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
+    seen[b.k] = true
   end
   -- `seq` counts every stored bid, so it bounds the bids hash without an HLEN.
   if seq + fresh > AU.MAX_BIDS then
@@ -635,7 +647,7 @@ local function auction_bid(keys, args)
   end
   local out, replies, records = {}, {}, {}
   for k, b in ipairs(bids) do
-    local prev = replies[b.id]
+    local prev = replies[b.k]
     if not prev and stored[k] then
       local rec = AU.unpack(stored[k], 'bid ' .. b.id)
       prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
@@ -665,12 +677,12 @@ local function auction_bid(keys, args)
       end
       seq = seq + 1
       b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
-      local id = b.id
-      b.id = nil
-      records[#records + 1] = id
+      local key = b.k
+      b.k = nil
+      records[#records + 1] = key
       records[#records + 1] = cmsgpack.pack(b)
-      replies[id] = {id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
-      out[k] = {id, replies[id][2], reason, seq, 0}
+      replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
+      out[k] = {b.id, replies[key][2], reason, seq, 0}
     end
   end
   if #records > 0 then
@@ -702,7 +714,7 @@ end
 --- @summary Read the auction: state, per imp the winner and clearing price, per bid the outcome.
 --- @keys auction auction_bids
 --- @argv none
---- @reply nil when unknown, else field/value array: state open|due|closed, at, increment, created, deadline, closed, ended, exp, expires, imps {imp_id, floor, private, winning bid_id or '', clearing, billed}..., bids {bid_id, imp_id, seat, price, deal_id, cid, crid, adomain, nurl, lurl, burl, seq, status won|lost|rejected|pending, reason, floor}...
+--- @reply nil when unknown, else field/value array: state open|due|closed, at, increment, created, deadline, closed, ended, exp, expires, imps {imp_id, floor, private, winning seat or '', winning bid_id or '', clearing, billed}..., bids {bid_id, imp_id, seat, price, deal_id, cid, crid, adomain, nurl, lurl, burl, seq, status won|lost|rejected|pending, reason, floor}...
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_WRONGTYPE
 local function auction_result(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
@@ -714,15 +726,17 @@ end
 --- @function ac_auction_bill
 --- @summary Billing notice (burl) of a winning bid: the first call charges, later ones do not.
 --- @keys auction auction_bids
---- @argv bid_id
+--- @argv seat bid_id
 --- @reply array: status billed|already_billed|expired|not_won|unknown_bid|open, clearing price micros (billed, already_billed), imp_id
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function auction_bill(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
-  V.nargs(args, 1, 1)
-  local bid_id = V.id(args[1], 'bid id')
+  V.nargs(args, 2, 2)
+  local seat = V.id(args[1], 'seat')
+  local bid_id = V.id(args[2], 'bid id')
+  local key = AU.bid_key(seat, bid_id)
   local m = AU.load(keys[1])
-  local stored = redis.call('HGET', keys[2], bid_id)
+  local stored = redis.call('HGET', keys[2], key)
   if not stored then return {'unknown_bid', 0, ''} end
   local imp = AU.unpack(stored, 'bid ' .. bid_id).i
   local now = T.now_ms()
@@ -732,7 +746,7 @@ local function auction_bill(keys, args)
     AU.close(keys[1], m, AU.load_bids(keys[2]), now)
   end
   local r = m['r.' .. imp] and AU.unpack(m['r.' .. imp], 'result of imp ' .. imp)
-  if not r or r.w ~= bid_id then return {'not_won', 0, imp} end
+  if not r or r.w ~= key then return {'not_won', 0, imp} end
   if m['b.' .. imp] then return {'already_billed', r.c, imp} end
   local ended = math.min(tonumber(m.closed), deadline)
   if now > ended + tonumber(m.exp) then return {'expired', 0, imp} end
@@ -853,7 +867,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '33ec5f65673ac59c3737a1270e1cfdea5048094f3395e36bb4ad0c7d41a06a9a'
+local LIBRARY_SHA256 = 'd879133354376d281d0267d52eb93ec286c545638f9211625a089fea9a369cf3'
 
 --- @function ac_version
 --- @flags no-writes

@@ -307,7 +307,7 @@ def test_closed_auction_refuses_bids(ac: AdCache, uid: str) -> None:
 def test_duplicate_bid_ids_count_once(acs: AdCache, uid: str) -> None:
     acs.auctions.create(uid, [Imp("1", floor="1")], tmax_ms=60_000)
     first = acs.auctions.bid(uid, _bid("x", "2"))
-    again = acs.auctions.bid(uid, _bid("x", "7", seat="other"))  # same id, other content
+    again = acs.auctions.bid(uid, _bid("x", "7", crid="other"))  # same id, other content
     assert again.duplicate and not first.duplicate
     assert (again.bid_id, again.accepted, again.reason, again.seq) == ("x", True, 0, first.seq)
     low = acs.auctions.bid(uid, _bid("y", "0.5"))
@@ -327,22 +327,50 @@ def test_duplicate_bid_ids_count_once(acs: AdCache, uid: str) -> None:
     assert w is not None and w.bid_id == "z"
 
 
+def test_bid_ids_are_unique_per_seat_only(acs: AdCache, uid: str) -> None:
+    acs.auctions.create(uid, [Imp("1")], tmax_ms=60_000)
+    replies = acs.auctions.bid_many(
+        uid,
+        [
+            _bid("1", "2", seat="dsp-a"),
+            _bid("1", "3", seat="dsp-b"),  # another bidder's bid "1": a bid of its own
+            _bid("1", "9", seat="dsp-a"),  # dsp-a's "1" again: a repeat
+        ],
+    )
+    assert [(r.accepted, r.duplicate, r.seq) for r in replies] == [
+        (True, False, 1),
+        (True, False, 2),
+        (True, True, 1),
+    ]
+    res = acs.auctions.close(uid)
+    w = res.winner("1")
+    assert w is not None and (w.seat, w.bid_id, w.price_micros) == ("dsp-b", "1", 3_000_000)
+    assert res.bid("1", seat="dsp-a").status == "lost"
+    assert res.bid("1", seat="dsp-a").min_to_win_micros == 3_000_000
+    assert acs.auctions.bill(uid, "1", seat="dsp-a").status == "not_won"
+    assert acs.auctions.bill(uid, "1", seat="dsp-b").status == "billed"
+    with pytest.raises(ArityError):
+        acs.run(_raw("ac_auction_bill", uid, "1"))
+    with pytest.raises(BadArgumentError):
+        acs.run(_raw("ac_auction_bill", uid, "dsp-a", "x{1}"))
+
+
 def test_bill_is_idempotent_and_windowed(acs: AdCache, uid: str) -> None:
     acs.auctions.create(uid, [Imp("1", floor="1")], tmax_ms=60_000, exp=60)
     acs.auctions.bid_many(uid, [_bid("w", "3"), _bid("l", "2", seat="s2")])
-    assert acs.auctions.bill(uid, "w").status == "open"
+    assert acs.auctions.bill(uid, "w", seat="s1").status == "open"
     acs.auctions.close(uid)
-    b1 = acs.auctions.bill(uid, "w")
+    b1 = acs.auctions.bill(uid, "w", seat="s1")
     assert (b1.status, b1.price_micros, b1.imp_id, b1.charge) == (
         "billed",
         to_micros("2.01"),
         "1",
         True,
     )
-    b2 = acs.auctions.bill(uid, "w")
+    b2 = acs.auctions.bill(uid, "w", seat="s1")
     assert (b2.status, b2.price_micros, b2.charge) == ("already_billed", to_micros("2.01"), False)
-    assert acs.auctions.bill(uid, "l").status == "not_won"
-    assert acs.auctions.bill(uid, "nobody").status == "unknown_bid"
+    assert acs.auctions.bill(uid, "l", seat="s2").status == "not_won"
+    assert acs.auctions.bill(uid, "nobody", seat="s1").status == "unknown_bid"
     res = acs.auctions.result(uid)
     assert res is not None and res.imp("1").billed
 
@@ -351,7 +379,7 @@ def test_bill_after_the_window_is_refused(ac: AdCache, uid: str) -> None:
     ac.auctions.create(uid, [Imp("1")], tmax_ms=100, exp=0.15)
     ac.auctions.bid(uid, _bid("w", "3"))
     time.sleep(0.3)  # deadline (0.1 s) + window (0.15 s) are over
-    late = ac.auctions.bill(uid, "w")
+    late = ac.auctions.bill(uid, "w", seat="s1")
     assert (late.status, late.price_micros) == ("expired", 0)
     res = ac.auctions.result(uid, settle=False)
     assert res is not None and res.state == "closed", "bill closed the due auction"
@@ -362,7 +390,7 @@ def test_bill_closes_a_due_auction(ac: AdCache, uid: str) -> None:
     ac.auctions.create(uid, [Imp("1")], tmax_ms=100, exp=30)
     ac.auctions.bid(uid, _bid("w", "3"))
     time.sleep(0.2)
-    b = ac.auctions.bill(uid, "w")
+    b = ac.auctions.bill(uid, "w", seat="s1")
     assert (b.status, b.price_micros) == ("billed", to_micros("0.01"))
 
 
@@ -541,7 +569,7 @@ def test_bids_per_auction_are_bounded(ac: AdCache, uid: str) -> None:
     with pytest.raises(LimitExceededError):
         ac.auctions.bid(uid, _bid("one-more", "1"))
     assert _snapshot(ac, uid) == before
-    assert ac.auctions.bid(uid, _bid("b7", "5")).duplicate, "a repeat still answers"
+    assert ac.auctions.bid(uid, _bid("b7", "5", seat="s7")).duplicate, "a repeat still answers"
 
 
 def test_unknown_auction(acs: AdCache, uid: str) -> None:
@@ -550,7 +578,7 @@ def test_unknown_auction(acs: AdCache, uid: str) -> None:
     with pytest.raises(NotFoundError):
         acs.auctions.close(uid)
     with pytest.raises(NotFoundError):
-        acs.auctions.bill(uid, "a")
+        acs.auctions.bill(uid, "a", seat="s1")
     assert acs.auctions.result(uid) is None
     assert acs.redis.exists(keys.auction(uid), keys.auction_bids(uid)) == 0
 
@@ -617,7 +645,7 @@ def test_auctions_spread_over_every_shard(ac_cluster: AdCache, uid: str) -> None
         w = res.winner("1")
         assert w is not None and w.bid_id == "y"
         assert res.imp("1").clearing_micros == to_micros(n + 1) + 10_000
-        assert ac_cluster.auctions.bill(res.auction_id, "y").status == "billed"
+        assert ac_cluster.auctions.bill(res.auction_id, "y", seat="sy").status == "billed"
 
 
 def ac_cluster_create(aid: str) -> Call[Any]:
@@ -736,8 +764,8 @@ async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     res = await aacs.auctions.close(uid)
     w = res.winner("1")
     assert w is not None and w.bid_id == "b" and res.imp("1").clearing_micros == to_micros("2.01")
-    assert (await aacs.auctions.bill(uid, "b")).status == "billed"
-    assert (await aacs.auctions.bill(uid, "b")).status == "already_billed"
+    assert (await aacs.auctions.bill(uid, "b", seat="s2")).status == "billed"
+    assert (await aacs.auctions.bill(uid, "b", seat="s2")).status == "already_billed"
     with pytest.raises(AlreadyExistsError):
         await aacs.auctions.create(uid, [Imp("1")])
 

@@ -197,7 +197,7 @@ def test_request_and_response_end_to_end(acs: AdCache, uid: str) -> None:
     assert urls[("win", "1a")] == "https://dsp1.example/win?p=0.91&imp=banner"
     assert urls[("billing", "1a")] == "https://dsp1.example/bill?p=0.91"
     assert urls[("loss", "2a")] == "https://dsp2.example/loss?r=102&min=1.1"
-    assert acs.auctions.bill(uid, "1a").price_micros == to_micros("0.91")
+    assert acs.auctions.bill(uid, "1a", seat="dsp-1").price_micros == to_micros("0.91")
 
 
 @pytest.mark.parametrize(

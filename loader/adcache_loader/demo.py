@@ -75,7 +75,10 @@ def scene_auctions(cache: AdCache, console: Console) -> None:
         )
     for n in notices(res):
         console.print(f"  {n.kind} notice for {n.bid_id}: {n.url}")
-    first, second = cache.auctions.bill(aid, "b1"), cache.auctions.bill(aid, "b1")
+    first, second = (
+        cache.auctions.bill(aid, "b1", seat="dsp-a"),
+        cache.auctions.bill(aid, "b1", seat="dsp-a"),
+    )
     console.print(
         f"billing notice: {first.status} {cpm(first.price_micros)} CPM, then {second.status}"
     )

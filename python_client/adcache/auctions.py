@@ -100,7 +100,8 @@ class Created:
 
 @dataclass(frozen=True, slots=True)
 class BidReply:
-    """The reply to one bid. A repeated bid id gets the first reply back with duplicate=True."""
+    """The reply to one bid. A repeated bid (same seat and bid id) gets the first reply back,
+    with duplicate=True."""
 
     bid_id: str
     accepted: bool
@@ -182,9 +183,10 @@ class AuctionResult:
                 return i
         raise KeyError(imp_id)
 
-    def bid(self, bid_id: str) -> BidResult:
+    def bid(self, bid_id: str, seat: str | None = None) -> BidResult:
+        """A bid by id (and seat: bid ids are only unique per seat); the first match without."""
         for b in self.bids:
-            if b.bid_id == bid_id:
+            if b.bid_id == bid_id and (seat is None or b.seat == seat):
                 return b
         raise KeyError(bid_id)
 
@@ -300,16 +302,17 @@ def bid_call(auction_id: str, bid: Bid) -> Call[BidReply]:
 def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
     f = pairs(reply)
     raw_imps = [list(x) for x in f["imps"]]
-    winners = {text(i[0]): text(i[3]) for i in raw_imps}
-    clearing = {text(i[0]): int(i[4]) for i in raw_imps}
+    # imp -> (seat, bid id) of its winner: bid ids are only unique per seat
+    winners = {text(i[0]): (text(i[3]), text(i[4])) for i in raw_imps if text(i[4])}
+    clearing = {text(i[0]): int(i[5]) for i in raw_imps}
     win_price: dict[str, int] = {}
     for b in f["bids"]:
-        if winners.get(text(b[1])) == text(b[0]):
+        if winners.get(text(b[1])) == (text(b[2]), text(b[0])):
             win_price[text(b[1])] = int(b[3])
     bids: list[BidResult] = []
     for b in f["bids"]:
         bid_id, imp_id, floor = text(b[0]), text(b[1]), int(b[14])
-        won = winners.get(imp_id) == bid_id
+        won = winners.get(imp_id) == (text(b[2]), bid_id)
         mtw = clearing[imp_id] if won else win_price.get(imp_id, floor)
         adomain = text(b[7])
         bids.append(
@@ -332,15 +335,15 @@ def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
                 min_to_win_micros=mtw,
             )
         )
-    by_id = {b.bid_id: b for b in bids}
+    by_key = {(b.seat, b.bid_id): b for b in bids}
     imps = tuple(
         ImpResult(
             imp_id=text(i[0]),
             floor_micros=int(i[1]),
             private=int(i[2]) == 1,
-            winner=by_id.get(text(i[3])) if text(i[3]) else None,
-            clearing_micros=int(i[4]),
-            billed=int(i[5]) == 1,
+            winner=by_key.get((text(i[3]), text(i[4]))),
+            clearing_micros=int(i[5]),
+            billed=int(i[6]) == 1,
         )
         for i in raw_imps
     )
@@ -373,11 +376,11 @@ def result_call(auction_id: str) -> Call[AuctionResult | None]:
     return Call("ac_auction_result", _keys(auction_id), (), parse)
 
 
-def bill_call(auction_id: str, bid_id: str) -> Call[BillReply]:
+def bill_call(auction_id: str, bid_id: str, seat: str) -> Call[BillReply]:
     def parse(r: Sequence[Any]) -> BillReply:
         return BillReply(text(r[0]), int(r[1]), _none(r[2]))
 
-    return Call("ac_auction_bill", _keys(auction_id), (bid_id,), parse)
+    return Call("ac_auction_bill", _keys(auction_id), (seat, bid_id), parse)
 
 
 # ---- notices ----
@@ -488,9 +491,9 @@ class Auctions:
             return self.close(auction_id)
         return r
 
-    def bill(self, auction_id: str, bid_id: str) -> BillReply:
+    def bill(self, auction_id: str, bid_id: str, *, seat: str) -> BillReply:
         """Billing notice of a bid: 'billed' once with the price to charge, then 'already_billed'."""
-        return self._c.run(bill_call(auction_id, bid_id))
+        return self._c.run(bill_call(auction_id, bid_id, seat))
 
 
 class AsyncAuctions:
@@ -541,8 +544,8 @@ class AsyncAuctions:
             return await self.close(auction_id)
         return r
 
-    async def bill(self, auction_id: str, bid_id: str) -> BillReply:
-        return await self._c.run(bill_call(auction_id, bid_id))
+    async def bill(self, auction_id: str, bid_id: str, *, seat: str) -> BillReply:
+        return await self._c.run(bill_call(auction_id, bid_id, seat))
 
 
 __all__ = [
