@@ -281,7 +281,7 @@ do
 -- Two keys per auction, both under the tag {a:<request id>} and both expiring at `expires`:
 --   auction (hash): at, inc, created, deadline, exp, expires, seq (arrival counter), state
 --     ('open' | 'closed'), closed (ms), imps (msgpack list of imp ids, in request order),
---     ws / bs (msgpack seat sets: auction-level allowed / blocked seats),
+--     ws / bs (msgpack seat sets: auction-level allowed / blocked seats; absent when empty),
 --     i.<imp> = msgpack {f = floor, p = private 0|1,
 --       d = {<deal id> = {f = floor, a = deal auction type (0: the auction's), w = seat set}}},
 --     r.<imp> = msgpack {w = winning bid id, c = clearing price} (written at close),
@@ -334,6 +334,7 @@ function AU.seats(r, name)
 end
 
 function AU.is_empty(t) return next(t) == nil end
+AU.NONE = {} -- an empty seat set (read only)
 
 -- The bids-hash field of a bid: length-prefixed seat, then the bid id (unambiguous for any ids).
 function AU.bid_key(seat, id)
@@ -560,8 +561,16 @@ local function auction_create(keys, args)
   local now = T.now_ms()
   local deadline, expires = now + tmax, now + ttl
   local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
-    'exp', exp, 'expires', expires, 'seq', 0, 'imps', cmsgpack.pack(order),
-    'ws', cmsgpack.pack(wseat), 'bs', cmsgpack.pack(bseat)}
+    'exp', exp, 'expires', expires, 'seq', 0, 'imps', cmsgpack.pack(order)}
+  -- Seat lists are stored only when given: most auctions have none, and bids skip the decode.
+  if not AU.is_empty(wseat) then
+    fields[#fields + 1] = 'ws'
+    fields[#fields + 1] = cmsgpack.pack(wseat)
+  end
+  if not AU.is_empty(bseat) then
+    fields[#fields + 1] = 'bs'
+    fields[#fields + 1] = cmsgpack.pack(bseat)
+  end
   for _, id in ipairs(order) do
     fields[#fields + 1] = 'i.' .. id
     fields[#fields + 1] = cmsgpack.pack(imps[id])
@@ -593,7 +602,7 @@ local function auction_bid(keys, args)
     b.s = V.id(args[base], 'seat')
     b.id = V.id(args[base + 1], 'bid id')
     b.i = V.id(args[base + 2], 'imp id')
-    b.p = M.amount(args[base + 3], 'price_micros of bid ' .. b.id)
+    b.p = M.amount(args[base + 3], 'price_micros')
     b.k = AU.bid_key(b.s, b.id)
     b.d = AU.opt_id(args[base + 4], 'deal id')
     b.c = AU.opt_id(args[base + 5], 'cid')
@@ -623,7 +632,8 @@ local function auction_bid(keys, args)
     end
     cfg[imp] = AU.unpack(vals[n], 'imp ' .. imp)
   end
-  local ws, bs = AU.unpack(vals[3], 'wseat'), AU.unpack(vals[4], 'bseat')
+  local ws = vals[3] and AU.unpack(vals[3], 'wseat') or AU.NONE
+  local bs = vals[4] and AU.unpack(vals[4], 'bseat') or AU.NONE
   local deadline, expires, seq = tonumber(vals[2]), tonumber(vals[5]), tonumber(vals[6])
   if not (deadline and expires and seq) then
     E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
@@ -867,7 +877,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'd879133354376d281d0267d52eb93ec286c545638f9211625a089fea9a369cf3'
+local LIBRARY_SHA256 = '58be536ec3e1d2d6f0f16dd76ce59347abace7e2066d22f2d8bddf8adda02c27'
 
 --- @function ac_version
 --- @flags no-writes

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'd879133354376d281d0267d52eb93ec286c545638f9211625a089fea9a369cf3'
+LIBRARY_SHA256 = '58be536ec3e1d2d6f0f16dd76ce59347abace7e2066d22f2d8bddf8adda02c27'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
