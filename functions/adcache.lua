@@ -1,43 +1,6 @@
 #!lua name=adcache
 -- adcache 0.1.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 
--- ==== helper: metrics (lua/_metrics.lua.j2) ====
---@helper metrics: adcache's own counters, per node. C.incr(name, n) adds to a Lua table local to
--- the library: it lives in the node's Lua state between calls, costs no Redis command, is not
--- replicated (a replica's table counts only what runs on the replica) and starts again from zero
--- when the library is (re)loaded or the server restarts. `ac_monitor_counters` reads it; the
--- client calls that on every node and sums. Count a business event once it is certain (after
--- validation), so a call that raises counts nothing.
---
--- Counter names (lower_case; the Prometheus exposition maps the families below to labels):
---   auctions_created, auctions_closed
---   bids_<outcome>            bids by outcome: bids_accepted, bids_won, bids_lost, bids_refused...
---   bids_lost_<reason>        lost bids by loss reason (OpenRTB loss-reason code or word)
---   caps_blocked              frequency caps that blocked an impression
---   budget_refused_<reason>   budget refusals by reason (exhausted, paced, ...)
---   stats_events              events counted by ac_stats_record
---   stats_duplicates          events dropped by ac_stats_record as retried deliveries
-local C = {}
-C.counts = {}
-
--- Add n (default 1) to a counter; counters spring into being at their first increment.
-function C.incr(name, n)
-  C.counts[name] = (C.counts[name] or 0) + (n or 1)
-end
-
--- The counters as a flat name/value array, names sorted (stable replies for tests and diffs).
-function C.flat()
-  local names = {}
-  for name in pairs(C.counts) do names[#names + 1] = name end
-  table.sort(names)
-  local out = {}
-  for _, name in ipairs(names) do
-    out[#out + 1] = name
-    out[#out + 1] = C.counts[name]
-  end
-  return out
-end
-
 -- ==== helper: errors (lua/_errors.lua.j2) ====
 --@helper errors: the error contract. fail() raises an error reply whose first word is a code
 -- from lua/errors.yaml; the Python client maps that word to a typed exception.
@@ -64,6 +27,119 @@ function E.fail(code, msg)
     code = 'ADCACHE_WRONGTYPE'
   end
   error({err = code .. ' ' .. msg}, 0)
+end
+
+-- ==== helper: keys (lua/_keys.lua.j2) ====
+--@helper keys: generated from lua/keyspace.yaml. Checks KEYS against the keyspace and builds
+-- sibling keys of the same hash tag.
+
+local K = {}
+K.PREFIX = 'ad'
+K.MAX_ID = 128
+-- name -> {entity letter, Lua pattern of the suffix}
+K.SPEC = {
+  session = {'s', '^sess$'},
+  session_history = {'s', '^hist$'},
+  user_sessions = {'u', '^sessions$'},
+  auction = {'a', '^auc$'},
+  auction_bids = {'a', '^bids$'},
+  profile = {'u', '^prof$'},
+  user_segments = {'u', '^segs$'},
+  segment_members = {'g', '^members$'},
+  segment_expiry = {'g', '^expiry$'},
+  stats_meta = {'c', '^st$'},
+  stats_hour = {'c', '^st:h:[^{}]+$'},
+  stats_day = {'c', '^st:d:[^{}]+$'},
+  stats_reach_hour = {'c', '^st:rh:[^{}]+$'},
+  stats_reach_day = {'c', '^st:rd:[^{}]+$'},
+  stats_dedup = {'c', '^st:ev:[^{}]+$'},
+}
+
+-- Split '<prefix>:{<letter>:<id>}:<suffix>' into letter, id, suffix (nil when it does not parse).
+function K.split(key)
+  return string.match(key, '^ad:{(%a):([^{}]+)}:(.+)$')
+end
+
+local function check_one(key, name, i)
+  local spec = K.SPEC[name]
+  local letter, id, suffix = K.split(key)
+  if not letter or letter ~= spec[1] or not string.match(suffix, spec[2]) then
+    E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must be a ' .. name .. ' key, got ' .. key)
+  end
+  if #id > K.MAX_ID then
+    E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] id is longer than ' .. K.MAX_ID .. ' bytes')
+  end
+  return letter .. ':' .. id, id
+end
+
+-- Check that keys[1..#names] match the named patterns and share one hash tag. When `rest` names a
+-- pattern, any further keys must match it too (variadic tail, at most `max_rest`).
+-- Returns the shared tag ('<letter>:<id>') and the entity id.
+function K.check(keys, names, rest, max_rest)
+  local n = #names
+  if #keys < n or (not rest and #keys ~= n) then
+    E.fail('ADCACHE_ARITY', 'expected ' .. n .. (rest and ' or more' or '') .. ' keys, got ' .. #keys)
+  end
+  if rest and max_rest and #keys - n > max_rest then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. max_rest .. ' ' .. rest .. ' keys per call')
+  end
+  local tag, id = nil, nil
+  for i = 1, #keys do
+    local t, kid = check_one(keys[i], names[i] or rest, i)
+    if tag == nil then
+      tag, id = t, kid
+    elseif t ~= tag then
+      E.fail('ADCACHE_CROSSSLOT', 'KEYS[' .. i .. '] is in {' .. t .. '}, not {' .. tag .. '}')
+    end
+  end
+  return tag, id
+end
+
+-- Key builders from a tag '<letter>:<id>' (for keys derived inside a call from a passed key's tag).
+function K.session(tag)
+  return 'ad:{' .. tag .. '}:sess'
+end
+function K.session_history(tag)
+  return 'ad:{' .. tag .. '}:hist'
+end
+function K.user_sessions(tag)
+  return 'ad:{' .. tag .. '}:sessions'
+end
+function K.auction(tag)
+  return 'ad:{' .. tag .. '}:auc'
+end
+function K.auction_bids(tag)
+  return 'ad:{' .. tag .. '}:bids'
+end
+function K.profile(tag)
+  return 'ad:{' .. tag .. '}:prof'
+end
+function K.user_segments(tag)
+  return 'ad:{' .. tag .. '}:segs'
+end
+function K.segment_members(tag)
+  return 'ad:{' .. tag .. '}:members'
+end
+function K.segment_expiry(tag)
+  return 'ad:{' .. tag .. '}:expiry'
+end
+function K.stats_meta(tag)
+  return 'ad:{' .. tag .. '}:st'
+end
+function K.stats_hour(tag, hour)
+  return 'ad:{' .. tag .. '}:st:h:' .. hour
+end
+function K.stats_day(tag, day)
+  return 'ad:{' .. tag .. '}:st:d:' .. day
+end
+function K.stats_reach_hour(tag, hour)
+  return 'ad:{' .. tag .. '}:st:rh:' .. hour
+end
+function K.stats_reach_day(tag, day)
+  return 'ad:{' .. tag .. '}:st:rd:' .. day
+end
+function K.stats_dedup(tag, hour)
+  return 'ad:{' .. tag .. '}:st:ev:' .. hour
 end
 
 -- ==== helper: validate (lua/_validate.lua.j2) ====
@@ -141,111 +217,6 @@ function V.pairs(args, first, what, max_pairs, max_value)
     out[#out + 1] = {V.id(args[i], what .. ' name'), V.str(args[i + 1], what .. ' value', max_value)}
   end
   return out
-end
-
--- ==== helper: keys (lua/_keys.lua.j2) ====
---@helper keys: generated from lua/keyspace.yaml. Checks KEYS against the keyspace and builds
--- sibling keys of the same hash tag.
-
-local K = {}
-K.PREFIX = 'ad'
-K.MAX_ID = 128
--- name -> {entity letter, Lua pattern of the suffix}
-K.SPEC = {
-  session = {'s', '^sess$'},
-  session_history = {'s', '^hist$'},
-  user_sessions = {'u', '^sessions$'},
-  profile = {'u', '^prof$'},
-  user_segments = {'u', '^segs$'},
-  segment_members = {'g', '^members$'},
-  segment_expiry = {'g', '^expiry$'},
-  stats_meta = {'c', '^st$'},
-  stats_hour = {'c', '^st:h:[^{}]+$'},
-  stats_day = {'c', '^st:d:[^{}]+$'},
-  stats_reach_hour = {'c', '^st:rh:[^{}]+$'},
-  stats_reach_day = {'c', '^st:rd:[^{}]+$'},
-  stats_dedup = {'c', '^st:ev:[^{}]+$'},
-}
-
--- Split '<prefix>:{<letter>:<id>}:<suffix>' into letter, id, suffix (nil when it does not parse).
-function K.split(key)
-  return string.match(key, '^ad:{(%a):([^{}]+)}:(.+)$')
-end
-
-local function check_one(key, name, i)
-  local spec = K.SPEC[name]
-  local letter, id, suffix = K.split(key)
-  if not letter or letter ~= spec[1] or not string.match(suffix, spec[2]) then
-    E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must be a ' .. name .. ' key, got ' .. key)
-  end
-  if #id > K.MAX_ID then
-    E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] id is longer than ' .. K.MAX_ID .. ' bytes')
-  end
-  return letter .. ':' .. id, id
-end
-
--- Check that keys[1..#names] match the named patterns and share one hash tag. When `rest` names a
--- pattern, any further keys must match it too (variadic tail, at most `max_rest`).
--- Returns the shared tag ('<letter>:<id>') and the entity id.
-function K.check(keys, names, rest, max_rest)
-  local n = #names
-  if #keys < n or (not rest and #keys ~= n) then
-    E.fail('ADCACHE_ARITY', 'expected ' .. n .. (rest and ' or more' or '') .. ' keys, got ' .. #keys)
-  end
-  if rest and max_rest and #keys - n > max_rest then
-    E.fail('ADCACHE_LIMIT', 'at most ' .. max_rest .. ' ' .. rest .. ' keys per call')
-  end
-  local tag, id = nil, nil
-  for i = 1, #keys do
-    local t, kid = check_one(keys[i], names[i] or rest, i)
-    if tag == nil then
-      tag, id = t, kid
-    elseif t ~= tag then
-      E.fail('ADCACHE_CROSSSLOT', 'KEYS[' .. i .. '] is in {' .. t .. '}, not {' .. tag .. '}')
-    end
-  end
-  return tag, id
-end
-
--- Key builders from a tag '<letter>:<id>' (for keys derived inside a call from a passed key's tag).
-function K.session(tag)
-  return 'ad:{' .. tag .. '}:sess'
-end
-function K.session_history(tag)
-  return 'ad:{' .. tag .. '}:hist'
-end
-function K.user_sessions(tag)
-  return 'ad:{' .. tag .. '}:sessions'
-end
-function K.profile(tag)
-  return 'ad:{' .. tag .. '}:prof'
-end
-function K.user_segments(tag)
-  return 'ad:{' .. tag .. '}:segs'
-end
-function K.segment_members(tag)
-  return 'ad:{' .. tag .. '}:members'
-end
-function K.segment_expiry(tag)
-  return 'ad:{' .. tag .. '}:expiry'
-end
-function K.stats_meta(tag)
-  return 'ad:{' .. tag .. '}:st'
-end
-function K.stats_hour(tag, hour)
-  return 'ad:{' .. tag .. '}:st:h:' .. hour
-end
-function K.stats_day(tag, day)
-  return 'ad:{' .. tag .. '}:st:d:' .. day
-end
-function K.stats_reach_hour(tag, hour)
-  return 'ad:{' .. tag .. '}:st:rh:' .. hour
-end
-function K.stats_reach_day(tag, day)
-  return 'ad:{' .. tag .. '}:st:rd:' .. day
-end
-function K.stats_dedup(tag, hour)
-  return 'ad:{' .. tag .. '}:st:ev:' .. hour
 end
 
 -- ==== helper: time (lua/_time.lua.j2) ====
@@ -348,6 +319,541 @@ end
 -- Integer reply of a stored amount (HGET returns strings or false).
 function M.stored(v)
   return v and tonumber(v) or 0
+end
+
+-- ==== helper: metrics (lua/_metrics.lua.j2) ====
+--@helper metrics: adcache's own counters, per node. C.incr(name, n) adds to a Lua table local to
+-- the library: it lives in the node's Lua state between calls, costs no Redis command, is not
+-- replicated (a replica's table counts only what runs on the replica) and starts again from zero
+-- when the library is (re)loaded or the server restarts. `ac_monitor_counters` reads it; the
+-- client calls that on every node and sums. Count a business event once it is certain (after
+-- validation), so a call that raises counts nothing.
+--
+-- Counter names (lower_case; the Prometheus exposition maps the families below to labels):
+--   auctions_created, auctions_closed
+--   bids_<outcome>            bids by outcome: bids_accepted, bids_won, bids_lost, bids_refused...
+--   bids_lost_<reason>        lost bids by loss reason (OpenRTB loss-reason code or word)
+--   caps_blocked              frequency caps that blocked an impression
+--   budget_refused_<reason>   budget refusals by reason (exhausted, paced, ...)
+--   stats_events              events counted by ac_stats_record
+--   stats_duplicates          events dropped by ac_stats_record as retried deliveries
+local C = {}
+C.counts = {}
+
+-- Add n (default 1) to a counter; counters spring into being at their first increment.
+function C.incr(name, n)
+  C.counts[name] = (C.counts[name] or 0) + (n or 1)
+end
+
+-- The counters as a flat name/value array, names sorted (stable replies for tests and diffs).
+function C.flat()
+  local names = {}
+  for name in pairs(C.counts) do names[#names + 1] = name end
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    out[#out + 1] = name
+    out[#out + 1] = C.counts[name]
+  end
+  return out
+end
+
+-- ==== domain: auction (lua/auction.lua.j2) ====
+do
+--@domain auction: real-time-bidding auctions, OpenRTB-shaped: floors, deals, private auctions,
+-- first and second price, ties to the earliest bid, loss reasons, idempotent bids, close and bill.
+
+-- Two keys per auction, both under the tag {a:<request id>} and both expiring at `expires`:
+--   auction (hash): at, inc, created, deadline, exp, expires, seq (arrival counter), state
+--     ('open' | 'closed'), closed (ms), imps (msgpack list of imp ids, in request order),
+--     ws / bs (msgpack seat sets: auction-level allowed / blocked seats; absent when empty),
+--     i.<imp> = msgpack {f = floor, p = private 0|1,
+--       d = {<deal id> = {f = floor, a = deal auction type (0: the auction's), w = seat set}}},
+--     r.<imp> = msgpack {w = winning bid id, c = clearing price} (written at close),
+--     b.<imp> = billing time in ms (written by the first bill).
+--   auction_bids (hash): <bid key> = msgpack {id bid id, s seat, i imp, p price, d deal, c cid,
+--     r crid, a adomain, n nurl, l lurl, b burl, q arrival seq, st 1 accepted | 0 refused,
+--     rs reason}. The bid key is the seat and the bid id (AU.bid_key): OpenRTB bid ids are only
+--     unique per bidder, so two seats may both send bid "1".
+-- Every bid received is stored, refused ones too, so a repeated (seat, bid id) gets the first
+-- reply back.
+-- Prices are CPM in integer micros. All sizes are bounded (ADCACHE_LIMIT beyond).
+--
+-- Lazy close: once the deadline has passed no bid can be accepted, so the outcome is fixed. The
+-- write paths (bid, close, bill) record the close when they find an open auction past its deadline;
+-- ac_auction_result never writes: it reports state 'due' with the outcome the close will record.
+local AU = {}
+AU.MAX_IMPS = 32
+AU.MAX_DEALS = 64 -- per auction, over all imps
+AU.MAX_SEATS = 64 -- per seat list (auction wseat / bseat, deal wseat)
+AU.MAX_BIDS = 256 -- stored bids per auction, refused ones included
+AU.MAX_TMAX_MS = 10 * T.MINUTE
+AU.MAX_TTL_MS = 7 * T.DAY
+AU.MAX_URL = 2048
+AU.MAX_ADOMAIN = 1024
+AU.BID_FIELDS = 11
+-- OpenRTB loss reason codes (0 = no loss: won, or accepted while the auction is open).
+AU.WON, AU.EXPIRED, AU.BAD_DEAL = 0, 2, 4
+AU.BELOW_FLOOR, AU.BELOW_DEAL_FLOOR, AU.OUTBID, AU.SEAT_BLOCKED = 100, 101, 102, 104
+
+-- Argument cursor for variadic, count-prefixed ARGV layouts.
+function AU.take(r, what)
+  local v = r.args[r.i]
+  if v == nil then E.fail('ADCACHE_ARITY', 'missing ' .. what .. ' (argument ' .. r.i .. ')') end
+  r.i = r.i + 1
+  return v
+end
+
+function AU.count(v, name, max)
+  local n = V.uint(v, name)
+  if n > max then E.fail('ADCACHE_LIMIT', 'at most ' .. max .. ' ' .. name .. ', got ' .. n) end
+  return n
+end
+
+-- `n seat...` as a set {seat = true}; duplicates are harmless.
+function AU.seats(r, name)
+  local n = AU.count(AU.take(r, name .. ' count'), name, AU.MAX_SEATS)
+  local set = {}
+  for _ = 1, n do set[V.id(AU.take(r, name), name)] = true end
+  return set
+end
+
+function AU.is_empty(t) return next(t) == nil end
+AU.NONE = {} -- an empty seat set (read only)
+
+-- The bids-hash field of a bid: length-prefixed seat, then the bid id (unambiguous for any ids).
+function AU.bid_key(seat, id)
+  return #seat .. ':' .. seat .. ':' .. id
+end
+
+-- An optional id: '' means absent.
+function AU.opt_id(v, name)
+  if v == '' then return '' end
+  return V.id(v, name)
+end
+
+function AU.missing(key)
+  if redis.call('EXISTS', key) == 1 then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' is not an auction record')
+  end
+  E.fail('ADCACHE_NOTFOUND', 'auction ' .. key .. ' is unknown or expired')
+end
+
+-- The whole meta hash as a table: a few fields per imp, small by the bounds above, so one HGETALL
+-- is cheaper than several HMGETs.
+function AU.load(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then AU.missing(key) end
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  if not m.state or not m.imps or not m.deadline then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' is not an auction record')
+  end
+  return m
+end
+
+function AU.unpack(v, what)
+  local ok, t = false, nil
+  if type(v) == 'string' then ok, t = pcall(cmsgpack.unpack, v) end
+  if not ok or type(t) ~= 'table' then
+    E.fail('ADCACHE_WRONGTYPE', what .. ' does not hold an adcache record')
+  end
+  return t
+end
+
+-- Every stored bid, in arrival order.
+function AU.load_bids(bids_key)
+  local flat = redis.call('HGETALL', bids_key)
+  local list = {}
+  for i = 1, #flat, 2 do
+    local rec = AU.unpack(flat[i + 1], 'bid ' .. flat[i])
+    rec.k = flat[i]
+    list[#list + 1] = rec
+  end
+  table.sort(list, function(a, b) return a.q < b.q end)
+  return list
+end
+
+-- Per-imp configs of the auction, by imp id, and the imp ids in request order.
+function AU.config(m)
+  local order = AU.unpack(m.imps, 'auction imps')
+  local cfg = {}
+  for _, imp in ipairs(order) do cfg[imp] = AU.unpack(m['i.' .. imp], 'imp ' .. imp) end
+  return order, cfg
+end
+
+-- The floor a bid is held to: its deal's floor for a deal bid, else the imp floor.
+function AU.floor(c, deal)
+  if deal ~= '' and c.d[deal] then return c.d[deal].f end
+  return c.f
+end
+
+-- The outcome of a closed auction: per imp {w = bid id, c = clearing price}, from the accepted
+-- bids. Highest price wins, ties go to the earliest arrival; second price is the higher of the
+-- runner-up and the winner's floor (its deal floor for a deal bid), plus the increment, never above
+-- the winning bid. A winning deal bid follows its deal's type when the deal sets one (OpenRTB
+-- deal.at: 1 first price, 2 second price, 3 fixed price = the deal floor).
+-- Deterministic: close and a read of a 'due' auction compute the same.
+function AU.outcome(at, inc, cfg, list)
+  local best, second = {}, {}
+  for _, b in ipairs(list) do -- arrival order: a later equal price never displaces the best
+    if b.st == 1 then
+      local cur = best[b.i]
+      if not cur or b.p > cur.p then
+        second[b.i], best[b.i] = cur, b
+      elseif not second[b.i] or b.p > second[b.i].p then
+        second[b.i] = b
+      end
+    end
+  end
+  local res = {}
+  for imp, w in pairs(best) do
+    local clear = w.p
+    local deal = w.d ~= '' and cfg[imp].d[w.d] or nil
+    local kind = at
+    if deal and deal.a and deal.a ~= 0 then kind = deal.a end -- the deal overrides the type
+    if kind == 3 then
+      clear = deal.f -- fixed-price deal: the agreed price, which an accepted bid never undercuts
+    elseif kind == 2 then
+      local base = second[imp] and second[imp].p or 0
+      local floor = AU.floor(cfg[imp], w.d)
+      if floor > base then base = floor end
+      clear = math.min(w.p, base + inc)
+    end
+    res[imp] = {w = w.k, c = clear}
+  end
+  return res
+end
+
+-- Record the close (callers check the state first, so it happens once) and update `m` to match.
+function AU.close(key, m, list, now)
+  local _, cfg = AU.config(m)
+  local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
+  local fields = {'state', 'closed', 'closed', now}
+  m.state, m.closed = 'closed', tostring(now)
+  for imp, r in pairs(res) do
+    local packed = cmsgpack.pack(r)
+    fields[#fields + 1] = 'r.' .. imp
+    fields[#fields + 1] = packed
+    m['r.' .. imp] = packed
+  end
+  redis.call('HSET', key, unpack(fields))
+end
+
+-- The result reply (see ac_auction_result), from the loaded meta and bids; no Redis calls.
+-- A 'due' auction gets the outcome the close will record.
+function AU.result_reply(m, list, now)
+  local order, cfg = AU.config(m)
+  local deadline = tonumber(m.deadline)
+  local state = m.state
+  local res = {}
+  if state == 'closed' then
+    for _, imp in ipairs(order) do
+      local r = m['r.' .. imp]
+      if r then res[imp] = AU.unpack(r, 'result of imp ' .. imp) end
+    end
+  elseif now >= deadline then
+    state = 'due'
+    res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
+  end
+  local closed = m.closed and tonumber(m.closed) or 0
+  local ended = deadline
+  if closed > 0 and closed < deadline then ended = closed end
+  local by_key = {}
+  for _, b in ipairs(list) do by_key[b.k] = b end
+  local imps = {}
+  for _, imp in ipairs(order) do
+    local r = res[imp]
+    local w = r and by_key[r.w]
+    imps[#imps + 1] = {imp, cfg[imp].f, cfg[imp].p, w and w.s or '', w and w.id or '',
+      r and r.c or 0, m['b.' .. imp] and 1 or 0}
+  end
+  local bids = {}
+  for _, b in ipairs(list) do
+    local status, reason = 'rejected', b.rs
+    if b.st == 1 then
+      local r = res[b.i]
+      if state == 'open' then
+        status, reason = 'pending', AU.WON
+      elseif r and r.w == b.k then
+        status, reason = 'won', AU.WON
+      else
+        status, reason = 'lost', AU.OUTBID
+      end
+    end
+    bids[#bids + 1] = {b.id, b.i, b.s, b.p, b.d, b.c, b.r, b.a, b.n, b.l, b.b, b.q, status, reason,
+      AU.floor(cfg[b.i], b.d)}
+  end
+  return {'state', state, 'at', tonumber(m.at), 'increment', tonumber(m.inc),
+    'created', tonumber(m.created), 'deadline', deadline, 'closed', closed, 'ended', ended,
+    'exp', tonumber(m.exp), 'expires', tonumber(m.expires), 'imps', imps, 'bids', bids}
+end
+
+--- @function ac_auction_create
+--- @summary Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.
+--- @keys auction
+--- @argv at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...
+--- @reply field/value array: created, deadline, expires (epoch ms, server clock)
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_EXISTS
+local function auction_create(keys, args)
+  K.check(keys, {'auction'})
+  V.nargs(args, 8)
+  local r = {args = args, i = 1}
+  local at = V.int(AU.take(r, 'at'), 'at', 1, 2)
+  local tmax = V.pos(AU.take(r, 'tmax_ms'), 'tmax_ms', AU.MAX_TMAX_MS)
+  local exp = V.pos(AU.take(r, 'exp_ms'), 'exp_ms', AU.MAX_TTL_MS)
+  local ttl = V.pos(AU.take(r, 'ttl_ms'), 'ttl_ms', AU.MAX_TTL_MS)
+  local inc = M.amount(AU.take(r, 'increment_micros'), 'increment_micros')
+  if ttl < tmax + exp then
+    E.fail('ADCACHE_BADARG', 'ttl_ms must cover tmax_ms + exp_ms (' .. (tmax + exp) .. '), got '
+      .. ttl)
+  end
+  local wseat = AU.seats(r, 'wseat')
+  local bseat = AU.seats(r, 'bseat')
+  local nimps = AU.count(AU.take(r, 'imp count'), 'imps', AU.MAX_IMPS)
+  if nimps == 0 then E.fail('ADCACHE_BADARG', 'an auction needs at least one imp') end
+  local order, imps, ndeals = {}, {}, 0
+  for _ = 1, nimps do
+    local id = V.id(AU.take(r, 'imp id'), 'imp id')
+    if imps[id] then E.fail('ADCACHE_BADARG', 'imp id ' .. id .. ' is given twice') end
+    local floor = M.amount(AU.take(r, 'imp floor'), 'floor of imp ' .. id)
+    local private = V.int(AU.take(r, 'private flag'), 'private_auction of imp ' .. id, 0, 1)
+    local nd = AU.count(AU.take(r, 'deal count'), 'deals', AU.MAX_DEALS)
+    local deals = {}
+    for _ = 1, nd do
+      local did = V.id(AU.take(r, 'deal id'), 'deal id')
+      if deals[did] then E.fail('ADCACHE_BADARG', 'deal ' .. did .. ' is given twice') end
+      local dfloor = M.amount(AU.take(r, 'deal floor'), 'floor of deal ' .. did)
+      local dat = V.int(AU.take(r, 'deal at'), 'at of deal ' .. did, 0, 3)
+      deals[did] = {f = dfloor, a = dat, w = AU.seats(r, 'deal wseat')}
+      ndeals = ndeals + 1
+      if ndeals > AU.MAX_DEALS then
+        E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_DEALS .. ' deals per auction')
+      end
+    end
+    if private == 1 and nd == 0 then
+      E.fail('ADCACHE_BADARG', 'imp ' .. id .. ' is a private auction without deals')
+    end
+    order[#order + 1] = id
+    imps[id] = {f = floor, p = private, d = deals}
+  end
+  if r.i <= #args then
+    E.fail('ADCACHE_ARITY', 'unexpected argument ' .. r.i .. ' after the last imp')
+  end
+  if redis.call('EXISTS', keys[1]) == 1 then
+    E.fail('ADCACHE_EXISTS', 'auction ' .. keys[1] .. ' exists')
+  end
+  local now = T.now_ms()
+  local deadline, expires = now + tmax, now + ttl
+  local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
+    'exp', exp, 'expires', expires, 'seq', 0, 'imps', cmsgpack.pack(order)}
+  -- Seat lists are stored only when given: most auctions have none, and bids skip the decode.
+  if not AU.is_empty(wseat) then
+    fields[#fields + 1] = 'ws'
+    fields[#fields + 1] = cmsgpack.pack(wseat)
+  end
+  if not AU.is_empty(bseat) then
+    fields[#fields + 1] = 'bs'
+    fields[#fields + 1] = cmsgpack.pack(bseat)
+  end
+  for _, id in ipairs(order) do
+    fields[#fields + 1] = 'i.' .. id
+    fields[#fields + 1] = cmsgpack.pack(imps[id])
+  end
+  redis.call('HSET', keys[1], unpack(fields))
+  redis.call('PEXPIREAT', keys[1], expires)
+  return {'created', now, 'deadline', deadline, 'expires', expires}
+end
+
+--- @function ac_auction_bid
+--- @summary Submit one or more bids atomically; each is accepted or refused with a loss reason.
+--- @keys auction auction_bids
+--- @argv [seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)
+--- @reply array, one entry per bid in order: {bid_id, status accepted|rejected, reason, seq, duplicate 0|1}; a bid repeats another when seat and bid id are the same
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
+local function auction_bid(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  local F = AU.BID_FIELDS
+  if #args == 0 or #args % F ~= 0 then
+    E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
+  end
+  if #args / F > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
+  end
+  -- 1. parse every bid
+  local bids, ids = {}, {}
+  for base = 1, #args, F do
+    local b = {}
+    b.s = V.id(args[base], 'seat')
+    b.id = V.id(args[base + 1], 'bid id')
+    b.i = V.id(args[base + 2], 'imp id')
+    b.p = M.amount(args[base + 3], 'price_micros')
+    b.k = AU.bid_key(b.s, b.id)
+    b.d = AU.opt_id(args[base + 4], 'deal id')
+    b.c = AU.opt_id(args[base + 5], 'cid')
+    b.r = AU.opt_id(args[base + 6], 'crid')
+    b.a = V.str(args[base + 7], 'adomain', AU.MAX_ADOMAIN)
+    b.n = V.str(args[base + 8], 'nurl', AU.MAX_URL)
+    b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
+    b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
+    bids[#bids + 1] = b
+    ids[#ids + 1] = b.k
+  end
+  -- 2. the auction and the imps the bids name (one HMGET), and the bids already stored
+  local fields = {'state', 'deadline', 'ws', 'bs', 'expires', 'seq'}
+  local imp_at = {}
+  for _, b in ipairs(bids) do
+    if not imp_at[b.i] then
+      fields[#fields + 1] = 'i.' .. b.i
+      imp_at[b.i] = #fields
+    end
+  end
+  local vals = redis.call('HMGET', keys[1], unpack(fields))
+  if not vals[1] then AU.missing(keys[1]) end
+  local cfg = {}
+  for imp, n in pairs(imp_at) do
+    if not vals[n] then
+      E.fail('ADCACHE_BADARG', 'imp ' .. imp .. ' is not part of auction ' .. keys[1])
+    end
+    cfg[imp] = AU.unpack(vals[n], 'imp ' .. imp)
+  end
+  local ws = vals[3] and AU.unpack(vals[3], 'wseat') or AU.NONE
+  local bs = vals[4] and AU.unpack(vals[4], 'bseat') or AU.NONE
+  local deadline, expires, seq = tonumber(vals[2]), tonumber(vals[5]), tonumber(vals[6])
+  if not (deadline and expires and seq) then
+    E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
+  end
+  local stored = redis.call('HMGET', keys[2], unpack(ids))
+  local fresh, seen = 0, {}
+  for k, b in ipairs(bids) do
+    if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
+    seen[b.k] = true
+  end
+  -- `seq` counts every stored bid, so it bounds the bids hash without an HLEN.
+  if seq + fresh > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
+  end
+  -- 3. decide and record (no error past this point)
+  local now = T.now_ms()
+  local state = vals[1]
+  if state == 'open' and now >= deadline then
+    AU.close(keys[1], AU.load(keys[1]), AU.load_bids(keys[2]), now)
+    state = 'closed'
+  end
+  local out, replies, records = {}, {}, {}
+  for k, b in ipairs(bids) do
+    local prev = replies[b.k]
+    if not prev and stored[k] then
+      local rec = AU.unpack(stored[k], 'bid ' .. b.id)
+      prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
+    end
+    if prev then
+      out[k] = {prev[1], prev[2], prev[3], prev[4], 1}
+    else
+      local c = cfg[b.i]
+      local reason = AU.WON
+      if state ~= 'open' then
+        reason = AU.EXPIRED
+      elseif bs[b.s] or (not AU.is_empty(ws) and not ws[b.s]) then
+        reason = AU.SEAT_BLOCKED
+      elseif b.d ~= '' then
+        local deal = c.d[b.d]
+        if not deal then
+          reason = AU.BAD_DEAL
+        elseif not AU.is_empty(deal.w) and not deal.w[b.s] then
+          reason = AU.SEAT_BLOCKED
+        elseif b.p < deal.f then
+          reason = AU.BELOW_DEAL_FLOOR
+        end
+      elseif c.p == 1 then
+        reason = AU.BAD_DEAL -- a private auction takes deal bids only
+      elseif b.p < c.f then
+        reason = AU.BELOW_FLOOR
+      end
+      seq = seq + 1
+      b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
+      local key = b.k
+      b.k = nil
+      records[#records + 1] = key
+      records[#records + 1] = cmsgpack.pack(b)
+      replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
+      out[k] = {b.id, replies[key][2], reason, seq, 0}
+    end
+  end
+  if #records > 0 then
+    redis.call('HSET', keys[2], unpack(records))
+    redis.call('PEXPIREAT', keys[2], expires)
+    redis.call('HSET', keys[1], 'seq', seq)
+  end
+  return out
+end
+
+--- @function ac_auction_close
+--- @summary Close the auction (idempotent): record per imp the winner and the clearing price.
+--- @keys auction auction_bids
+--- @argv none
+--- @reply the result, as for ac_auction_result (state 'closed')
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
+local function auction_close(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  V.nargs(args, 0, 0)
+  local m = AU.load(keys[1])
+  local list = AU.load_bids(keys[2])
+  local now = T.now_ms()
+  if m.state ~= 'closed' then AU.close(keys[1], m, list, now) end
+  return AU.result_reply(m, list, now)
+end
+
+--- @function ac_auction_result
+--- @flags no-writes
+--- @summary Read the auction: state, per imp the winner and clearing price, per bid the outcome.
+--- @keys auction auction_bids
+--- @argv none
+--- @reply nil when unknown, else field/value array: state open|due|closed, at, increment, created, deadline, closed, ended, exp, expires, imps {imp_id, floor, private, winning seat or '', winning bid_id or '', clearing, billed}..., bids {bid_id, imp_id, seat, price, deal_id, cid, crid, adomain, nurl, lurl, burl, seq, status won|lost|rejected|pending, reason, floor}...
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_WRONGTYPE
+local function auction_result(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  V.nargs(args, 0, 0)
+  if redis.call('EXISTS', keys[1]) == 0 then return false end
+  return AU.result_reply(AU.load(keys[1]), AU.load_bids(keys[2]), T.now_ms())
+end
+
+--- @function ac_auction_bill
+--- @summary Billing notice (burl) of a winning bid: the first call charges, later ones do not.
+--- @keys auction auction_bids
+--- @argv seat bid_id
+--- @reply array: status billed|already_billed|expired|not_won|unknown_bid|open, clearing price micros (billed, already_billed), imp_id
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
+local function auction_bill(keys, args)
+  K.check(keys, {'auction', 'auction_bids'})
+  V.nargs(args, 2, 2)
+  local seat = V.id(args[1], 'seat')
+  local bid_id = V.id(args[2], 'bid id')
+  local key = AU.bid_key(seat, bid_id)
+  local m = AU.load(keys[1])
+  local stored = redis.call('HGET', keys[2], key)
+  if not stored then return {'unknown_bid', 0, ''} end
+  local imp = AU.unpack(stored, 'bid ' .. bid_id).i
+  local now = T.now_ms()
+  local deadline = tonumber(m.deadline)
+  if m.state ~= 'closed' then
+    if now < deadline then return {'open', 0, imp} end
+    AU.close(keys[1], m, AU.load_bids(keys[2]), now)
+  end
+  local r = m['r.' .. imp] and AU.unpack(m['r.' .. imp], 'result of imp ' .. imp)
+  if not r or r.w ~= key then return {'not_won', 0, imp} end
+  if m['b.' .. imp] then return {'already_billed', r.c, imp} end
+  local ended = math.min(tonumber(m.closed), deadline)
+  if now > ended + tonumber(m.exp) then return {'expired', 0, imp} end
+  redis.call('HSET', keys[1], 'b.' .. imp, now)
+  return {'billed', r.c, imp}
+end
+
+redis.register_function{function_name='ac_auction_create', callback=auction_create, flags={}, description='Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.'}
+redis.register_function{function_name='ac_auction_bid', callback=auction_bid, flags={}, description='Submit one or more bids atomically; each is accepted or refused with a loss reason.'}
+redis.register_function{function_name='ac_auction_close', callback=auction_close, flags={}, description='Close the auction (idempotent): record per imp the winner and the clearing price.'}
+redis.register_function{function_name='ac_auction_result', callback=auction_result, flags={'no-writes'}, description='Read the auction: state, per imp the winner and clearing price, per bid the outcome.'}
+redis.register_function{function_name='ac_auction_bill', callback=auction_bill, flags={}, description='Billing notice (burl) of a winning bid: the first call charges, later ones do not.'}
 end
 
 -- ==== domain: monitor (lua/monitor.lua.j2) ====
@@ -1525,7 +2031,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '1064d2e1274ac15322ddf46af80b6e2ca6738c3ca7247867be831ea5963160d5'
+local LIBRARY_SHA256 = 'df0648db0a518361fa1cb9d488d41098f284ac044123eaffc9fa3cfed39f3ac6'
 
 --- @function ac_version
 --- @flags no-writes

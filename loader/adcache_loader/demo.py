@@ -105,12 +105,61 @@ def scene_users(cache: AdCache, console: Console) -> None:
         )
     console.print(f"revoked {cache.sessions.revoke_all(uid)} live session(s) of {uid}")
     cache.segments.remove(uid, seg)
+def scene_auctions(cache: AdCache, console: Console) -> None:
+    from adcache.auctions import Bid, Deal, Imp, cpm, notices
+
+    aid = f"demo-{uuid.uuid4().hex[:8]}"
+    cache.auctions.create(
+        aid,
+        [Imp("banner", floor="1.00", deals=(Deal("vip", "2.00", wseat=("dsp-a",)),))],
+        tmax_ms=5000,
+    )
+    console.print(
+        f"auction [bold]{aid}[/]: second price, floor 1.00 CPM, deal 'vip' at 2.00 for dsp-a"
+    )
+    bids = [
+        Bid(
+            "b1",
+            "banner",
+            "dsp-a",
+            "2.40",
+            deal_id="vip",
+            cid="camp-7",
+            crid="cr-7",
+            nurl="https://dsp-a.example/win?p=${AUCTION_PRICE}",
+        ),
+        Bid("b2", "banner", "dsp-b", "1.90", lurl="https://dsp-b.example/loss?r=${AUCTION_LOSS}"),
+        Bid("b3", "banner", "dsp-c", "0.80"),
+        Bid("b4", "banner", "dsp-c", "9.99", deal_id="vip"),
+    ]
+    for r in cache.auctions.bid_many(aid, bids):
+        verdict = "accepted" if r.accepted else f"refused, loss reason {r.reason}"
+        console.print(f"  bid {r.bid_id}: {verdict}")
+    again = cache.auctions.bid(aid, bids[0])
+    console.print(f"  bid b1 again: duplicate={again.duplicate}, nothing counted twice")
+    res = cache.auctions.close(aid)
+    w = res.winner("banner")
+    if w is not None:
+        console.print(
+            f"closed: {w.seat} wins with {cpm(w.price_micros)} CPM (campaign {w.cid}), "
+            f"pays {cpm(res.imp('banner').clearing_micros)} CPM (the higher of the runner-up and the deal floor, + 0.01)"
+        )
+    for n in notices(res):
+        console.print(f"  {n.kind} notice for {n.bid_id}: {n.url}")
+    first, second = (
+        cache.auctions.bill(aid, "b1", seat="dsp-a"),
+        cache.auctions.bill(aid, "b1", seat="dsp-a"),
+    )
+    console.print(
+        f"billing notice: {first.status} {cpm(first.price_micros)} CPM, then {second.status}"
+    )
 
 
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("sessions", scene_sessions),
     ("stats", scene_stats),
     ("users", scene_users),
+    ("auctions", scene_auctions),
 ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '1064d2e1274ac15322ddf46af80b6e2ca6738c3ca7247867be831ea5963160d5'
+LIBRARY_SHA256 = 'df0648db0a518361fa1cb9d488d41098f284ac044123eaffc9fa3cfed39f3ac6'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -31,6 +31,16 @@ def session_history(session_id: str) -> str:
 def user_sessions(user_id: str) -> str:
     """index of a user's sessions: session id -> upper bound of its end (deadline + slack, ms) (zset; TTL: PEXPIREAT the latest member score; members past their score are pruned on add)."""
     return f"ad:{{u:{user_id}}}:sessions"
+
+
+def auction(auction_id: str) -> str:
+    """auction meta: type, deadline, increment, arrival counter, state, per-imp config (i.<imp>), results (r.<imp>), billing marks (b.<imp>) (hash; TTL: PEXPIREAT created + ttl_ms, set at create (ttl_ms >= tmax + billing window))."""
+    return f"ad:{{a:{auction_id}}}:auc"
+
+
+def auction_bids(auction_id: str) -> str:
+    """every bid received, accepted or refused: bid id -> msgpack record (seat, imp, price, deal, cid, crid, adomain, urls, arrival seq, status, reason) (hash; TTL: the same PEXPIREAT as the auction meta, set on every write)."""
+    return f"ad:{{a:{auction_id}}}:bids"
 
 
 def profile(user_id: str) -> str:
@@ -102,6 +112,11 @@ class FunctionSpec:
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
+    'ac_auction_bid': FunctionSpec('ac_auction_bid', 'auction', False, ('auction', 'auction_bids'), "[seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_bill': FunctionSpec('ac_auction_bill', 'auction', False, ('auction', 'auction_bids'), 'seat bid_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
+    'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_monitor_counters': FunctionSpec('ac_monitor_counters', 'monitor', True, (), 'none', ('ADCACHE_ARITY',)),
     'ac_profile_activity': FunctionSpec('ac_profile_activity', 'profile', False, ('profile',), 'score_delta idle_ttl_ms missing -- score_delta in thousandths (may be negative or 0); idle_ttl_ms 0 keeps the stored idle TTL; missing is create (an unknown user gets a minimal profile: version 1, score = delta) or fail (ADCACHE_NOTFOUND)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_profile_get': FunctionSpec('ac_profile_get', 'profile', True, ('profile',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),

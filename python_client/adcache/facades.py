@@ -1,4 +1,4 @@
-"""Which domain facades a client carries: `cache.sessions`, `cache.profiles`, ...
+"""Which domain facades a client carries: `cache.sessions`, `cache.auctions`, ...
 
 The same names on the sync and the asyncio client. A domain adds one import, one annotation per
 class and one entry per table.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adcache.auctions import AsyncAuctions, Auctions
 from adcache.monitor import AsyncMonitor, Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
@@ -22,6 +23,7 @@ SYNC: dict[str, Any] = {
     "sessions": Sessions,
     "profiles": Profiles,
     "segments": Segments,
+    "auctions": Auctions,
     "stats": Stats,
     "monitor": Monitor,
 }
@@ -29,6 +31,7 @@ ASYNC: dict[str, Any] = {
     "sessions": AsyncSessions,
     "profiles": AsyncProfiles,
     "segments": AsyncSegments,
+    "auctions": AsyncAuctions,
     "stats": AsyncStats,
     "monitor": AsyncMonitor,
 }
@@ -38,6 +41,7 @@ class SyncFacades:
     sessions: Sessions
     profiles: Profiles
     segments: Segments
+    auctions: Auctions
     stats: Stats
     monitor: Monitor
 
@@ -50,6 +54,7 @@ class AsyncFacades:
     sessions: AsyncSessions
     profiles: AsyncProfiles
     segments: AsyncSegments
+    auctions: AsyncAuctions
     stats: AsyncStats
     monitor: AsyncMonitor
 
