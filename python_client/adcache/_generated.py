@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '17d973f81f2e5b50f7fa7defcf595c9a7ef5992e9c51f6829b5b8846a64d0eb2'
+LIBRARY_SHA256 = 'eecbfb9f94fe3524bb6c233f9ce6ba117334968303c397883b422e2351522f88'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -21,6 +21,16 @@ ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'se
 def session(session_id: str) -> str:
     """session record: user id, attributes (a.<name>), created/expires/idle bookkeeping (hash; TTL: idle TTL given at create, slid forward by touch, never past the absolute lifetime)."""
     return f"ad:{{s:{session_id}}}:sess"
+
+
+def freqcap(user_id: str) -> str:
+    """all frequency-cap counters of one user: <scope>:<entity id>|<window> = count (fixed, lifetime) or impression times (rolling); ~s = when the next sweep is due (hash; TTL: PEXPIREAT the end of the longest window counted in it (fixed: calendar end; rolling: last impression + N s; lifetime: last impression + 400 days); only ever moved later; stale fields removed lazily on record)."""
+    return f"ad:{{u:{user_id}}}:fc"
+
+
+def freqcap_imps(user_id: str) -> str:
+    """recorded impression ids of one user: <impression id> = forget-at ms and the first outcome (idempotent record); ~n = when the next sweep is due (hash; TTL: PEXPIREAT the latest dedupe deadline of the impression ids it holds; expired ids removed lazily on record)."""
+    return f"ad:{{u:{user_id}}}:fcimp"
 
 
 def tag_of(entity: str, entity_id: str) -> str:
@@ -42,6 +52,10 @@ class FunctionSpec:
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
+    'ac_freqcap_check': FunctionSpec('ac_freqcap_check', 'freqcap', True, ('freqcap',), 'n_candidates, then per candidate: campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_freqcap_inspect': FunctionSpec('ac_freqcap_inspect', 'freqcap', True, ('freqcap',), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_freqcap_record': FunctionSpec('ac_freqcap_record', 'freqcap', False, ('freqcap', 'freqcap_imps'), 'impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_freqcap_reset': FunctionSpec('ac_freqcap_reset', 'freqcap', False, ('freqcap', 'freqcap_imps'), '[scope entity_id]  (scope a, c or k; none: everything of the user)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
     'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session',), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
     'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
