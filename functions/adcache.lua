@@ -320,6 +320,7 @@ end
 -- Parse candidate `c` starting at args[i]; returns it and the index after it.
 function FC.candidate(args, i, c, now)
   local what = 'candidate ' .. c
+  if #args < i + 3 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. what) end
   local cand = {rules = {}}
   cand.campaign = V.id(args[i], what .. ' campaign_id')
   local ids = {
@@ -334,6 +335,7 @@ function FC.candidate(args, i, c, now)
   i = i + 4
   for r = 1, n do
     local rw = what .. ' rule ' .. r
+    if #args < i + 2 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. rw) end
     local scope = args[i]
     if type(scope) ~= 'string' or not FC.SCOPES[scope] then
       E.fail('ADCACHE_BADARG', rw .. ' scope must be a, c or k, got ' .. tostring(scope))
@@ -834,7 +836,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'eecbfb9f94fe3524bb6c233f9ce6ba117334968303c397883b422e2351522f88'
+local LIBRARY_SHA256 = 'd895e4cf2dd48aea2f5e4be4e3a28dfebd82731ab398867f2b828b0158d20023'
 
 --- @function ac_version
 --- @flags no-writes
