@@ -286,85 +286,108 @@ FC.SCOPES = {a = 'advertiser', c = 'campaign', k = 'creative'}
 
 function FC.fmt(n) return string.format('%d', n) end
 
--- Parse a window token into `rule` (kind, unit/off or n).
-function FC.window(rule, tok, what)
-  if type(tok) ~= 'string' then E.fail('ADCACHE_BADARG', what .. ' window is missing') end
+-- Parse a window token (once per call: `ctx.win` caches it) into a shared window table:
+-- kind, unit/off/ends or n, and `suffix`, the field name's window part ('|d1795737600', '|r60').
+function FC.window(ctx, tok, what)
+  local w = ctx.win[tok]
+  if w then return w end
+  if type(tok) ~= 'string' then E.fail('ADCACHE_BADARG', what() .. ' window is missing') end
+  w = {}
   local unit, off = string.match(tok, '^(%l+)@(%-?%d+)$')
   if not unit then unit = tok end
-  if FC.UNIT_LETTER[unit] then
-    rule.kind, rule.unit = 'fixed', unit
-    rule.off = off and V.int(off, what .. ' window offset', -FC.MAX_OFFSET, FC.MAX_OFFSET) or 0
-    return
-  end
   local kind, n = string.match(tok, '^(%l+):(%d+)$')
-  if kind == 'rolling' or kind == 'recency' then
-    rule.kind, rule.recency = 'rolling', kind == 'recency'
-    rule.n = V.pos(n, what .. ' window seconds', FC.MAX_SECONDS)
-    return
+  if FC.UNIT_LETTER[unit] then
+    w.kind, w.unit = 'fixed', unit
+    w.off = off and V.int(off, what() .. ' window offset', -FC.MAX_OFFSET, FC.MAX_OFFSET) or 0
+    w.ends = T.period_end(ctx.now, unit, w.off)
+    w.suffix = '|' .. FC.UNIT_LETTER[unit] .. FC.fmt(w.ends / 1000)
+  elseif kind == 'rolling' or kind == 'recency' then
+    w.kind, w.recency = 'rolling', kind == 'recency'
+    w.n = V.pos(n, what() .. ' window seconds', FC.MAX_SECONDS)
+    w.suffix = '|r' .. FC.fmt(w.n)
+  elseif tok == 'lifetime' then
+    w.kind, w.suffix = 'lifetime', '|L'
+  else
+    E.fail('ADCACHE_BADARG', what() .. ' has an unknown window ' .. tok .. ' (expected minute,'
+      .. ' hour, day, week, month[@offset_s], rolling:<s>, recency:<s> or lifetime)')
   end
-  if tok == 'lifetime' then
-    rule.kind = 'lifetime'
-    return
-  end
-  E.fail('ADCACHE_BADARG', what .. ' has an unknown window ' .. tok .. ' (expected minute, hour,'
-    .. ' day, week, month[@offset_s], rolling:<s>, recency:<s> or lifetime)')
+  ctx.win[tok] = w
+  return w
 end
 
--- An optional id: '' or a valid id.
-function FC.opt_id(v, name)
-  V.str(v, name)
-  if v == '' then return v end
-  return V.id(v, name)
+-- 'candidate <c>[ rule <r>]', for error messages only (built when an error is raised).
+function FC.what(c, r)
+  return 'candidate ' .. c .. (r and (' rule ' .. r) or '')
 end
 
--- Parse candidate `c` starting at args[i]; returns it and the index after it.
-function FC.candidate(args, i, c, now)
-  local what = 'candidate ' .. c
-  if #args < i + 3 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. what) end
-  local cand = {rules = {}}
-  cand.campaign = V.id(args[i], what .. ' campaign_id')
-  local ids = {
-    c = cand.campaign,
-    a = FC.opt_id(args[i + 1], what .. ' advertiser_id'),
-    k = FC.opt_id(args[i + 2], what .. ' creative_id'),
-  }
-  local n = V.uint(args[i + 3], what .. ' rule count')
+-- An id, checked inline on the hot path; the error (and its message) only on failure.
+function FC.id(v, c, name, optional)
+  if type(v) == 'string' and #v <= K.MAX_ID and (optional or v ~= '')
+    and not string.find(v, '[{}]') then
+    return v
+  end
+  return V.id(v, FC.what(c) .. ' ' .. name)
+end
+
+-- A non-negative integer token (limit, rule count), parsed once per call.
+function FC.uint(ctx, tok, c, r, name)
+  local n = ctx.lim[tok]
+  if n then return n end
+  n = V.uint(tok, FC.what(c, r) .. ' ' .. name, FC.MAX_LIMIT)
+  ctx.lim[tok] = n
+  return n
+end
+
+-- A per-call context: the clock and the caches of parsed window and integer tokens.
+function FC.ctx(now)
+  return {now = now, win = {}, lim = {}}
+end
+
+-- Parse candidate `c` starting at args[i]; returns it and the index after it. This runs for up
+-- to 500 candidates per call, so it allocates little and builds error messages only on failure.
+function FC.candidate(args, i, c, ctx)
+  local nargs = #args
+  if nargs < i + 3 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. FC.what(c)) end
+  local campaign = FC.id(args[i], c, 'campaign_id', false)
+  local adv = FC.id(args[i + 1], c, 'advertiser_id', true)
+  local crv = FC.id(args[i + 2], c, 'creative_id', true)
+  local n = FC.uint(ctx, args[i + 3], c, nil, 'rule count')
   if n > FC.MAX_RULES then
-    E.fail('ADCACHE_LIMIT', what .. ' has ' .. n .. ' rules, at most ' .. FC.MAX_RULES)
+    E.fail('ADCACHE_LIMIT', FC.what(c) .. ' has ' .. n .. ' rules, at most ' .. FC.MAX_RULES)
   end
+  local rules = {}
   i = i + 4
   for r = 1, n do
-    local rw = what .. ' rule ' .. r
-    if #args < i + 2 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. rw) end
-    local scope = args[i]
-    if type(scope) ~= 'string' or not FC.SCOPES[scope] then
-      E.fail('ADCACHE_BADARG', rw .. ' scope must be a, c or k, got ' .. tostring(scope))
-    end
-    if ids[scope] == '' then
-      E.fail('ADCACHE_BADARG', rw .. ' is at ' .. FC.SCOPES[scope] .. ' level but the candidate has no '
-        .. FC.SCOPES[scope] .. ' id')
-    end
-    local rule = {scope = scope}
-    FC.window(rule, args[i + 1], rw)
-    rule.limit = V.uint(args[i + 2], rw .. ' limit',
-      rule.kind == 'rolling' and FC.MAX_ROLLING_LIMIT or FC.MAX_LIMIT)
-    if rule.recency and rule.limit ~= 1 then
-      E.fail('ADCACHE_BADARG', rw .. ' is a recency rule: its limit must be 1')
-    end
-    rule.label = FC.SCOPES[scope] .. ' ' .. args[i + 1]
-    local ent = scope .. ':' .. ids[scope]
-    if rule.kind == 'fixed' then
-      rule.ends = T.period_end(now, rule.unit, rule.off)
-      rule.field = ent .. '|' .. FC.UNIT_LETTER[rule.unit] .. FC.fmt(rule.ends / 1000)
-    elseif rule.kind == 'rolling' then
-      rule.field = ent .. '|r' .. FC.fmt(rule.n)
+    if nargs < i + 2 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. FC.what(c, r)) end
+    local scope, tok = args[i], args[i + 1]
+    local id
+    if scope == 'c' then id = campaign elseif scope == 'a' then id = adv elseif scope == 'k' then
+      id = crv
     else
-      rule.field = ent .. '|L'
+      E.fail('ADCACHE_BADARG', FC.what(c, r) .. ' scope must be a, c or k, got ' .. tostring(scope))
     end
-    cand.rules[r] = rule
+    if id == '' then
+      E.fail('ADCACHE_BADARG', FC.what(c, r) .. ' is at ' .. FC.SCOPES[scope] .. ' level but the'
+        .. ' candidate has no ' .. FC.SCOPES[scope] .. ' id')
+    end
+    local w = ctx.win[tok] or FC.window(ctx, tok, function() return FC.what(c, r) end)
+    local limit = FC.uint(ctx, args[i + 2], c, r, 'limit')
+    if w.kind == 'rolling' and (limit > FC.MAX_ROLLING_LIMIT or (w.recency and limit ~= 1)) then
+      E.fail('ADCACHE_BADARG', FC.what(c, r) .. (w.recency
+        and ' is a recency rule: its limit must be 1'
+        or (' limit must be at most ' .. FC.MAX_ROLLING_LIMIT .. ' for a rolling window (it keeps'
+          .. ' one time per impression), got ' .. limit)))
+    end
+    rules[r] = {scope = scope, token = tok, kind = w.kind, n = w.n, ends = w.ends, limit = limit,
+      field = scope .. ':' .. id .. w.suffix}
     i = i + 3
   end
-  return cand, i
+  return {campaign = campaign, rules = rules}, i
+end
+
+-- A rule as replies name it: '<level> <window token>'.
+function FC.label(rule)
+  return FC.SCOPES[rule.scope] .. ' ' .. rule.token
 end
 
 -- The unique counter fields of some candidates, in first-seen order.
@@ -570,10 +593,11 @@ local function freqcap_check(keys, args)
   if n > FC.MAX_CANDIDATES then
     E.fail('ADCACHE_LIMIT', 'at most ' .. FC.MAX_CANDIDATES .. ' candidates per check, got ' .. n)
   end
-  local now = T.now_ms()
+  local ctx = FC.ctx(T.now_ms())
+  local now = ctx.now
   local cands, i = {}, 2
   for c = 1, n do
-    cands[c], i = FC.candidate(args, i, c, now)
+    cands[c], i = FC.candidate(args, i, c, ctx)
   end
   if i ~= #args + 1 then
     E.fail('ADCACHE_ARITY', n .. ' candidates take ' .. (i - 1) .. ' arguments, got ' .. #args)
@@ -585,7 +609,7 @@ local function freqcap_check(keys, args)
     out[#out + 1] = ok
     out[#out + 1] = rem
     out[#out + 1] = idx
-    out[#out + 1] = idx > 0 and cand.rules[idx].label or ''
+    out[#out + 1] = idx > 0 and FC.label(cand.rules[idx]) or ''
     out[#out + 1] = frees
   end
   return out
@@ -603,7 +627,7 @@ local function freqcap_record(keys, args)
   local imp = V.id(args[1], 'impression_id')
   local dedupe = V.pos(args[2], 'dedupe_ttl_ms', FC.MAX_DEDUPE_MS)
   local now = T.now_ms()
-  local cand, i = FC.candidate(args, 3, 1, now)
+  local cand, i = FC.candidate(args, 3, 1, FC.ctx(now))
   if i ~= #args + 1 then
     E.fail('ADCACHE_ARITY', 'the candidate takes ' .. (i - 3) .. ' arguments after dedupe_ttl_ms, got '
       .. (#args - 2))
@@ -613,15 +637,16 @@ local function freqcap_record(keys, args)
     local outcome = string.match(prev, '^%d+|(.*)$')
     return FC.outcome_reply(outcome or prev, 1)
   end
-  FC.sweep(keys[1], '~s', now, FC.stale_at)
   local vals = FC.fetch(keys[1], FC.fields({cand}))
   local ok, rem, idx, frees = FC.decide(cand, vals, now)
+  -- First write. The sweep drops only fields outside their window, which decide() ignores anyway.
+  FC.sweep(keys[1], '~s', now, FC.stale_at)
   if ok == 1 then
     FC.count(keys[1], cand, vals, now)
     if rem > 0 then rem = rem - 1 end
   end
   local outcome = table.concat({ok, rem, idx, FC.fmt(frees),
-    idx > 0 and cand.rules[idx].label or ''}, '|')
+    idx > 0 and FC.label(cand.rules[idx]) or ''}, '|')
   FC.sweep(keys[2], '~n', now, FC.imp_stale)
   local forget = now + dedupe
   redis.call('HSET', keys[2], imp, FC.fmt(forget) .. '|' .. outcome)
@@ -836,7 +861,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'd895e4cf2dd48aea2f5e4be4e3a28dfebd82731ab398867f2b828b0158d20023'
+local LIBRARY_SHA256 = '32d8014aca89300dafaadc99c5d1b666bbcacc8702efb87a83e2239fb49c7a8a'
 
 --- @function ac_version
 --- @flags no-writes

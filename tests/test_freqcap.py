@@ -20,6 +20,7 @@ from adcache import (
     ArityError,
     BadArgumentError,
     Call,
+    CorruptStateError,
     LimitExceededError,
     aio,
 )
@@ -452,6 +453,21 @@ def test_bad_reset_and_inspect(ac: AdCache, uid: str) -> None:
         with pytest.raises(ArityError):
             ac.run(_raw(fn, uid, "c"))
     assert fc_state(ac, uid) == before
+
+
+def test_foreign_data_is_reported_and_nothing_written(ac: AdCache, uid: str) -> None:
+    cand = Candidate("c", [CapRule.lifetime("campaign", 5), CapRule.fixed("campaign", "day", 5)])
+    ac.redis.hset(keys.freqcap(uid), "c:c|L", "not a number")
+    before = fc_state(ac, uid)
+    with pytest.raises(CorruptStateError):
+        ac.caps.record(uid, "i", cand)
+    with pytest.raises(CorruptStateError):
+        ac.caps.check(uid, [cand])
+    assert fc_state(ac, uid) == before
+    ac.redis.delete(keys.freqcap(uid))
+    ac.redis.set(keys.freqcap(uid), "a string")
+    with pytest.raises(CorruptStateError):
+        ac.caps.check(uid, [cand])
 
 
 def test_python_edge_rejects_malformed_rules() -> None:

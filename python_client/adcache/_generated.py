@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'd895e4cf2dd48aea2f5e4be4e3a28dfebd82731ab398867f2b828b0158d20023'
+LIBRARY_SHA256 = '32d8014aca89300dafaadc99c5d1b666bbcacc8702efb87a83e2239fb49c7a8a'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
