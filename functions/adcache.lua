@@ -498,15 +498,16 @@ function FC.extend(key, at)
   if cur == -1 or (cur >= 0 and cur < at) then redis.call('PEXPIREAT', key, at) end
 end
 
--- Lazy sweep: when the earliest stale time has passed, drop every stale field of the hash.
--- `stale(field, value)` gives a field's stale time or nil; `due` names the bookkeeping field.
-function FC.sweep(key, due, now, stale)
-  local at = redis.call('HGET', key, due)
-  if not at or tonumber(at) > now then return end
+-- Lazy sweep: once the earliest stale time `due` (read by the caller) has passed, drop every
+-- stale field of the hash. `stale(field, value)` gives a field's stale time or nil; `due_field`
+-- names the bookkeeping field, which the caller rewrites. Returns the new due time (nil: nothing
+-- left to sweep) and whether it swept.
+function FC.sweep(key, due_field, due, now, stale)
+  if not due or due > now then return due, false end
   local flat = redis.call('HGETALL', key)
   local dead, soonest = {}, nil
   for j = 1, #flat, 2 do
-    if flat[j] ~= due then
+    if flat[j] ~= due_field then
       local s = stale(flat[j], flat[j + 1])
       if s and s <= now then
         dead[#dead + 1] = flat[j]
@@ -516,55 +517,51 @@ function FC.sweep(key, due, now, stale)
     end
   end
   FC.hdel(key, dead)
-  if soonest then
-    redis.call('HSET', key, due, FC.fmt(soonest))
-  else
-    redis.call('HDEL', key, due)
-  end
+  return soonest, true
 end
 
--- Lower the sweep-due bookkeeping field to `at` if that is sooner.
-function FC.due(key, due, at)
-  local cur = redis.call('HGET', key, due)
-  if not cur or at < tonumber(cur) then redis.call('HSET', key, due, FC.fmt(at)) end
-end
-
--- Count one impression in every window of the candidate (each field once).
-function FC.count(key, cand, vals, now)
+-- Count one impression in every window of the candidate (each field once), with one HSET that
+-- also writes the sweep-due time; then move the key's expiry to its longest window.
+function FC.count(key, cand, vals, now, due)
   local keep = {}
   for _, rule in ipairs(cand.rules) do
     if rule.kind == 'rolling' then keep[rule.field] = math.max(keep[rule.field] or 1, rule.limit) end
   end
-  local done, horizon, soonest = {}, now, nil
+  local done, hset, horizon = {}, {}, now
   for _, rule in ipairs(cand.rules) do
     local f = rule.field
     if not done[f] then
       done[f] = true
-      local stale
+      local value, stale
       if rule.kind == 'rolling' then
         local ts, from, kept = FC.times(vals[f]), now - rule.n * 1000, {}
         for _, t in ipairs(ts) do
           if t > from then kept[#kept + 1] = FC.fmt(t) end
         end
         kept[#kept + 1] = FC.fmt(now)
-        local first = math.max(1, #kept - keep[f] + 1)
-        redis.call('HSET', key, f, table.concat(kept, ',', first, #kept))
+        value = table.concat(kept, ',', math.max(1, #kept - keep[f] + 1), #kept)
         stale = now + rule.n * 1000
       else
-        redis.call('HINCRBY', key, f, 1)
+        value = FC.fmt(FC.count_of(vals[f]) + 1)
         if rule.kind == 'fixed' then
           stale = rule.ends
         else
           horizon = math.max(horizon, now + FC.LIFETIME_MS)
         end
       end
+      hset[#hset + 1] = f
+      hset[#hset + 1] = value
       if stale then
         horizon = math.max(horizon, stale)
-        if not soonest or stale < soonest then soonest = stale end
+        if not due or stale < due then due = stale end
       end
     end
   end
-  if soonest then FC.due(key, '~s', soonest) end
+  if due then
+    hset[#hset + 1] = '~s'
+    hset[#hset + 1] = FC.fmt(due)
+  end
+  if #hset > 0 then redis.call('HSET', key, unpack(hset)) end
   if horizon > now then FC.extend(key, horizon) end
 end
 
@@ -632,25 +629,33 @@ local function freqcap_record(keys, args)
     E.fail('ADCACHE_ARITY', 'the candidate takes ' .. (i - 3) .. ' arguments after dedupe_ttl_ms, got '
       .. (#args - 2))
   end
-  local prev = redis.call('HGET', keys[2], imp)
-  if prev then
-    local outcome = string.match(prev, '^%d+|(.*)$')
-    return FC.outcome_reply(outcome or prev, 1)
+  local seen = redis.call('HMGET', keys[2], imp, '~n')
+  if seen[1] then
+    local outcome = string.match(seen[1], '^%d+|(.*)$')
+    return FC.outcome_reply(outcome or seen[1], 1)
   end
-  local vals = FC.fetch(keys[1], FC.fields({cand}))
+  local fields = FC.fields({cand})
+  fields[#fields + 1] = '~s'
+  local vals = FC.fetch(keys[1], fields)
   local ok, rem, idx, frees = FC.decide(cand, vals, now)
   -- First write. The sweep drops only fields outside their window, which decide() ignores anyway.
-  FC.sweep(keys[1], '~s', now, FC.stale_at)
+  local due, swept = FC.sweep(keys[1], '~s', tonumber(vals['~s']), now, FC.stale_at)
   if ok == 1 then
-    FC.count(keys[1], cand, vals, now)
+    FC.count(keys[1], cand, vals, now, due)
     if rem > 0 then rem = rem - 1 end
+  elseif swept then
+    if due then
+      redis.call('HSET', keys[1], '~s', FC.fmt(due))
+    else
+      redis.call('HDEL', keys[1], '~s')
+    end
   end
   local outcome = table.concat({ok, rem, idx, FC.fmt(frees),
     idx > 0 and FC.label(cand.rules[idx]) or ''}, '|')
-  FC.sweep(keys[2], '~n', now, FC.imp_stale)
   local forget = now + dedupe
-  redis.call('HSET', keys[2], imp, FC.fmt(forget) .. '|' .. outcome)
-  FC.due(keys[2], '~n', forget)
+  local ndue = FC.sweep(keys[2], '~n', tonumber(seen[2]), now, FC.imp_stale)
+  if not ndue or forget < ndue then ndue = forget end
+  redis.call('HSET', keys[2], imp, FC.fmt(forget) .. '|' .. outcome, '~n', FC.fmt(ndue))
   FC.extend(keys[2], forget)
   return FC.outcome_reply(outcome, 0)
 end
@@ -861,7 +866,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '32d8014aca89300dafaadc99c5d1b666bbcacc8702efb87a83e2239fb49c7a8a'
+local LIBRARY_SHA256 = 'f14dad4e2d075b15c2fd35e4b94b1071f2eac4738c8c6d1346ab4402181050cb'
 
 --- @function ac_version
 --- @flags no-writes

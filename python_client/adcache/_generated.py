@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '32d8014aca89300dafaadc99c5d1b666bbcacc8702efb87a83e2239fb49c7a8a'
+LIBRARY_SHA256 = 'f14dad4e2d075b15c2fd35e4b94b1071f2eac4738c8c6d1346ab4402181050cb'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
