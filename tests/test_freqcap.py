@@ -146,6 +146,20 @@ def test_minute_window_resets_at_the_boundary_and_sweeps_stale_buckets(
     assert len(now_fields) == 1 and not (old & now_fields), "the stale bucket was swept"
 
 
+def test_a_refused_record_still_sweeps_stale_buckets(ac: AdCache, uid: str) -> None:
+    off = boundary_offset(server_ms(ac), 60)
+    ac.caps.record(
+        uid, "i1", Candidate("c1", [CapRule.fixed("campaign", "minute", 5, offset_s=off)])
+    )
+    fc = keys.freqcap(uid)
+    due = int(ac.redis.hget(fc, "~s") or 0)
+    assert due % 1000 == 0 and due - server_ms(ac) <= 2100
+    sleep_until(ac, due)
+    r = ac.caps.record(uid, "i2", Candidate("c2", [CapRule.fixed("campaign", "hour", 0)]))
+    assert not r.admitted
+    assert ac.redis.exists(fc) == 0, "the only field was stale: the sweep emptied the hash"
+
+
 def test_daily_cap_frees_at_calendar_boundary_however_often_the_user_is_seen(
     ac: AdCache, uid: str
 ) -> None:
