@@ -167,4 +167,24 @@ def run(env: BenchEnv) -> list[Result]:
         "bytes_per_pair_predecessor": round(mem_pred),
     }
     out += res.values()
+
+    # ---- cluster: the check of 100 is still one round trip, straight to the user's node ----
+    if env.cluster_url is not None:
+        acc = env.adcache_cluster()
+        cands = _candidates(100)
+        cusers = [f"bench-{run_id}-c{u}" for u in range(30)]
+
+        def cluster_check() -> None:
+            acc.caps.check(cusers[next(seq) % 30], cands)
+
+        res = side_by_side(
+            "freqcap cluster check×100",
+            {"adcache caps.check (1 FCALL_RO)": cluster_check},
+            calls=env.calls(600),
+        )
+        o = res["adcache caps.check (1 FCALL_RO)"]
+        prim = env.cluster_primaries()
+        o.round_trips_per_op = round_trips(commands_per_op(prim, cluster_check), scripted=True)
+        o.note = f"{o.ops_per_s * 100:,.0f} candidates/s; routed to the owning primary"
+        out += res.values()
     return out

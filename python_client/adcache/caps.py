@@ -11,7 +11,7 @@ impression record. All counters of one user live under the user's hash tag.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from adcache import _generated as keys
@@ -115,18 +115,22 @@ class Candidate:
     rules: Sequence[CapRule] = ()  # stored as a tuple
     advertiser_id: str = ""
     creative_id: str = ""
+    # The ARGV slice, built once: candidates are reused across many checks on the hot path.
+    _wire: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.rules, tuple):
             object.__setattr__(self, "rules", tuple(self.rules))
         if len(self.rules) > MAX_RULES:
             raise ValueError(f"at most {MAX_RULES} rules per candidate")
-
-    def wire(self) -> list[Arg]:
-        out: list[Arg] = [self.campaign_id, self.advertiser_id, self.creative_id, len(self.rules)]
+        out = [self.campaign_id, self.advertiser_id, self.creative_id, str(len(self.rules))]
         for r in self.rules:
-            out += r.wire()
-        return out
+            scope, window, limit = r.wire()
+            out += (scope, window, str(limit))
+        object.__setattr__(self, "_wire", tuple(out))
+
+    def wire(self) -> tuple[str, ...]:
+        return self._wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,16 +179,17 @@ def _rule(cand: Candidate, index: Any) -> CapRule | None:
 
 def _decisions(cands: Sequence[Candidate]) -> Callable[[Any], list[CapDecision]]:
     def parse(reply: Any) -> list[CapDecision]:
+        it = iter(reply)
         out = []
-        for n, c in enumerate(cands):
-            ok, rem, idx, _label, frees = reply[5 * n : 5 * n + 5]
+        # Replies are integers except the label (skipped): no conversion on the common path.
+        for c, ok, rem, idx, _label, frees in zip(cands, it, it, it, it, it, strict=True):
             out.append(
                 CapDecision(
-                    campaign_id=c.campaign_id,
-                    allowed=int(ok) == 1,
-                    remaining=None if int(rem) < 0 else int(rem),
-                    blocked_by=_rule(c, idx),
-                    frees_at_ms=_frees(frees),
+                    c.campaign_id,
+                    ok == 1,
+                    None if rem < 0 else rem,
+                    c.rules[idx - 1] if idx > 0 else None,
+                    frees if frees > 0 else None,
                 )
             )
         return out
@@ -242,7 +247,7 @@ def check_call(user_id: str, candidates: Sequence[Candidate]) -> Call[list[CapDe
     cands = tuple(candidates)
     args: list[Arg] = [len(cands)]
     for c in cands:
-        args += c.wire()
+        args += c._wire
     return Call("ac_freqcap_check", (keys.freqcap(user_id),), tuple(args), _decisions(cands))
 
 
