@@ -19,8 +19,10 @@ from adcache import (
     AdCache,
     ArityError,
     BadArgumentError,
+    BadKeyError,
     Call,
     CorruptStateError,
+    CrossSlotError,
     LimitExceededError,
     aio,
 )
@@ -456,6 +458,25 @@ def test_too_many_candidates_is_a_limit_error(acs: AdCache, uid: str) -> None:
     assert len(d) == 500 and all(x.allowed and x.remaining == 2 for x in d)
     with pytest.raises(ArityError):
         acs.run(_raw("ac_freqcap_check", uid, 2, *GOOD))
+
+
+@pytest.mark.parametrize(
+    ("ks", "error"),
+    [
+        (lambda u: (keys.freqcap_imps(u), keys.freqcap(u)), BadKeyError),  # swapped
+        (lambda u: (keys.freqcap(u), keys.freqcap_imps(u + "x")), CrossSlotError),
+        (lambda u: (keys.session(u), keys.freqcap_imps(u)), BadKeyError),
+        (lambda u: (keys.freqcap(u),), ArityError),
+    ],
+)
+def test_record_refuses_wrong_keys(ac: AdCache, uid: str, ks: Any, error: type[Exception]) -> None:
+    c: Call[object] = Call("ac_freqcap_record", ks(uid), ("imp", 1000, *GOOD), lambda r: r)
+    with pytest.raises(error):
+        ac.run(c)
+    assert (
+        ac.redis.exists(keys.freqcap(uid), keys.freqcap_imps(uid), keys.freqcap_imps(uid + "x"))
+        == 0
+    )
 
 
 def test_bad_reset_and_inspect(ac: AdCache, uid: str) -> None:
