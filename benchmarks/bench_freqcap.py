@@ -158,7 +158,7 @@ def run(env: BenchEnv) -> list[Result]:
     o.note = (
         f"{ratio(o, p):.2f}× predecessor, {ratio(o, b):.2f}× no-op; 3 windows + idempotency; "
         f"memory per (user, campaign) pair: {mem_typ:.0f} B with day+week+recency caps, "
-        f"{mem_roll:.0f} B with day+week+a full rolling 1 h cap of 10; predecessor {mem_pred:.0f} B "
+        f"{mem_roll:.0f} B with day+week+a full rolling 1 h cap of 10 (recorded back to back); predecessor {mem_pred:.0f} B "
         f"(one window)"
     )
     o.extra = {

@@ -256,8 +256,8 @@ do
 
 -- Every counter of one user lives in one hash (key `freqcap`), one field per (entity, window):
 --   <scope>:<entity id>|<u><end_s>  fixed calendar window ending at <end_s> (u: m h d w M) = count
---   <scope>:<entity id>|r<n>        rolling window of n seconds (recency too) = impression times, ms,
---                                   ascending, comma-separated, at most the rule's limit of them
+--   <scope>:<entity id>|r<n>        rolling window of n seconds (recency too) = impression times
+--                                   (see FC.times), at most the rule's limit of them
 --   <scope>:<entity id>|L           lifetime = count
 --   ~s                              when the next lazy sweep of stale fields is due (ms)
 -- scope: a (advertiser), c (campaign), k (creative). A fixed field is named by its window's end, so
@@ -418,16 +418,43 @@ function FC.fetch(key, fields)
   return vals
 end
 
+-- Rolling times are stored compactly: the first (epoch ms) in base 36, then each as its base-36
+-- gap to the previous one, ascending, comma-separated. 10 times within an hour take ~62 bytes, so
+-- the user's hash keeps its compact listpack encoding (values up to 64 bytes by default).
+FC.DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
+
+function FC.b36(n)
+  if n <= 0 then return '0' end
+  local out = ''
+  while n > 0 do
+    local d = n % 36
+    out = string.sub(FC.DIGITS, d + 1, d + 1) .. out
+    n = (n - d) / 36
+  end
+  return out
+end
+
 function FC.times(v)
   local out = {}
   if v then
+    local prev = 0
     for t in string.gmatch(v, '[^,]+') do
-      local n = tonumber(t)
+      local n = tonumber(t, 36)
       if not n then E.fail('ADCACHE_WRONGTYPE', 'a rolling cap field holds ' .. v) end
-      out[#out + 1] = n
+      prev = prev + n
+      out[#out + 1] = prev
     end
   end
   return out
+end
+
+function FC.encode_times(ts, first, last)
+  local parts, prev = {}, 0
+  for j = first, last do
+    parts[#parts + 1] = FC.b36(ts[j] - prev)
+    prev = ts[j]
+  end
+  return table.concat(parts, ',')
 end
 
 function FC.count_of(v)
@@ -480,8 +507,8 @@ function FC.stale_at(field, value)
   local c, rest = string.sub(win, 1, 1), string.sub(win, 2)
   if FC.LETTER_UNIT[c] then return (tonumber(rest) or 0) * 1000 end
   if c == 'r' then
-    local last = string.match(value, '(%d+)$')
-    return (last and tonumber(last) or 0) + (tonumber(rest) or 0) * 1000
+    local ts = FC.times(value)
+    return (ts[#ts] or 0) + (tonumber(rest) or 0) * 1000
   end
   return nil
 end
@@ -536,10 +563,12 @@ function FC.count(key, cand, vals, now, due)
       if rule.kind == 'rolling' then
         local ts, from, kept = FC.times(vals[f]), now - rule.n * 1000, {}
         for _, t in ipairs(ts) do
-          if t > from then kept[#kept + 1] = FC.fmt(t) end
+          if t > from then kept[#kept + 1] = t end
         end
-        kept[#kept + 1] = FC.fmt(now)
-        value = table.concat(kept, ',', math.max(1, #kept - keep[f] + 1), #kept)
+        kept[#kept + 1] = now
+        -- Gaps must not be negative, even if the clock stepped back (a failover to another host).
+        if #kept > 1 and now < kept[#kept - 1] then table.sort(kept) end
+        value = FC.encode_times(kept, math.max(1, #kept - keep[f] + 1), #kept)
         stale = now + rule.n * 1000
       else
         value = FC.fmt(FC.count_of(vals[f]) + 1)
@@ -866,7 +895,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'f14dad4e2d075b15c2fd35e4b94b1071f2eac4738c8c6d1346ab4402181050cb'
+local LIBRARY_SHA256 = 'a2a674d4f6259bed63d8a26a0dd75263ff9483a73fa1b92383c244eaf4a7935a'
 
 --- @function ac_version
 --- @flags no-writes

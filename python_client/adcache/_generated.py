@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'f14dad4e2d075b15c2fd35e4b94b1071f2eac4738c8c6d1346ab4402181050cb'
+LIBRARY_SHA256 = 'a2a674d4f6259bed63d8a26a0dd75263ff9483a73fa1b92383c244eaf4a7935a'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
