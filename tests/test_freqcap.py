@@ -100,16 +100,16 @@ def test_refused_record_counts_nothing(ac: AdCache, uid: str) -> None:
 def test_rolling_window_is_exact_and_bounded(ac: AdCache, uid: str) -> None:
     roll = CapRule.rolling("campaign", 2, 3)
     cand = Candidate("c", [roll])
-    firsts = []
-    for i in range(3):
-        r = ac.caps.record(uid, f"i{i}", cand)
-        assert r.admitted
-        firsts.append(server_ms(ac))
-        time.sleep(0.15)
+    before = server_ms(ac)
+    assert ac.caps.record(uid, "i0", cand).admitted
+    after = server_ms(ac)
+    for i in (1, 2):
+        time.sleep(0.3)  # leaves room for a slow machine between the window edges below
+        assert ac.caps.record(uid, f"i{i}", cand).admitted
     r = ac.caps.record(uid, "i3", cand)
     assert not r.admitted and r.blocked_by == roll and r.frees_at_ms is not None
     # frees when the first of the three leaves the window: exactly 2 s after it was recorded
-    assert firsts[0] - 20 <= r.frees_at_ms - 2000 <= firsts[0]
+    assert before <= r.frees_at_ms - 2000 <= after
     sleep_until(ac, r.frees_at_ms)
     d = ac.caps.check(uid, [cand])[0]
     assert d.allowed and d.remaining == 1, "only the oldest impression left the window"
@@ -126,11 +126,12 @@ def test_rolling_window_is_exact_and_bounded(ac: AdCache, uid: str) -> None:
 def test_recency_rule(ac: AdCache, uid: str) -> None:
     rec = CapRule.recency("campaign", 1)
     cand = Candidate("c", [rec, CapRule.fixed("campaign", "day", 10)])
+    before = server_ms(ac)
     assert ac.caps.record(uid, "i1", cand).admitted
-    t = server_ms(ac)
+    after = server_ms(ac)
     r = ac.caps.record(uid, "i2", cand)
     assert not r.admitted and r.blocked_by == rec
-    assert r.frees_at_ms is not None and t - 30 <= r.frees_at_ms - 1000 <= t
+    assert r.frees_at_ms is not None and before <= r.frees_at_ms - 1000 <= after
     sleep_until(ac, r.frees_at_ms)
     assert ac.caps.record(uid, "i3", cand).admitted
 
@@ -170,23 +171,24 @@ def test_daily_cap_frees_at_calendar_boundary_however_often_the_user_is_seen(
     ac: AdCache, uid: str
 ) -> None:
     """Regression: the predecessor's INCR+EXPIRE slid the window forward on every hit, so an active
-    user stayed capped forever. Here the day ends ~2 s ahead; the user is seen every 50 ms."""
+    user stayed capped forever. Here the day ends 2-3 s ahead; the user is seen every 50 ms."""
     now = server_ms(ac)
-    off = boundary_offset(now, DAY_S)
+    off = boundary_offset(now, DAY_S, ahead_s=3)
     day = CapRule.fixed("campaign", "day", 3, offset_s=off)
     cand = Candidate("c", [day])
     for i in range(3):
         assert ac.caps.record(uid, f"a{i}", cand).admitted
     r = ac.caps.record(uid, "b0", cand)
     boundary = r.frees_at_ms
-    assert not r.admitted and boundary is not None and boundary - now <= 2100
+    assert not r.admitted and boundary is not None and boundary - now <= 3100
     n = 0
-    while server_ms(ac) < boundary - 50:
+    # stop short of the boundary: a call sent just before it may run just after it
+    while server_ms(ac) < boundary - 400:
         n += 1
         assert not ac.caps.record(uid, f"b{n}", cand).admitted
         assert not ac.caps.check(uid, [cand])[0].allowed
         time.sleep(0.05)
-    assert n >= 5
+    assert n >= 3
     sleep_until(ac, boundary)
     d = ac.caps.check(uid, [cand])[0]
     assert d.allowed and d.remaining == 3
@@ -356,7 +358,7 @@ def test_inspect_filters_and_reports_window_ends(ac: AdCache, uid: str) -> None:
     rows = ac.caps.inspect(uid, "campaign", "c2")
     assert {(r.window, r.count) for r in rows} == {("day", 1), ("rolling:30", 1)}
     roll = next(r for r in rows if r.window == "rolling:30")
-    assert roll.ends_at_ms is not None and t - 5 <= roll.ends_at_ms - 30_000 <= t + 50
+    assert roll.ends_at_ms is not None and t <= roll.ends_at_ms - 30_000 <= server_ms(ac)
     (life,) = ac.caps.inspect(uid, "advertiser", "a")
     assert life.window == "lifetime" and life.count == 2 and life.ends_at_ms is None
     assert len(ac.caps.inspect(uid)) == 5
