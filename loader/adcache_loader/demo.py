@@ -6,6 +6,7 @@ Each domain adds its scene to SCENES; a scene gets a connected client and the co
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -153,6 +154,40 @@ def scene_auctions(cache: AdCache, console: Console) -> None:
     console.print(
         f"billing notice: {first.status} {cpm(first.price_micros)} CPM, then {second.status}"
     )
+def scene_caps(cache: AdCache, console: Console) -> None:
+    from adcache.caps import Candidate, CapRule
+
+    user = f"demo-{uuid.uuid4().hex[:8]}"
+    daily = CapRule.fixed("campaign", "day", 2)
+    adv_week = CapRule.fixed("advertiser", "week", 3)
+    cands = [
+        Candidate(f"spring-sale-{i}", [daily, adv_week], advertiser_id="acme") for i in range(3)
+    ]
+    console.print("caps: 2 a day per campaign, 3 a week for the advertiser acme")
+    for n in range(6):
+        allowed = [d for d in cache.caps.check(user, cands) if d.allowed]
+        if not allowed:
+            break
+        winner = next(c for c in cands if c.campaign_id == allowed[0].campaign_id)
+        r = cache.caps.record(user, f"imp-{n}", winner)
+        again = cache.caps.record(user, f"imp-{n}", winner)  # a retry: counted once
+        console.print(
+            f"impression {n}: {winner.campaign_id} admitted={r.admitted}, "
+            f"remaining={r.remaining}, retry duplicate={again.duplicate}"
+        )
+    for d in cache.caps.check(user, cands):
+        rule, why = d.blocked_by, ""
+        if rule is not None:
+            until = "for good"
+            if d.frees_at_ms is not None:
+                until = "until " + time.strftime(
+                    "%Y-%m-%d %H:%M UTC", time.gmtime(d.frees_at_ms / 1000)
+                )
+            why = f", blocked by the {rule.scope} {rule.window_token} cap {until}"
+        console.print(f"{d.campaign_id}: allowed={d.allowed}{why}")
+    for c in cache.caps.inspect(user):
+        console.print(f"counter {c.scope} {c.entity_id} {c.window}: {c.count}")
+    cache.caps.reset(user)
 
 
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
@@ -160,6 +195,7 @@ SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("stats", scene_stats),
     ("users", scene_users),
     ("auctions", scene_auctions),
+    ("caps", scene_caps),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adcache.auctions import AsyncAuctions, Auctions
+from adcache.caps import AsyncCaps, Caps
 from adcache.monitor import AsyncMonitor, Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
@@ -24,6 +25,7 @@ SYNC: dict[str, Any] = {
     "profiles": Profiles,
     "segments": Segments,
     "auctions": Auctions,
+    "caps": Caps,
     "stats": Stats,
     "monitor": Monitor,
 }
@@ -32,6 +34,7 @@ ASYNC: dict[str, Any] = {
     "profiles": AsyncProfiles,
     "segments": AsyncSegments,
     "auctions": AsyncAuctions,
+    "caps": AsyncCaps,
     "stats": AsyncStats,
     "monitor": AsyncMonitor,
 }
@@ -42,6 +45,7 @@ class SyncFacades:
     profiles: Profiles
     segments: Segments
     auctions: Auctions
+    caps: Caps
     stats: Stats
     monitor: Monitor
 
@@ -55,6 +59,7 @@ class AsyncFacades:
     profiles: AsyncProfiles
     segments: AsyncSegments
     auctions: AsyncAuctions
+    caps: AsyncCaps
     stats: AsyncStats
     monitor: AsyncMonitor
 
