@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '17d973f81f2e5b50f7fa7defcf595c9a7ef5992e9c51f6829b5b8846a64d0eb2'
+LIBRARY_SHA256 = '75b3a1d197ea3095b7768f9957f0b9f07bbe73f1456afb7c549d7a3b2a59b433'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -21,6 +21,46 @@ ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'se
 def session(session_id: str) -> str:
     """session record: user id, attributes (a.<name>), created/expires/idle bookkeeping (hash; TTL: idle TTL given at create, slid forward by touch, never past the absolute lifetime)."""
     return f"ad:{{s:{session_id}}}:sess"
+
+
+def campaign(campaign_id: str) -> str:
+    """campaign record: advertiser, status, bid (CPM micros), budgets, dates, day offset, pacing, shards (targeting), fcap and creatives (JSON), version (hash; TTL: owned by ac_campaign_remove; also expires 30 days after the campaign's end (re-armed by every set/patch))."""
+    return f"ad:{{c:{campaign_id}}}:camp"
+
+
+def budget(campaign_id: str) -> str:
+    """spend state: spent (lifetime), day + dspent (today), reserved (outstanding total), counters c_reserved/c_committed/c_released/c_reclaimed/c_late (hash; TTL: same expiry as the campaign record (re-armed on every budget write); deleted by ac_campaign_remove)."""
+    return f"ad:{{c:{campaign_id}}}:budget"
+
+
+def budget_resv(campaign_id: str) -> str:
+    """outstanding reservations: reservation id -> amount (micros) (hash; TTL: entries leave on commit, release or reclaim after their expiry; key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:resv"
+
+
+def budget_resv_exp(campaign_id: str) -> str:
+    """outstanding reservations by expiry: reservation id scored by expires_at_ms (lazy reclaim) (zset; TTL: mirrors budget_resv (members leave with their reservation); key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:resvx"
+
+
+def budget_settled(campaign_id: str) -> str:
+    """settled reservations for idempotent retries: reservation id -> state:charged:released (hash; TTL: entries forgotten 1 hour after settling (lazy prune); key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:settled"
+
+
+def budget_settled_exp(campaign_id: str) -> str:
+    """settled reservations scored by forget_at_ms (zset; TTL: mirrors budget_settled; key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:settledx"
+
+
+def targeting_index(targeting_id: str) -> str:
+    """one targeting shard (<dimension>.<value>): campaign id scored by the campaign's end_ms (zset; TTL: members removed by ac_targeting_remove or pruned once ended; the key expires at its latest member's end)."""
+    return f"ad:{{t:{targeting_id}}}:idx"
+
+
+def targeting_hold(targeting_id: str) -> str:
+    """campaigns of the shard not servable before a time (start date, daily budget spent): id scored by not_before_ms (zset; TTL: as targeting_index; members pruned once their hold has passed)."""
+    return f"ad:{{t:{targeting_id}}}:hold"
 
 
 def tag_of(entity: str, entity_id: str) -> str:
@@ -42,10 +82,21 @@ class FunctionSpec:
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
+    'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_reserve': FunctionSpec('ac_budget_reserve', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_EXISTS', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_state': FunctionSpec('ac_budget_state', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_get': FunctionSpec('ac_campaign_get', 'campaign', True, ('campaign', 'budget'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_patch': FunctionSpec('ac_campaign_patch', 'campaign', False, ('campaign', 'budget'), 'expected_version (-1 any, n) field value [field value]... (fields as for ac_campaign_set)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_remove': FunctionSpec('ac_campaign_remove', 'campaign', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'expected_version (-1 any, n)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_set': FunctionSpec('ac_campaign_set', 'campaign', False, ('campaign', 'budget'), 'expected_version (-1 any, 0 must not exist, n) [field value]... fields: advertiser status bid budget start end shards (required), daily tz pacing tol_bp floor fcap creatives', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session',), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
     'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_touch': FunctionSpec('ac_session_touch', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms (0: no hold)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit] (default and maximum 5000)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id [campaign_id]... (at most 100)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
     'ac_version': FunctionSpec('ac_version', 'version', True, (), 'none', ()),
 }
 

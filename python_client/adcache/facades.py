@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adcache.budgets import AsyncBudgets, Budgets
+from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.sessions import AsyncSessions, Sessions
+from adcache.targeting import AsyncTargetingIndex, TargetingIndex
 
 if TYPE_CHECKING:
     from adcache import aio
@@ -16,13 +19,25 @@ if TYPE_CHECKING:
 
 class SyncFacades:
     sessions: Sessions
+    campaigns: Campaigns
+    budgets: Budgets
+    targeting: TargetingIndex
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         self.sessions = Sessions(self)
+        self.campaigns = Campaigns(self)
+        self.budgets = Budgets(self)
+        self.targeting = TargetingIndex(self)
 
 
 class AsyncFacades:
     sessions: AsyncSessions
+    campaigns: AsyncCampaigns
+    budgets: AsyncBudgets
+    targeting: AsyncTargetingIndex
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         self.sessions = AsyncSessions(self)
+        self.campaigns = AsyncCampaigns(self)
+        self.budgets = AsyncBudgets(self)
+        self.targeting = AsyncTargetingIndex(self)

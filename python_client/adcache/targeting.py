@@ -1,0 +1,218 @@
+"""The targeting index (Lua domain `targeting`): one shard per `<dimension>.<value>`.
+
+A campaign is listed in one shard per targeted value (`interest.sports`, `geo.US`,
+`device.mobile`), or in `<dimension>.all` when it targets everyone on that dimension. Each shard
+has its own hash tag `{t:<dimension>.<value>}`, so the index spreads over a cluster.
+
+Matching rule for a user (interests I, location L, device D): per dimension, the union of the
+shards of the user's values and the dimension's `all` shard; a campaign matches when it is in that
+union for every dimension (intersection over dimensions). A user without a value on a dimension
+matches only the campaigns targeting `all` on it. Shard members are scored by the campaign's end
+time and may be held back until a time (start date, daily budget spent), so a query never returns
+an ended or held campaign; paused, removed and exhausted campaigns are removed by the client when
+their record changes (see docs/campaign.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from adcache import _generated as keys
+from adcache._core import Call, text
+
+if TYPE_CHECKING:
+    from adcache import aio
+    from adcache.client import AdCache
+
+DIMENSIONS = ("interest", "geo", "device")
+ALL = "all"
+_VALUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The Lua side caps one query reply; the same cap applies here.
+MAX_QUERY = 5000
+
+
+def shard(dimension: str, value: str) -> str:
+    """The shard name `<dimension>.<value>` (ValueError on an unknown dimension or bad value)."""
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"unknown targeting dimension {dimension!r}")
+    if not _VALUE.fullmatch(value):
+        raise ValueError(f"targeting value {value!r} must be 1-64 of [A-Za-z0-9_-]")
+    return f"{dimension}.{value}"
+
+
+def _values(values: Iterable[str]) -> tuple[str, ...]:
+    vs = tuple(sorted(set(values)))
+    # "all" absorbs every other value of its dimension.
+    return () if ALL in vs else vs
+
+
+@dataclass(frozen=True, slots=True)
+class Targeting:
+    """What a campaign targets. An empty tuple (or one holding "all") means everyone."""
+
+    interests: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        interests: Iterable[str] = (),
+        locations: Iterable[str] = (),
+        devices: Iterable[str] = (),
+    ) -> Targeting:
+        return cls(_values(interests), _values(locations), _values(devices))
+
+    def shards(self) -> list[str]:
+        """The shards the campaign is listed in (sorted)."""
+        out: list[str] = []
+        for dim, vals in zip(
+            DIMENSIONS, (self.interests, self.locations, self.devices), strict=True
+        ):
+            out += [shard(dim, v) for v in _values(vals)] or [shard(dim, ALL)]
+        return sorted(out)
+
+    @classmethod
+    def from_shards(cls, names: Iterable[str]) -> Targeting:
+        by_dim: dict[str, list[str]] = {d: [] for d in DIMENSIONS}
+        for name in names:
+            dim, _, value = name.partition(".")
+            by_dim[dim].append(value)
+        return cls.of(by_dim["interest"], by_dim["geo"], by_dim["device"])
+
+
+def user_shards(
+    interests: Iterable[str] = (), location: str | None = None, device: str | None = None
+) -> dict[str, list[str]]:
+    """Per dimension, the shards whose union is what a user matches on that dimension."""
+    wanted = {"interest": list(interests), "geo": [location] if location else [],
+              "device": [device] if device else []}  # fmt: skip
+    return {
+        dim: sorted({shard(dim, v) for v in vals if v != ALL} | {shard(dim, ALL)})
+        for dim, vals in wanted.items()
+    }
+
+
+def combine(per_dim: dict[str, list[str]], members: dict[str, list[str]]) -> list[str]:
+    """Union within a dimension, intersection across dimensions; sorted ids."""
+    result: set[str] | None = None
+    for shards in per_dim.values():
+        ids: set[str] = set()
+        for s in shards:
+            ids.update(members[s])
+        result = ids if result is None else result & ids
+        if not result:
+            return []
+    return sorted(result or ())
+
+
+def _ids(reply: Any) -> list[str]:
+    return [text(x) for x in reply or ()]
+
+
+def _shard_keys(name: str) -> tuple[str, str]:
+    return keys.targeting_index(name), keys.targeting_hold(name)
+
+
+def put_call(shard_name: str, campaign_id: str, end_ms: int, not_before_ms: int = 0) -> Call[bool]:
+    """List a campaign in one shard until end_ms, held back before not_before_ms (idempotent)."""
+    return Call(
+        "ac_targeting_put",
+        _shard_keys(shard_name),
+        (campaign_id, end_ms, not_before_ms),
+        lambda r: int(r) == 1,
+    )
+
+
+def remove_call(shard_name: str, campaign_ids: Sequence[str]) -> Call[int]:
+    """Remove campaigns from one shard (idempotent); at most 100 ids per call."""
+    return Call("ac_targeting_remove", _shard_keys(shard_name), tuple(campaign_ids), int)
+
+
+def query_call(shard_name: str, limit: int = MAX_QUERY) -> Call[list[str]]:
+    """The campaign ids of one shard that are servable now (not ended, not held)."""
+    return Call("ac_targeting_query", _shard_keys(shard_name), (limit,), _ids)
+
+
+def apply_calls(
+    campaign_id: str,
+    add: Iterable[str],
+    remove: Iterable[str],
+    end_ms: int,
+    not_before_ms: int,
+) -> list[Call[Any]]:
+    """The shard calls that bring the index in line with a campaign's state (all idempotent)."""
+    calls: list[Call[Any]] = [remove_call(s, [campaign_id]) for s in remove]
+    calls += [put_call(s, campaign_id, end_ms, not_before_ms) for s in add]
+    return calls
+
+
+def _query_calls(
+    interests: Iterable[str], location: str | None, device: str | None, limit: int
+) -> tuple[dict[str, list[str]], list[str], list[Call[list[str]]]]:
+    per_dim = user_shards(interests, location, device)
+    names = sorted({s for shards in per_dim.values() for s in shards})
+    return per_dim, names, [query_call(s, limit) for s in names]
+
+
+class TargetingIndex:
+    """Targeting index calls on a synchronous `AdCache` (`cache.targeting`)."""
+
+    def __init__(self, cache: AdCache) -> None:
+        self._c = cache
+
+    def query(
+        self,
+        *,
+        interests: Iterable[str] = (),
+        location: str | None = None,
+        device: str | None = None,
+        limit: int = MAX_QUERY,
+    ) -> list[str]:
+        """Ids of the servable campaigns matching a user: one call per shard, pipelined per node."""
+        per_dim, names, calls = _query_calls(interests, location, device, limit)
+        replies = self._c.run_many(calls)
+        return combine(per_dim, dict(zip(names, replies, strict=True)))
+
+    def members(self, shard_name: str, limit: int = MAX_QUERY) -> list[str]:
+        """The servable campaign ids of one shard."""
+        return self._c.run(query_call(shard_name, limit))
+
+    def put(self, shard_name: str, campaign_id: str, end_ms: int, not_before_ms: int = 0) -> bool:
+        return self._c.run(put_call(shard_name, campaign_id, end_ms, not_before_ms))
+
+    def remove(self, shard_name: str, campaign_ids: Sequence[str]) -> int:
+        return self._c.run(remove_call(shard_name, campaign_ids))
+
+
+class AsyncTargetingIndex:
+    """Targeting index calls on an asyncio `AdCache` (`cache.targeting`)."""
+
+    def __init__(self, cache: aio.AdCache) -> None:
+        self._c = cache
+
+    async def query(
+        self,
+        *,
+        interests: Iterable[str] = (),
+        location: str | None = None,
+        device: str | None = None,
+        limit: int = MAX_QUERY,
+    ) -> list[str]:
+        per_dim, names, calls = _query_calls(interests, location, device, limit)
+        replies = await self._c.run_many(calls)
+        return combine(per_dim, dict(zip(names, replies, strict=True)))
+
+    async def members(self, shard_name: str, limit: int = MAX_QUERY) -> list[str]:
+        return await self._c.run(query_call(shard_name, limit))
+
+    async def put(
+        self, shard_name: str, campaign_id: str, end_ms: int, not_before_ms: int = 0
+    ) -> bool:
+        return await self._c.run(put_call(shard_name, campaign_id, end_ms, not_before_ms))
+
+    async def remove(self, shard_name: str, campaign_ids: Sequence[str]) -> int:
+        return await self._c.run(remove_call(shard_name, campaign_ids))
