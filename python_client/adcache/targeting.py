@@ -88,8 +88,11 @@ def user_shards(
     interests: Iterable[str] = (), location: str | None = None, device: str | None = None
 ) -> dict[str, list[str]]:
     """Per dimension, the shards whose union is what a user matches on that dimension."""
-    wanted = {"interest": list(interests), "geo": [location] if location else [],
-              "device": [device] if device else []}  # fmt: skip
+    wanted = {
+        "interest": list(interests),
+        "geo": [location] if location else [],
+        "device": [device] if device else [],
+    }
     return {
         dim: sorted({shard(dim, v) for v in vals if v != ALL} | {shard(dim, ALL)})
         for dim, vals in wanted.items()
