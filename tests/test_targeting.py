@@ -229,3 +229,24 @@ async def test_async_query(aacs: aio.AdCache, uid: str) -> None:
     assert await aacs.targeting.query(interests=[f"{uid}a"], location="KR", device="tv") == []
     await aacs.campaigns.remove(cid)
     assert await aacs.targeting.members(f"interest.{uid}a") == []
+
+
+def test_verified_query_drops_and_repairs_stale_ids(acs: AdCache, uid: str) -> None:
+    t = Targeting.of([f"{uid}a"])
+    user = {"interests": [f"{uid}a"]}
+    paused, gone, moved, ok = (f"{uid}-{x}" for x in ("paused", "gone", "moved", "ok"))
+    for cid in (paused, gone, moved, ok):
+        acs.campaigns.create(cid, spec(uid, t))
+    ks = {c: (keys.campaign(c), keys.budget(c)) for c in (paused, moved)}
+    # Crashes between the record write and the shard calls leave stale ids behind:
+    acs.run(Call("ac_campaign_patch", ks[paused], (-1, "status", "paused"), lambda r: r))
+    other = " ".join(Targeting.of([f"{uid}b"]).shards())
+    acs.run(Call("ac_campaign_patch", ks[moved], (-1, "shards", other), lambda r: r))
+    acs.run(Call("ac_campaign_remove", (keys.campaign(gone), keys.budget(gone),
+                 keys.budget_resv(gone), keys.budget_resv_exp(gone), keys.budget_settled(gone),
+                 keys.budget_settled_exp(gone)), (-1,), lambda r: r))  # fmt: skip
+    assert mine(acs.targeting.query(**user), uid) == sorted([paused, gone, moved, ok])
+    assert mine(acs.targeting.query(**user, verify=True), uid) == [ok]
+    # The verified query repaired the shards: the plain query is right again.
+    assert mine(acs.targeting.query(**user), uid) == [ok]
+    assert moved in acs.targeting.query(interests=[f"{uid}b"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '75b3a1d197ea3095b7768f9957f0b9f07bbe73f1456afb7c549d7a3b2a59b433'
+LIBRARY_SHA256 = '8563e99d4c26cf6b8c9c4ebd371c3983b58b11790a99380b594dba8f0f1446cf'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}

@@ -15,6 +15,7 @@ their record changes (see docs/campaign.md).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from adcache._core import Call, text
 
 if TYPE_CHECKING:
     from adcache import aio
+    from adcache.campaigns import Campaign
     from adcache.client import AdCache
+
+log = logging.getLogger("adcache")
 
 DIMENSIONS = ("interest", "geo", "device")
 ALL = "all"
@@ -113,7 +117,11 @@ def combine(per_dim: dict[str, list[str]], members: dict[str, list[str]]) -> lis
 
 
 def _ids(reply: Any) -> list[str]:
-    return [text(x) for x in reply or ()]
+    if not reply:
+        return []
+    if isinstance(reply[0], bytes):
+        return [x.decode() for x in reply]
+    return [text(x) for x in reply]
 
 
 def _shard_keys(name: str) -> tuple[str, str]:
@@ -161,6 +169,35 @@ def _query_calls(
     return per_dim, names, [query_call(s, limit) for s in names]
 
 
+def _matches(shards: Iterable[str], per_dim: dict[str, list[str]]) -> bool:
+    mine = set(shards)
+    return all(mine.intersection(wanted) for wanted in per_dim.values())
+
+
+def verify_candidates(
+    per_dim: dict[str, list[str]],
+    members: dict[str, list[str]],
+    ids: list[str],
+    records: Sequence[Campaign | None],
+) -> tuple[list[str], list[Call[Any]]]:
+    """Check query results against the campaign records: keep the servable, matching ones, and
+    build the shard calls that repair what a half-applied change left behind."""
+    from adcache.campaigns import reindex_calls  # campaigns imports this module
+
+    keep: list[str] = []
+    fixes: list[Call[Any]] = []
+    for cid, rec in zip(ids, records, strict=True):
+        if rec is not None and rec.servable and _matches(rec.spec.targeting.shards(), per_dim):
+            keep.append(cid)
+            continue
+        listed = {s for s, m in members.items() if cid in m}
+        if rec is not None and rec.indexed:
+            fixes += reindex_calls(rec)  # e.g. the hold of a spent daily budget
+            listed -= set(rec.spec.targeting.shards())
+        fixes += [remove_call(s, [cid]) for s in sorted(listed)]
+    return keep, fixes
+
+
 class TargetingIndex:
     """Targeting index calls on a synchronous `AdCache` (`cache.targeting`)."""
 
@@ -174,11 +211,26 @@ class TargetingIndex:
         location: str | None = None,
         device: str | None = None,
         limit: int = MAX_QUERY,
+        verify: bool = False,
     ) -> list[str]:
-        """Ids of the servable campaigns matching a user: one call per shard, pipelined per node."""
+        """Ids of the servable campaigns matching a user: one call per shard, pipelined per node.
+
+        verify: also read the candidates' records (a second pipelined round) and return only the
+        servable ones, repairing the index where a change was left half-applied.
+        """
+        from adcache.campaigns import get_call
+
         per_dim, names, calls = _query_calls(interests, location, device, limit)
-        replies = self._c.run_many(calls)
-        return combine(per_dim, dict(zip(names, replies, strict=True)))
+        members = dict(zip(names, self._c.run_many(calls), strict=True))
+        ids = combine(per_dim, members)
+        if not verify or not ids:
+            return ids
+        records = self._c.run_many([get_call(c) for c in ids])
+        keep, fixes = verify_candidates(per_dim, members, ids, records)
+        if fixes:
+            log.info("adcache: repairing the targeting index (%d shard calls)", len(fixes))
+            self._c.run_many(fixes)
+        return keep
 
     def members(self, shard_name: str, limit: int = MAX_QUERY) -> list[str]:
         """The servable campaign ids of one shard."""
@@ -204,10 +256,21 @@ class AsyncTargetingIndex:
         location: str | None = None,
         device: str | None = None,
         limit: int = MAX_QUERY,
+        verify: bool = False,
     ) -> list[str]:
+        from adcache.campaigns import get_call
+
         per_dim, names, calls = _query_calls(interests, location, device, limit)
-        replies = await self._c.run_many(calls)
-        return combine(per_dim, dict(zip(names, replies, strict=True)))
+        members = dict(zip(names, await self._c.run_many(calls), strict=True))
+        ids = combine(per_dim, members)
+        if not verify or not ids:
+            return ids
+        records = await self._c.run_many([get_call(c) for c in ids])
+        keep, fixes = verify_candidates(per_dim, members, ids, records)
+        if fixes:
+            log.info("adcache: repairing the targeting index (%d shard calls)", len(fixes))
+            await self._c.run_many(fixes)
+        return keep
 
     async def members(self, shard_name: str, limit: int = MAX_QUERY) -> list[str]:
         return await self._c.run(query_call(shard_name, limit))
