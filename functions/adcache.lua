@@ -581,6 +581,14 @@ local function budget_commit(keys, args)
   local st, released = 'c', held - amount
   if late then
     released = 0
+    if redis.call('HEXISTS', keys[3], rid) == 1 then
+      -- Expired but behind the SWEEP bound: reclaim it here, or a later sweep would overwrite
+      -- this commit's settled entry (and a retry would charge again).
+      redis.call('HDEL', keys[3], rid)
+      redis.call('ZREM', keys[4], rid)
+      redis.call('HINCRBY', keys[2], 'c_reclaimed', held)
+      b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -held)
+    end
     local daily = tonumber(rec.daily)
     local after = b.reserved + amount
     if b.spent + after > tonumber(rec.budget) or (daily > 0 and b.dspent + after > daily) then
@@ -775,14 +783,10 @@ local function index_plan(rec, b, now, old_shards)
   for _, s in ipairs(new) do keep[s] = true end
   local remove = {}
   for _, s in ipairs(CS.split(old_shards)) do
-    if not keep[s] or not indexable then remove[#remove + 1] = s end
+    if not keep[s] then remove[#remove + 1] = s end
   end
   if not indexable then
-    for _, s in ipairs(new) do
-      if not string.find(' ' .. table.concat(remove, ' ') .. ' ', ' ' .. s .. ' ', 1, true) then
-        remove[#remove + 1] = s
-      end
-    end
+    for _, s in ipairs(new) do remove[#remove + 1] = s end
     new = {}
   end
   return {'version', tonumber(rec.version), 'servable', reason == '' and 1 or 0, 'reason', reason,
@@ -1111,7 +1115,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '8563e99d4c26cf6b8c9c4ebd371c3983b58b11790a99380b594dba8f0f1446cf'
+local LIBRARY_SHA256 = '8401404d2687368304b1d6f72385734518f2b74e43d4b8385a6c0a37bdb3f78c'
 
 --- @function ac_version
 --- @flags no-writes

@@ -19,7 +19,7 @@ from adcache import (
     NotFoundError,
     aio,
 )
-from adcache.budgets import BudgetState
+from adcache.budgets import BudgetState, reserve_call
 from adcache.campaigns import CampaignSpec, all_keys
 from adcache.targeting import Targeting
 
@@ -384,3 +384,20 @@ async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     assert (await aacs.budgets.release(uid, "a1")).status == "committed"
     st = await aacs.budgets.state(uid)
     assert st.spent_micros == 9_500 and not st.servable and st.reason == "lifetime_budget"
+
+
+def test_late_commit_behind_the_sweep_bound_is_not_charged_twice(ac: AdCache, uid: str) -> None:
+    # More expired reservations than one call reclaims (100): the late one is the last in line.
+    ac.campaigns.create(uid, spec(uid, budget_micros=10_000_000))
+    pipe_calls = [reserve_call(uid, f"r{i}", 1_000, 0.3) for i in range(105)]
+    ac.run_many(pipe_calls)
+    time.sleep(0.45)
+    late = ac.budgets.commit(uid, "r104", 1_000)
+    assert late.status == "late" and late.charged_micros == 1_000
+    st = ac.budgets.state(uid)  # sweeps the rest
+    assert st.reserved_micros == 0 and st.spent_micros == 1_000
+    again = ac.budgets.commit(uid, "r104", 1_000)
+    assert again.replay and again.status == "late"
+    st = ac.budgets.state(uid)
+    assert st.spent_micros == 1_000 and st.reclaimed_micros == 105_000
+    invariant(st)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '8563e99d4c26cf6b8c9c4ebd371c3983b58b11790a99380b594dba8f0f1446cf'
+LIBRARY_SHA256 = '8401404d2687368304b1d6f72385734518f2b74e43d4b8385a6c0a37bdb3f78c'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
