@@ -250,3 +250,15 @@ def test_verified_query_drops_and_repairs_stale_ids(acs: AdCache, uid: str) -> N
     # The verified query repaired the shards: the plain query is right again.
     assert mine(acs.targeting.query(**user), uid) == [ok]
     assert moved in acs.targeting.query(interests=[f"{uid}b"])
+
+
+def test_a_full_shard_reply_is_reported(
+    ac: AdCache, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    shard = f"interest.{uid}"
+    for n in range(3):
+        ac.targeting.put(shard, f"{uid}-{n}", now_ms() + 60_000 + n)
+    with caplog.at_level("WARNING", logger="adcache"):
+        assert ac.targeting.query(interests=[uid], limit=2) == []  # no device/geo .all match
+    assert any(shard in r.getMessage() for r in caplog.records)
+    assert ac.targeting.members(shard, limit=2) == [f"{uid}-0", f"{uid}-1"]

@@ -169,6 +169,15 @@ def _query_calls(
     return per_dim, names, [query_call(s, limit) for s in names]
 
 
+def _members(names: list[str], replies: list[Any], limit: int) -> dict[str, list[str]]:
+    members = dict(zip(names, replies, strict=True))
+    for name, ids in members.items():
+        if len(ids) >= limit:
+            # A full reply may have been cut: campaigns ending latest could be missing.
+            log.warning("adcache: targeting shard %s hit the query limit %d", name, limit)
+    return members
+
+
 def _matches(shards: Iterable[str], per_dim: dict[str, list[str]]) -> bool:
     mine = set(shards)
     return all(mine.intersection(wanted) for wanted in per_dim.values())
@@ -221,7 +230,7 @@ class TargetingIndex:
         from adcache.campaigns import get_call
 
         per_dim, names, calls = _query_calls(interests, location, device, limit)
-        members = dict(zip(names, self._c.run_many(calls), strict=True))
+        members = _members(names, self._c.run_many(calls), limit)
         ids = combine(per_dim, members)
         if not verify or not ids:
             return ids
@@ -261,7 +270,7 @@ class AsyncTargetingIndex:
         from adcache.campaigns import get_call
 
         per_dim, names, calls = _query_calls(interests, location, device, limit)
-        members = dict(zip(names, await self._c.run_many(calls), strict=True))
+        members = _members(names, await self._c.run_many(calls), limit)
         ids = combine(per_dim, members)
         if not verify or not ids:
             return ids
