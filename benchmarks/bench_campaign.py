@@ -188,6 +188,11 @@ def _query(env: BenchEnv, ac: AdCache, r: redis.Redis, tag: str, group: str) -> 
         k += 1
         ac.targeting.query(**users[k % 200])
 
+    def ours2() -> None:
+        nonlocal k
+        k += 1
+        ac.targeting.query(**users[k % 200], rounds=2)
+
     def predecessor() -> None:
         nonlocal k
         k += 1
@@ -197,14 +202,19 @@ def _query(env: BenchEnv, ac: AdCache, r: redis.Redis, tag: str, group: str) -> 
         group,
         {
             "adcache targeting.query": ours,
+            "adcache targeting.query rounds=2": ours2,
             "predecessor SMEMBERS×8, client-side": predecessor,
             "no-op FCALL_RO": lambda: r.execute_command("FCALL_RO", "ac_version", 0),
         },
         calls=env.calls(3000),
     )
     o, p = res["adcache targeting.query"], res["predecessor SMEMBERS×8, client-side"]
+    o2 = res["adcache targeting.query rounds=2"]
     sample = ac.targeting.query(**users[0])
     assert sorted(sample) == sorted(_old_query(r, tag, users[0])), "same matching rule"
+    assert ac.targeting.query(**users[0], rounds=2) == sample
+    o2.round_trips_per_op = round_trips(commands_per_op([r], ours2), scripted=True)
+    o2.note = f"{ratio(o2, p):.2f}× predecessor; interest shards, then candidates: 2 rounds"
     o.round_trips_per_op = round_trips(commands_per_op([r], ours), scripted=True)
     p.round_trips_per_op = round_trips(commands_per_op([r], predecessor), scripted=False)
     o.note = (

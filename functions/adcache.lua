@@ -331,18 +331,17 @@ CS.CORE = {'version', 'status', 'bid', 'budget', 'daily', 'start', 'end', 'tz', 
   'tol_bp', 'floor', 'shards'}
 function CS.require_core(key)
   local v = redis.call('HMGET', key, unpack(CS.CORE))
-  if not v[1] then
-    if redis.call('EXISTS', key) == 1 then
+  for i = 1, #CS.CORE do
+    if not v[i] then
+      if i == 1 and redis.call('EXISTS', key) == 0 then
+        E.fail('ADCACHE_NOTFOUND', 'campaign ' .. key .. ' is unknown')
+      end
       E.fail('ADCACHE_WRONGTYPE', key .. ' is not a campaign record')
     end
-    E.fail('ADCACHE_NOTFOUND', 'campaign ' .. key .. ' is unknown')
   end
-  local r = {}
-  for i, f in ipairs(CS.CORE) do
-    if not v[i] then E.fail('ADCACHE_WRONGTYPE', key .. ' is not a campaign record') end
-    r[f] = v[i]
-  end
-  return r
+  -- One constructor: the table is sized once (this runs on every budget call).
+  return {version = v[1], status = v[2], bid = v[3], budget = v[4], daily = v[5], start = v[6],
+    ['end'] = v[7], tz = v[8], pacing = v[9], tol_bp = v[10], floor = v[11], shards = v[12]}
 end
 
 -- Expiry of every key of the campaign: RETAIN_MS after its end (never in the past).
@@ -361,9 +360,10 @@ end
 -- Budget state as of `now`, with today's spend zero when the stored day is not the campaign's
 -- current day (the write that follows stores the roll). Never writes.
 function CS.budget(bkey, rec, now)
-  local v = redis.call('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved')
+  local v = redis.call('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
   local today = T.ymd(now, tonumber(rec.tz))
-  local b = {spent = M.stored(v[1]), day = today, reserved = M.stored(v[4]), rolled = v[2] ~= today}
+  local b = {spent = M.stored(v[1]), day = today, reserved = M.stored(v[4]), rolled = v[2] ~= today,
+    swept = M.stored(v[5])}
   b.dspent = b.rolled and 0 or M.stored(v[3])
   return b
 end
@@ -420,6 +420,7 @@ do
 local KEEP_MS = T.HOUR
 local MAX_TTL_MS = T.DAY
 local SWEEP = 100 -- most expired reservations reclaimed (and settled entries forgotten) per call
+local SWEEP_EVERY_MS = 250
 local NAMES = {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
   'budget_settled_exp'}
 local STATE_WORD = {c = 'committed', l = 'late', f = 'refused', r = 'released', x = 'expired'}
@@ -430,12 +431,16 @@ local function parse_settled(v)
   return st, tonumber(charged), tonumber(released)
 end
 
--- Housekeeping before a budget write: store the day roll, reclaim expired reservations (their
--- ids become settled 'x' so a late commit is still recognised), forget old settled entries.
--- At most SWEEP of each per call, so the work per call is bounded. Returns the budget state.
-local function housekeep(keys, rec, now)
+-- Housekeeping before a budget write: store the day roll; then, at most every SWEEP_EVERY_MS
+-- (or when forced), reclaim expired reservations (their ids become settled 'x' so a late commit
+-- is still recognised), forget old settled entries, and re-arm the keys' expiry. At most SWEEP of
+-- each per call, so the work per call is bounded. Between sweeps an expired reservation still
+-- counts as reserved: that only makes the budget check stricter. Returns the budget state.
+local function housekeep(keys, rec, now, force)
   local b = CS.budget(keys[2], rec, now)
   if b.rolled then redis.call('HSET', keys[2], 'day', b.day, 'dspent', 0) end
+  if not force and now < b.swept + SWEEP_EVERY_MS then return b end
+  redis.call('HSET', keys[2], 'swept', now)
   local old = redis.call('ZRANGEBYSCORE', keys[6], '-inf', now, 'LIMIT', 0, SWEEP)
   if #old > 0 then
     redis.call('HDEL', keys[5], unpack(old))
@@ -456,12 +461,19 @@ local function housekeep(keys, rec, now)
     redis.call('HINCRBY', keys[2], 'c_reclaimed', back)
     b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -back)
   end
+  local at = CS.expire_at(rec, now)
+  for i = 2, 6 do redis.call('PEXPIREAT', keys[i], at) end
   return b
 end
 
-local function touch(keys, rec, now)
-  local at = CS.expire_at(rec, now)
-  for i = 2, 6 do redis.call('PEXPIREAT', keys[i], at) end
+-- Give a hash/zset pair its expiry when the hash was just created (it is deleted when emptied,
+-- so a new one has none; the sweep re-arms every key).
+local function arm(keys, i, rec, now)
+  if redis.call('HLEN', keys[i]) == 1 then
+    local at = CS.expire_at(rec, now)
+    redis.call('PEXPIREAT', keys[i], at)
+    redis.call('PEXPIREAT', keys[i + 1], at)
+  end
 end
 
 local function open(keys)
@@ -502,7 +514,7 @@ local function budget_reserve(keys, args)
   end
   if have then
     if exp > now then return reply('reserved', '', exp, 1) end
-    return reply('refused', 'expired', exp, 1) -- reclaimed just now by housekeep
+    return reply('refused', 'expired', exp, 1) -- reclaimed by the next sweep
   end
   local reason = CS.assess(rec, b, now)
   local after = b.reserved + amount
@@ -522,19 +534,18 @@ local function budget_reserve(keys, args)
   end
   if reason ~= '' then
     redis.call('HINCRBY', keys[2], 'n_refused', 1)
-    touch(keys, rec, now)
     return reply('refused', reason, 0, 0)
   end
   redis.call('HSET', keys[3], rid, amount)
   redis.call('ZADD', keys[4], now + ttl, rid)
+  arm(keys, 3, rec, now)
   redis.call('HINCRBY', keys[2], 'c_reserved', amount)
   b.reserved = redis.call('HINCRBY', keys[2], 'reserved', amount)
-  touch(keys, rec, now)
   return reply('reserved', '', now + ttl, 0)
 end
 
-local function commit_reply(keys, rec, now, st, charged, released, replay)
-  local b = CS.budget(keys[2], rec, now)
+-- b: the budget state as this call leaves it.
+local function commit_reply(rec, b, now, st, charged, released, replay)
   local reason, indexable, nb = CS.assess(rec, b, now)
   local exhausted = ''
   if reason == 'lifetime_budget' or reason == 'daily_budget' then exhausted = reason end
@@ -566,7 +577,9 @@ local function budget_commit(keys, args)
   if settled then
     local st, charged, released = parse_settled(settled)
     if st == 'r' then E.fail('ADCACHE_STATE', 'reservation ' .. rid .. ' was released') end
-    if st ~= 'x' then return commit_reply(keys, rec, now, st, charged, released, 1) end
+    if st ~= 'x' then
+      return commit_reply(rec, CS.budget(keys[2], rec, now), now, st, charged, released, 1)
+    end
     late, held = true, charged
   else
     local have = redis.call('HGET', keys[3], rid)
@@ -600,18 +613,18 @@ local function budget_commit(keys, args)
   else
     redis.call('HDEL', keys[3], rid)
     redis.call('ZREM', keys[4], rid)
-    redis.call('HINCRBY', keys[2], 'reserved', -held)
+    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -held)
     redis.call('HINCRBY', keys[2], 'c_committed', amount)
     redis.call('HINCRBY', keys[2], 'c_released', released)
   end
   if amount > 0 then
-    redis.call('HINCRBY', keys[2], 'spent', amount)
-    redis.call('HINCRBY', keys[2], 'dspent', amount)
+    b.spent = redis.call('HINCRBY', keys[2], 'spent', amount)
+    b.dspent = redis.call('HINCRBY', keys[2], 'dspent', amount)
   end
   redis.call('HSET', keys[5], rid, st .. ':' .. amount .. ':' .. released)
   redis.call('ZADD', keys[6], now + KEEP_MS, rid)
-  touch(keys, rec, now)
-  return commit_reply(keys, rec, now, st, amount, released, 0)
+  arm(keys, 5, rec, now)
+  return commit_reply(rec, b, now, st, amount, released, 0)
 end
 
 --- @function ac_budget_release
@@ -639,7 +652,7 @@ local function budget_release(keys, args)
     b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -amt)
     redis.call('HSET', keys[5], rid, 'r:0:' .. amt)
     redis.call('ZADD', keys[6], now + KEEP_MS, rid)
-    touch(keys, rec, now)
+    arm(keys, 5, rec, now)
     return {'status', 'released', 'amount', amt, 'reserved', b.reserved, 'replay', 0}
   end
   settled = redis.call('HGET', keys[5], rid)
@@ -664,13 +677,12 @@ local function budget_state(keys, args)
   V.nargs(args, 0, 0)
   local rec = CS.require_core(keys[1])
   local now = T.now_ms()
-  local b = housekeep(keys, rec, now)
+  local b = housekeep(keys, rec, now, true)
   local c = redis.call('HMGET', keys[2], 'c_reserved', 'c_committed', 'c_released', 'c_reclaimed',
     'c_late', 'n_refused')
   local allowed, ppm = CS.pacing(rec, now)
   local tz = tonumber(rec.tz)
   local reason = CS.assess(rec, b, now)
-  touch(keys, rec, now)
   return {'budget', tonumber(rec.budget), 'daily', tonumber(rec.daily), 'spent', b.spent,
     'day', b.day, 'day_spent', b.dspent, 'reserved', b.reserved,
     'outstanding', redis.call('HLEN', keys[3]),
@@ -1083,16 +1095,32 @@ end
 
 --- @function ac_targeting_query
 --- @flags no-writes
---- @summary The campaigns of one shard servable now: not ended, not held.
+--- @summary The campaigns of one shard servable now (not ended, not held); with candidate ids,
+--- only those of them (the second round of a two-round query).
 --- @keys targeting_index targeting_hold
---- @argv [limit] (default and maximum 5000)
+--- @argv [limit (default and maximum 5000)] [campaign_id]... (at most 5000 candidates)
 --- @reply array of campaign ids
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT
 local function targeting_query(keys, args)
   K.check(keys, NAMES)
-  V.nargs(args, 0, 1)
   local limit = args[1] and V.pos(args[1], 'limit', MAX_QUERY) or MAX_QUERY
+  if #args - 1 > MAX_QUERY then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_QUERY .. ' candidate ids per call')
+  end
   local now = T.now_ms()
+  if #args > 1 then
+    local ids = {unpack(args, 2)}
+    local ends = redis.call('ZMSCORE', keys[1], unpack(ids))
+    local holds = redis.call('ZMSCORE', keys[2], unpack(ids))
+    local out = {}
+    for i, id in ipairs(ids) do
+      if ends[i] and tonumber(ends[i]) > now and not (holds[i] and tonumber(holds[i]) > now) then
+        out[#out + 1] = id
+        if #out >= limit then break end
+      end
+    end
+    return out
+  end
   local ids = redis.call('ZRANGEBYSCORE', keys[1], '(' .. now, '+inf', 'LIMIT', 0, limit)
   local held = redis.call('ZRANGEBYSCORE', keys[2], '(' .. now, '+inf')
   if #held == 0 then return ids end
@@ -1107,7 +1135,7 @@ end
 
 redis.register_function{function_name='ac_targeting_put', callback=targeting_put, flags={}, description='Index a campaign in one shard until its end, held back before not_before (idempotent).'}
 redis.register_function{function_name='ac_targeting_remove', callback=targeting_remove, flags={}, description='Remove campaigns from one shard (idempotent).'}
-redis.register_function{function_name='ac_targeting_query', callback=targeting_query, flags={'no-writes'}, description='The campaigns of one shard servable now: not ended, not held.'}
+redis.register_function{function_name='ac_targeting_query', callback=targeting_query, flags={'no-writes'}, description='The campaigns of one shard servable now (not ended, not held); with candidate ids, only those of them (the second round of a two-round query).'}
 end
 
 -- ==== domain: version (lua/version.lua.j2) ====
@@ -1115,7 +1143,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '8401404d2687368304b1d6f72385734518f2b74e43d4b8385a6c0a37bdb3f78c'
+local LIBRARY_SHA256 = '89090b8eb73c17069567bf0aaf31b8a7988e67b66a2e8e1a289a48ae036a42f5'
 
 --- @function ac_version
 --- @flags no-writes

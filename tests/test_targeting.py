@@ -5,7 +5,7 @@ half-applied change, sharding over the cluster, bad input."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -40,7 +40,8 @@ def mine(ids: list[str], uid: str) -> list[str]:
     return [i for i in ids if i.startswith(uid)]
 
 
-def test_matching_rule(acs: AdCache, uid: str) -> None:
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_matching_rule(acs: AdCache, uid: str, rounds: Literal[1, 2]) -> None:
     sports, news, us, fr = f"{uid}sports", f"{uid}news", f"{uid}US", f"{uid}FR"
     a, b, c, d = (f"{uid}-{x}" for x in "abcd")
     acs.campaigns.create(a, spec(uid, Targeting.of([sports], [us])))
@@ -49,7 +50,7 @@ def test_matching_rule(acs: AdCache, uid: str) -> None:
     acs.campaigns.create(d, spec(uid, Targeting.of([sports, news], [us, fr], ["desktop"])))
 
     def q(**kw: Any) -> list[str]:
-        return mine(acs.targeting.query(**kw), uid)
+        return mine(acs.targeting.query(**kw, rounds=rounds), uid)
 
     assert q(interests=[sports], location=us, device="mobile") == [a]
     assert q(interests=[sports], location=us, device="desktop") == [a, d]
@@ -191,6 +192,7 @@ def test_shards_spread_over_the_cluster(ac_cluster: AdCache, uid: str) -> None:
         ("ac_targeting_remove", tuple(f"c{i}" for i in range(101)), LimitExceededError),
         ("ac_targeting_query", ("0",), BadArgumentError),
         ("ac_targeting_query", ("5001",), BadArgumentError),
+        ("ac_targeting_query", ("10", *(f"c{i}" for i in range(5001))), LimitExceededError),
     ],
 )
 def test_bad_input(
@@ -202,6 +204,16 @@ def test_bad_input(
             Call(fn, (keys.targeting_index(shard), keys.targeting_hold(shard)), args, lambda r: r)
         )
     assert acs.redis.exists(keys.targeting_index(shard)) == 0
+
+
+def test_candidate_filter(ac: AdCache, uid: str) -> None:
+    from adcache.targeting import filter_call
+
+    shard = f"interest.{uid}"
+    ac.targeting.put(shard, "a", now_ms() + 60_000)
+    ac.targeting.put(shard, "b", now_ms() + 60_000, now_ms() + 30_000)  # held
+    ac.targeting.put(shard, "c", now_ms() + 60_000)
+    assert ac.run(filter_call(shard, ["a", "b", "x", "c"])) == ["a", "c"]
 
 
 def test_two_shards_in_one_call_are_refused(ac: AdCache, uid: str) -> None:
@@ -231,7 +243,10 @@ async def test_async_query(aacs: aio.AdCache, uid: str) -> None:
     assert await aacs.targeting.members(f"interest.{uid}a") == []
 
 
-def test_verified_query_drops_and_repairs_stale_ids(acs: AdCache, uid: str) -> None:
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_verified_query_drops_and_repairs_stale_ids(
+    acs: AdCache, uid: str, rounds: Literal[1, 2]
+) -> None:
     t = Targeting.of([f"{uid}a"])
     user = {"interests": [f"{uid}a"]}
     paused, gone, moved, ok = (f"{uid}-{x}" for x in ("paused", "gone", "moved", "ok"))
@@ -246,7 +261,7 @@ def test_verified_query_drops_and_repairs_stale_ids(acs: AdCache, uid: str) -> N
                  keys.budget_resv(gone), keys.budget_resv_exp(gone), keys.budget_settled(gone),
                  keys.budget_settled_exp(gone)), (-1,), lambda r: r))  # fmt: skip
     assert mine(acs.targeting.query(**user), uid) == sorted([paused, gone, moved, ok])
-    assert mine(acs.targeting.query(**user, verify=True), uid) == [ok]
+    assert mine(acs.targeting.query(**user, verify=True, rounds=rounds), uid) == [ok]
     # The verified query repaired the shards: the plain query is right again.
     assert mine(acs.targeting.query(**user), uid) == [ok]
     assert moved in acs.targeting.query(interests=[f"{uid}b"])

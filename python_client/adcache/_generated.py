@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '8401404d2687368304b1d6f72385734518f2b74e43d4b8385a6c0a37bdb3f78c'
+LIBRARY_SHA256 = '89090b8eb73c17069567bf0aaf31b8a7988e67b66a2e8e1a289a48ae036a42f5'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -95,7 +95,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_touch': FunctionSpec('ac_session_touch', 'session', False, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms (0: no hold)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
-    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit] (default and maximum 5000)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit (default and maximum 5000)] [campaign_id]... (at most 5000 candidates)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
     'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id [campaign_id]... (at most 100)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
     'ac_version': FunctionSpec('ac_version', 'version', True, (), 'none', ()),
 }

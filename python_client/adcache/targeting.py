@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, text
@@ -148,6 +148,11 @@ def query_call(shard_name: str, limit: int = MAX_QUERY) -> Call[list[str]]:
     return Call("ac_targeting_query", _shard_keys(shard_name), (limit,), _ids)
 
 
+def filter_call(shard_name: str, candidates: Sequence[str]) -> Call[list[str]]:
+    """Which of `candidates` (at most 5000) the shard lists as servable now."""
+    return Call("ac_targeting_query", _shard_keys(shard_name), (MAX_QUERY, *candidates), _ids)
+
+
 def apply_calls(
     campaign_id: str,
     add: Iterable[str],
@@ -162,11 +167,25 @@ def apply_calls(
 
 
 def _query_calls(
-    interests: Iterable[str], location: str | None, device: str | None, limit: int
-) -> tuple[dict[str, list[str]], list[str], list[Call[list[str]]]]:
-    per_dim = user_shards(interests, location, device)
-    names = sorted({s for shards in per_dim.values() for s in shards})
-    return per_dim, names, [query_call(s, limit) for s in names]
+    per_dim: dict[str, list[str]], dims: Iterable[str], limit: int
+) -> tuple[list[str], list[Call[list[str]]]]:
+    names = sorted({s for d in dims for s in per_dim[d]})
+    return names, [query_call(s, limit) for s in names]
+
+
+def _second_round(
+    per_dim: dict[str, list[str]], first: dict[str, list[str]], limit: int
+) -> tuple[list[str], list[Call[list[str]]]]:
+    """Round two of a two-round query: the other dimensions' shards, asked only about the
+    candidates the first dimension produced (whole shards when there are too many)."""
+    candidates = sorted({c for ids in first.values() for c in ids})
+    rest = [d for d in per_dim if d != DIMENSIONS[0]]
+    names = sorted({s for d in rest for s in per_dim[d]})
+    if not candidates:
+        return [], []
+    if len(candidates) > MAX_QUERY:
+        return _query_calls(per_dim, rest, limit)
+    return names, [filter_call(s, candidates) for s in names]
 
 
 def _members(names: list[str], replies: list[Any], limit: int) -> dict[str, list[str]]:
@@ -221,16 +240,28 @@ class TargetingIndex:
         device: str | None = None,
         limit: int = MAX_QUERY,
         verify: bool = False,
+        rounds: Literal[1, 2] = 1,
     ) -> list[str]:
         """Ids of the servable campaigns matching a user: one call per shard, pipelined per node.
 
+        rounds=2: first the interest shards, then the other shards asked only about those
+        candidates: one more round trip, far fewer ids moved when `.all` shards are large.
         verify: also read the candidates' records (a second pipelined round) and return only the
         servable ones, repairing the index where a change was left half-applied.
         """
         from adcache.campaigns import get_call
 
-        per_dim, names, calls = _query_calls(interests, location, device, limit)
-        members = _members(names, self._c.run_many(calls), limit)
+        per_dim = user_shards(interests, location, device)
+        if rounds == 1:
+            names, calls = _query_calls(per_dim, DIMENSIONS, limit)
+            members = _members(names, self._c.run_many(calls), limit)
+        else:
+            names, calls = _query_calls(per_dim, DIMENSIONS[:1], limit)
+            members = _members(names, self._c.run_many(calls), limit)
+            names, calls = _second_round(per_dim, members, limit)
+            if not calls:
+                return []
+            members.update(_members(names, self._c.run_many(calls), limit))
         ids = combine(per_dim, members)
         if not verify or not ids:
             return ids
@@ -266,11 +297,21 @@ class AsyncTargetingIndex:
         device: str | None = None,
         limit: int = MAX_QUERY,
         verify: bool = False,
+        rounds: Literal[1, 2] = 1,
     ) -> list[str]:
         from adcache.campaigns import get_call
 
-        per_dim, names, calls = _query_calls(interests, location, device, limit)
-        members = _members(names, await self._c.run_many(calls), limit)
+        per_dim = user_shards(interests, location, device)
+        if rounds == 1:
+            names, calls = _query_calls(per_dim, DIMENSIONS, limit)
+            members = _members(names, await self._c.run_many(calls), limit)
+        else:
+            names, calls = _query_calls(per_dim, DIMENSIONS[:1], limit)
+            members = _members(names, await self._c.run_many(calls), limit)
+            names, calls = _second_round(per_dim, members, limit)
+            if not calls:
+                return []
+            members.update(_members(names, await self._c.run_many(calls), limit))
         ids = combine(per_dim, members)
         if not verify or not ids:
             return ids
