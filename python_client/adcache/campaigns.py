@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from adcache import _generated as keys
 from adcache._core import Call, pairs, text
@@ -67,6 +67,25 @@ class CampaignSpec:
     pacing_floor_micros: int = 0
     frequency_caps: tuple[FrequencyCapRule, ...] = ()
     creatives: tuple[Creative, ...] = ()
+
+
+class CampaignChanges(TypedDict, total=False):
+    """The fields a patch may change (names and types of CampaignSpec)."""
+
+    advertiser_id: str
+    bid_cpm_micros: int
+    budget_micros: int
+    start_ms: int
+    end_ms: int
+    targeting: Targeting
+    status: Status
+    daily_budget_micros: int
+    day_offset_s: int
+    pacing: Pacing
+    pacing_tolerance_bp: int
+    pacing_floor_micros: int
+    frequency_caps: tuple[FrequencyCapRule, ...]
+    creatives: tuple[Creative, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +281,7 @@ def set_call(campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1
 
 
 def patch_call(
-    campaign_id: str, changes: dict[str, Any], *, expected_version: int = -1
+    campaign_id: str, changes: CampaignChanges, *, expected_version: int = -1
 ) -> Call[Written]:
     """Change the named CampaignSpec fields; expected_version -1 any, n must be at version n."""
     unknown = set(changes) - set(_FIELD)
@@ -271,7 +290,7 @@ def patch_call(
     return Call(
         "ac_campaign_patch",
         _keys2(campaign_id),
-        (expected_version, *_field_args(changes)),
+        (expected_version, *_field_args(dict(changes))),
         _written(campaign_id),
     )
 
@@ -316,7 +335,9 @@ class Campaigns:
         """Create; VersionConflictError when the campaign exists."""
         return self.set(campaign_id, spec, expected_version=0)
 
-    def patch(self, campaign_id: str, *, expected_version: int = -1, **changes: Any) -> Written:
+    def patch(
+        self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
+    ) -> Written:
         """Change some fields (names of CampaignSpec); NotFoundError when unknown."""
         return self._apply(
             self._c.run(patch_call(campaign_id, changes, expected_version=expected_version))
@@ -371,7 +392,7 @@ class AsyncCampaigns:
         return await self.set(campaign_id, spec, expected_version=0)
 
     async def patch(
-        self, campaign_id: str, *, expected_version: int = -1, **changes: Any
+        self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
     ) -> Written:
         return await self._apply(
             await self._c.run(patch_call(campaign_id, changes, expected_version=expected_version))
@@ -406,6 +427,7 @@ class AsyncCampaigns:
 __all__ = [
     "AsyncCampaigns",
     "Campaign",
+    "CampaignChanges",
     "CampaignSpec",
     "Campaigns",
     "Creative",
