@@ -401,3 +401,20 @@ def test_late_commit_behind_the_sweep_bound_is_not_charged_twice(ac: AdCache, ui
     st = ac.budgets.state(uid)
     assert st.spent_micros == 1_000 and st.reclaimed_micros == 105_000
     invariant(st)
+
+
+def test_commit_after_pause_still_charges_and_release_after_expiry(ac: AdCache, uid: str) -> None:
+    ac.campaigns.create(uid, spec(uid))
+    assert ac.budgets.reserve(uid, "a1", 5_000, 30).ok
+    ac.campaigns.pause(uid)  # the impression was already bought: the win is billed
+    assert ac.budgets.reserve(uid, "a2", 5_000, 30).reason == "paused"
+    c = ac.budgets.commit(uid, "a1", 4_000)
+    assert c.status == "committed" and c.charged_micros == 4_000
+    ac.campaigns.resume(uid)
+    ac.budgets.reserve(uid, "a3", 5_000, 0.1)
+    time.sleep(0.2)
+    st = ac.budgets.state(uid)  # reclaims a3
+    assert st.reclaimed_micros == 5_000
+    rel = ac.budgets.release(uid, "a3")
+    assert rel.status == "expired" and rel.amount_micros == 0
+    invariant(ac.budgets.state(uid))
