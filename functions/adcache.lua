@@ -1,9 +1,8 @@
 #!lua name=adcache
 -- adcache 0.1.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
---@helper errors: the error contract. fail() raises an error reply whose first word is a code
--- from lua/errors.yaml; the Python client maps that word to a typed exception.
 local E = {}
 E.CODES = {
   ADCACHE_BADARG = true,
@@ -18,11 +17,8 @@ E.CODES = {
   ADCACHE_WRONGTYPE = true,
 }
 
--- Raise an error reply "<CODE> <message>". Callers validate everything before their first write,
--- so a call that fails here has changed nothing.
 function E.fail(code, msg)
   if not E.CODES[code] then
-    -- A typo in a code is a library bug; still answer with a stable code.
     msg = 'unknown error code ' .. tostring(code) .. ': ' .. tostring(msg)
     code = 'ADCACHE_WRONGTYPE'
   end
@@ -30,13 +26,9 @@ function E.fail(code, msg)
 end
 
 -- ==== helper: keys (lua/_keys.lua.j2) ====
---@helper keys: generated from lua/keyspace.yaml. Checks KEYS against the keyspace and builds
--- sibling keys of the same hash tag.
-
 local K = {}
 K.PREFIX = 'ad'
 K.MAX_ID = 128
--- name -> {entity letter, Lua pattern of the suffix}
 K.SPEC = {
   session = {'s', '^sess$'},
   session_history = {'s', '^hist$'},
@@ -45,6 +37,14 @@ K.SPEC = {
   auction_bids = {'a', '^bids$'},
   freqcap = {'u', '^fc$'},
   freqcap_imps = {'u', '^fcimp$'},
+  campaign = {'c', '^camp$'},
+  budget = {'c', '^budget$'},
+  budget_resv = {'c', '^resv$'},
+  budget_resv_exp = {'c', '^resvx$'},
+  budget_settled = {'c', '^settled$'},
+  budget_settled_exp = {'c', '^settledx$'},
+  targeting_index = {'t', '^idx$'},
+  targeting_hold = {'t', '^hold$'},
   profile = {'u', '^prof$'},
   user_segments = {'u', '^segs$'},
   segment_members = {'g', '^members$'},
@@ -57,7 +57,6 @@ K.SPEC = {
   stats_dedup = {'c', '^st:ev:[^{}]+$'},
 }
 
--- Split '<prefix>:{<letter>:<id>}:<suffix>' into letter, id, suffix (nil when it does not parse).
 function K.split(key)
   return string.match(key, '^ad:{(%a):([^{}]+)}:(.+)$')
 end
@@ -74,9 +73,6 @@ local function check_one(key, name, i)
   return letter .. ':' .. id, id
 end
 
--- Check that keys[1..#names] match the named patterns and share one hash tag. When `rest` names a
--- pattern, any further keys must match it too (variadic tail, at most `max_rest`).
--- Returns the shared tag ('<letter>:<id>') and the entity id.
 function K.check(keys, names, rest, max_rest)
   local n = #names
   if #keys < n or (not rest and #keys ~= n) then
@@ -97,7 +93,6 @@ function K.check(keys, names, rest, max_rest)
   return tag, id
 end
 
--- Key builders from a tag '<letter>:<id>' (for keys derived inside a call from a passed key's tag).
 function K.session(tag)
   return 'ad:{' .. tag .. '}:sess'
 end
@@ -118,6 +113,30 @@ function K.freqcap(tag)
 end
 function K.freqcap_imps(tag)
   return 'ad:{' .. tag .. '}:fcimp'
+end
+function K.campaign(tag)
+  return 'ad:{' .. tag .. '}:camp'
+end
+function K.budget(tag)
+  return 'ad:{' .. tag .. '}:budget'
+end
+function K.budget_resv(tag)
+  return 'ad:{' .. tag .. '}:resv'
+end
+function K.budget_resv_exp(tag)
+  return 'ad:{' .. tag .. '}:resvx'
+end
+function K.budget_settled(tag)
+  return 'ad:{' .. tag .. '}:settled'
+end
+function K.budget_settled_exp(tag)
+  return 'ad:{' .. tag .. '}:settledx'
+end
+function K.targeting_index(tag)
+  return 'ad:{' .. tag .. '}:idx'
+end
+function K.targeting_hold(tag)
+  return 'ad:{' .. tag .. '}:hold'
 end
 function K.profile(tag)
   return 'ad:{' .. tag .. '}:prof'
@@ -151,11 +170,7 @@ function K.stats_dedup(tag, hour)
 end
 
 -- ==== helper: validate (lua/_validate.lua.j2) ====
---@helper validate: argument checks shared by every domain. Each returns the parsed value or
--- raises ADCACHE_BADARG naming the argument, so every function validates before it writes.
-
 local V = {}
--- Integers stay exact in Lua doubles up to 2^53; 15 digits keeps every accepted value below that.
 V.MAX_INT = 999999999999999
 
 function V.str(v, name, maxlen)
@@ -166,7 +181,6 @@ function V.str(v, name, maxlen)
   return v
 end
 
--- An id: non-empty, at most 128 bytes, no braces (they would break hash tags).
 function V.id(v, name)
   V.str(v, name, 128)
   if v == '' then E.fail('ADCACHE_BADARG', name .. ' must not be empty') end
@@ -174,7 +188,6 @@ function V.id(v, name)
   return v
 end
 
--- A decimal integer string in [min, max] (defaults: any 15-digit integer).
 function V.int(v, name, min, max)
   if type(v) ~= 'string' or not string.match(v, '^%-?%d+$') or #v > 16 then
     E.fail('ADCACHE_BADARG', name .. ' must be an integer, got ' .. tostring(v))
@@ -192,7 +205,6 @@ end
 function V.uint(v, name, max) return V.int(v, name, 0, max) end
 function V.pos(v, name, max) return V.int(v, name, 1, max) end
 
--- One of a fixed set of words; `allowed` is a set table {word = true}.
 function V.enum(v, name, allowed)
   if type(v) ~= 'string' or not allowed[v] then
     local words = {}
@@ -204,7 +216,6 @@ function V.enum(v, name, allowed)
   return v
 end
 
--- ARGV count in [min, max]; `max` nil means unbounded.
 function V.nargs(args, min, max)
   if #args < min or (max and #args > max) then
     local want = min .. ' or more'
@@ -213,7 +224,6 @@ function V.nargs(args, min, max)
   end
 end
 
--- Name/value pairs from args[first..]: returns a list of {name, value}; names are ids.
 function V.pairs(args, first, what, max_pairs, max_value)
   local n = #args - first + 1
   if n % 2 ~= 0 then E.fail('ADCACHE_ARITY', what .. ' must come as name/value pairs') end
@@ -228,8 +238,6 @@ function V.pairs(args, first, what, max_pairs, max_value)
 end
 
 -- ==== helper: time (lua/_time.lua.j2) ====
---@helper time: the server clock in milliseconds and calendar arithmetic (UTC plus an offset in
--- seconds). Windows anchor to calendar boundaries, so an increment never extends a window.
 local T = {}
 T.SECOND, T.MINUTE, T.HOUR, T.DAY = 1000, 60000, 3600000, 86400000
 
@@ -238,7 +246,6 @@ function T.now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Days since 1970-01-01 of a civil date, and back (H. Hinnant's algorithms; proleptic Gregorian).
 function T.days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
   local era = math.floor(y / 400)
@@ -264,8 +271,6 @@ function T.civil_from_days(z)
   return y, m, d
 end
 
--- Start (ms, UTC) of the calendar period containing `ms`, in a zone `offset_s` east of UTC.
--- unit: 'minute' | 'hour' | 'day' | 'week' (weeks start on Monday) | 'month'.
 function T.period_start(ms, unit, offset_s)
   local off = (offset_s or 0) * 1000
   local l = ms + off
@@ -274,14 +279,12 @@ function T.period_start(ms, unit, offset_s)
   local days = math.floor(l / T.DAY)
   if unit == 'day' then return days * T.DAY - off end
   if unit == 'week' then
-    -- 1970-01-01 was a Thursday: (days + 3) % 7 is 0 on Mondays.
     return (days - (days + 3) % 7) * T.DAY - off
   end
   local y, m = T.civil_from_days(days)
   return T.days_from_civil(y, m, 1) * T.DAY - off
 end
 
--- Start of the period after the one containing `ms`.
 function T.period_end(ms, unit, offset_s)
   local s = T.period_start(ms, unit, offset_s)
   if unit == 'minute' then return s + T.MINUTE end
@@ -294,7 +297,6 @@ function T.period_end(ms, unit, offset_s)
   return T.days_from_civil(y, m, 1) * T.DAY - off
 end
 
--- 'YYYYMMDD' and 'YYYYMMDDHH' labels of the local date of `ms` (bucket names, never server-local).
 function T.ymd(ms, offset_s)
   local y, m, d = T.civil_from_days(math.floor((ms + (offset_s or 0) * 1000) / T.DAY))
   return string.format('%04d%02d%02d', y, m, d)
@@ -306,54 +308,119 @@ function T.ymdh(ms, offset_s)
 end
 
 -- ==== helper: money (lua/_money.lua.j2) ====
---@helper money: amounts are integer micro-units (1 currency unit = 1,000,000 micros). They never
--- pass through floating-point arithmetic beyond exact integers (< 2^53).
-
 local M = {}
 M.PER_UNIT = 1000000
--- Largest amount accepted in one argument: 999,999,999 units.
 M.MAX = 999999999 * 1000000
 
--- A non-negative amount of micros given as a decimal integer string.
 function M.amount(v, name)
   return V.int(v, name, 0, M.MAX)
 end
 
--- A strictly positive amount.
 function M.positive(v, name)
   return V.int(v, name, 1, M.MAX)
 end
 
--- Integer reply of a stored amount (HGET returns strings or false).
 function M.stored(v)
   return v and tonumber(v) or 0
 end
 
+-- ==== helper: campaign_state (lua/_campaign_state.lua.j2) ====
+local CS = {}
+CS.RETAIN_MS = 30 * T.DAY
+CS.DIMS = {interest = true, geo = true, device = true}
+
+function CS.load(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return false end
+  local r = {}
+  for i = 1, #flat, 2 do r[flat[i]] = flat[i + 1] end
+  if not r.version or not r['end'] or not r.budget or not r.shards then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' is not a campaign record')
+  end
+  return r
+end
+
+function CS.require(key)
+  local r = CS.load(key)
+  if not r then E.fail('ADCACHE_NOTFOUND', 'campaign ' .. key .. ' is unknown') end
+  return r
+end
+
+CS.CORE = {'version', 'status', 'bid', 'budget', 'daily', 'start', 'end', 'tz', 'pacing',
+  'tol_bp', 'floor', 'shards'}
+function CS.require_core(key)
+  local v = redis.call('HMGET', key, unpack(CS.CORE))
+  for i = 1, #CS.CORE do
+    if not v[i] then
+      if i == 1 and redis.call('EXISTS', key) == 0 then
+        E.fail('ADCACHE_NOTFOUND', 'campaign ' .. key .. ' is unknown')
+      end
+      E.fail('ADCACHE_WRONGTYPE', key .. ' is not a campaign record')
+    end
+  end
+  return {version = v[1], status = v[2], bid = v[3], budget = v[4], daily = v[5], start = v[6],
+    ['end'] = v[7], tz = v[8], pacing = v[9], tol_bp = v[10], floor = v[11], shards = v[12]}
+end
+
+function CS.expire_at(rec, now)
+  return math.max(tonumber(rec['end']), now) + CS.RETAIN_MS
+end
+
+function CS.min_cost(rec)
+  local c = math.floor((tonumber(rec.bid) + 999) / 1000)
+  if c < 1 then c = 1 end
+  return c
+end
+
+function CS.budget(bkey, rec, now)
+  local v = redis.call('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
+  local today = T.ymd(now, tonumber(rec.tz))
+  local b = {spent = M.stored(v[1]), day = today, reserved = M.stored(v[4]), rolled = v[2] ~= today,
+    swept = M.stored(v[5])}
+  b.dspent = b.rolled and 0 or M.stored(v[3])
+  return b
+end
+
+function CS.assess(rec, b, now)
+  if rec.status ~= 'active' then return 'paused', false, 0 end
+  if now >= tonumber(rec['end']) then return 'ended', false, 0 end
+  local mc = CS.min_cost(rec)
+  if tonumber(rec.budget) - b.spent < mc then return 'lifetime_budget', false, 0 end
+  local reason, nb = '', 0
+  local start = tonumber(rec.start)
+  if now < start then reason, nb = 'not_started', start end
+  local daily = tonumber(rec.daily)
+  if daily > 0 and daily - b.dspent < mc then
+    if reason == '' then reason = 'daily_budget' end
+    nb = math.max(nb, T.period_end(now, 'day', tonumber(rec.tz)))
+  end
+  return reason, true, nb
+end
+
+function CS.pacing(rec, now)
+  local daily = tonumber(rec.daily)
+  local elapsed = now - T.period_start(now, 'day', tonumber(rec.tz))
+  local ppm = math.floor(elapsed * 1000000 / T.DAY)
+  if rec.pacing ~= 'even' or daily <= 0 then return -1, ppm end
+  local allowed = tonumber(rec.floor)
+    + math.floor(daily * (elapsed / T.DAY) * ((10000 + tonumber(rec.tol_bp)) / 10000))
+  return math.min(allowed, daily), ppm
+end
+
+function CS.split(s)
+  local out = {}
+  for w in string.gmatch(s or '', '%S+') do out[#out + 1] = w end
+  return out
+end
+
 -- ==== helper: metrics (lua/_metrics.lua.j2) ====
---@helper metrics: adcache's own counters, per node. C.incr(name, n) adds to a Lua table local to
--- the library: it lives in the node's Lua state between calls, costs no Redis command, is not
--- replicated (a replica's table counts only what runs on the replica) and starts again from zero
--- when the library is (re)loaded or the server restarts. `ac_monitor_counters` reads it; the
--- client calls that on every node and sums. Count a business event once it is certain (after
--- validation), so a call that raises counts nothing.
---
--- Counter names (lower_case; the Prometheus exposition maps the families below to labels):
---   auctions_created, auctions_closed
---   bids_<outcome>            bids by outcome: bids_accepted, bids_won, bids_lost, bids_refused...
---   bids_lost_<reason>        lost bids by loss reason (OpenRTB loss-reason code or word)
---   caps_blocked              frequency caps that blocked an impression
---   budget_refused_<reason>   budget refusals by reason (exhausted, paced, ...)
---   stats_events              events counted by ac_stats_record
---   stats_duplicates          events dropped by ac_stats_record as retried deliveries
 local C = {}
 C.counts = {}
 
--- Add n (default 1) to a counter; counters spring into being at their first increment.
 function C.incr(name, n)
   C.counts[name] = (C.counts[name] or 0) + (n or 1)
 end
 
--- The counters as a flat name/value array, names sorted (stable replies for tests and diffs).
 function C.flat()
   local names = {}
   for name in pairs(C.counts) do names[#names + 1] = name end
@@ -368,28 +435,6 @@ end
 
 -- ==== domain: auction (lua/auction.lua.j2) ====
 do
---@domain auction: real-time-bidding auctions, OpenRTB-shaped: floors, deals, private auctions,
--- first and second price, ties to the earliest bid, loss reasons, idempotent bids, close and bill.
-
--- Two keys per auction, both under the tag {a:<request id>} and both expiring at `expires`:
---   auction (hash): at, inc, created, deadline, exp, expires, seq (arrival counter), state
---     ('open' | 'closed'), closed (ms), imps (msgpack list of imp ids, in request order),
---     ws / bs (msgpack seat sets: auction-level allowed / blocked seats; absent when empty),
---     i.<imp> = msgpack {f = floor, p = private 0|1,
---       d = {<deal id> = {f = floor, a = deal auction type (0: the auction's), w = seat set}}},
---     r.<imp> = msgpack {w = winning bid id, c = clearing price} (written at close),
---     b.<imp> = billing time in ms (written by the first bill).
---   auction_bids (hash): <bid key> = msgpack {id bid id, s seat, i imp, p price, d deal, c cid,
---     r crid, a adomain, n nurl, l lurl, b burl, q arrival seq, st 1 accepted | 0 refused,
---     rs reason}. The bid key is the seat and the bid id (AU.bid_key): OpenRTB bid ids are only
---     unique per bidder, so two seats may both send bid "1".
--- Every bid received is stored, refused ones too, so a repeated (seat, bid id) gets the first
--- reply back.
--- Prices are CPM in integer micros. All sizes are bounded (ADCACHE_LIMIT beyond).
---
--- Lazy close: once the deadline has passed no bid can be accepted, so the outcome is fixed. The
--- write paths (bid, close, bill) record the close when they find an open auction past its deadline;
--- ac_auction_result never writes: it reports state 'due' with the outcome the close will record.
 local AU = {}
 AU.MAX_IMPS = 32
 AU.MAX_DEALS = 64 -- per auction, over all imps
@@ -400,11 +445,9 @@ AU.MAX_TTL_MS = 7 * T.DAY
 AU.MAX_URL = 2048
 AU.MAX_ADOMAIN = 1024
 AU.BID_FIELDS = 11
--- OpenRTB loss reason codes (0 = no loss: won, or accepted while the auction is open).
 AU.WON, AU.EXPIRED, AU.BAD_DEAL = 0, 2, 4
 AU.BELOW_FLOOR, AU.BELOW_DEAL_FLOOR, AU.OUTBID, AU.SEAT_BLOCKED = 100, 101, 102, 104
 
--- Argument cursor for variadic, count-prefixed ARGV layouts.
 function AU.take(r, what)
   local v = r.args[r.i]
   if v == nil then E.fail('ADCACHE_ARITY', 'missing ' .. what .. ' (argument ' .. r.i .. ')') end
@@ -418,7 +461,6 @@ function AU.count(v, name, max)
   return n
 end
 
--- `n seat...` as a set {seat = true}; duplicates are harmless.
 function AU.seats(r, name)
   local n = AU.count(AU.take(r, name .. ' count'), name, AU.MAX_SEATS)
   local set = {}
@@ -429,12 +471,10 @@ end
 function AU.is_empty(t) return next(t) == nil end
 AU.NONE = {} -- an empty seat set (read only)
 
--- The bids-hash field of a bid: length-prefixed seat, then the bid id (unambiguous for any ids).
 function AU.bid_key(seat, id)
   return #seat .. ':' .. seat .. ':' .. id
 end
 
--- An optional id: '' means absent.
 function AU.opt_id(v, name)
   if v == '' then return '' end
   return V.id(v, name)
@@ -447,8 +487,6 @@ function AU.missing(key)
   E.fail('ADCACHE_NOTFOUND', 'auction ' .. key .. ' is unknown or expired')
 end
 
--- The whole meta hash as a table: a few fields per imp, small by the bounds above, so one HGETALL
--- is cheaper than several HMGETs.
 function AU.load(key)
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then AU.missing(key) end
@@ -469,7 +507,6 @@ function AU.unpack(v, what)
   return t
 end
 
--- Every stored bid, in arrival order.
 function AU.load_bids(bids_key)
   local flat = redis.call('HGETALL', bids_key)
   local list = {}
@@ -482,7 +519,6 @@ function AU.load_bids(bids_key)
   return list
 end
 
--- Per-imp configs of the auction, by imp id, and the imp ids in request order.
 function AU.config(m)
   local order = AU.unpack(m.imps, 'auction imps')
   local cfg = {}
@@ -490,18 +526,11 @@ function AU.config(m)
   return order, cfg
 end
 
--- The floor a bid is held to: its deal's floor for a deal bid, else the imp floor.
 function AU.floor(c, deal)
   if deal ~= '' and c.d[deal] then return c.d[deal].f end
   return c.f
 end
 
--- The outcome of a closed auction: per imp {w = bid id, c = clearing price}, from the accepted
--- bids. Highest price wins, ties go to the earliest arrival; second price is the higher of the
--- runner-up and the winner's floor (its deal floor for a deal bid), plus the increment, never above
--- the winning bid. A winning deal bid follows its deal's type when the deal sets one (OpenRTB
--- deal.at: 1 first price, 2 second price, 3 fixed price = the deal floor).
--- Deterministic: close and a read of a 'due' auction compute the same.
 function AU.outcome(at, inc, cfg, list)
   local best, second = {}, {}
   for _, b in ipairs(list) do -- arrival order: a later equal price never displaces the best
@@ -533,7 +562,6 @@ function AU.outcome(at, inc, cfg, list)
   return res
 end
 
--- Record the close (callers check the state first, so it happens once) and update `m` to match.
 function AU.close(key, m, list, now)
   local _, cfg = AU.config(m)
   local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
@@ -548,8 +576,6 @@ function AU.close(key, m, list, now)
   redis.call('HSET', key, unpack(fields))
 end
 
--- The result reply (see ac_auction_result), from the loaded meta and bids; no Redis calls.
--- A 'due' auction gets the outcome the close will record.
 function AU.result_reply(m, list, now)
   local order, cfg = AU.config(m)
   local deadline = tonumber(m.deadline)
@@ -597,12 +623,6 @@ function AU.result_reply(m, list, now)
     'exp', tonumber(m.exp), 'expires', tonumber(m.expires), 'imps', imps, 'bids', bids}
 end
 
---- @function ac_auction_create
---- @summary Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.
---- @keys auction
---- @argv at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...
---- @reply field/value array: created, deadline, expires (epoch ms, server clock)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_EXISTS
 local function auction_create(keys, args)
   K.check(keys, {'auction'})
   V.nargs(args, 8)
@@ -655,7 +675,6 @@ local function auction_create(keys, args)
   local deadline, expires = now + tmax, now + ttl
   local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
     'exp', exp, 'expires', expires, 'seq', 0, 'imps', cmsgpack.pack(order)}
-  -- Seat lists are stored only when given: most auctions have none, and bids skip the decode.
   if not AU.is_empty(wseat) then
     fields[#fields + 1] = 'ws'
     fields[#fields + 1] = cmsgpack.pack(wseat)
@@ -673,12 +692,6 @@ local function auction_create(keys, args)
   return {'created', now, 'deadline', deadline, 'expires', expires}
 end
 
---- @function ac_auction_bid
---- @summary Submit one or more bids atomically; each is accepted or refused with a loss reason.
---- @keys auction auction_bids
---- @argv [seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)
---- @reply array, one entry per bid in order: {bid_id, status accepted|rejected, reason, seq, duplicate 0|1}; a bid repeats another when seat and bid id are the same
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function auction_bid(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   local F = AU.BID_FIELDS
@@ -688,7 +701,6 @@ local function auction_bid(keys, args)
   if #args / F > AU.MAX_BIDS then
     E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
   end
-  -- 1. parse every bid
   local bids, ids = {}, {}
   for base = 1, #args, F do
     local b = {}
@@ -707,7 +719,6 @@ local function auction_bid(keys, args)
     bids[#bids + 1] = b
     ids[#ids + 1] = b.k
   end
-  -- 2. the auction and the imps the bids name (one HMGET), and the bids already stored
   local fields = {'state', 'deadline', 'ws', 'bs', 'expires', 'seq'}
   local imp_at = {}
   for _, b in ipairs(bids) do
@@ -737,11 +748,9 @@ local function auction_bid(keys, args)
     if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
     seen[b.k] = true
   end
-  -- `seq` counts every stored bid, so it bounds the bids hash without an HLEN.
   if seq + fresh > AU.MAX_BIDS then
     E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
   end
-  -- 3. decide and record (no error past this point)
   local now = T.now_ms()
   local state = vals[1]
   if state == 'open' and now >= deadline then
@@ -796,12 +805,6 @@ local function auction_bid(keys, args)
   return out
 end
 
---- @function ac_auction_close
---- @summary Close the auction (idempotent): record per imp the winner and the clearing price.
---- @keys auction auction_bids
---- @argv none
---- @reply the result, as for ac_auction_result (state 'closed')
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function auction_close(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   V.nargs(args, 0, 0)
@@ -812,13 +815,6 @@ local function auction_close(keys, args)
   return AU.result_reply(m, list, now)
 end
 
---- @function ac_auction_result
---- @flags no-writes
---- @summary Read the auction: state, per imp the winner and clearing price, per bid the outcome.
---- @keys auction auction_bids
---- @argv none
---- @reply nil when unknown, else field/value array: state open|due|closed, at, increment, created, deadline, closed, ended, exp, expires, imps {imp_id, floor, private, winning seat or '', winning bid_id or '', clearing, billed}..., bids {bid_id, imp_id, seat, price, deal_id, cid, crid, adomain, nurl, lurl, burl, seq, status won|lost|rejected|pending, reason, floor}...
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_WRONGTYPE
 local function auction_result(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   V.nargs(args, 0, 0)
@@ -826,12 +822,6 @@ local function auction_result(keys, args)
   return AU.result_reply(AU.load(keys[1]), AU.load_bids(keys[2]), T.now_ms())
 end
 
---- @function ac_auction_bill
---- @summary Billing notice (burl) of a winning bid: the first call charges, later ones do not.
---- @keys auction auction_bids
---- @argv seat bid_id
---- @reply array: status billed|already_billed|expired|not_won|unknown_bid|open, clearing price micros (billed, already_billed), imp_id
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function auction_bill(keys, args)
   K.check(keys, {'auction', 'auction_bids'})
   V.nargs(args, 2, 2)
@@ -857,6 +847,7 @@ local function auction_bill(keys, args)
   return {'billed', r.c, imp}
 end
 
+
 redis.register_function{function_name='ac_auction_create', callback=auction_create, flags={}, description='Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.'}
 redis.register_function{function_name='ac_auction_bid', callback=auction_bid, flags={}, description='Submit one or more bids atomically; each is accepted or refused with a loss reason.'}
 redis.register_function{function_name='ac_auction_close', callback=auction_close, flags={}, description='Close the auction (idempotent): record per imp the winner and the clearing price.'}
@@ -864,31 +855,434 @@ redis.register_function{function_name='ac_auction_result', callback=auction_resu
 redis.register_function{function_name='ac_auction_bill', callback=auction_bill, flags={}, description='Billing notice (burl) of a winning bid: the first call charges, later ones do not.'}
 end
 
+-- ==== domain: budget (lua/budget.lua.j2) ====
+do
+local KEEP_MS = T.HOUR
+local MAX_TTL_MS = T.DAY
+local SWEEP = 100 -- most expired reservations reclaimed (and settled entries forgotten) per call
+local SWEEP_EVERY_MS = 250
+local NAMES = {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
+  'budget_settled_exp'}
+local STATE_WORD = {c = 'committed', l = 'late', f = 'refused', r = 'released', x = 'expired'}
+
+local function parse_settled(v)
+  local st, charged, released = string.match(v, '^(%a):(%d+):(%d+)$')
+  if not st or not STATE_WORD[st] then E.fail('ADCACHE_WRONGTYPE', 'bad settled entry ' .. v) end
+  return st, tonumber(charged), tonumber(released)
+end
+
+local function housekeep(keys, rec, now, force)
+  local b = CS.budget(keys[2], rec, now)
+  if b.rolled then redis.call('HSET', keys[2], 'day', b.day, 'dspent', 0) end
+  if not force and now < b.swept + SWEEP_EVERY_MS then return b end
+  redis.call('HSET', keys[2], 'swept', now)
+  local old = redis.call('ZRANGEBYSCORE', keys[6], '-inf', now, 'LIMIT', 0, SWEEP)
+  if #old > 0 then
+    redis.call('HDEL', keys[5], unpack(old))
+    redis.call('ZREM', keys[6], unpack(old))
+  end
+  local due = redis.call('ZRANGEBYSCORE', keys[4], '-inf', now, 'LIMIT', 0, SWEEP)
+  if #due > 0 then
+    local back = 0
+    local amounts = redis.call('HMGET', keys[3], unpack(due))
+    for i, rid in ipairs(due) do
+      local amt = M.stored(amounts[i])
+      back = back + amt
+      redis.call('HSET', keys[5], rid, 'x:' .. amt .. ':0')
+      redis.call('ZADD', keys[6], now + KEEP_MS, rid)
+    end
+    redis.call('HDEL', keys[3], unpack(due))
+    redis.call('ZREM', keys[4], unpack(due))
+    redis.call('HINCRBY', keys[2], 'c_reclaimed', back)
+    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -back)
+  end
+  local at = CS.expire_at(rec, now)
+  for i = 2, 6 do redis.call('PEXPIREAT', keys[i], at) end
+  return b
+end
+
+local function arm(keys, i, rec, now)
+  if redis.call('HLEN', keys[i]) == 1 then
+    local at = CS.expire_at(rec, now)
+    redis.call('PEXPIREAT', keys[i], at)
+    redis.call('PEXPIREAT', keys[i + 1], at)
+  end
+end
+
+local function open(keys)
+  K.check(keys, NAMES)
+end
+
+local function budget_reserve(keys, args)
+  open(keys)
+  V.nargs(args, 3, 3)
+  local rid = V.id(args[1], 'reservation_id')
+  local amount = M.positive(args[2], 'amount')
+  local ttl = V.pos(args[3], 'ttl_ms', MAX_TTL_MS)
+  local rec = CS.require_core(keys[1])
+  if redis.call('HEXISTS', keys[5], rid) == 1 then
+    E.fail('ADCACHE_STATE', 'reservation ' .. rid .. ' is already settled')
+  end
+  local now = T.now_ms()
+  local have = redis.call('HGET', keys[3], rid)
+  local exp = tonumber(redis.call('ZSCORE', keys[4], rid) or 0)
+  if have and tonumber(have) ~= amount then
+    E.fail('ADCACHE_EXISTS', 'reservation ' .. rid .. ' holds ' .. have .. ', not ' .. amount)
+  end
+  local b = housekeep(keys, rec, now)
+  local allowed = CS.pacing(rec, now)
+  local function reply(status, reason, expires, replay)
+    return {'status', status, 'reason', reason, 'amount', amount, 'expires_at', expires,
+      'spent', b.spent, 'day_spent', b.dspent, 'reserved', b.reserved,
+      'pacing_allowed', allowed, 'replay', replay}
+  end
+  if have then
+    if exp > now then return reply('reserved', '', exp, 1) end
+    return reply('refused', 'expired', exp, 1) -- reclaimed by the next sweep
+  end
+  local reason = CS.assess(rec, b, now)
+  local after = b.reserved + amount
+  if reason == 'not_started' or reason == '' or reason == 'daily_budget' then
+    local daily = tonumber(rec.daily)
+    if b.spent + after > tonumber(rec.budget) then
+      reason = 'lifetime_budget'
+    elseif reason == 'not_started' then
+      reason = 'not_started'
+    elseif daily > 0 and b.dspent + after > daily then
+      reason = 'daily_budget'
+    elseif allowed >= 0 and b.dspent + after > allowed then
+      reason = 'pacing'
+    else
+      reason = ''
+    end
+  end
+  if reason ~= '' then
+    redis.call('HINCRBY', keys[2], 'n_refused', 1)
+    return reply('refused', reason, 0, 0)
+  end
+  redis.call('HSET', keys[3], rid, amount)
+  redis.call('ZADD', keys[4], now + ttl, rid)
+  arm(keys, 3, rec, now)
+  redis.call('HINCRBY', keys[2], 'c_reserved', amount)
+  b.reserved = redis.call('HINCRBY', keys[2], 'reserved', amount)
+  return reply('reserved', '', now + ttl, 0)
+end
+
+local function commit_reply(rec, b, now, st, charged, released, replay)
+  local reason, indexable, nb = CS.assess(rec, b, now)
+  local exhausted = ''
+  if reason == 'lifetime_budget' or reason == 'daily_budget' then exhausted = reason end
+  return {'status', STATE_WORD[st], 'charged', charged, 'released', released, 'spent', b.spent,
+    'day_spent', b.dspent, 'reserved', b.reserved, 'exhausted', exhausted,
+    'indexable', indexable and 1 or 0, 'not_before', nb, 'end', tonumber(rec['end']),
+    'shards', rec.shards, 'replay', replay}
+end
+
+local function budget_commit(keys, args)
+  open(keys)
+  V.nargs(args, 2, 2)
+  local rid = V.id(args[1], 'reservation_id')
+  local amount = M.amount(args[2], 'amount')
+  local rec = CS.require_core(keys[1])
+  local now = T.now_ms()
+  local late, held = false, 0
+  local settled = redis.call('HGET', keys[5], rid)
+  if settled then
+    local st, charged, released = parse_settled(settled)
+    if st == 'r' then E.fail('ADCACHE_STATE', 'reservation ' .. rid .. ' was released') end
+    if st ~= 'x' then
+      return commit_reply(rec, CS.budget(keys[2], rec, now), now, st, charged, released, 1)
+    end
+    late, held = true, charged
+  else
+    local have = redis.call('HGET', keys[3], rid)
+    if not have then E.fail('ADCACHE_NOTFOUND', 'no reservation ' .. rid) end
+    held = tonumber(have)
+    late = tonumber(redis.call('ZSCORE', keys[4], rid) or 0) <= now
+  end
+  if amount > held then
+    E.fail('ADCACHE_BADARG', 'amount ' .. amount .. ' is above the reservation ' .. held)
+  end
+  local b = housekeep(keys, rec, now) -- reclaims this reservation too when it is late
+  local st, released = 'c', held - amount
+  if late then
+    released = 0
+    if redis.call('HEXISTS', keys[3], rid) == 1 then
+      redis.call('HDEL', keys[3], rid)
+      redis.call('ZREM', keys[4], rid)
+      redis.call('HINCRBY', keys[2], 'c_reclaimed', held)
+      b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -held)
+    end
+    local daily = tonumber(rec.daily)
+    local after = b.reserved + amount
+    if b.spent + after > tonumber(rec.budget) or (daily > 0 and b.dspent + after > daily) then
+      st, amount = 'f', 0
+    else
+      st = 'l'
+      redis.call('HINCRBY', keys[2], 'c_late', amount)
+    end
+  else
+    redis.call('HDEL', keys[3], rid)
+    redis.call('ZREM', keys[4], rid)
+    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -held)
+    redis.call('HINCRBY', keys[2], 'c_committed', amount)
+    redis.call('HINCRBY', keys[2], 'c_released', released)
+  end
+  if amount > 0 then
+    b.spent = redis.call('HINCRBY', keys[2], 'spent', amount)
+    b.dspent = redis.call('HINCRBY', keys[2], 'dspent', amount)
+  end
+  redis.call('HSET', keys[5], rid, st .. ':' .. amount .. ':' .. released)
+  redis.call('ZADD', keys[6], now + KEEP_MS, rid)
+  arm(keys, 5, rec, now)
+  return commit_reply(rec, b, now, st, amount, released, 0)
+end
+
+local function budget_release(keys, args)
+  open(keys)
+  V.nargs(args, 1, 1)
+  local rid = V.id(args[1], 'reservation_id')
+  local rec = CS.require_core(keys[1])
+  local settled = redis.call('HGET', keys[5], rid)
+  if settled then parse_settled(settled) end
+  local now = T.now_ms()
+  local b = housekeep(keys, rec, now)
+  local have = redis.call('HGET', keys[3], rid)
+  if have then
+    local amt = tonumber(have)
+    redis.call('HDEL', keys[3], rid)
+    redis.call('ZREM', keys[4], rid)
+    redis.call('HINCRBY', keys[2], 'c_released', amt)
+    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -amt)
+    redis.call('HSET', keys[5], rid, 'r:0:' .. amt)
+    redis.call('ZADD', keys[6], now + KEEP_MS, rid)
+    arm(keys, 5, rec, now)
+    return {'status', 'released', 'amount', amt, 'reserved', b.reserved, 'replay', 0}
+  end
+  settled = redis.call('HGET', keys[5], rid)
+  if settled then
+    local st = parse_settled(settled)
+    return {'status', STATE_WORD[st], 'amount', 0, 'reserved', b.reserved, 'replay', 1}
+  end
+  return {'status', 'unknown', 'amount', 0, 'reserved', b.reserved, 'replay', 0}
+end
+
+local function budget_state(keys, args)
+  open(keys)
+  V.nargs(args, 0, 0)
+  local rec = CS.require_core(keys[1])
+  local now = T.now_ms()
+  local b = housekeep(keys, rec, now, true)
+  local c = redis.call('HMGET', keys[2], 'c_reserved', 'c_committed', 'c_released', 'c_reclaimed',
+    'c_late', 'n_refused')
+  local allowed, ppm = CS.pacing(rec, now)
+  local tz = tonumber(rec.tz)
+  local reason = CS.assess(rec, b, now)
+  return {'budget', tonumber(rec.budget), 'daily', tonumber(rec.daily), 'spent', b.spent,
+    'day', b.day, 'day_spent', b.dspent, 'reserved', b.reserved,
+    'outstanding', redis.call('HLEN', keys[3]),
+    'c_reserved', M.stored(c[1]), 'c_committed', M.stored(c[2]), 'c_released', M.stored(c[3]),
+    'c_reclaimed', M.stored(c[4]), 'c_late', M.stored(c[5]), 'n_refused', M.stored(c[6]),
+    'pacing', rec.pacing, 'pacing_allowed', allowed, 'elapsed_ppm', ppm,
+    'day_start', T.period_start(now, 'day', tz), 'day_end', T.period_end(now, 'day', tz),
+    'servable', reason == '' and 1 or 0, 'reason', reason, 'now', now}
+end
+
+
+redis.register_function{function_name='ac_budget_reserve', callback=budget_reserve, flags={}, description='Reserve an amount for a bid; refused (a reply) when budget, daily budget, pacing or the campaign\'s state forbid it. A retry with the same id and amount is answered again.'}
+redis.register_function{function_name='ac_budget_commit', callback=budget_commit, flags={}, description='Charge the clearing price against a reservation (amount <= reserved; the rest is released). Idempotent per reservation id. A reservation that expired is charged late if the budget still allows it (the impression was served), else refused.'}
+redis.register_function{function_name='ac_budget_release', callback=budget_release, flags={}, description='Release a reservation (the bid lost). Idempotent; never fails on the reservation\'s state.'}
+redis.register_function{function_name='ac_budget_state', callback=budget_state, flags={}, description='Budget, spend, reservations, counters, pacing and servability of a campaign (reclaims expired reservations first).'}
+end
+
+-- ==== domain: campaign (lua/campaign.lua.j2) ====
+do
+local MAX_SHARDS = 64
+local MAX_TZ = 14 * 3600
+local STATUS = {active = true, paused = true}
+local PACING = {off = true, even = true}
+local DEFAULTS = {daily = '0', tz = '0', pacing = 'off', tol_bp = '1000', floor = '0',
+  fcap = '[]', creatives = '[]'}
+local REQUIRED = {'advertiser', 'status', 'bid', 'budget', 'start', 'end', 'shards'}
+
+local function check_shards(v)
+  V.str(v, 'shards', 8192)
+  local seen, list, dims = {}, {}, {}
+  for _, s in ipairs(CS.split(v)) do
+    local dim, val = string.match(s, '^(%l+)%.([%w_%-]+)$')
+    if not dim or not CS.DIMS[dim] or #val > 64 then
+      E.fail('ADCACHE_BADARG', 'shard ' .. s .. ' must be interest|geo|device.<value> ([A-Za-z0-9_-], <= 64 bytes)')
+    end
+    if not seen[s] then
+      seen[s] = true
+      list[#list + 1] = s
+      dims[dim] = true
+    end
+  end
+  if #list > MAX_SHARDS then E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_SHARDS .. ' shards') end
+  for dim in pairs(CS.DIMS) do
+    if not dims[dim] then E.fail('ADCACHE_BADARG', 'shards name no ' .. dim .. ' value (use ' .. dim .. '.all)') end
+  end
+  table.sort(list)
+  return table.concat(list, ' ')
+end
+
+local CHECK = {
+  advertiser = function(v) return V.id(v, 'advertiser') end,
+  status = function(v) return V.enum(v, 'status', STATUS) end,
+  bid = function(v) M.amount(v, 'bid'); return v end,
+  budget = function(v) M.positive(v, 'budget'); return v end,
+  daily = function(v) M.amount(v, 'daily'); return v end,
+  start = function(v) V.uint(v, 'start'); return v end,
+  ['end'] = function(v) V.pos(v, 'end'); return v end,
+  tz = function(v) V.int(v, 'tz', -MAX_TZ, MAX_TZ); return v end,
+  pacing = function(v) return V.enum(v, 'pacing', PACING) end,
+  tol_bp = function(v) V.int(v, 'tol_bp', 0, 100000); return v end,
+  floor = function(v) M.amount(v, 'floor'); return v end,
+  shards = check_shards,
+  fcap = function(v) return V.str(v, 'fcap', 16384) end,
+  creatives = function(v) return V.str(v, 'creatives', 65536) end,
+}
+
+local function read_fields(args, into)
+  if (#args - 1) % 2 ~= 0 then E.fail('ADCACHE_ARITY', 'fields must come as name/value pairs') end
+  for i = 2, #args, 2 do
+    local f = CHECK[args[i]]
+    if not f then E.fail('ADCACHE_BADARG', 'unknown campaign field ' .. tostring(args[i])) end
+    into[args[i]] = f(args[i + 1])
+  end
+  return into
+end
+
+local function check_record(r)
+  if tonumber(r.start) >= tonumber(r['end']) then
+    E.fail('ADCACHE_BADARG', 'start must be before end')
+  end
+  if r.pacing == 'even' and tonumber(r.daily) == 0 then
+    E.fail('ADCACHE_BADARG', 'even pacing needs a daily budget')
+  end
+end
+
+local function check_version(rec, expected, key)
+  if expected < 0 then return end
+  local have = rec and tonumber(rec.version) or 0
+  if have ~= expected then
+    E.fail('ADCACHE_CONFLICT', key .. ' is at version ' .. have .. ', expected ' .. expected)
+  end
+end
+
+local function index_plan(rec, b, now, old_shards)
+  local reason, indexable, nb = CS.assess(rec, b, now)
+  local new = CS.split(rec.shards)
+  local keep = {}
+  for _, s in ipairs(new) do keep[s] = true end
+  local remove = {}
+  for _, s in ipairs(CS.split(old_shards)) do
+    if not keep[s] then remove[#remove + 1] = s end
+  end
+  if not indexable then
+    for _, s in ipairs(new) do remove[#remove + 1] = s end
+    new = {}
+  end
+  return {'version', tonumber(rec.version), 'servable', reason == '' and 1 or 0, 'reason', reason,
+    'end', tonumber(rec['end']), 'not_before', nb, 'add', table.concat(new, ' '),
+    'remove', table.concat(remove, ' ')}
+end
+
+local function write(keys, rec, old, now)
+  rec.version = tostring((old and tonumber(old.version) or 0) + 1)
+  rec.updated = tostring(now)
+  rec.created = old and old.created or tostring(now)
+  local flat = {}
+  for k, v in pairs(rec) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', keys[1], unpack(flat))
+  local at = CS.expire_at(rec, now)
+  redis.call('PEXPIREAT', keys[1], at)
+  redis.call('PEXPIREAT', keys[2], at)
+  return index_plan(rec, CS.budget(keys[2], rec, now), now, old and old.shards or '')
+end
+
+local function campaign_set(keys, args)
+  K.check(keys, {'campaign', 'budget'})
+  V.nargs(args, 1)
+  local expected = V.int(args[1], 'expected_version', -1)
+  local rec = read_fields(args, {})
+  for _, f in ipairs(REQUIRED) do
+    if rec[f] == nil then E.fail('ADCACHE_BADARG', 'field ' .. f .. ' is missing') end
+  end
+  for f, v in pairs(DEFAULTS) do
+    if rec[f] == nil then rec[f] = v end
+  end
+  check_record(rec)
+  local old = CS.load(keys[1])
+  check_version(old, expected, keys[1])
+  return write(keys, rec, old, T.now_ms())
+end
+
+local function campaign_patch(keys, args)
+  K.check(keys, {'campaign', 'budget'})
+  V.nargs(args, 3)
+  local expected = V.int(args[1], 'expected_version', -1)
+  local changes = read_fields(args, {})
+  local old = CS.require(keys[1])
+  check_version(old, expected, keys[1])
+  local rec = {}
+  for k, v in pairs(old) do rec[k] = v end
+  for k, v in pairs(changes) do rec[k] = v end
+  check_record(rec)
+  return write(keys, rec, old, T.now_ms())
+end
+
+local function campaign_get(keys, args)
+  K.check(keys, {'campaign', 'budget'})
+  V.nargs(args, 0, 0)
+  local rec = CS.load(keys[1])
+  if not rec then return false end
+  local now = T.now_ms()
+  local b = CS.budget(keys[2], rec, now)
+  local reason, _, nb = CS.assess(rec, b, now)
+  local out = {}
+  for k, v in pairs(rec) do
+    out[#out + 1] = k
+    out[#out + 1] = v
+  end
+  local extra = {'spent', b.spent, 'day', b.day, 'day_spent', b.dspent, 'reserved', b.reserved,
+    'servable', reason == '' and 1 or 0, 'reason', reason, 'not_before', nb, 'now', now}
+  for _, v in ipairs(extra) do out[#out + 1] = v end
+  return out
+end
+
+local function campaign_remove(keys, args)
+  K.check(keys, {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
+    'budget_settled_exp'})
+  V.nargs(args, 1, 1)
+  local expected = V.int(args[1], 'expected_version', -1)
+  local old = CS.load(keys[1])
+  if not old then
+    if expected > 0 then check_version(old, expected, keys[1]) end
+    return {'removed', 0, 'remove', ''}
+  end
+  check_version(old, expected, keys[1])
+  redis.call('DEL', unpack(keys))
+  return {'removed', 1, 'remove', old.shards}
+end
+
+
+redis.register_function{function_name='ac_campaign_set', callback=campaign_set, flags={}, description='Create or replace a campaign record (compare-and-set on its version).'}
+redis.register_function{function_name='ac_campaign_patch', callback=campaign_patch, flags={}, description='Change some fields of a campaign (compare-and-set on its version).'}
+redis.register_function{function_name='ac_campaign_get', callback=campaign_get, flags={'no-writes'}, description='Read a campaign: its record, budget figures and derived servability; nil if unknown.'}
+redis.register_function{function_name='ac_campaign_remove', callback=campaign_remove, flags={}, description='Delete a campaign with its budget state; replies the shards to remove it from.'}
+end
+
 -- ==== domain: freqcap (lua/freqcap.lua.j2) ====
 do
---@domain freqcap: frequency caps per user, several windows per campaign, advertiser/campaign/creative
--- levels, batch checks and idempotent, all-or-nothing impression records.
-
--- Every counter of one user lives in one hash (key `freqcap`), one field per (entity, window):
---   <scope>:<entity id>|<u><end_s>  fixed calendar window ending at <end_s> (u: m h d w M) = count
---   <scope>:<entity id>|r<n>        rolling window of n seconds (recency too) = impression times
---                                   (see FC.times), at most the rule's limit of them
---   <scope>:<entity id>|L           lifetime = count
---   ~s                              when the next lazy sweep of stale fields is due (ms)
--- scope: a (advertiser), c (campaign), k (creative). A fixed field is named by its window's end, so
--- a new period is a new field: an increment can never extend a window. Impression ids live in a
--- second hash (key `freqcap_imps`): <impression id> = "<forget at ms>|<first outcome>", ~n = when
--- its next sweep is due.
---
--- A candidate travels in ARGV as: campaign_id advertiser_id creative_id n_rules, then n_rules times
--- scope window limit. advertiser_id / creative_id may be '' when no rule uses that level. window:
---   minute | hour | day | week | month, optionally @<offset_s> (zone east of UTC, |offset| < 86400)
---   rolling:<seconds> | recency:<seconds> (limit must be 1) | lifetime
 local FC = {}
 FC.MAX_CANDIDATES = 500
 FC.MAX_RULES = 32
 FC.MAX_LIMIT = 1000000000
--- A rolling rule keeps one timestamp per counted impression: its limit bounds the memory.
 FC.MAX_ROLLING_LIMIT = 1000
 FC.MAX_SECONDS = 366 * 86400
 FC.MAX_OFFSET = 86399
@@ -901,8 +1295,6 @@ FC.SCOPES = {a = 'advertiser', c = 'campaign', k = 'creative'}
 
 function FC.fmt(n) return string.format('%d', n) end
 
--- Parse a window token (once per call: `ctx.win` caches it) into a shared window table:
--- kind, unit/off/ends or n, and `suffix`, the field name's window part ('|d1795737600', '|r60').
 function FC.window(ctx, tok, what)
   local w = ctx.win[tok]
   if w then return w end
@@ -930,12 +1322,10 @@ function FC.window(ctx, tok, what)
   return w
 end
 
--- 'candidate <c>[ rule <r>]', for error messages only (built when an error is raised).
 function FC.what(c, r)
   return 'candidate ' .. c .. (r and (' rule ' .. r) or '')
 end
 
--- An id, checked inline on the hot path; the error (and its message) only on failure.
 function FC.id(v, c, name, optional)
   if type(v) == 'string' and #v <= K.MAX_ID and (optional or v ~= '')
     and not string.find(v, '[{}]') then
@@ -944,7 +1334,6 @@ function FC.id(v, c, name, optional)
   return V.id(v, FC.what(c) .. ' ' .. name)
 end
 
--- A non-negative integer token (limit, rule count), parsed once per call.
 function FC.uint(ctx, tok, c, r, name)
   local n = ctx.lim[tok]
   if n then return n end
@@ -953,13 +1342,10 @@ function FC.uint(ctx, tok, c, r, name)
   return n
 end
 
--- A per-call context: the clock and the caches of parsed window and integer tokens.
 function FC.ctx(now)
   return {now = now, win = {}, lim = {}}
 end
 
--- Parse candidate `c` starting at args[i]; returns it and the index after it. This runs for up
--- to 500 candidates per call, so it allocates little and builds error messages only on failure.
 function FC.candidate(args, i, c, ctx)
   local nargs = #args
   if nargs < i + 3 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. FC.what(c)) end
@@ -1000,12 +1386,10 @@ function FC.candidate(args, i, c, ctx)
   return {campaign = campaign, rules = rules}, i
 end
 
--- A rule as replies name it: '<level> <window token>'.
 function FC.label(rule)
   return FC.SCOPES[rule.scope] .. ' ' .. rule.token
 end
 
--- The unique counter fields of some candidates, in first-seen order.
 function FC.fields(cands)
   local out, seen = {}, {}
   for _, cand in ipairs(cands) do
@@ -1019,7 +1403,6 @@ function FC.fields(cands)
   return out
 end
 
--- field -> stored value, for the fields that exist (HMGET in chunks: unpack has a stack limit).
 function FC.fetch(key, fields)
   local vals = {}
   for s = 1, #fields, FC.CHUNK do
@@ -1033,9 +1416,6 @@ function FC.fetch(key, fields)
   return vals
 end
 
--- Rolling times are stored compactly: the first (epoch ms) in base 36, then each as its base-36
--- gap to the previous one, ascending, comma-separated. 10 times within an hour take ~62 bytes, so
--- the user's hash keeps its compact listpack encoding (values up to 64 bytes by default).
 FC.DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
 
 function FC.b36(n)
@@ -1079,8 +1459,6 @@ function FC.count_of(v)
   return n
 end
 
--- One rule against its stored value: remaining impressions (>= 0) and when it frees up
--- (0: not blocking, -1: never under this rule, else epoch ms).
 function FC.eval(rule, v, now)
   if rule.kind == 'rolling' then
     local ts = FC.times(v)
@@ -1091,7 +1469,6 @@ function FC.eval(rule, v, now)
     end
     if c < rule.limit then return rule.limit - c, 0 end
     if rule.limit == 0 then return 0, -1 end
-    -- The count drops below the limit when the (c - limit + 1)-th time in the window leaves it.
     return 0, ts[#ts - rule.limit + 1] + rule.n * 1000
   end
   local c = FC.count_of(v)
@@ -1100,8 +1477,6 @@ function FC.eval(rule, v, now)
   return 0, rule.ends
 end
 
--- allowed (1/0), remaining (-1: no rule), blocking rule index (0: none), frees at (ms, -1 never).
--- Several blocking rules: the one that frees last is reported (the candidate waits for all).
 function FC.decide(cand, vals, now)
   local remaining, idx, frees = -1, 0, 0
   for r, rule in ipairs(cand.rules) do
@@ -1115,7 +1490,6 @@ function FC.decide(cand, vals, now)
   return 1, remaining, 0, 0
 end
 
--- When a field becomes stale (ms); nil for lifetime and bookkeeping fields.
 function FC.stale_at(field, value)
   local win = string.match(field, '|([^|]+)$')
   if not win then return nil end
@@ -1134,16 +1508,11 @@ function FC.hdel(key, names)
   end
 end
 
--- Move the key's expiry to `at` unless it already expires later (never shortened).
 function FC.extend(key, at)
   local cur = redis.call('PEXPIRETIME', key)
   if cur == -1 or (cur >= 0 and cur < at) then redis.call('PEXPIREAT', key, at) end
 end
 
--- Lazy sweep: once the earliest stale time `due` (read by the caller) has passed, drop every
--- stale field of the hash. `stale(field, value)` gives a field's stale time or nil; `due_field`
--- names the bookkeeping field, which the caller rewrites. Returns the new due time (nil: nothing
--- left to sweep) and whether it swept.
 function FC.sweep(key, due_field, due, now, stale)
   if not due or due > now then return due, false end
   local flat = redis.call('HGETALL', key)
@@ -1162,8 +1531,6 @@ function FC.sweep(key, due_field, due, now, stale)
   return soonest, true
 end
 
--- Count one impression in every window of the candidate (each field once), with one HSET that
--- also writes the sweep-due time; then move the key's expiry to its longest window.
 function FC.count(key, cand, vals, now, due)
   local keep = {}
   for _, rule in ipairs(cand.rules) do
@@ -1181,7 +1548,6 @@ function FC.count(key, cand, vals, now, due)
           if t > from then kept[#kept + 1] = t end
         end
         kept[#kept + 1] = now
-        -- Gaps must not be negative, even if the clock stepped back (a failover to another host).
         if #kept > 1 and now < kept[#kept - 1] then table.sort(kept) end
         value = FC.encode_times(kept, math.max(1, #kept - keep[f] + 1), #kept)
         stale = now + rule.n * 1000
@@ -1213,20 +1579,12 @@ function FC.imp_stale(_, value)
   return tonumber(string.match(value, '^(%d+)|'))
 end
 
--- Reply of a record: admitted, remaining, rule index, rule label, frees at, duplicate.
 function FC.outcome_reply(s, duplicate)
   local ok, rem, idx, frees, label = string.match(s, '^(%-?%d+)|(%-?%d+)|(%d+)|(%-?%d+)|(.*)$')
   if not ok then E.fail('ADCACHE_WRONGTYPE', 'a recorded impression holds ' .. s) end
   return {tonumber(ok), tonumber(rem), tonumber(idx), label, tonumber(frees), duplicate}
 end
 
---- @function ac_freqcap_check
---- @flags no-writes
---- @summary For one user, which of up to 500 candidates its caps allow, and when blocked ones free up.
---- @keys freqcap
---- @argv n_candidates, then per candidate: campaign_id advertiser_id creative_id n_rules [scope window limit]...
---- @reply flat array, 5 entries per candidate in order: allowed (1/0), remaining impressions (-1 when the candidate has no rule), blocking rule index (1-based, 0 when allowed), its label ("<level> <window>", '' when allowed), frees at (epoch ms; -1 never; 0 when allowed)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function freqcap_check(keys, args)
   K.check(keys, {'freqcap'})
   V.nargs(args, 1)
@@ -1256,12 +1614,6 @@ local function freqcap_check(keys, args)
   return out
 end
 
---- @function ac_freqcap_record
---- @summary Count one impression in every window of a candidate, or refuse it counting nothing; idempotent by impression id.
---- @keys freqcap freqcap_imps
---- @argv impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...
---- @reply array: admitted (1/0), remaining after it (-1 when no rule), blocking rule index (0 when admitted), its label, frees at (ms, -1 never, 0 when admitted), duplicate (1 when the impression id was seen: the first outcome is replayed and nothing is counted)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function freqcap_record(keys, args)
   K.check(keys, {'freqcap', 'freqcap_imps'})
   V.nargs(args, 6)
@@ -1282,7 +1634,6 @@ local function freqcap_record(keys, args)
   fields[#fields + 1] = '~s'
   local vals = FC.fetch(keys[1], fields)
   local ok, rem, idx, frees = FC.decide(cand, vals, now)
-  -- First write. The sweep drops only fields outside their window, which decide() ignores anyway.
   local due, swept = FC.sweep(keys[1], '~s', tonumber(vals['~s']), now, FC.stale_at)
   if ok == 1 then
     FC.count(keys[1], cand, vals, now, due)
@@ -1304,17 +1655,10 @@ local function freqcap_record(keys, args)
   return FC.outcome_reply(outcome, 0)
 end
 
--- The entity part ('<scope>:<id>') and window part of a counter field.
 function FC.split(field)
   return string.match(field, '^(.*)|([^|]+)$')
 end
 
---- @function ac_freqcap_reset
---- @summary Forget a user's cap counters: all of them (and the impression ids), or one advertiser's, campaign's or creative's.
---- @keys freqcap freqcap_imps
---- @argv [scope entity_id]  (scope a, c or k; none: everything of the user)
---- @reply integer: the number of counter fields removed
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG
 local function freqcap_reset(keys, args)
   K.check(keys, {'freqcap', 'freqcap_imps'})
   V.nargs(args, 0, 2)
@@ -1339,13 +1683,6 @@ local function freqcap_reset(keys, args)
   return #dead
 end
 
---- @function ac_freqcap_inspect
---- @flags no-writes
---- @summary A user's live cap counters (for support tools), optionally of one advertiser, campaign or creative.
---- @keys freqcap
---- @argv [scope entity_id]
---- @reply flat array, 5 entries per live counter sorted by field: scope (advertiser/campaign/creative), entity id, window (minute..month, rolling:<s>, lifetime), count, ends at (fixed: window end; rolling: when the oldest counted impression leaves; lifetime: -1)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_WRONGTYPE
 local function freqcap_inspect(keys, args)
   K.check(keys, {'freqcap'})
   V.nargs(args, 0, 2)
@@ -1398,6 +1735,7 @@ local function freqcap_inspect(keys, args)
   return out
 end
 
+
 redis.register_function{function_name='ac_freqcap_check', callback=freqcap_check, flags={'no-writes'}, description='For one user, which of up to 500 candidates its caps allow, and when blocked ones free up.'}
 redis.register_function{function_name='ac_freqcap_record', callback=freqcap_record, flags={}, description='Count one impression in every window of a candidate, or refuse it counting nothing; idempotent by impression id.'}
 redis.register_function{function_name='ac_freqcap_reset', callback=freqcap_reset, flags={}, description='Forget a user\'s cap counters: all of them (and the impression ids), or one advertiser\'s, campaign\'s or creative\'s.'}
@@ -1406,38 +1744,18 @@ end
 
 -- ==== domain: monitor (lua/monitor.lua.j2) ====
 do
---@domain monitor: adcache's own counters, per node (see lua/_metrics.lua.j2 for the names).
-
-
---- @function ac_monitor_counters
---- @flags no-writes
---- @summary This node's adcache counters since the library was loaded here.
---- @keys none
---- @argv none
---- @reply field/value array: counter name, integer count (names sorted; empty when nothing counted)
---- @errors ADCACHE_ARITY
 local function monitor_counters(keys, args)
   if #keys ~= 0 then E.fail('ADCACHE_ARITY', 'expected no keys, got ' .. #keys) end
   V.nargs(args, 0, 0)
   return C.flat()
 end
 
+
 redis.register_function{function_name='ac_monitor_counters', callback=monitor_counters, flags={'no-writes'}, description='This node\'s adcache counters since the library was loaded here.'}
 end
 
 -- ==== domain: profile (lua/profile.lua.j2) ====
 do
---@domain profile: user profiles with an idle TTL, field-level patches, compare-and-set on a version
--- and atomic behaviour-score increments.
-
--- Record (hash) under the user's tag:
---   v        version: 1 on creation, +1 on every set or patch (activity does not bump it: score
---            increments commute, so they must not make an unrelated patch conflict)
---   score    behaviour score, integer in thousandths (75.5 points = 75500); never a float
---   last     last activity (ms)        created / updated   first write / last set or patch (ms)
---   idle     idle TTL (ms): the key expires that long after the last set, patch or activity
---   segment  the primary segment label   interests   comma-separated tokens
---   d.<name> demographics                x.<name>    extra attributes
 local DEFAULT_IDLE_MS = 30 * T.DAY
 local MAX_IDLE_MS = 400 * T.DAY
 local MAX_FIELDS = 128
@@ -1449,8 +1767,6 @@ local MAX_DELTA = 1000000000000
 
 local P = {}
 
--- Interests: comma-separated tokens, each 1..64 bytes with no control character; duplicates are
--- dropped (first one kept). Returns the normalized string.
 function P.interests(v)
   if v == '' then return '' end
   local out, seen = {}, {}
@@ -1470,9 +1786,6 @@ function P.interests(v)
   return table.concat(out, ',')
 end
 
--- Field/value pairs of set and patch, from args[first..]. Returns a list of {field, value} with
--- value '' meaning "absent" (patch deletes the field, set leaves it out). Reserved bookkeeping
--- fields (v, created, updated, idle) are refused.
 function P.fields(args, first)
   local n = #args - first + 1
   if n % 2 ~= 0 then E.fail('ADCACHE_ARITY', 'fields must come as name/value pairs') end
@@ -1507,7 +1820,6 @@ function P.fields(args, first)
   return out
 end
 
--- The stored version (0 when there is no profile); refuses a key the library did not write.
 function P.version(key)
   local v = redis.call('HGET', key, 'v')
   if v then return tonumber(v) end
@@ -1517,7 +1829,6 @@ function P.version(key)
   return 0
 end
 
--- expected_version: '-' for any, else an integer (0 = the profile must not exist).
 function P.expect(arg, current)
   if arg == '-' then return end
   local want = V.uint(arg, 'expected_version')
@@ -1526,7 +1837,6 @@ function P.expect(arg, current)
   end
 end
 
--- idle_ttl_ms: 0 keeps the stored idle TTL (the default for a new profile).
 function P.idle(arg, key)
   local idle = V.uint(arg, 'idle_ttl_ms', MAX_IDLE_MS)
   if idle > 0 then return idle end
@@ -1559,13 +1869,6 @@ function P.write(key, version, now, idle, fields, replace)
   return {version, now + idle}
 end
 
---- @function ac_profile_get
---- @flags no-writes
---- @summary Read a profile; nil when it is unknown or expired.
---- @keys profile
---- @argv none
---- @reply field/value array of the record plus pttl (ms), or nil
---- @errors ADCACHE_ARITY ADCACHE_BADKEY
 local function profile_get(keys, args)
   K.check(keys, {'profile'})
   V.nargs(args, 0, 0)
@@ -1576,14 +1879,6 @@ local function profile_get(keys, args)
   return flat
 end
 
---- @function ac_profile_set
---- @summary Replace a whole profile (score reset unless given), optionally compare-and-set.
---- @keys profile
---- @argv idle_ttl_ms expected_version [field value]... -- idle_ttl_ms 0 keeps the stored idle TTL
----   (30 days for a new profile); expected_version '-' for any, 0 for "must not exist"; fields are
----   score, last, segment, interests, d.<name>, x.<name>; an empty value leaves the field out
---- @reply array: version, expires_at_ms
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_CONFLICT ADCACHE_WRONGTYPE
 local function profile_set(keys, args)
   K.check(keys, {'profile'})
   V.nargs(args, 2)
@@ -1594,14 +1889,6 @@ local function profile_set(keys, args)
   return P.write(keys[1], current + 1, T.now_ms(), idle, fields, true)
 end
 
---- @function ac_profile_patch
---- @summary Change some fields of a profile in one call (creates it when absent), optionally
----   compare-and-set.
---- @keys profile
---- @argv idle_ttl_ms expected_version [field value]... -- as for ac_profile_set; an empty value
----   deletes the field
---- @reply array: version, expires_at_ms
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_CONFLICT ADCACHE_WRONGTYPE
 local function profile_patch(keys, args)
   K.check(keys, {'profile'})
   V.nargs(args, 2)
@@ -1612,15 +1899,6 @@ local function profile_patch(keys, args)
   return P.write(keys[1], current + 1, T.now_ms(), idle, fields, false)
 end
 
---- @function ac_profile_activity
---- @summary Record activity: add to the behaviour score, set last activity to now and refresh the
----   idle TTL, atomically.
---- @keys profile
---- @argv score_delta idle_ttl_ms missing -- score_delta in thousandths (may be negative or 0);
----   idle_ttl_ms 0 keeps the stored idle TTL; missing is create (an unknown user gets a minimal
----   profile: version 1, score = delta) or fail (ADCACHE_NOTFOUND)
---- @reply array: score, last_ms, version, expires_at_ms, created (1 when this call created it)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function profile_activity(keys, args)
   K.check(keys, {'profile'})
   V.nargs(args, 3, 3)
@@ -1648,6 +1926,7 @@ local function profile_activity(keys, args)
   return {score, now, current, now + idle, created}
 end
 
+
 redis.register_function{function_name='ac_profile_get', callback=profile_get, flags={'no-writes'}, description='Read a profile; nil when it is unknown or expired.'}
 redis.register_function{function_name='ac_profile_set', callback=profile_set, flags={}, description='Replace a whole profile (score reset unless given), optionally compare-and-set.'}
 redis.register_function{function_name='ac_profile_patch', callback=profile_patch, flags={}, description='Change some fields of a profile in one call (creates it when absent), optionally compare-and-set.'}
@@ -1656,15 +1935,6 @@ end
 
 -- ==== domain: segment (lua/segment.lua.j2) ====
 do
---@domain segment: audience segment memberships, each with its own expiry, kept on two sides.
-
--- User side, tag {u:<id>}: user_segments (zset segment -> expiry ms). It is the authority: targeting
--- reads it. Segment side, tag {g:<id>}: segment_members (zset user -> added ms, for newest-first
--- pages) and segment_expiry (zset user -> expiry ms, for pruning). A client adds the segment side
--- first and removes the user side first, so the segment side always lists every membership the
--- user side holds (plus, after a crash between the two calls, one the retry or the expiry removes).
--- Expired members are never returned; writes prune them (the user side fully, the segment side in
--- bounded batches). Every key expires at its latest member expiry.
 local MAX_TTL_MS = 400 * T.DAY
 local DEFAULT_MAX_SEGMENTS = 256
 local HARD_MAX_SEGMENTS = 4096
@@ -1674,14 +1944,12 @@ local MAX_PAGE = 1000
 
 local S = {}
 
--- Expire `key` at its highest score (it then dies with its last member); delete it when empty.
 function S.expire_at_max(key)
   local top = redis.call('ZRANGE', key, 0, 0, 'REV', 'WITHSCORES')
   if #top == 0 then return end
   redis.call('PEXPIREAT', key, tonumber(top[2]))
 end
 
--- Drop up to `limit` expired members from the segment side (both zsets).
 function S.prune_segment(members, expiry, now, limit)
   local gone = redis.call('ZRANGE', expiry, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
   if #gone > 0 then
@@ -1691,7 +1959,6 @@ function S.prune_segment(members, expiry, now, limit)
   return #gone
 end
 
--- Both segment-side zsets expire at the latest membership expiry.
 function S.sync_ttl(members, expiry)
   S.expire_at_max(expiry)
   local pt = redis.call('PEXPIRETIME', expiry)
@@ -1705,13 +1972,6 @@ function S.check_zset(key)
   end
 end
 
---- @function ac_segment_add
---- @summary Segment side of a membership: add a user (or refresh its expiry), prune expired ones.
---- @keys segment_members segment_expiry
---- @argv user_id ttl_ms max_members -- the membership expires ttl_ms from now; max_members bounds
----   the segment (up to 10,000,000); re-adding keeps the time added and sets the new expiry
---- @reply array: expires_at_ms, added (1 when the user was not a member), members (count)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function segment_add(keys, args)
   K.check(keys, {'segment_members', 'segment_expiry'})
   V.nargs(args, 3, 3)
@@ -1724,7 +1984,6 @@ local function segment_add(keys, args)
   local old = tonumber(redis.call('ZSCORE', keys[2], user))
   local is_new = not old or old <= now
   if is_new then
-    -- A full segment refuses before it writes (a pruned batch would not be undone by the error).
     local live = redis.call('ZCOUNT', keys[2], '(' .. now, '+inf')
     if live >= max then
       E.fail('ADCACHE_LIMIT', 'segment has ' .. live .. ' members, the limit is ' .. max)
@@ -1732,7 +1991,6 @@ local function segment_add(keys, args)
   end
   S.prune_segment(keys[1], keys[2], now, PRUNE_BATCH)
   local expires = now + ttl
-  -- A refresh keeps the time added (ZADD NX); a new or lapsed membership starts now.
   if is_new then
     redis.call('ZADD', keys[1], now, user)
   else
@@ -1743,12 +2001,6 @@ local function segment_add(keys, args)
   return {expires, is_new and 1 or 0, redis.call('ZCARD', keys[2])}
 end
 
---- @function ac_segment_remove
---- @summary Segment side of a membership: remove a user (idempotent), prune expired ones.
---- @keys segment_members segment_expiry
---- @argv user_id
---- @reply integer: 1 when a live membership was removed, else 0
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_WRONGTYPE
 local function segment_remove(keys, args)
   K.check(keys, {'segment_members', 'segment_expiry'})
   V.nargs(args, 1, 1)
@@ -1764,21 +2016,11 @@ local function segment_remove(keys, args)
   return (exp and exp > now) and 1 or 0
 end
 
---- @function ac_segment_members
---- @flags no-writes
---- @summary A page of a segment's live members, newest first.
---- @keys segment_members segment_expiry
---- @argv cursor count -- cursor '' for the first page, else the next_cursor of the previous page;
----   count 1..1000
---- @reply array: next_cursor ('' after the last page), then user, added_ms, expires_at_ms per member
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_WRONGTYPE
 local function segment_members(keys, args)
   K.check(keys, {'segment_members', 'segment_expiry'})
   V.nargs(args, 2, 2)
   local cursor = V.str(args[1], 'cursor', 160)
   local count = V.pos(args[2], 'count', MAX_PAGE)
-  -- The cursor is the (added_ms, user) of the last member returned. Its rank in newest-first
-  -- order is recomputed from the scores, so it stays exact when members come and go between pages.
   local rank = 0
   if cursor ~= '' then
     local s, u = string.match(cursor, '^(%d+):(.+)$')
@@ -1818,13 +2060,6 @@ local function segment_members(keys, args)
   return out
 end
 
---- @function ac_segment_join
---- @summary User side of a membership: record the segment with its expiry, prune expired ones.
---- @keys user_segments
---- @argv segment_id expires_at_ms max_segments -- expires_at_ms as returned by ac_segment_add;
----   max_segments bounds the user's live memberships (up to 4096)
---- @reply array: joined (1 new, 0 refreshed, -1 already expired: nothing written), segments (count)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function segment_join(keys, args)
   K.check(keys, {'user_segments'})
   V.nargs(args, 3, 3)
@@ -1851,12 +2086,6 @@ local function segment_join(keys, args)
   return {is_new and 1 or 0, redis.call('ZCARD', keys[1])}
 end
 
---- @function ac_segment_leave
---- @summary User side of a membership: drop the segment (idempotent), prune expired ones.
---- @keys user_segments
---- @argv segment_id
---- @reply integer: 1 when a live membership was dropped, else 0
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_WRONGTYPE
 local function segment_leave(keys, args)
   K.check(keys, {'user_segments'})
   V.nargs(args, 1, 1)
@@ -1870,20 +2099,13 @@ local function segment_leave(keys, args)
   return (old and old > now) and 1 or 0
 end
 
---- @function ac_segment_of
---- @flags no-writes
---- @summary A user's live segment memberships, soonest expiry first.
---- @keys user_segments
---- @argv none
---- @reply array: segment_id, expires_at_ms per live membership
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_WRONGTYPE
 local function segment_of(keys, args)
   K.check(keys, {'user_segments'})
   V.nargs(args, 0, 0)
-  -- (a foreign key type fails in ZRANGE itself: WRONGTYPE, read as CorruptStateError)
   local flat = redis.call('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
   return flat
 end
+
 
 redis.register_function{function_name='ac_segment_add', callback=segment_add, flags={}, description='Segment side of a membership: add a user (or refresh its expiry), prune expired ones.'}
 redis.register_function{function_name='ac_segment_remove', callback=segment_remove, flags={}, description='Segment side of a membership: remove a user (idempotent), prune expired ones.'}
@@ -1895,12 +2117,6 @@ end
 
 -- ==== domain: session (lua/session.lua.j2) ====
 do
---@domain session: browsing sessions with a sliding idle TTL inside an absolute lifetime.
-
--- Record (hash): user, created, deadline (absolute end, ms), idle (ms), touched (ms),
--- a.<name> = attribute value, imps = impressions recorded, i.<campaign> = impressions per campaign.
--- The key's PEXPIREAT is always min(touched + idle, deadline). The optional second key, the
--- session's context history (a list, newest first), always carries the same PEXPIREAT.
 local MAX_TTL_MS = 30 * T.DAY
 local MAX_ATTRS = 64
 local MAX_ATTR_VALUE = 4096
@@ -1910,9 +2126,6 @@ local MAX_TOKEN = 64
 local MAX_REFERRER = 512
 local MAX_TOP = 100
 local MAX_CAMPAIGNS = 256
--- A user's session index: each entry's score bounds the session's end from above. The index
--- call runs just before the session is created, so its clock reads a little earlier: the slack
--- keeps the bound above the session's real deadline.
 local INDEX_SLACK_MS = 5 * T.SECOND
 local DEFAULT_MAX_SESSIONS = 256
 local HARD_MAX_SESSIONS = 4096
@@ -1920,7 +2133,6 @@ local MAX_REMOVE = 1000
 
 local SS = {}
 
--- The session's idle and deadline; NotFound when it is gone, WrongType when the key is foreign.
 function SS.live(key)
   local v = redis.call('HMGET', key, 'idle', 'deadline')
   if not v[1] then
@@ -1939,8 +2151,6 @@ function SS.check_list(key)
   end
 end
 
--- Context tokens (categories, keywords): 1..64 bytes, no comma or control character. Duplicates
--- within one entry are dropped, so a token counts once per entry.
 function SS.tokens(args, first, last, what)
   if last - first + 1 > MAX_TOKENS then
     E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_TOKENS .. ' ' .. what .. ' per entry')
@@ -1960,13 +2170,11 @@ function SS.tokens(args, first, last, what)
   return table.concat(out, ',')
 end
 
--- One history entry: '<ms>\t<kind>\t<categories>\t<keywords>\t<referrer>'.
 function SS.parse_entry(e)
   local ms, kind, cats, kws, ref = string.match(e, '^(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
   return tonumber(ms), kind, cats, kws, ref
 end
 
--- Sorted name/weight flat array of the `top` heaviest tokens (ties by name).
 function SS.top(weights, top)
   local names = {}
   for n, w in pairs(weights) do
@@ -1992,13 +2200,6 @@ local function record_reply(key)
   return flat
 end
 
---- @function ac_session_create
---- @summary Create a session for a user with an idle TTL and an absolute lifetime.
---- @keys session session_history...
---- @argv user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]... -- the history key is
----   optional; given, a stale history of an earlier session with the same id is dropped
---- @reply the record as for ac_session_get
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_EXISTS
 local function session_create(keys, args)
   K.check(keys, {'session'}, 'session_history', 1)
   V.nargs(args, 3)
@@ -2022,25 +2223,12 @@ local function session_create(keys, args)
   return record_reply(keys[1])
 end
 
---- @function ac_session_get
---- @flags no-writes
---- @summary Read a session; nil when it is unknown or expired.
---- @keys session
---- @argv none
---- @reply field/value array of the record plus pttl, or nil
---- @errors ADCACHE_ARITY ADCACHE_BADKEY
 local function session_get(keys, args)
   K.check(keys, {'session'})
   V.nargs(args, 0, 0)
   return record_reply(keys[1])
 end
 
---- @function ac_session_touch
---- @summary Slide the idle TTL forward from now, never past the absolute lifetime.
---- @keys session session_history...
---- @argv none -- the history key is optional; given, it gets the same expiry
---- @reply array: expires_at_ms, deadline_ms
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function session_touch(keys, args)
   K.check(keys, {'session'}, 'session_history', 1)
   V.nargs(args, 0, 0)
@@ -2053,14 +2241,6 @@ local function session_touch(keys, args)
   return {expires, deadline}
 end
 
---- @function ac_session_delete
---- @summary Delete a session. With the history key, its history too; with user_id, only a
----   session of that user.
---- @keys session session_history...
---- @argv [user_id] -- given, a session of another user is left alone (reply 0); the history key
----   is optional
---- @reply integer: 1 when a session was deleted, 0 when there was none
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG
 local function session_delete(keys, args)
   K.check(keys, {'session'}, 'session_history', 1)
   V.nargs(args, 0, 1)
@@ -2075,16 +2255,6 @@ local function session_delete(keys, args)
   return n
 end
 
---- @function ac_session_track
---- @summary A page view or ad request: append its context to the bounded history and slide the
----   idle TTL (a touch), in one call.
---- @keys session session_history
---- @argv kind max_history referrer n_categories category... keyword... -- kind view or request;
----   max_history 1..500 entries kept (newest first); referrer up to 512 bytes ('' for none);
----   then n_categories categories and the rest keywords (each at most 16, 1..64 bytes, no comma
----   or control character; duplicates in one entry count once)
---- @reply array: expires_at_ms, deadline_ms, history_length
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function session_track(keys, args)
   K.check(keys, {'session', 'session_history'})
   V.nargs(args, 4)
@@ -2107,14 +2277,6 @@ local function session_track(keys, args)
   return {expires, deadline, redis.call('LLEN', keys[2])}
 end
 
---- @function ac_session_history
---- @flags no-writes
---- @summary The newest entries of a session's context history.
---- @keys session session_history
---- @argv count -- 1..500
---- @reply array of entries, newest first, each an array: at_ms, kind, categories (comma-separated),
----   keywords (comma-separated), referrer; nil when the session is unknown or expired
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_WRONGTYPE
 local function session_history(keys, args)
   K.check(keys, {'session', 'session_history'})
   V.nargs(args, 1, 1)
@@ -2129,18 +2291,6 @@ local function session_history(keys, args)
   return out
 end
 
---- @function ac_session_context
---- @flags no-writes
---- @summary The session's weighted interests for targeting: recent context weighs more.
---- @keys session session_history
---- @argv half_life_ms top -- an entry of age a (ms) weighs floor(1000 * 2^(-a / half_life_ms))
----   thousandths (1000 when it is new, 500 one half-life later); a category's or keyword's weight
----   is the sum over the history entries that carry it; the `top` (1..100) heaviest of each are
----   returned, heaviest first (ties by name), tokens of weight 0 left out
---- @reply field/value array: now <ms>, entries <n>, impressions <n>, categories <array of name,
----   weight>, keywords <array of name, weight>, referrer <the newest entry's, or ''>; nil when the
----   session is unknown or expired
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_WRONGTYPE
 local function session_context(keys, args)
   K.check(keys, {'session', 'session_history'})
   V.nargs(args, 2, 2)
@@ -2167,14 +2317,6 @@ local function session_context(keys, args)
     'keywords', SS.top(kww, top), 'referrer', referrer}
 end
 
---- @function ac_session_impression
---- @summary Count an impression in the session unless a per-session or per-campaign cap is reached.
---- @keys session
---- @argv session_cap campaign_id campaign_cap -- caps are counts, 0 for no cap; campaign_id '' for
----   none (then campaign_cap is ignored); a session counts at most 256 distinct campaigns
---- @reply array: allowed (1 or 0), reason (ok, session_cap, campaign_cap, campaign_limit),
----   session_impressions, campaign_impressions (after the call)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_NOTFOUND ADCACHE_WRONGTYPE
 local function session_impression(keys, args)
   K.check(keys, {'session'})
   V.nargs(args, 3, 3)
@@ -2198,14 +2340,6 @@ local function session_impression(keys, args)
   return {1, 'ok', redis.call('HINCRBY', keys[1], 'imps', 1), redis.call('HINCRBY', keys[1], f, 1)}
 end
 
---- @function ac_session_index_add
---- @summary Add a session to its user's index (before the session is created; idempotent).
---- @keys user_sessions
---- @argv session_id max_lifetime_ms max_sessions -- the entry is kept until now + max_lifetime_ms
----   + 5 s (an upper bound of the session's end; a retry only raises it); max_sessions bounds the
----   user's live entries (up to 4096)
---- @reply array: bound_ms, sessions (count)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function session_index_add(keys, args)
   K.check(keys, {'user_sessions'})
   V.nargs(args, 3, 3)
@@ -2230,12 +2364,6 @@ local function session_index_add(keys, args)
   return {tonumber(redis.call('ZSCORE', keys[1], sid)), redis.call('ZCARD', keys[1])}
 end
 
---- @function ac_session_index_remove
---- @summary Remove sessions from their user's index (after they were deleted; idempotent).
---- @keys user_sessions
---- @argv session_id... -- 1 to 1000 ids
---- @reply integer: entries removed
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function session_index_remove(keys, args)
   K.check(keys, {'user_sessions'})
   V.nargs(args, 1)
@@ -2246,13 +2374,6 @@ local function session_index_remove(keys, args)
   return redis.call('ZREM', keys[1], unpack(args))
 end
 
---- @function ac_session_index_list
---- @flags no-writes
---- @summary The sessions of a user's index whose bound has not passed (they may have idled out).
---- @keys user_sessions
---- @argv none
---- @reply array: session_id, bound_ms per entry, soonest bound first
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_WRONGTYPE
 local function session_index_list(keys, args)
   K.check(keys, {'user_sessions'})
   V.nargs(args, 0, 0)
@@ -2260,6 +2381,7 @@ local function session_index_list(keys, args)
   if t ~= 'zset' and t ~= 'none' then E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an index') end
   return redis.call('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
 end
+
 
 redis.register_function{function_name='ac_session_create', callback=session_create, flags={}, description='Create a session for a user with an idle TTL and an absolute lifetime.'}
 redis.register_function{function_name='ac_session_get', callback=session_get, flags={'no-writes'}, description='Read a session; nil when it is unknown or expired.'}
@@ -2276,23 +2398,6 @@ end
 
 -- ==== domain: stats (lua/stats.lua.j2) ====
 do
---@domain stats: campaign performance in real time. Hourly and daily buckets (hashes of integer
--- counters), HyperLogLogs of user ids for unique reach, and hourly sets of event ids to drop retried
--- deliveries.
-
---
--- Every stats call passes one key, the campaign's stats_meta, and derives its bucket keys from that
--- key's tag (K.stats_hour(tag, ...) ...): the buckets are named by the server's date in the
--- configured UTC offset (T.ymd / T.ymdh of T.now_ms()), which the client does not know, and a
--- summary over N days touches up to 3N keys. All of them share the campaign's hash tag.
---
--- Bucket fields are integers: impressions, clicks, conversions, cost_micros, revenue_micros.
--- Sums over many buckets can pass 2^53 (the last exact Lua integer), so summary and series reply
--- with the sums as decimal strings, added exactly in two limbs (the low 9 digits and the rest).
---
--- Summary and series only read, yet are not flagged no-writes: they need PFCOUNT, which Redis
--- marks may-replicate (it may cache the estimate inside the HyperLogLog) and refuses in read-only
--- functions. So they go through FCALL to the primary, not to replicas.
 local FIELDS = {'impressions', 'clicks', 'conversions', 'cost_micros', 'revenue_micros'}
 local MAX_EVENTS = 1000
 local MAX_COUNT = 1000000000
@@ -2310,13 +2415,11 @@ function S.offset(v)
   return V.int(v, 'offset_s', -MAX_OFFSET_S, MAX_OFFSET_S)
 end
 
--- Start (ms) of the UTC-offset hour / day holding `ms`, and its label.
 function S.bucket(unit, ms, off)
   if unit == 'hour' then return T.period_start(ms, 'hour', off), T.ymdh(ms, off) end
   return T.period_start(ms, 'day', off), T.ymd(ms, off)
 end
 
--- The n buckets ending with the current one, oldest first: list of {label, counters key, reach key}.
 function S.range(tag, unit, n, now, off)
   local step = unit == 'hour' and T.HOUR or T.DAY
   local start = S.bucket(unit, now, off)
@@ -2341,7 +2444,6 @@ function S.range_args(args)
   return unit, n, S.offset(args[3])
 end
 
--- A stored counter as a non-negative decimal string ('0' when absent).
 function S.stored(v, key)
   if not v then return '0' end
   if not string.match(v, '^%d+$') then
@@ -2350,8 +2452,6 @@ function S.stored(v, key)
   return v
 end
 
--- Exact sum of decimal strings: each value is split into a high part and 9 low digits, both exact
--- doubles, so the total is exact far beyond 2^53.
 function S.sum_new() return {0, 0} end
 
 function S.sum_add(acc, s)
@@ -2377,14 +2477,6 @@ function S.wrong_type(key, want)
   end
 end
 
---- @function ac_stats_record
---- @summary Record a batch of events in the campaign's current hour and day buckets, once each.
---- @keys stats_meta
---- @argv offset_s hour_retention_s day_retention_s dedup_s
----   [impressions clicks conversions cost_micros revenue_micros user_id event_id]...
----   (7 values per event, at most 1000 events; user_id and event_id may be empty strings)
---- @reply array: recorded events, duplicates dropped, hour label YYYYMMDDHH, day label YYYYMMDD
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function stats_record(keys, args)
   local tag = K.check(keys, {'stats_meta'})
   V.nargs(args, 4)
@@ -2407,7 +2499,6 @@ local function stats_record(keys, args)
     ev[4] = M.amount(args[b + 4], 'cost_micros')
     ev[5] = M.amount(args[b + 5], 'revenue_micros')
     for f = 1, 5 do
-      -- Sums stay exact Lua integers: refuse a batch whose totals could leave that range.
       bound[f] = bound[f] + ev[f]
       if bound[f] > V.MAX_INT then
         E.fail('ADCACHE_LIMIT', FIELDS[f] .. ' of one batch must add up to at most '
@@ -2426,16 +2517,12 @@ local function stats_record(keys, args)
   local _, day = S.bucket('day', now, off)
   local hkey, dkey = K.stats_hour(tag, hour), K.stats_day(tag, day)
   local rhkey, rdkey = K.stats_reach_hour(tag, hour), K.stats_reach_day(tag, day)
-  -- A key of the keyspace holding another type would fail midway: check before the first write.
   S.wrong_type(keys[1], 'hash')
   S.wrong_type(hkey, 'hash')
   S.wrong_type(dkey, 'hash')
   S.wrong_type(rhkey, 'string')
   S.wrong_type(rdkey, 'string')
 
-  -- De-dup buckets are UTC hours whatever the offset, so callers with different offsets agree.
-  -- An id recorded at t sits in the set of hour(t), kept until that hour's end + dedup_s; a retry
-  -- at t2 <= t + dedup_s looks in every hour from hour(t2 - dedup_s) to hour(t2).
   local seen_keys = {}
   local cur_ev
   if dedup > 0 then
@@ -2474,14 +2561,11 @@ local function stats_record(keys, args)
     redis.call('PEXPIREAT', cur_ev, T.period_end(now, 'hour', 0) + dedup)
   end
 
-  -- Anchored expiry: the end of the bucket plus the retention, the same at every record, so an
-  -- increment never extends a bucket's life.
   local hour_exp = hour_start + T.HOUR + hour_ttl
   local day_exp = T.period_end(now, 'day', off) + day_ttl
   local wrote = false
   for f = 1, 5 do
     if sums[f] > 0 then
-      -- As a '%d' string: Redis would print a large Lua number in exponent form.
       local by = string.format('%d', sums[f])
       redis.call('HINCRBY', hkey, FIELDS[f], by)
       redis.call('HINCRBY', dkey, FIELDS[f], by)
@@ -2503,7 +2587,6 @@ local function stats_record(keys, args)
     redis.call('HSET', keys[1], 'last_ms', now)
     redis.call('HINCRBY', keys[1], 'events', recorded)
     redis.call('HINCRBY', keys[1], 'duplicates', dups)
-    -- The owner key outlives the last daily bucket it anchors.
     redis.call('PEXPIREAT', keys[1], day_exp)
   end
   C.incr('stats_events', recorded)
@@ -2511,14 +2594,6 @@ local function stats_record(keys, args)
   return {recorded, dups, hour, day}
 end
 
---- @function ac_stats_summary
---- @summary Totals and unique reach of the last N hours or days (the current one included).
---- @keys stats_meta
---- @argv unit (hour|day) n (days <= 90, hours <= 168) offset_s
---- @reply field/value array: unit, from, to (bucket labels), buckets, impressions, clicks,
----   conversions, cost_micros, revenue_micros (decimal strings, exact), reach (integer, HyperLogLog
----   estimate over the range), last_ms (last record, 0 if none), now_ms
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function stats_summary(keys, args)
   local tag = K.check(keys, {'stats_meta'})
   local unit, n, off = S.range_args(args)
@@ -2548,13 +2623,6 @@ local function stats_summary(keys, args)
   return out
 end
 
---- @function ac_stats_series
---- @summary Per-hour or per-day values of the last N buckets, oldest first, for dashboards.
---- @keys stats_meta
---- @argv unit (hour|day) n (days <= 90, hours <= 168) offset_s
---- @reply flat array, 7 values per bucket: label, impressions, clicks, conversions, cost_micros,
----   revenue_micros (decimal strings), reach (integer estimate of the bucket)
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function stats_series(keys, args)
   local tag = K.check(keys, {'stats_meta'})
   local unit, n, off = S.range_args(args)
@@ -2569,27 +2637,112 @@ local function stats_series(keys, args)
   return out
 end
 
+
 redis.register_function{function_name='ac_stats_record', callback=stats_record, flags={}, description='Record a batch of events in the campaign\'s current hour and day buckets, once each.'}
 redis.register_function{function_name='ac_stats_summary', callback=stats_summary, flags={}, description='Totals and unique reach of the last N hours or days (the current one included).'}
 redis.register_function{function_name='ac_stats_series', callback=stats_series, flags={}, description='Per-hour or per-day values of the last N buckets, oldest first, for dashboards.'}
 end
 
+-- ==== domain: targeting (lua/targeting.lua.j2) ====
+do
+local MAX_IDS = 100
+local MAX_QUERY = 5000
+local NAMES = {'targeting_index', 'targeting_hold'}
+
+local function prune(keys, now)
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', keys[2], '-inf', now)
+  local last = redis.call('ZRANGE', keys[1], -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', keys[2])
+    return
+  end
+  redis.call('PEXPIREAT', keys[1], tonumber(last[2]))
+  if redis.call('EXISTS', keys[2]) == 1 then redis.call('PEXPIREAT', keys[2], tonumber(last[2])) end
+end
+
+local function targeting_put(keys, args)
+  K.check(keys, NAMES)
+  V.nargs(args, 3, 3)
+  local id = V.id(args[1], 'campaign_id')
+  local ends = V.pos(args[2], 'end_ms')
+  local nb = V.uint(args[3], 'not_before_ms')
+  local now = T.now_ms()
+  local indexed = 0
+  if ends > now then
+    redis.call('ZADD', keys[1], ends, id)
+    if nb > now then
+      redis.call('ZADD', keys[2], nb, id)
+    else
+      redis.call('ZREM', keys[2], id)
+    end
+    indexed = 1
+  else
+    redis.call('ZREM', keys[1], id)
+    redis.call('ZREM', keys[2], id)
+  end
+  prune(keys, now)
+  return indexed
+end
+
+local function targeting_remove(keys, args)
+  K.check(keys, NAMES)
+  V.nargs(args, 1)
+  if #args > MAX_IDS then E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_IDS .. ' ids per call') end
+  for i = 1, #args do V.id(args[i], 'campaign_id') end
+  local n = redis.call('ZREM', keys[1], unpack(args))
+  redis.call('ZREM', keys[2], unpack(args))
+  prune(keys, T.now_ms())
+  return n
+end
+
+local function targeting_query(keys, args)
+  K.check(keys, NAMES)
+  local limit = args[1] and V.pos(args[1], 'limit', MAX_QUERY) or MAX_QUERY
+  if #args - 1 > MAX_QUERY then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_QUERY .. ' candidate ids per call')
+  end
+  local now = T.now_ms()
+  if #args > 1 then
+    local ids = {unpack(args, 2)}
+    local ends = redis.call('ZMSCORE', keys[1], unpack(ids))
+    local holds = redis.call('ZMSCORE', keys[2], unpack(ids))
+    local out = {}
+    for i, id in ipairs(ids) do
+      if ends[i] and tonumber(ends[i]) > now and not (holds[i] and tonumber(holds[i]) > now) then
+        out[#out + 1] = id
+        if #out >= limit then break end
+      end
+    end
+    return out
+  end
+  local ids = redis.call('ZRANGEBYSCORE', keys[1], '(' .. now, '+inf', 'LIMIT', 0, limit)
+  local held = redis.call('ZRANGEBYSCORE', keys[2], '(' .. now, '+inf')
+  if #held == 0 then return ids end
+  local skip = {}
+  for _, id in ipairs(held) do skip[id] = true end
+  local out = {}
+  for _, id in ipairs(ids) do
+    if not skip[id] then out[#out + 1] = id end
+  end
+  return out
+end
+
+
+redis.register_function{function_name='ac_targeting_put', callback=targeting_put, flags={}, description='Index a campaign in one shard until its end, held back before not_before (idempotent).'}
+redis.register_function{function_name='ac_targeting_remove', callback=targeting_remove, flags={}, description='Remove campaigns from one shard (idempotent).'}
+redis.register_function{function_name='ac_targeting_query', callback=targeting_query, flags={'no-writes'}, description='The campaigns of one shard servable now (not ended, not held); with candidate ids, only those of them (the second round of a two-round query).'}
+end
+
 -- ==== domain: version (lua/version.lua.j2) ====
 do
---@domain version: what is deployed. The renderer fills in the version and the sha256 of the
--- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '9d53c0311df1b0b2b623bd50fc4904ba39a9ba6b9c3bf35ffdb3ff602163da4a'
+local LIBRARY_SHA256 = '3d745f2d49a5700c7d131624a28a47648a8c2a103977cd35d6d765c5c0a42583'
 
---- @function ac_version
---- @flags no-writes
---- @summary The deployed library version and the sha256 of its rendered source.
---- @keys none
---- @argv none
---- @reply field/value array: name adcache, version <semver>, sha256 <hex>
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}
 end
+
 
 redis.register_function{function_name='ac_version', callback=version, flags={'no-writes'}, description='The deployed library version and the sha256 of its rendered source.'}
 end

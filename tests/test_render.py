@@ -94,3 +94,18 @@ def test_sync_and_async_facades_have_the_same_names_and_methods() -> None:
         public = {m for m in vars(cls) if not m.startswith("_")}
         apublic = {m for m in vars(facades.ASYNC[name]) if not m.startswith("_")}
         assert public == apublic, f"{name}: sync and async differ by {public ^ apublic}"
+
+
+def test_rendered_library_fits_in_one_command_line_argument() -> None:
+    from adcache_loader.render import MAX_SOURCE_BYTES
+
+    size = len(render().source.encode())
+    assert size <= MAX_SOURCE_BYTES, (
+        f'{size} bytes: `redis-cli FUNCTION LOAD REPLACE "$(cat ...)"` would fail'
+    )
+
+
+def test_long_brackets_are_refused(lua_copy: Path) -> None:
+    (lua_copy / "zz.lua.j2").write_text("local s = [[\n-- not a comment\n]]\n")
+    with pytest.raises(RenderError, match="long brackets"):
+        render(lua_copy)

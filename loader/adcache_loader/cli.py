@@ -185,6 +185,8 @@ def acl(
                         f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
                     )
             console.print(f"ACL users set on {n.name}")
+
+
 def _cache(url: str, cluster: bool | None) -> Any:
     from adcache import AdCache
 

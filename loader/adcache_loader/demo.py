@@ -70,6 +70,8 @@ def scene_stats(cache: AdCache, console: Console) -> None:
         f"{'n/a' if h.hit_rate is None else f'{h.hit_rate:.1%}'}, "
         f"adcache counters {cache.monitor.counters().totals}"
     )
+
+
 def scene_users(cache: AdCache, console: Console) -> None:
     tag = uuid.uuid4().hex[:8]
     uid, sid, seg = f"demo-user-{tag}", f"demo-sess-{tag}", f"demo-seg-{tag}"
@@ -106,6 +108,8 @@ def scene_users(cache: AdCache, console: Console) -> None:
         )
     console.print(f"revoked {cache.sessions.revoke_all(uid)} live session(s) of {uid}")
     cache.segments.remove(uid, seg)
+
+
 def scene_auctions(cache: AdCache, console: Console) -> None:
     from adcache.auctions import Bid, Deal, Imp, cpm, notices
 
@@ -154,6 +158,8 @@ def scene_auctions(cache: AdCache, console: Console) -> None:
     console.print(
         f"billing notice: {first.status} {cpm(first.price_micros)} CPM, then {second.status}"
     )
+
+
 def scene_caps(cache: AdCache, console: Console) -> None:
     from adcache.caps import Candidate, CapRule
 
@@ -190,12 +196,57 @@ def scene_caps(cache: AdCache, console: Console) -> None:
     cache.caps.reset(user)
 
 
+def scene_campaigns(cache: AdCache, console: Console) -> None:
+    import time
+
+    from adcache.campaigns import CampaignSpec
+    from adcache.targeting import Targeting
+
+    cid, tag = f"demo-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:6]
+    sports = f"sports{tag}"
+    now = int(time.time() * 1000)
+    spec = CampaignSpec(
+        "demo-advertiser",
+        bid_cpm_micros=2_000_000,  # 2.00 CPM: an impression costs at most 2000 micros
+        budget_micros=5_000,
+        start_ms=now - 1000,
+        end_ms=now + 3_600_000,
+        targeting=Targeting.of([sports], ["KR"], ["mobile"]),
+    )
+    w = cache.campaigns.create(cid, spec)
+    console.print(f"campaign [bold]{cid}[/] v{w.version}, indexed in shards {', '.join(w.added)}")
+
+    def query() -> list[str]:
+        return cache.targeting.query(interests=[sports, "news"], location="KR", device="mobile")
+
+    console.print(f"query for a sports fan in KR on mobile: {query()}")
+    for n in range(1, 5):
+        r = cache.budgets.reserve(cid, f"auction-{n}", 2_000, 10)
+        if not r.ok:
+            console.print(f"auction-{n}: reserve refused ([yellow]{r.reason}[/])")
+            continue
+        c = cache.budgets.commit(cid, f"auction-{n}", 1_800)
+        again = cache.budgets.commit(cid, f"auction-{n}", 1_800)
+        console.print(
+            f"auction-{n}: reserved 2000, committed {c.charged_micros} (released "
+            f"{c.released_micros}); retried commit charged again? {not again.replay}; "
+            f"spent {c.spent_micros}/{spec.budget_micros}"
+            + (f", [red]exhausted ({c.exhausted})[/]" if c.exhausted else "")
+        )
+    got = cache.campaigns.get(cid)
+    if got is not None:
+        console.print(f"servable: {got.servable} (reason: {got.reason or '-'})")
+    console.print(f"query again: {query()} (out of the index at once)")
+    cache.campaigns.remove(cid)
+
+
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("sessions", scene_sessions),
     ("stats", scene_stats),
     ("users", scene_users),
     ("auctions", scene_auctions),
     ("caps", scene_caps),
+    ("campaigns", scene_campaigns),
 ]
 
 

@@ -236,6 +236,29 @@ def _parse_contracts(
     return contracts
 
 
+# One argument to redis-cli (and to any exec) is at most 128 KiB on Linux: the rendered library
+# must fit, so `redis-cli FUNCTION LOAD REPLACE "$(cat functions/adcache.lua)"` keeps working.
+MAX_SOURCE_BYTES = 128 * 1024 - 1
+_LONG_BRACKET = re.compile(r"\[=*\[")
+_COMMENT_LINE = re.compile(r"^\s*--")
+
+
+def _strip_comments(name: str, body: str) -> str:
+    """Drop full-line comments and runs of blank lines: the commented source stays in lua/ and the
+    contracts in docs/FUNCTIONS.md, and the rendered library must stay small (MAX_SOURCE_BYTES).
+    Long brackets ([[...]]) are refused in templates, so no comment-looking line is ever data."""
+    if _LONG_BRACKET.search(body):
+        raise RenderError(f"{name}: long brackets ([[ ]]) are not allowed in templates")
+    out: list[str] = []
+    for line in body.splitlines():
+        if _COMMENT_LINE.match(line):
+            continue
+        if not line.strip() and (not out or not out[-1].strip()):
+            continue
+        out.append(line.rstrip())
+    return "\n".join(out).strip() + "\n"
+
+
 def _lua_str(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -277,23 +300,28 @@ def render(lua_dir: Path | None = None) -> Rendered:
     parts = [
         "#!lua name=adcache",
         f"-- adcache {version}: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.",
+        "-- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.",
         "",
     ]
     for helper in _helper_order(helpers, domains):
         body = env.get_template(helper.path.name).render(context)
         parts.append(f"-- ==== helper: {helper.name} (lua/{helper.path.name}) ====")
-        parts.append(_INCLUDE.sub("", body).strip() + "\n")
+        parts.append(_strip_comments(helper.path.name, body))
     contracts: list[FunctionContract] = []
     for domain in domains:
         body = env.get_template(domain.path.name).render(context)
         body = _INCLUDE.sub("", body).strip()
+        if _LONG_BRACKET.search(body):
+            raise RenderError(
+                f"{domain.path.name}: long brackets ([[ ]]) are not allowed in templates"
+            )
         found = _parse_contracts(domain.name, body, errors, keyspace)
         contracts.extend(found)
         if not found:
             continue  # a domain template not yet holding functions adds nothing
         parts.append(f"-- ==== domain: {domain.name} (lua/{domain.path.name}) ====")
         parts.append("do")
-        parts.append(body)
+        parts.append(_strip_comments(domain.path.name, body))
         parts.append("")
         parts.extend(_registration(c) for c in found)
         parts.append("end\n")
@@ -302,6 +330,11 @@ def render(lua_dir: Path | None = None) -> Rendered:
     if dupes:
         raise RenderError(f"functions defined twice: {sorted(dupes)}")
     source = "\n".join(parts)
+    if len(source.encode()) > MAX_SOURCE_BYTES:
+        raise RenderError(
+            f"the rendered library is {len(source.encode())} bytes, over {MAX_SOURCE_BYTES}: "
+            "redis-cli could not take it as one argument"
+        )
     if source.count(SHA_PLACEHOLDER) != 1:
         raise RenderError("the rendered source must hold the sha256 placeholder exactly once")
     sha = hashlib.sha256(source.encode()).hexdigest()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '9d53c0311df1b0b2b623bd50fc4904ba39a9ba6b9c3bf35ffdb3ff602163da4a'
+LIBRARY_SHA256 = '3d745f2d49a5700c7d131624a28a47648a8c2a103977cd35d6d765c5c0a42583'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -51,6 +51,46 @@ def freqcap(user_id: str) -> str:
 def freqcap_imps(user_id: str) -> str:
     """recorded impression ids of one user: <impression id> = forget-at ms and the first outcome (idempotent record); ~n = when the next sweep is due (hash; TTL: PEXPIREAT the latest dedupe deadline of the impression ids it holds; expired ids removed lazily on record)."""
     return f"ad:{{u:{user_id}}}:fcimp"
+
+
+def campaign(campaign_id: str) -> str:
+    """campaign record: advertiser, status, bid (CPM micros), budgets, dates, day offset, pacing, shards (targeting), fcap and creatives (JSON), version (hash; TTL: owned by ac_campaign_remove; also expires 30 days after the campaign's end (re-armed by every set/patch))."""
+    return f"ad:{{c:{campaign_id}}}:camp"
+
+
+def budget(campaign_id: str) -> str:
+    """spend state: spent (lifetime), day + dspent (today), reserved (outstanding total), counters c_reserved/c_committed/c_released/c_reclaimed/c_late (hash; TTL: same expiry as the campaign record (re-armed on every budget write); deleted by ac_campaign_remove)."""
+    return f"ad:{{c:{campaign_id}}}:budget"
+
+
+def budget_resv(campaign_id: str) -> str:
+    """outstanding reservations: reservation id -> amount (micros) (hash; TTL: entries leave on commit, release or reclaim after their expiry; key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:resv"
+
+
+def budget_resv_exp(campaign_id: str) -> str:
+    """outstanding reservations by expiry: reservation id scored by expires_at_ms (lazy reclaim) (zset; TTL: mirrors budget_resv (members leave with their reservation); key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:resvx"
+
+
+def budget_settled(campaign_id: str) -> str:
+    """settled reservations for idempotent retries: reservation id -> state:charged:released (hash; TTL: entries forgotten 1 hour after settling (lazy prune); key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:settled"
+
+
+def budget_settled_exp(campaign_id: str) -> str:
+    """settled reservations scored by forget_at_ms (zset; TTL: mirrors budget_settled; key as the campaign record)."""
+    return f"ad:{{c:{campaign_id}}}:settledx"
+
+
+def targeting_index(targeting_id: str) -> str:
+    """one targeting shard (<dimension>.<value>): campaign id scored by the campaign's end_ms (zset; TTL: members removed by ac_targeting_remove or pruned once ended; the key expires at its latest member's end)."""
+    return f"ad:{{t:{targeting_id}}}:idx"
+
+
+def targeting_hold(targeting_id: str) -> str:
+    """campaigns of the shard not servable before a time (start date, daily budget spent): id scored by not_before_ms (zset; TTL: as targeting_index; members pruned once their hold has passed)."""
+    return f"ad:{{t:{targeting_id}}}:hold"
 
 
 def profile(user_id: str) -> str:
@@ -127,6 +167,14 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
     'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_reserve': FunctionSpec('ac_budget_reserve', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_EXISTS', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_state': FunctionSpec('ac_budget_state', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_get': FunctionSpec('ac_campaign_get', 'campaign', True, ('campaign', 'budget'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_patch': FunctionSpec('ac_campaign_patch', 'campaign', False, ('campaign', 'budget'), 'expected_version (-1 any, n) field value [field value]... (fields as for ac_campaign_set)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_remove': FunctionSpec('ac_campaign_remove', 'campaign', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'expected_version (-1 any, n)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
+    'ac_campaign_set': FunctionSpec('ac_campaign_set', 'campaign', False, ('campaign', 'budget'), 'expected_version (-1 any, 0 must not exist, n) [field value]... fields: advertiser status bid budget start end shards (required), daily tz pacing tol_bp floor fcap creatives', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_check': FunctionSpec('ac_freqcap_check', 'freqcap', True, ('freqcap',), 'n_candidates, then per candidate: campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_inspect': FunctionSpec('ac_freqcap_inspect', 'freqcap', True, ('freqcap',), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_record': FunctionSpec('ac_freqcap_record', 'freqcap', False, ('freqcap', 'freqcap_imps'), 'impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
@@ -156,6 +204,9 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_stats_record': FunctionSpec('ac_stats_record', 'stats', False, ('stats_meta',), 'offset_s hour_retention_s day_retention_s dedup_s [impressions clicks conversions cost_micros revenue_micros user_id event_id]... (7 values per event, at most 1000 events; user_id and event_id may be empty strings)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_series': FunctionSpec('ac_stats_series', 'stats', False, ('stats_meta',), 'unit (hour|day) n (days <= 90, hours <= 168) offset_s', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_summary': FunctionSpec('ac_stats_summary', 'stats', False, ('stats_meta',), 'unit (hour|day) n (days <= 90, hours <= 168) offset_s', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms (0: no hold)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit (default and maximum 5000)] [campaign_id]... (at most 5000 candidates)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
+    'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id [campaign_id]... (at most 100)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
     'ac_version': FunctionSpec('ac_version', 'version', True, (), 'none', ()),
 }
 

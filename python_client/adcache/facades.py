@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from adcache.auctions import AsyncAuctions, Auctions
+from adcache.budgets import AsyncBudgets, Budgets
+from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.caps import AsyncCaps, Caps
 from adcache.monitor import AsyncMonitor, Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
 from adcache.sessions import AsyncSessions, Sessions
 from adcache.stats import AsyncStats, Stats
+from adcache.targeting import AsyncTargetingIndex, TargetingIndex
 
 if TYPE_CHECKING:
     from adcache import aio
@@ -26,6 +29,9 @@ SYNC: dict[str, Any] = {
     "segments": Segments,
     "auctions": Auctions,
     "caps": Caps,
+    "campaigns": Campaigns,
+    "budgets": Budgets,
+    "targeting": TargetingIndex,
     "stats": Stats,
     "monitor": Monitor,
 }
@@ -35,6 +41,9 @@ ASYNC: dict[str, Any] = {
     "segments": AsyncSegments,
     "auctions": AsyncAuctions,
     "caps": AsyncCaps,
+    "campaigns": AsyncCampaigns,
+    "budgets": AsyncBudgets,
+    "targeting": AsyncTargetingIndex,
     "stats": AsyncStats,
     "monitor": AsyncMonitor,
 }
@@ -46,6 +55,9 @@ class SyncFacades:
     segments: Segments
     auctions: Auctions
     caps: Caps
+    campaigns: Campaigns
+    budgets: Budgets
+    targeting: TargetingIndex
     stats: Stats
     monitor: Monitor
 
@@ -60,6 +72,9 @@ class AsyncFacades:
     segments: AsyncSegments
     auctions: AsyncAuctions
     caps: AsyncCaps
+    campaigns: AsyncCampaigns
+    budgets: AsyncBudgets
+    targeting: AsyncTargetingIndex
     stats: AsyncStats
     monitor: AsyncMonitor
 

@@ -1,0 +1,437 @@
+"""Campaign records (Lua domain `campaign`): one hash per campaign, compare-and-set versions,
+derived servability, and the targeting index kept in step with every change.
+
+A write (set, patch, remove) replies with the shards to add the campaign to and to remove it
+from; the facade applies them at once with idempotent per-shard calls (`adcache.targeting`), so
+re-running the write, or `reindex`, converges the index after a crash between the two steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+
+from adcache import _generated as keys
+from adcache._core import Call, pairs, text
+from adcache.targeting import Targeting, apply_calls
+
+if TYPE_CHECKING:
+    from adcache import aio
+    from adcache.client import AdCache
+
+Status = Literal["active", "paused"]
+Pacing = Literal["off", "even"]
+# Reasons a campaign is not servable (the empty string when it is).
+NOT_INDEXED = frozenset({"paused", "ended", "lifetime_budget"})
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCapRule:
+    """At most `limit` impressions per user per calendar `period` (minute|hour|day|week|month)."""
+
+    limit: int
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class Creative:
+    creative_id: str
+    width: int = 0
+    height: int = 0
+    mime: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSpec:
+    """What a client writes. Money in integer micros; the bid is a CPM price; times in epoch ms.
+
+    day_offset_s: where the campaign's day starts (seconds east of UTC) for the daily budget.
+    pacing "even": spend follows the day, see docs/campaign.md (tolerance in basis points, floor
+    in micros that may be spent at any time of the day).
+    """
+
+    advertiser_id: str
+    bid_cpm_micros: int
+    budget_micros: int
+    start_ms: int
+    end_ms: int
+    targeting: Targeting = field(default_factory=Targeting)
+    status: Status = "active"
+    daily_budget_micros: int = 0
+    day_offset_s: int = 0
+    pacing: Pacing = "off"
+    pacing_tolerance_bp: int = 1000
+    pacing_floor_micros: int = 0
+    frequency_caps: tuple[FrequencyCapRule, ...] = ()
+    creatives: tuple[Creative, ...] = ()
+
+
+class CampaignChanges(TypedDict, total=False):
+    """The fields a patch may change (names and types of CampaignSpec)."""
+
+    advertiser_id: str
+    bid_cpm_micros: int
+    budget_micros: int
+    start_ms: int
+    end_ms: int
+    targeting: Targeting
+    status: Status
+    daily_budget_micros: int
+    day_offset_s: int
+    pacing: Pacing
+    pacing_tolerance_bp: int
+    pacing_floor_micros: int
+    frequency_caps: tuple[FrequencyCapRule, ...]
+    creatives: tuple[Creative, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """A campaign as read: the record, its version, budget figures and derived servability.
+
+    reason: "" when servable, else paused | ended | lifetime_budget | not_started | daily_budget.
+    """
+
+    campaign_id: str
+    spec: CampaignSpec
+    version: int
+    created_ms: int
+    updated_ms: int
+    spent_micros: int
+    day: str
+    day_spent_micros: int
+    reserved_micros: int
+    servable: bool
+    reason: str
+    not_before_ms: int
+    now_ms: int
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the campaign belongs in the targeting index (perhaps held until not_before)."""
+        return self.reason not in NOT_INDEXED
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The outcome of a write: the new version, servability, and the shards changed."""
+
+    campaign_id: str
+    version: int
+    servable: bool
+    reason: str
+    end_ms: int
+    not_before_ms: int
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    def index_calls(self) -> list[Call[Any]]:
+        return apply_calls(
+            self.campaign_id, self.added, self.removed, self.end_ms, self.not_before_ms
+        )
+
+
+# ---- encoding ----
+
+_FIELD = {
+    "advertiser_id": "advertiser",
+    "status": "status",
+    "bid_cpm_micros": "bid",
+    "budget_micros": "budget",
+    "daily_budget_micros": "daily",
+    "start_ms": "start",
+    "end_ms": "end",
+    "day_offset_s": "tz",
+    "pacing": "pacing",
+    "pacing_tolerance_bp": "tol_bp",
+    "pacing_floor_micros": "floor",
+    "targeting": "shards",
+    "frequency_caps": "fcap",
+    "creatives": "creatives",
+}
+
+
+def _encode(name: str, value: Any) -> str:
+    if name == "targeting":
+        return " ".join(value.shards())
+    if name == "frequency_caps":
+        return json.dumps([[r.limit, r.period] for r in value], separators=(",", ":"))
+    if name == "creatives":
+        return json.dumps(
+            [[c.creative_id, c.width, c.height, c.mime, c.url] for c in value],
+            separators=(",", ":"),
+        )
+    if isinstance(value, bool):
+        raise TypeError(f"{name} cannot be a bool")
+    return str(value)
+
+
+def _field_args(changes: dict[str, Any]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name, value in changes.items():
+        out += [_FIELD[name], _encode(name, value)]
+    return tuple(out)
+
+
+def _spec_fields(spec: CampaignSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in _FIELD}
+
+
+def _decode_spec(f: dict[str, str]) -> CampaignSpec:
+    return CampaignSpec(
+        advertiser_id=f["advertiser"],
+        status="paused" if f["status"] == "paused" else "active",
+        bid_cpm_micros=int(f["bid"]),
+        budget_micros=int(f["budget"]),
+        daily_budget_micros=int(f["daily"]),
+        start_ms=int(f["start"]),
+        end_ms=int(f["end"]),
+        day_offset_s=int(f["tz"]),
+        pacing="even" if f["pacing"] == "even" else "off",
+        pacing_tolerance_bp=int(f["tol_bp"]),
+        pacing_floor_micros=int(f["floor"]),
+        targeting=Targeting.from_shards(f["shards"].split()),
+        frequency_caps=tuple(FrequencyCapRule(int(a), str(b)) for a, b in json.loads(f["fcap"])),
+        creatives=tuple(
+            Creative(str(c[0]), int(c[1]), int(c[2]), str(c[3]), str(c[4]))
+            for c in json.loads(f["creatives"])
+        ),
+    )
+
+
+def _record(campaign_id: str) -> Callable[[Any], Campaign | None]:
+    def parse(reply: Any) -> Campaign | None:
+        if not reply:
+            return None
+        f = {k: text(v) for k, v in pairs(reply).items()}
+        return Campaign(
+            campaign_id=campaign_id,
+            spec=_decode_spec(f),
+            version=int(f["version"]),
+            created_ms=int(f["created"]),
+            updated_ms=int(f["updated"]),
+            spent_micros=int(f["spent"]),
+            day=f["day"],
+            day_spent_micros=int(f["day_spent"]),
+            reserved_micros=int(f["reserved"]),
+            servable=f["servable"] == "1",
+            reason=f["reason"],
+            not_before_ms=int(f["not_before"]),
+            now_ms=int(f["now"]),
+        )
+
+    return parse
+
+
+def _written(campaign_id: str) -> Callable[[Any], Written]:
+    def parse(reply: Any) -> Written:
+        f = {k: text(v) for k, v in pairs(reply).items()}
+        return Written(
+            campaign_id=campaign_id,
+            version=int(f["version"]),
+            servable=f["servable"] == "1",
+            reason=f["reason"],
+            end_ms=int(f["end"]),
+            not_before_ms=int(f["not_before"]),
+            added=tuple(f["add"].split()),
+            removed=tuple(f["remove"].split()),
+        )
+
+    return parse
+
+
+def _removed(campaign_id: str) -> Callable[[Any], tuple[bool, tuple[str, ...]]]:
+    def parse(reply: Any) -> tuple[bool, tuple[str, ...]]:
+        f = {k: text(v) for k, v in pairs(reply).items()}
+        return f["removed"] == "1", tuple(f["remove"].split())
+
+    return parse
+
+
+def _keys2(campaign_id: str) -> tuple[str, str]:
+    return keys.campaign(campaign_id), keys.budget(campaign_id)
+
+
+def all_keys(campaign_id: str) -> tuple[str, ...]:
+    """Every key of a campaign, in the order the budget functions take them."""
+    return (
+        keys.campaign(campaign_id),
+        keys.budget(campaign_id),
+        keys.budget_resv(campaign_id),
+        keys.budget_resv_exp(campaign_id),
+        keys.budget_settled(campaign_id),
+        keys.budget_settled_exp(campaign_id),
+    )
+
+
+# ---- call builders ----
+
+
+def set_call(campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1) -> Call[Written]:
+    """Create or replace; expected_version -1 any, 0 must not exist, n must be at version n."""
+    return Call(
+        "ac_campaign_set",
+        _keys2(campaign_id),
+        (expected_version, *_field_args(_spec_fields(spec))),
+        _written(campaign_id),
+    )
+
+
+def patch_call(
+    campaign_id: str, changes: CampaignChanges, *, expected_version: int = -1
+) -> Call[Written]:
+    """Change the named CampaignSpec fields; expected_version -1 any, n must be at version n."""
+    unknown = set(changes) - set(_FIELD)
+    if unknown:
+        raise TypeError(f"unknown campaign fields: {sorted(unknown)}")
+    return Call(
+        "ac_campaign_patch",
+        _keys2(campaign_id),
+        (expected_version, *_field_args(dict(changes))),
+        _written(campaign_id),
+    )
+
+
+def get_call(campaign_id: str) -> Call[Campaign | None]:
+    return Call("ac_campaign_get", _keys2(campaign_id), (), _record(campaign_id))
+
+
+def remove_call(
+    campaign_id: str, *, expected_version: int = -1
+) -> Call[tuple[bool, tuple[str, ...]]]:
+    return Call(
+        "ac_campaign_remove", all_keys(campaign_id), (expected_version,), _removed(campaign_id)
+    )
+
+
+def reindex_calls(c: Campaign) -> list[Call[Any]]:
+    """Index calls that bring the shards in line with a campaign as read."""
+    shards = c.spec.targeting.shards()
+    if c.indexed:
+        return apply_calls(c.campaign_id, shards, (), c.spec.end_ms, c.not_before_ms)
+    return apply_calls(c.campaign_id, (), shards, c.spec.end_ms, 0)
+
+
+class Campaigns:
+    """Campaign calls on a synchronous `AdCache` (`cache.campaigns`)."""
+
+    def __init__(self, cache: AdCache) -> None:
+        self._c = cache
+
+    def _apply(self, w: Written) -> Written:
+        self._c.run_many(w.index_calls())
+        return w
+
+    def set(self, campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1) -> Written:
+        """Create or replace a campaign and update its targeting shards."""
+        return self._apply(
+            self._c.run(set_call(campaign_id, spec, expected_version=expected_version))
+        )
+
+    def create(self, campaign_id: str, spec: CampaignSpec) -> Written:
+        """Create; VersionConflictError when the campaign exists."""
+        return self.set(campaign_id, spec, expected_version=0)
+
+    def patch(
+        self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
+    ) -> Written:
+        """Change some fields (names of CampaignSpec); NotFoundError when unknown."""
+        return self._apply(
+            self._c.run(patch_call(campaign_id, changes, expected_version=expected_version))
+        )
+
+    def pause(self, campaign_id: str) -> Written:
+        return self.patch(campaign_id, status="paused")
+
+    def resume(self, campaign_id: str) -> Written:
+        return self.patch(campaign_id, status="active")
+
+    def get(self, campaign_id: str) -> Campaign | None:
+        """The campaign with its budget figures and servability, or None (FCALL_RO)."""
+        return self._c.run(get_call(campaign_id))
+
+    def get_many(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
+        """Many campaigns, one pipelined round per node."""
+        return self._c.run_many([get_call(c) for c in campaign_ids])
+
+    def remove(self, campaign_id: str, *, expected_version: int = -1) -> bool:
+        """Delete a campaign and its budget state, and take it out of its shards."""
+        removed, shards = self._c.run(remove_call(campaign_id, expected_version=expected_version))
+        self._c.run_many(apply_calls(campaign_id, (), shards, 0, 0))
+        return removed
+
+    def reindex(self, campaign_id: str) -> Campaign | None:
+        """Re-apply a campaign's shards from its record (repairs a half-applied change)."""
+        c = self.get(campaign_id)
+        if c is not None:
+            self._c.run_many(reindex_calls(c))
+        return c
+
+
+class AsyncCampaigns:
+    """Campaign calls on an asyncio `AdCache` (`cache.campaigns`)."""
+
+    def __init__(self, cache: aio.AdCache) -> None:
+        self._c = cache
+
+    async def _apply(self, w: Written) -> Written:
+        await self._c.run_many(w.index_calls())
+        return w
+
+    async def set(
+        self, campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1
+    ) -> Written:
+        return await self._apply(
+            await self._c.run(set_call(campaign_id, spec, expected_version=expected_version))
+        )
+
+    async def create(self, campaign_id: str, spec: CampaignSpec) -> Written:
+        return await self.set(campaign_id, spec, expected_version=0)
+
+    async def patch(
+        self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
+    ) -> Written:
+        return await self._apply(
+            await self._c.run(patch_call(campaign_id, changes, expected_version=expected_version))
+        )
+
+    async def pause(self, campaign_id: str) -> Written:
+        return await self.patch(campaign_id, status="paused")
+
+    async def resume(self, campaign_id: str) -> Written:
+        return await self.patch(campaign_id, status="active")
+
+    async def get(self, campaign_id: str) -> Campaign | None:
+        return await self._c.run(get_call(campaign_id))
+
+    async def get_many(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
+        return await self._c.run_many([get_call(c) for c in campaign_ids])
+
+    async def remove(self, campaign_id: str, *, expected_version: int = -1) -> bool:
+        removed, shards = await self._c.run(
+            remove_call(campaign_id, expected_version=expected_version)
+        )
+        await self._c.run_many(apply_calls(campaign_id, (), shards, 0, 0))
+        return removed
+
+    async def reindex(self, campaign_id: str) -> Campaign | None:
+        c = await self.get(campaign_id)
+        if c is not None:
+            await self._c.run_many(reindex_calls(c))
+        return c
+
+
+__all__ = [
+    "AsyncCampaigns",
+    "Campaign",
+    "CampaignChanges",
+    "CampaignSpec",
+    "Campaigns",
+    "Creative",
+    "FrequencyCapRule",
+    "Targeting",
+    "Written",
+]
