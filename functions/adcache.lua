@@ -1,5 +1,5 @@
 #!lua name=adcache
--- adcache 0.1.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- adcache 0.2.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 -- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
@@ -324,6 +324,26 @@ function M.stored(v)
   return v and tonumber(v) or 0
 end
 
+-- ==== helper: metrics (lua/_metrics.lua.j2) ====
+local C = {}
+C.counts = {}
+
+function C.incr(name, n)
+  C.counts[name] = (C.counts[name] or 0) + (n or 1)
+end
+
+function C.flat()
+  local names = {}
+  for name in pairs(C.counts) do names[#names + 1] = name end
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    out[#out + 1] = name
+    out[#out + 1] = C.counts[name]
+  end
+  return out
+end
+
 -- ==== helper: campaign_state (lua/_campaign_state.lua.j2) ====
 local CS = {}
 CS.RETAIN_MS = 30 * T.DAY
@@ -410,26 +430,6 @@ end
 function CS.split(s)
   local out = {}
   for w in string.gmatch(s or '', '%S+') do out[#out + 1] = w end
-  return out
-end
-
--- ==== helper: metrics (lua/_metrics.lua.j2) ====
-local C = {}
-C.counts = {}
-
-function C.incr(name, n)
-  C.counts[name] = (C.counts[name] or 0) + (n or 1)
-end
-
-function C.flat()
-  local names = {}
-  for name in pairs(C.counts) do names[#names + 1] = name end
-  table.sort(names)
-  local out = {}
-  for _, name in ipairs(names) do
-    out[#out + 1] = name
-    out[#out + 1] = C.counts[name]
-  end
   return out
 end
 
@@ -574,6 +574,14 @@ function AU.close(key, m, list, now)
     m['r.' .. imp] = packed
   end
   redis.call('HSET', key, unpack(fields))
+  C.incr('auctions_closed')
+  local won, accepted = 0, 0
+  for _, b in ipairs(list) do
+    if b.st == 1 then accepted = accepted + 1 end
+  end
+  for _ in pairs(res) do won = won + 1 end
+  C.incr('bids_won', won)
+  C.incr('bids_lost_' .. AU.OUTBID, accepted - won)
 end
 
 function AU.result_reply(m, list, now)
@@ -689,6 +697,7 @@ local function auction_create(keys, args)
   end
   redis.call('HSET', keys[1], unpack(fields))
   redis.call('PEXPIREAT', keys[1], expires)
+  C.incr('auctions_created')
   return {'created', now, 'deadline', deadline, 'expires', expires}
 end
 
@@ -795,6 +804,12 @@ local function auction_bid(keys, args)
       records[#records + 1] = cmsgpack.pack(b)
       replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
       out[k] = {b.id, replies[key][2], reason, seq, 0}
+      if b.st == 1 then
+        C.incr('bids_accepted')
+      else
+        C.incr('bids_rejected')
+        C.incr('bids_lost_' .. reason)
+      end
     end
   end
   if #records > 0 then
@@ -958,6 +973,7 @@ local function budget_reserve(keys, args)
   end
   if reason ~= '' then
     redis.call('HINCRBY', keys[2], 'n_refused', 1)
+    C.incr('budget_refused_' .. reason)
     return reply('refused', reason, 0, 0)
   end
   redis.call('HSET', keys[3], rid, amount)
@@ -1634,6 +1650,7 @@ local function freqcap_record(keys, args)
   fields[#fields + 1] = '~s'
   local vals = FC.fetch(keys[1], fields)
   local ok, rem, idx, frees = FC.decide(cand, vals, now)
+  if ok ~= 1 then C.incr('caps_blocked') end
   local due, swept = FC.sweep(keys[1], '~s', tonumber(vals['~s']), now, FC.stale_at)
   if ok == 1 then
     FC.count(keys[1], cand, vals, now, due)
@@ -2736,8 +2753,8 @@ end
 
 -- ==== domain: version (lua/version.lua.j2) ====
 do
-local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '3d745f2d49a5700c7d131624a28a47648a8c2a103977cd35d6d765c5c0a42583'
+local LIBRARY_VERSION = '0.2.0'
+local LIBRARY_SHA256 = 'dee7050c5df8e687ccce05a64bc64ec9dd9ebacaeda4829a9914b87348da16af'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

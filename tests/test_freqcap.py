@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from clock import boundary_offset, server_ms, sleep_until
 
 from adcache import (
     AdCache,
@@ -31,23 +32,6 @@ from adcache import _generated as keys
 from adcache.caps import Candidate, CapRule
 
 DAY_S = 86400
-
-
-def server_ms(ac: AdCache) -> int:
-    s, us = ac.redis.time()  # type: ignore[misc]
-    return int(s) * 1000 + int(us) // 1000
-
-
-def boundary_offset(now_ms: int, period_s: int, ahead_s: int = 2) -> int:
-    """A UTC offset (s) that puts the end of the current `period_s` period 1-2 s after now_ms."""
-    end_s = now_ms // 1000 + ahead_s
-    off = (-end_s) % period_s
-    return off - period_s if off > period_s // 2 else off
-
-
-def sleep_until(ac: AdCache, at_ms: int, margin_ms: int = 60) -> None:
-    while (left := at_ms + margin_ms - server_ms(ac)) > 0:
-        time.sleep(left / 1000)
 
 
 def fc_state(ac: AdCache, user: str) -> tuple[dict[Any, Any], dict[Any, Any]]:

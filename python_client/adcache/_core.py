@@ -17,6 +17,7 @@ from adcache._generated import (
     LIBRARY_VERSION,
     AdCacheError,
     CorruptStateError,
+    CrossSlotError,
     LibraryMissingError,
     LibraryVersionError,
 )
@@ -106,6 +107,8 @@ def translate_error(exc: ResponseError, node: str) -> Exception:
         )
     if code == "WRONGTYPE":
         return CorruptStateError(f"a key holds the wrong Redis type ({msg})", node=node)
+    if code == "CROSSSLOT":  # a cluster refuses keys of several slots before the function runs
+        return CrossSlotError(f"the keys of one call must share one hash tag ({msg})", node=node)
     return exc
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
-LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '3d745f2d49a5700c7d131624a28a47648a8c2a103977cd35d6d765c5c0a42583'
+LIBRARY_VERSION = '0.2.0'
+LIBRARY_SHA256 = 'dee7050c5df8e687ccce05a64bc64ec9dd9ebacaeda4829a9914b87348da16af'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
