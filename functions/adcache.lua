@@ -39,6 +39,10 @@ K.MAX_ID = 128
 -- name -> {entity letter, Lua pattern of the suffix}
 K.SPEC = {
   session = {'s', '^sess$'},
+  cache_value = {'k', '^v:[^{}]+$'},
+  cache_lock = {'k', '^l:[^{}]+$'},
+  cache_tag = {'k', '^t:[^{}]+$'},
+  cache_stream = {'k', '^wb$'},
 }
 
 -- Split '<prefix>:{<letter>:<id>}:<suffix>' into letter, id, suffix (nil when it does not parse).
@@ -84,6 +88,18 @@ end
 -- Key builders from a tag '<letter>:<id>' (for keys derived inside a call from a passed key's tag).
 function K.session(tag)
   return 'ad:{' .. tag .. '}:sess'
+end
+function K.cache_value(tag, key)
+  return 'ad:{' .. tag .. '}:v:' .. key
+end
+function K.cache_lock(tag, key)
+  return 'ad:{' .. tag .. '}:l:' .. key
+end
+function K.cache_tag(tag, name)
+  return 'ad:{' .. tag .. '}:t:' .. name
+end
+function K.cache_stream(tag)
+  return 'ad:{' .. tag .. '}:wb'
 end
 
 -- ==== helper: validate (lua/_validate.lua.j2) ====
@@ -241,6 +257,244 @@ function T.ymdh(ms, offset_s)
   return T.ymd(ms, offset_s) .. string.format('%02d', math.floor((l % T.DAY) / T.HOUR))
 end
 
+-- ==== domain: cache (lua/cache.lua.j2) ====
+do
+--@domain cache: the server side of the caching strategies (adcache.strategies): read with the
+-- loader lock, fill by the lock owner, write, invalidate by key and by tag, and the write-back
+-- write (value + change record in one call) with its acknowledgement.
+
+-- A cache id is '<cache name>.<shard>': a value, its lock, the shard's tag sets and the shard's
+-- write-back stream share one hash tag, so each call below touches one slot.
+-- Value (hash): p = payload, x = logical expiry (ms), d = load time (ms, for early refresh),
+-- n = '1' for a negative entry (the source has no such key). The key lives until x + grace: past
+-- x it is stale, served only while one loader refreshes it.
+local C = {}
+C.MAX_TTL_MS = 30 * T.DAY
+C.MAX_LOCK_MS = 10 * T.MINUTE
+C.MAX_PAYLOAD = 4 * 1024 * 1024
+C.MAX_TAGS = 32
+C.MAX_ACK = 1000
+
+-- The value key and the lock key must name the same cache key; returns that key.
+function C.same_key(keys)
+  local _, _, vs = K.split(keys[1])
+  local _, _, ls = K.split(keys[2])
+  local k = string.sub(vs, 3)
+  if string.sub(ls, 3) ~= k then
+    E.fail('ADCACHE_BADKEY', 'KEYS[2] must be the lock of ' .. k .. ', got ' .. keys[2])
+  end
+  return k
+end
+
+-- Refuse keys holding another type before the first write, so an error changes nothing.
+function C.expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+
+function C.check_types(keys, first_tag, stream)
+  C.expect_type(keys[1], 'hash')
+  if stream then C.expect_type(stream, 'stream') end
+  for i = first_tag, #keys do C.expect_type(keys[i], 'set') end
+end
+
+-- Write the value and register it in its tag sets (keys[first_tag..]); cancels any loader by
+-- deleting the lock, so a load that started before this write can never overwrite it.
+function C.store(keys, member, first_tag, payload, negative, ttl, grace, delta, now)
+  if negative then payload, grace = '', 0 end
+  redis.call('HSET', keys[1], 'p', payload, 'x', now + ttl, 'd', delta, 'n', negative and '1' or '0')
+  redis.call('PEXPIREAT', keys[1], now + ttl + grace)
+  redis.call('DEL', keys[2])
+  local life = ttl + grace
+  for i = first_tag, #keys do
+    redis.call('SADD', keys[i], member)
+    if redis.call('PTTL', keys[i]) < life then redis.call('PEXPIRE', keys[i], life) end
+  end
+end
+
+function C.lock(key, token, ms)
+  return redis.call('SET', key, token, 'NX', 'PX', ms)
+end
+
+--- @function ac_cache_get
+--- @summary Read a cached value; when it is missing or stale, take the loader lock if it is free.
+--- @keys cache_value cache_lock
+--- @argv token lock_ttl_ms refresh(0|1: take the lock even when the value is fresh)
+--- @reply array: status, payload, remaining_ms, load_ms. status: hit (fresh), neg (fresh negative entry), stale (past its TTL, another caller loads it: serve it), load (missing: you hold the lock, load it), reload (stale, or refresh=1: you hold the lock; payload is the old value), wait (missing, another caller loads it; remaining_ms is the lock's TTL)
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_WRONGTYPE
+local function cache_get(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'})
+  C.same_key(keys)
+  V.nargs(args, 3, 3)
+  local token = V.id(args[1], 'token')
+  local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
+  local refresh = V.enum(args[3], 'refresh', {['0'] = true, ['1'] = true}) == '1'
+  C.expect_type(keys[1], 'hash')
+  local v = redis.call('HMGET', keys[1], 'p', 'x', 'd', 'n')
+  local now = T.now_ms()
+  if v[2] then
+    local remaining = tonumber(v[2]) - now
+    local delta = tonumber(v[3]) or 0
+    if remaining > 0 then
+      if v[4] == '1' then return {'neg', '', remaining, delta} end
+      if refresh and C.lock(keys[2], token, lock_ms) then
+        return {'reload', v[1], remaining, delta}
+      end
+      return {'hit', v[1], remaining, delta}
+    end
+    if v[4] ~= '1' then
+      if C.lock(keys[2], token, lock_ms) then return {'reload', v[1], remaining, delta} end
+      return {'stale', v[1], remaining, delta}
+    end
+  end
+  if C.lock(keys[2], token, lock_ms) then return {'load', '', 0, 0} end
+  return {'wait', '', redis.call('PTTL', keys[2]), 0}
+end
+
+--- @function ac_cache_fill
+--- @summary Store a loaded value, only while the caller still owns the loader lock; releases it.
+--- @keys cache_value cache_lock cache_tag...
+--- @argv token kind(value|negative) payload ttl_ms grace_ms load_ms
+--- @reply integer: 1 when stored, 0 when the lock was lost (a write or invalidation came first, or it expired): nothing is stored
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
+local function cache_fill(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys)
+  V.nargs(args, 6, 6)
+  local token = V.id(args[1], 'token')
+  local negative = V.enum(args[2], 'kind', {value = true, negative = true}) == 'negative'
+  local payload = V.str(args[3], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[4], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
+  local delta = V.uint(args[6], 'load_ms', C.MAX_LOCK_MS)
+  C.check_types(keys, 3)
+  if redis.call('GET', keys[2]) ~= token then return 0 end
+  C.store(keys, member, 3, payload, negative, ttl, grace, delta, T.now_ms())
+  return 1
+end
+
+--- @function ac_cache_set
+--- @summary Store a value unconditionally (write-through), cancelling any loader of the key.
+--- @keys cache_value cache_lock cache_tag...
+--- @argv kind(value|negative) payload ttl_ms grace_ms
+--- @reply integer: 1
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
+local function cache_set(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys)
+  V.nargs(args, 4, 4)
+  local negative = V.enum(args[1], 'kind', {value = true, negative = true}) == 'negative'
+  local payload = V.str(args[2], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[3], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[4], 'grace_ms', C.MAX_TTL_MS)
+  C.check_types(keys, 3)
+  C.store(keys, member, 3, payload, negative, ttl, grace, 0, T.now_ms())
+  return 1
+end
+
+--- @function ac_cache_invalidate
+--- @summary Drop a cached value and cancel any loader of it (its fill will be refused).
+--- @keys cache_value cache_lock
+--- @argv none
+--- @reply integer: 1 when a value was dropped, 0 when none was cached
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT
+local function cache_invalidate(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'})
+  C.same_key(keys)
+  V.nargs(args, 0, 0)
+  local n = redis.call('DEL', keys[1])
+  redis.call('DEL', keys[2])
+  return n
+end
+
+--- @function ac_cache_invalidate_tag
+--- @summary Drop every value of one shard carrying a tag, cancel their loaders, drop the tag set.
+--- @keys cache_tag
+--- @argv none
+--- @reply integer: the number of values dropped
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_WRONGTYPE
+local function cache_invalidate_tag(keys, args)
+  -- The member keys are derived from the tag (K.cache_value/K.cache_lock): the client cannot
+  -- know which keys carry a tag, and they share the tag set's hash tag by construction.
+  local tag = K.check(keys, {'cache_tag'})
+  V.nargs(args, 0, 0)
+  C.expect_type(keys[1], 'set')
+  local n = 0
+  for _, m in ipairs(redis.call('SMEMBERS', keys[1])) do
+    n = n + redis.call('DEL', K.cache_value(tag, m))
+    redis.call('DEL', K.cache_lock(tag, m))
+  end
+  redis.call('DEL', keys[1])
+  return n
+end
+
+--- @function ac_cache_wb_write
+--- @summary Write-back: store the value (or a negative entry for a delete) and append its change record to the shard's stream, atomically.
+--- @keys cache_value cache_lock cache_stream cache_tag...
+--- @argv op(set|del) payload ttl_ms grace_ms
+--- @reply string: the stream id of the change record
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
+local function cache_wb_write(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock', 'cache_stream'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys)
+  V.nargs(args, 4, 4)
+  local op = V.enum(args[1], 'op', {set = true, del = true})
+  local payload = V.str(args[2], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[3], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[4], 'grace_ms', C.MAX_TTL_MS)
+  if op == 'del' then payload = '' end
+  C.check_types(keys, 4, keys[3])
+  C.store({keys[1], keys[2], unpack(keys, 4)}, member, 3, payload, op == 'del', ttl, grace, 0,
+    T.now_ms())
+  return redis.call('XADD', keys[3], '*', 'k', member, 'op', op, 'p', payload)
+end
+
+--- @function ac_cache_wb_ack
+--- @summary Acknowledge committed change records for a consumer group and delete them from the stream.
+--- @keys cache_stream
+--- @argv group id...
+--- @reply integer: the number of entries acknowledged
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE ADCACHE_NOTFOUND
+local function cache_wb_ack(keys, args)
+  K.check(keys, {'cache_stream'})
+  V.nargs(args, 2)
+  local group = V.id(args[1], 'group')
+  if #args - 1 > C.MAX_ACK then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. C.MAX_ACK .. ' ids per call')
+  end
+  local ids = {}
+  for i = 2, #args do
+    if type(args[i]) ~= 'string' or not string.match(args[i], '^%d+%-%d+$') then
+      E.fail('ADCACHE_BADARG', 'id must be a stream id <ms>-<seq>, got ' .. tostring(args[i]))
+    end
+    ids[#ids + 1] = args[i]
+  end
+  C.expect_type(keys[1], 'stream')
+  if redis.call('EXISTS', keys[1]) == 0 then return 0 end
+  -- XACK answers 0 for an unknown group: refuse it, or XDEL would drop unflushed changes.
+  local known = false
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', keys[1])) do
+    for i = 1, #g, 2 do
+      if g[i] == 'name' and g[i + 1] == group then known = true end
+    end
+  end
+  if not known then E.fail('ADCACHE_NOTFOUND', 'no consumer group ' .. group .. ' on ' .. keys[1]) end
+  local n = redis.call('XACK', keys[1], group, unpack(ids))
+  redis.call('XDEL', keys[1], unpack(ids))
+  return n
+end
+
+redis.register_function{function_name='ac_cache_get', callback=cache_get, flags={}, description='Read a cached value; when it is missing or stale, take the loader lock if it is free.'}
+redis.register_function{function_name='ac_cache_fill', callback=cache_fill, flags={}, description='Store a loaded value, only while the caller still owns the loader lock; releases it.'}
+redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Store a value unconditionally (write-through), cancelling any loader of the key.'}
+redis.register_function{function_name='ac_cache_invalidate', callback=cache_invalidate, flags={}, description='Drop a cached value and cancel any loader of it (its fill will be refused).'}
+redis.register_function{function_name='ac_cache_invalidate_tag', callback=cache_invalidate_tag, flags={}, description='Drop every value of one shard carrying a tag, cancel their loaders, drop the tag set.'}
+redis.register_function{function_name='ac_cache_wb_write', callback=cache_wb_write, flags={}, description='Write-back: store the value (or a negative entry for a delete) and append its change record to the shard\'s stream, atomically.'}
+redis.register_function{function_name='ac_cache_wb_ack', callback=cache_wb_ack, flags={}, description='Acknowledge committed change records for a consumer group and delete them from the stream.'}
+end
+
 -- ==== domain: session (lua/session.lua.j2) ====
 do
 --@domain session: browsing sessions with a sliding idle TTL inside an absolute lifetime.
@@ -347,7 +601,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '17d973f81f2e5b50f7fa7defcf595c9a7ef5992e9c51f6829b5b8846a64d0eb2'
+local LIBRARY_SHA256 = 'bae70c35e199d6a996f5dffba43d19004395f370a14124353ccfd760a7cccd2d'
 
 --- @function ac_version
 --- @flags no-writes

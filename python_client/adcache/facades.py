@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adcache.caches import AsyncCaches, Caches
 from adcache.sessions import AsyncSessions, Sessions
 
 if TYPE_CHECKING:
@@ -16,13 +17,17 @@ if TYPE_CHECKING:
 
 class SyncFacades:
     sessions: Sessions
+    caches: Caches
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         self.sessions = Sessions(self)
+        self.caches = Caches(self)
 
 
 class AsyncFacades:
     sessions: AsyncSessions
+    caches: AsyncCaches
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         self.sessions = AsyncSessions(self)
+        self.caches = AsyncCaches(self)

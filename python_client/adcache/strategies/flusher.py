@@ -1,0 +1,216 @@
+"""The write-back flusher: moves change records from the shards' streams into the source of truth.
+
+One consumer group per stream (the same group name on every shard). A step reads a batch from every
+shard (XREADGROUP; after a start or a failed step, first this consumer's own pending entries;
+periodically, entries a crashed consumer left pending, with XAUTOCLAIM), applies the whole batch
+in one transaction of the `ChangeSink`, and only after the commit acknowledges and deletes the
+entries (`ac_cache_wb_ack`). A crash anywhere before the acknowledgement redelivers the entries;
+the sink skips those already applied (it keeps the last applied stream id per key), so every change
+is applied exactly once, in stream order per key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from redis.exceptions import ResponseError
+
+from adcache._core import text
+from adcache.caches import Space, wb_ack_call
+from adcache.strategies.metrics import StrategyMetrics, metrics_for
+from adcache.strategies.source import ApplyResult, Change, ChangeSink, decode
+
+if TYPE_CHECKING:
+    from adcache.client import AdCache
+
+log = logging.getLogger("adcache.strategies")
+
+DEFAULT_GROUP = "adcache-flush"
+_ACK_CHUNK = 1000  # the Lua bound of ids per ac_cache_wb_ack
+
+
+class Flusher:
+    """Flushes the write-back changes of cache `name` (spread over `shards`) into `sink`.
+
+    consumer: this flusher's name in the group (default host:pid); a restarted flusher under the
+    same name first re-reads its own pending entries. claim_idle: entries pending that long on
+    another consumer are taken over (XAUTOCLAIM): set it above the longest batch commit.
+    """
+
+    def __init__(
+        self,
+        cache: AdCache,
+        name: str,
+        sink: ChangeSink,
+        *,
+        shards: int = 16,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch: int = 500,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        metrics: StrategyMetrics | None = None,
+    ) -> None:
+        self._c = cache
+        self.space = Space(name, shards)
+        self.sink = sink
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self.batch = batch
+        self.claim_idle_ms = max(1, round(claim_idle * 1000))
+        self.claim_every = claim_idle / 2 if claim_every is None else claim_every
+        self.metrics = metrics or metrics_for(name)
+        self._recover = True  # read own pending entries first (after a start or a failed step)
+        self._next_claim = 0.0
+        self._groups_ready = False
+
+    @property
+    def redis(self) -> Any:
+        return self._c.redis
+
+    def ensure_groups(self) -> None:
+        """Create the group on every shard's stream (from id 0: nothing written before is lost)."""
+        for stream in self.space.streams():
+            try:
+                self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        self._groups_ready = True
+
+    # ---- reading ----
+
+    def _entries(self, stream: str, raw: Any) -> tuple[list[Change], list[str]]:
+        changes: list[Change] = []
+        dead: list[str] = []  # pending ids whose entry is gone or malformed: acknowledge them
+        for entry_id, fields in raw or ():
+            eid = text(entry_id)
+            if not fields:
+                dead.append(eid)
+                continue
+            f = {text(k): text(v) for k, v in fields.items()}
+            op = f.get("op")
+            if "k" not in f or op not in ("set", "del"):
+                log.error(
+                    "flusher %s: malformed change %s on %s: %r", self.consumer, eid, stream, f
+                )
+                dead.append(eid)
+                continue
+            value = decode(f["p"]) if op == "set" else None
+            changes.append(Change(f["k"], cast(Literal["set", "del"], op), value, stream, eid))
+        return changes, dead
+
+    def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
+        r = self.redis
+        changes: list[Change] = []
+        ids: dict[str, list[str]] = {}
+        claim = time.monotonic() >= self._next_claim
+        if claim:
+            self._next_claim = time.monotonic() + self.claim_every
+        for stream in self.space.streams():
+            raws: list[Any] = []
+            if self._recover:
+                got = r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
+                raws += [entries for _, entries in got or ()]
+            if claim:
+                reply = r.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                )
+                raws.append(reply[1])
+                ids.setdefault(stream, []).extend(
+                    text(i) for i in (reply[2] if len(reply) > 2 else ())
+                )
+            got = r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
+            raws += [entries for _, entries in got or ()]
+            seen: set[str] = set()
+            for raw in raws:
+                ch, dead = self._entries(stream, raw)
+                for c in ch:
+                    if c.entry_id not in seen:
+                        seen.add(c.entry_id)
+                        changes.append(c)
+                ids.setdefault(stream, []).extend(dead)
+            ids.setdefault(stream, []).extend(seen)
+        self._recover = False
+        return changes, {s: v for s, v in ids.items() if v}
+
+    # ---- one batch ----
+
+    def step(self) -> int:
+        """Flush one batch from every shard; returns how many entries it settled."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        try:
+            changes, ids = self._read()
+            if not ids:
+                return 0
+            result = self.commit(changes)
+            self.after_commit(changes, result)
+            self._ack(ids)
+        except Exception:
+            self._recover = True  # whatever was read stays pending: re-read it next step
+            raise
+        self.metrics.incr("flush", result.applied)
+        return sum(len(v) for v in ids.values())
+
+    def commit(self, changes: Sequence[Change]) -> ApplyResult:
+        """Apply a batch to the sink in one transaction."""
+        if not changes:
+            return ApplyResult(0, 0)
+        result = self.sink.apply_changes(changes)
+        if result.skipped:
+            log.info(
+                "flusher %s: skipped %d already applied changes", self.consumer, result.skipped
+            )
+        return result
+
+    def after_commit(self, changes: Sequence[Change], result: ApplyResult) -> None:
+        """Called between the commit and the acknowledgement (a hook for subclasses)."""
+
+    def _ack(self, ids: dict[str, list[str]]) -> None:
+        calls = [
+            wb_ack_call(stream, self.group, chunk[i : i + _ACK_CHUNK])
+            for stream, chunk in ids.items()
+            for i in range(0, len(chunk), _ACK_CHUNK)
+        ]
+        self._c.run_many(calls)
+
+    # ---- loops ----
+
+    def backlog(self) -> int:
+        """Change records not yet flushed (acknowledged entries are deleted from the streams)."""
+        return sum(int(self.redis.xlen(s)) for s in self.space.streams())
+
+    def drain(self, timeout: float = 30.0, *, idle_sleep: float = 0.05) -> int:
+        """Flush until every shard's stream is empty (entries of dead consumers are claimed once
+        `claim_idle` has passed); returns how many entries were settled. TimeoutError past it."""
+        deadline = time.monotonic() + timeout
+        total = 0
+        while True:
+            n = self.step()
+            total += n
+            if n == 0:
+                if self.backlog() == 0:
+                    return total
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"flusher {self.consumer}: backlog left after {timeout}s")
+                self._next_claim = min(self._next_claim, time.monotonic() + idle_sleep)
+                time.sleep(idle_sleep)
+
+    def run(self, stop: threading.Event, *, idle_sleep: float = 0.05) -> None:
+        """Flush until `stop` is set; errors are logged and the batch retried after a pause."""
+        while not stop.is_set():
+            try:
+                n = self.step()
+            except Exception:
+                log.exception("flusher %s: step failed; retrying", self.consumer)
+                stop.wait(1.0)
+                continue
+            if n == 0:
+                stop.wait(idle_sleep)
