@@ -1,0 +1,589 @@
+"""Caching strategies end to end: real Redis (standalone and cluster) over a real SQLite database.
+
+Read paths (read-through, cache-aside, negative entries, stale serving, early refresh), stampede
+protection across threads and processes, invalidation by key and by tag, write-through,
+write-around and write-back with its flusher, and bad input that must change nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from adcache import (
+    AdCache,
+    BadArgumentError,
+    BadKeyError,
+    Call,
+    CorruptStateError,
+    NotFoundError,
+    aio,
+)
+from adcache import _generated as keys
+from adcache.caches import Space
+from adcache.strategies import (
+    AsyncStrategyCache,
+    CachePolicy,
+    Change,
+    Flusher,
+    SQLiteSource,
+    StrategyCache,
+    StrategyMetrics,
+    all_metrics,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class CountingSource(SQLiteSource):
+    """SQLite source that counts its loads in the database itself (so across processes too) and
+    can be slowed down, to widen the window in which readers pile up."""
+
+    def __init__(self, path: str | Path, table: str = "kv", *, delay: float = 0.0) -> None:
+        super().__init__(path, table)
+        self.delay = delay
+        with self._tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS loads (key TEXT PRIMARY KEY, n INTEGER)")
+
+    def _count(self, ks: Sequence[str]) -> None:
+        with self._tx() as db:
+            for k in ks:
+                db.execute(
+                    "INSERT INTO loads VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1",
+                    (k,),
+                )
+
+    def load(self, key: str) -> Any | None:
+        self._count([key])
+        time.sleep(self.delay)
+        return super().load(key)
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        self._count(keys)
+        return super().load_many(keys)
+
+    def loads(self, key: str | None = None) -> int:
+        db = self._conn()
+        if key is None:
+            return int(db.execute("SELECT COALESCE(SUM(n), 0) FROM loads").fetchone()[0])
+        row = db.execute("SELECT n FROM loads WHERE key = ?", (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> CountingSource:
+    return CountingSource(tmp_path / "source.sqlite")
+
+
+def _cache(ac: AdCache, uid: str, source: SQLiteSource, **policy: Any) -> StrategyCache:
+    policy.setdefault("shards", 8)
+    return StrategyCache(ac, uid, source, CachePolicy(**policy), metrics=StrategyMetrics(uid))
+
+
+def _node_of(ac: AdCache, key: str) -> Any:
+    """A plain redis client of the node owning `key` (standalone: the server)."""
+    if ac.is_cluster:
+        rc: Any = ac.redis
+        return rc.get_redis_connection(rc.get_node_from_key(key))
+    return ac.redis
+
+
+# ---- read-through / cache-aside ----
+
+
+def test_read_through_loads_once_then_hits(acs: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("a", {"price": 3})
+    c = _cache(acs, uid, src, ttl=60, jitter=0.0, stale_grace=10)
+    assert c.get("a") == {"price": 3}
+    assert c.get("a") == {"price": 3}
+    assert src.loads("a") == 1
+    snap = c.metrics.snapshot()
+    assert (snap["hit"], snap["miss"], snap["load"]) == (1, 1, 1)
+    vkey = c.space.value_key("a")
+    pttl = _node_of(acs, vkey).pttl(vkey)
+    assert 69_000 < pttl <= 70_000, "the key lives ttl + stale grace"
+
+
+def test_cache_aside_with_own_loader(acs: AdCache, uid: str, src: CountingSource) -> None:
+    c = _cache(acs, uid, src)
+    calls: list[str] = []
+
+    def loader(key: str) -> Any:
+        calls.append(key)
+        return {"computed": key}
+
+    assert c.get("x", loader) == {"computed": "x"}
+    assert c.get("x", loader) == {"computed": "x"}
+    assert calls == ["x"] and src.loads() == 0
+
+
+def test_get_many_loads_misses_in_one_batch(acs: AdCache, uid: str, src: CountingSource) -> None:
+    for i in range(20):
+        src.save(f"k{i}", i)
+    c = _cache(acs, uid, src)
+    assert c.get("k3") == 3
+    got = c.get_many([f"k{i}" for i in range(25)])
+    assert got == {f"k{i}": i for i in range(20)}
+    assert src.loads() == 1 + 24, "k3 was cached; the 24 others were loaded by one load_many"
+    assert c.get_many([f"k{i}" for i in range(25)]) == got
+    assert src.loads() == 25, "the second round is all hits (negative entries for k20..k24)"
+
+
+def test_ttl_jitter_spreads_expiries(ac: AdCache, uid: str, src: CountingSource) -> None:
+    c = _cache(ac, uid, src, ttl=100, jitter=0.2, stale_grace=0)
+    for i in range(40):
+        c.write_through(f"j{i}", i)
+    ttls = [ac.redis.pttl(c.space.value_key(f"j{i}")) for i in range(40)]
+    assert all(79_000 <= t <= 120_000 for t in ttls)
+    assert max(ttls) - min(ttls) > 5_000, "jitter must spread the expiries"
+
+
+def test_negative_caching(ac: AdCache, uid: str, src: CountingSource) -> None:
+    c = _cache(ac, uid, src, negative_ttl=0.4)
+    assert c.get("ghost") is None
+    assert c.get("ghost") is None
+    assert src.loads("ghost") == 1, "the miss was cached"
+    assert c.metrics.snapshot()["negative_hit"] == 1
+    assert 0 < ac.redis.pttl(c.space.value_key("ghost")) <= 400
+    src.save("ghost", "now here")  # behind the cache's back: visible after the negative TTL
+    assert c.get("ghost") is None
+    time.sleep(0.5)
+    assert c.get("ghost") == "now here"
+    assert src.loads("ghost") == 2
+
+
+def test_negative_caching_off(ac: AdCache, uid: str, src: CountingSource) -> None:
+    c = _cache(ac, uid, src, negative_ttl=0)
+    assert c.get("ghost") is None and c.get("ghost") is None
+    assert src.loads("ghost") == 2
+    assert ac.redis.exists(c.space.value_key("ghost"), c.space.lock_key("ghost")) == 0
+
+
+def test_stale_value_served_while_another_reloads(
+    acs: AdCache, uid: str, src: CountingSource
+) -> None:
+    src.save("s", "old")
+    c = _cache(acs, uid, src, ttl=0.3, jitter=0, stale_grace=10, early_refresh=0)
+    assert c.get("s") == "old"
+    src.save("s", "new")
+    time.sleep(0.4)
+    # Another caller is refreshing it: it holds the lock (taken here by hand).
+    lk = acs.caches.get(c.space, "s", "other", lock_ttl_ms=5000)
+    assert lk.status == "reload" and lk.payload == '"old"'
+    assert c.get("s") == "old"
+    assert c.metrics.snapshot()["stale_served"] == 1
+    assert acs.caches.fill(c.space, "s", "other", '"new"', ttl_ms=60_000, grace_ms=0, load_ms=1)
+    assert c.get("s") == "new"
+
+
+def test_stale_value_reloaded_by_first_reader(ac: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("s", 1)
+    c = _cache(ac, uid, src, ttl=0.2, jitter=0, stale_grace=10, early_refresh=0)
+    assert c.get("s") == 1
+    src.save("s", 2)
+    time.sleep(0.3)
+    assert c.get("s") == 2
+    assert src.loads("s") == 2
+
+
+def test_stale_value_served_when_reload_fails(ac: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("s", "kept")
+    c = _cache(ac, uid, src, ttl=0.2, jitter=0, stale_grace=10, early_refresh=0)
+    assert c.get("s") == "kept"
+    time.sleep(0.3)
+
+    def broken(key: str) -> Any:
+        raise RuntimeError("database down")
+
+    assert c.get("s", broken) == "kept"
+    snap = c.metrics.snapshot()
+    assert snap["load_error"] == 1 and snap["stale_served"] == 1
+
+
+def test_early_refresh_before_expiry(ac: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("hot", 1)
+    slow = CountingSource(src.path, delay=0.02)
+    eager = _cache(ac, uid, slow, ttl=60, early_refresh=1e9)  # refresh on every hit
+    assert eager.get("hot") == 1
+    src.save("hot", 2)
+    assert eager.get("hot") == 2, "refreshed early, long before the 60 s TTL"
+    assert eager.metrics.snapshot()["early_refresh"] == 1
+    never = _cache(ac, uid + "n", slow, ttl=60, early_refresh=0)
+    never.get("hot")
+    loads = slow.loads("hot")
+    for _ in range(20):
+        never.get("hot")
+    assert slow.loads("hot") == loads
+
+
+# ---- stampede protection ----
+
+
+def _readers(factory: Any, n: int, key: str) -> list[Any]:
+    """n threads, each with its own AdCache over its own redis client, read `key` at once."""
+    caches = [factory() for _ in range(n)]
+    start = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def read(i: int) -> None:
+        try:
+            start.wait(10)
+            results[i] = caches[i].get(key)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in caches:
+        c._c.close()
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("where", ["standalone", "cluster"])
+def test_stampede_50_threads_one_load(
+    request: pytest.FixtureRequest, where: str, uid: str, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("lib_standalone" if where == "standalone" else "lib_cluster")
+    source = CountingSource(tmp_path / "db.sqlite", delay=0.3)
+    source.save("cold", {"v": 42})
+    metrics = StrategyMetrics(uid)
+
+    def factory() -> StrategyCache:
+        return StrategyCache(
+            AdCache(server.client()), uid, source, CachePolicy(shards=8), metrics=metrics
+        )
+
+    results = _readers(factory, 50, "cold")
+    assert results == [{"v": 42}] * 50
+    assert source.loads("cold") == 1, "exactly one loader for 50 concurrent readers"
+    snap = metrics.snapshot()
+    assert snap["load"] == 1 and snap["hit"] + snap["miss"] + snap["stale_served"] == 50
+
+
+def _process_readers(url: str, path: str, name: str, n: int, start: Any, out: Any) -> None:
+    source = CountingSource(path, delay=0.3)
+    caches = [
+        StrategyCache(AdCache(redis.Redis.from_url(url)), name, source, CachePolicy(shards=8))
+        for _ in range(n)
+    ]
+    got: list[Any] = [None] * n
+
+    def read(i: int) -> None:
+        got[i] = caches[i].get("cold")
+
+    start.wait(20)
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    out.put(got)
+
+
+def test_stampede_50_readers_in_5_processes_one_load(
+    lib_standalone: Any, uid: str, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "db.sqlite")
+    source = CountingSource(path)
+    source.save("cold", "shared")
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(5)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_readers, args=(lib_standalone.url, path, uid, 10, start, out))
+        for _ in range(5)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        results = [out.get(timeout=40) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert [r for batch in results for r in batch] == ["shared"] * 50
+    assert source.loads("cold") == 1, "one loader across processes"
+
+
+# ---- invalidation ----
+
+
+def test_invalidation_cancels_a_load_in_flight(ac: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("k", "v1")
+    c = _cache(ac, uid, src)
+    # A reader took the lock and loaded v1 ...
+    lk = ac.caches.get(c.space, "k", "reader", lock_ttl_ms=5000)
+    assert lk.status == "load"
+    loaded = src.load("k")
+    # ... a writer changes the source and invalidates before the reader fills ...
+    c.write_around("k", "v2")
+    # ... so the reader's fill of the old value is refused.
+    assert not ac.caches.fill(
+        c.space, "k", "reader", f'"{loaded}"', ttl_ms=60_000, grace_ms=0, load_ms=1
+    )
+    assert c.get("k") == "v2"
+
+
+def test_invalidate_key(acs: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("k", 1)
+    c = _cache(acs, uid, src)
+    c.get("k")
+    src.save("k", 2)
+    assert c.get("k") == 1
+    assert c.invalidate("k") is True
+    assert c.invalidate("k") is False
+    assert c.get("k") == 2
+
+
+def test_tag_invalidation_over_shards(acs: AdCache, uid: str, src: CountingSource) -> None:
+    for i in range(40):
+        src.save(f"ad{i}", {"color": "red" if i % 2 else "blue", "n": i})
+    c = StrategyCache(
+        acs,
+        uid,
+        src,
+        CachePolicy(shards=8),
+        tags_for=lambda k, v: [v["color"], "all"],
+        metrics=StrategyMetrics(uid),
+    )
+    for i in range(40):
+        c.get(f"ad{i}")
+    assert len({c.space.shard(f"ad{i}") for i in range(40)}) == 8, "keys spread over all shards"
+    assert src.loads() == 40
+    assert c.invalidate_tag("red") == 20
+    for i in range(40):
+        c.get(f"ad{i}")
+    assert src.loads() == 60, "only the red ones were dropped and reloaded"
+    c.write_through("extra", {"color": "green"}, tags=["all"])
+    assert c.invalidate_tag("all") == 41
+    assert c.invalidate_tag("all") == 0, "the tag sets are gone with their values"
+    assert c.invalidate_tag("never-used") == 0
+
+
+# ---- writes ----
+
+
+def test_write_through(acs: AdCache, uid: str, src: CountingSource) -> None:
+    c = _cache(acs, uid, src)
+    c.write_through("w", {"bid": 1})
+    assert src.items() == {"w": {"bid": 1}}
+    assert c.get("w") == {"bid": 1}
+    assert src.loads("w") == 0 and c.metrics.snapshot()["hit"] == 1
+    c.delete_through("w")
+    assert src.items() == {} and c.get("w") is None
+    assert src.loads("w") == 0, "the delete cached its absence"
+
+
+class PickySource(CountingSource):
+    def save(self, key: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise ValueError("the database refuses non-objects")
+        super().save(key, value)
+
+
+def test_write_through_refused_by_database_leaves_cache(
+    ac: AdCache, uid: str, tmp_path: Path
+) -> None:
+    src = PickySource(tmp_path / "p.sqlite")
+    c = _cache(ac, uid, src)
+    c.write_through("w", {"ok": 1})
+    with pytest.raises(ValueError):
+        c.write_through("w", "not an object")
+    assert c.get("w") == {"ok": 1} and src.load("w") == {"ok": 1}
+
+
+def test_write_through_cache_failure_invalidates(
+    acs: AdCache, uid: str, src: CountingSource
+) -> None:
+    c = _cache(acs, uid, src)
+    c.write_through("w", "v1")
+    # The cache write of v2 fails (its tag key holds a string); v1 must not stay cached.
+    tag_key = c.space.tag_keys("w", ["t"])[0]
+    _node_of(acs, tag_key).set(tag_key, "not a set")
+    c.write_through("w", "v2", tags=["t"])
+    assert src.load("w") == "v2"
+    vkey = c.space.value_key("w")
+    assert _node_of(acs, vkey).exists(vkey) == 0, "invalidated, not left stale"
+    assert c.get("w") == "v2"
+
+
+def test_write_around(acs: AdCache, uid: str, src: CountingSource) -> None:
+    src.save("k", "old")
+    c = _cache(acs, uid, src)
+    assert c.get("k") == "old"
+    c.write_around("k", "new")
+    vkey = c.space.value_key("k")
+    assert _node_of(acs, vkey).exists(vkey) == 0
+    assert c.get("k") == "new" and src.loads("k") == 2
+    c.delete_around("k")
+    assert c.get("k") is None and src.load("k") is None
+
+
+def test_write_back_reads_its_write_and_flushes(acs: AdCache, uid: str, src: SQLiteSource) -> None:
+    c = _cache(acs, uid, src)
+    ids = [c.write_back("k", {"n": n}) for n in range(3)]
+    c.delete_back("gone")
+    assert src.load("k") is None, "not flushed yet"
+    assert c.get("k") == {"n": 2}, "the cache holds the write at once"
+    assert c.get("gone") is None
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    # The change record sits in the stream of the key's shard, in the same slot as the value.
+    stream = c.space.stream(c.space.shard("k"))
+    node = _node_of(acs, stream)
+    mine = [e for e in node.xrange(stream) if e[1].get(b"k") == b"k"]
+    assert [e[0].decode() for e in mine] == ids
+    assert keys.tag_of("cache", c.space.id_of("k")) in stream
+    f = Flusher(acs, uid, src, shards=8, consumer="f1", metrics=c.metrics)
+    assert f.drain(20) == 4
+    assert src.load("k") == {"n": 2}
+    assert node.xlen(stream) == 0, "flushed entries are deleted"
+    assert c.metrics.snapshot()["flush"] == 4
+    src.save("gone", "x")
+    c.delete_back("gone")
+    f.drain(20)
+    assert src.load("gone") is None
+
+
+def test_flusher_reclaims_entries_of_a_dead_consumer(ac: AdCache, uid: str, tmp_path: Path) -> None:
+    src = SQLiteSource(tmp_path / "db.sqlite", audit=True)
+    c = _cache(ac, uid, src)
+    for i in range(30):
+        c.write_back(f"k{i % 7}", i)
+
+    class Broken(SQLiteSource):
+        def apply_changes(self, changes: Sequence[Change]) -> Any:
+            raise RuntimeError("crashed before commit")
+
+    dead = Flusher(ac, uid, Broken(tmp_path / "db.sqlite"), shards=8, consumer="dead")
+    with pytest.raises(RuntimeError):
+        dead.step()  # its entries stay pending on "dead"
+    alive = Flusher(ac, uid, src, shards=8, consumer="alive", claim_idle=0.2)
+    assert alive.drain(20) == 30
+    assert src.items() == {f"k{k}": max(i for i in range(30) if i % 7 == k) for k in range(7)}
+    assert len(src.audit_log()) == 30
+
+
+def test_sink_skips_redelivered_and_older_changes(tmp_path: Path) -> None:
+    src = SQLiteSource(tmp_path / "db.sqlite", audit=True)
+    a = Change("k", "set", "a", "s", "100-0")
+    b = Change("k", "set", "b", "s", "100-1")
+    assert src.apply_changes([b, a]).applied == 2, (
+        "applied in stream order whatever the batch order"
+    )
+    assert src.load("k") == "b"
+    r = src.apply_changes([a, b, Change("k", "del", None, "s", "99-5")])
+    assert (r.applied, r.skipped) == (0, 3)
+    assert src.apply_changes([Change("k", "del", None, "s", "101-0")]).applied == 1
+    assert src.load("k") is None
+    assert src.apply_changes([b]).skipped == 1, "a delete keeps its id: no resurrection"
+    assert [e for _, e, _ in src.audit_log()] == ["100-0", "100-1", "101-0"]
+
+
+# ---- metrics ----
+
+
+def test_metrics_registry(ac: AdCache, uid: str, src: CountingSource) -> None:
+    c = StrategyCache(ac, uid, src)  # counters from the per-name registry
+    src.save("m", 1)
+    c.get("m")
+    c.get("m")
+    snap = all_metrics()[uid]
+    assert snap["hit"] == 1 and snap["miss"] == 1 and snap["load"] == 1
+    assert c.metrics.hit_rate() == 0.5
+
+
+# ---- bad input changes nothing ----
+
+
+def test_bad_input_changes_nothing(acs: AdCache, uid: str) -> None:
+    sp = Space(uid, 4)
+    vkey, lkey = sp.value_key("k"), sp.lock_key("k")
+    node = _node_of(acs, vkey)
+    assert acs.caches.get(sp, "k", "tok", lock_ttl_ms=5000).status == "load"
+
+    def raw(fn: str, ks: Sequence[str], *args: str | int) -> Call[Any]:
+        return Call(fn, tuple(ks), tuple(args), lambda r: r)
+
+    with pytest.raises(BadArgumentError):
+        acs.run(raw("ac_cache_fill", [vkey, lkey], "tok", "value", '"x"', "0", "0", "1"))
+    with pytest.raises(BadArgumentError):
+        acs.run(raw("ac_cache_fill", [vkey, lkey], "tok", "maybe", '"x"', "100", "0", "1"))
+    other_lock = sp.lock_key("k") + "x"
+    with pytest.raises(BadKeyError):
+        acs.run(raw("ac_cache_set", [vkey, other_lock], "value", '"x"', "100", "0"))
+    assert node.exists(vkey) == 0 and node.get(lkey) in (b"tok", "tok")
+    stream = sp.stream(sp.shard("k"))
+    with pytest.raises(BadArgumentError):
+        acs.run(raw("ac_cache_wb_write", [vkey, lkey, stream], "upsert", '"x"', "100", "0"))
+    tag_key = sp.tag_keys("k", ["t"])[0]
+    node.set(tag_key, "string")
+    with pytest.raises(CorruptStateError):
+        acs.caches.wb_write(sp, "k", '"x"', ttl_ms=1000, grace_ms=0, tags=["t"])
+    assert node.exists(vkey, stream) == 0, "no value, no change record"
+    assert node.get(lkey) in (b"tok", "tok")
+    with pytest.raises(BadArgumentError):
+        sp.value_key("a{b}")
+    with pytest.raises(BadArgumentError):
+        Space("bad{name}")
+
+
+def test_ack_with_unknown_group_deletes_nothing(ac: AdCache, uid: str, src: SQLiteSource) -> None:
+    c = _cache(ac, uid, src, shards=1)
+    eid = c.write_back("k", 1)
+    stream = c.space.stream(0)
+    with pytest.raises(NotFoundError):
+        ac.caches.wb_ack(stream, "no-such-group", [eid])
+    with pytest.raises(BadArgumentError):
+        ac.caches.wb_ack(stream, "g", ["not-an-id"])
+    assert ac.redis.xlen(stream) == 1
+
+
+# ---- asyncio ----
+
+
+async def test_async_strategies(aacs: aio.AdCache, uid: str, src: CountingSource) -> None:
+    src.save("a", [1])
+    c = AsyncStrategyCache(aacs, uid, src, CachePolicy(shards=8), metrics=StrategyMetrics(uid))
+    assert await c.get("a") == [1] and await c.get("a") == [1]
+    assert src.loads("a") == 1
+    assert await c.get("nope") is None and await c.get("nope") is None
+    assert src.loads("nope") == 1
+    await c.write_through("b", {"x": 1}, tags=["t"])
+    assert await c.get("b") == {"x": 1} and src.load("b") == {"x": 1}
+    await c.write_around("a", [2])
+    assert await c.get("a") == [2]
+    assert await c.invalidate_tag("t") == 1
+    await c.write_back("c", "wb")
+    assert await c.get("c") == "wb" and src.load("c") is None
+    await c.delete_through("b")
+    assert await c.get("b") is None and src.load("b") is None
+    assert await c.get_many(["a", "c", "nope"]) == {"a": [2], "c": "wb"}
+
+
+async def test_async_stampede_one_load(lib_standalone: Any, uid: str, tmp_path: Path) -> None:
+    import asyncio
+
+    source = CountingSource(tmp_path / "db.sqlite", delay=0.3)
+    source.save("cold", 7)
+    clients = [await aio.AdCache.from_url(lib_standalone.url, cluster=False) for _ in range(50)]
+    try:
+        caches = [AsyncStrategyCache(a, uid, source, CachePolicy(shards=8)) for a in clients]
+        results = await asyncio.gather(*(c.get("cold") for c in caches))
+    finally:
+        for a in clients:
+            await a.aclose()
+    assert results == [7] * 50
+    assert source.loads("cold") == 1
