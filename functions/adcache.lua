@@ -268,6 +268,9 @@ do
 -- Value (hash): p = payload, x = logical expiry (ms), d = load time (ms, for early refresh),
 -- n = '1' for a negative entry (the source has no such key). The key lives until x + grace: past
 -- x it is stale, served only while one loader refreshes it.
+-- A write-back value is dirty until flushed: w = the stream id of its change, e = the expiry it
+-- gets once flushed. A dirty value has no TTL and is never reloaded (the database is behind it);
+-- ac_cache_wb_ack gives it back its expiry when the change with that id is committed.
 local C = {}
 C.MAX_TTL_MS = 30 * T.DAY
 C.MAX_LOCK_MS = 10 * T.MINUTE
@@ -294,6 +297,16 @@ function C.expect_type(key, want)
   end
 end
 
+function C.is_hash(key)
+  return redis.call('TYPE', key)['ok'] == 'hash'
+end
+
+-- A dirty value (write-back, not flushed yet) survives invalidation: once flushed, the database
+-- holds exactly it, so dropping it would only let a reader cache the older database row.
+function C.dirty(vkey)
+  return C.is_hash(vkey) and redis.call('HEXISTS', vkey, 'w') == 1
+end
+
 function C.check_types(keys, first_tag, stream)
   C.expect_type(keys[1], 'hash')
   if stream then C.expect_type(stream, 'stream') end
@@ -305,6 +318,7 @@ end
 function C.store(keys, member, first_tag, payload, negative, ttl, grace, delta, now)
   if negative then payload, grace = '', 0 end
   redis.call('HSET', keys[1], 'p', payload, 'x', now + ttl, 'd', delta, 'n', negative and '1' or '0')
+  redis.call('HDEL', keys[1], 'w', 'e')
   redis.call('PEXPIREAT', keys[1], now + ttl + grace)
   redis.call('DEL', keys[2])
   local life = ttl + grace
@@ -332,11 +346,17 @@ local function cache_get(keys, args)
   local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
   local refresh = V.enum(args[3], 'refresh', {['0'] = true, ['1'] = true}) == '1'
   C.expect_type(keys[1], 'hash')
-  local v = redis.call('HMGET', keys[1], 'p', 'x', 'd', 'n')
+  local v = redis.call('HMGET', keys[1], 'p', 'x', 'd', 'n', 'w')
   local now = T.now_ms()
   if v[2] then
     local remaining = tonumber(v[2]) - now
     local delta = tonumber(v[3]) or 0
+    if v[5] then
+      -- Dirty (write-back not flushed yet): the cache is the truth, never stale, never reloaded.
+      remaining = math.max(remaining, 1)
+      if v[4] == '1' then return {'neg', '', remaining, 0} end
+      return {'hit', v[1], remaining, 0}
+    end
     if remaining > 0 then
       if v[4] == '1' then return {'neg', '', remaining, delta} end
       if refresh and C.lock(keys[2], token, lock_ms) then
@@ -375,6 +395,21 @@ local function cache_fill(keys, args)
   return 1
 end
 
+--- @function ac_cache_release
+--- @summary Give up the loader lock (a failed load), so that a waiting caller can take it at once.
+--- @keys cache_value cache_lock
+--- @argv token
+--- @reply integer: 1 when the caller's lock was released, 0 when it held none
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG
+local function cache_release(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'})
+  C.same_key(keys)
+  V.nargs(args, 1, 1)
+  local token = V.id(args[1], 'token')
+  if redis.call('GET', keys[2]) ~= token then return 0 end
+  return redis.call('DEL', keys[2])
+end
+
 --- @function ac_cache_set
 --- @summary Store a value unconditionally (write-through), cancelling any loader of the key.
 --- @keys cache_value cache_lock cache_tag...
@@ -395,22 +430,23 @@ local function cache_set(keys, args)
 end
 
 --- @function ac_cache_invalidate
---- @summary Drop a cached value and cancel any loader of it (its fill will be refused).
+--- @summary Drop a cached value and cancel any loader of it (its fill will be refused). A dirty write-back value is kept.
 --- @keys cache_value cache_lock
 --- @argv none
---- @reply integer: 1 when a value was dropped, 0 when none was cached
+--- @reply integer: 1 when a value was dropped, 0 when none was cached (or it is dirty)
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT
 local function cache_invalidate(keys, args)
   K.check(keys, {'cache_value', 'cache_lock'})
   C.same_key(keys)
   V.nargs(args, 0, 0)
-  local n = redis.call('DEL', keys[1])
+  local n = 0
+  if not C.dirty(keys[1]) then n = redis.call('DEL', keys[1]) end
   redis.call('DEL', keys[2])
   return n
 end
 
 --- @function ac_cache_invalidate_tag
---- @summary Drop every value of one shard carrying a tag, cancel their loaders, drop the tag set.
+--- @summary Drop every value of one shard carrying a tag (dirty write-back values excepted), cancel their loaders, drop the tag set.
 --- @keys cache_tag
 --- @argv none
 --- @reply integer: the number of values dropped
@@ -423,15 +459,18 @@ local function cache_invalidate_tag(keys, args)
   C.expect_type(keys[1], 'set')
   local n = 0
   for _, m in ipairs(redis.call('SMEMBERS', keys[1])) do
-    n = n + redis.call('DEL', K.cache_value(tag, m))
+    local vkey = K.cache_value(tag, m)
+    if not C.dirty(vkey) then
+      n = n + redis.call('DEL', vkey)
+      redis.call('SREM', keys[1], m)  -- a dirty member keeps its tag
+    end
     redis.call('DEL', K.cache_lock(tag, m))
   end
-  redis.call('DEL', keys[1])
   return n
 end
 
 --- @function ac_cache_wb_write
---- @summary Write-back: store the value (or a negative entry for a delete) and append its change record to the shard's stream, atomically.
+--- @summary Write-back: store the value (or a negative entry for a delete), pinned until flushed, and append its change record to the shard's stream, atomically.
 --- @keys cache_value cache_lock cache_stream cache_tag...
 --- @argv op(set|del) payload ttl_ms grace_ms
 --- @reply string: the stream id of the change record
@@ -444,21 +483,25 @@ local function cache_wb_write(keys, args)
   local payload = V.str(args[2], 'payload', C.MAX_PAYLOAD)
   local ttl = V.pos(args[3], 'ttl_ms', C.MAX_TTL_MS)
   local grace = V.uint(args[4], 'grace_ms', C.MAX_TTL_MS)
-  if op == 'del' then payload = '' end
+  if op == 'del' then payload, grace = '', 0 end
   C.check_types(keys, 4, keys[3])
-  C.store({keys[1], keys[2], unpack(keys, 4)}, member, 3, payload, op == 'del', ttl, grace, 0,
-    T.now_ms())
-  return redis.call('XADD', keys[3], '*', 'k', member, 'op', op, 'p', payload)
+  local now = T.now_ms()
+  local id = redis.call('XADD', keys[3], '*', 'k', member, 'op', op, 'p', payload)
+  C.store({keys[1], keys[2], unpack(keys, 4)}, member, 3, payload, op == 'del', ttl, grace, 0, now)
+  -- Pinned until flushed (see the header): no TTL, the id of the change that unpins it.
+  redis.call('HSET', keys[1], 'w', id, 'e', now + ttl + grace)
+  redis.call('PERSIST', keys[1])
+  return id
 end
 
 --- @function ac_cache_wb_ack
---- @summary Acknowledge committed change records for a consumer group and delete them from the stream.
+--- @summary Acknowledge committed change records for a consumer group, delete them from the stream, and unpin the values they wrote (unless written again since).
 --- @keys cache_stream
 --- @argv group id...
 --- @reply integer: the number of entries acknowledged
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE ADCACHE_NOTFOUND
 local function cache_wb_ack(keys, args)
-  K.check(keys, {'cache_stream'})
+  local tag = K.check(keys, {'cache_stream'})
   V.nargs(args, 2)
   local group = V.id(args[1], 'group')
   if #args - 1 > C.MAX_ACK then
@@ -481,6 +524,25 @@ local function cache_wb_ack(keys, args)
     end
   end
   if not known then E.fail('ADCACHE_NOTFOUND', 'no consumer group ' .. group .. ' on ' .. keys[1]) end
+  local now = T.now_ms()
+  for _, id in ipairs(ids) do
+    -- The value keys are derived from the tag and the record's key: only the stream knows them.
+    local e = redis.call('XRANGE', keys[1], id, id)[1]
+    if e then
+      local f = e[2]
+      for i = 1, #f, 2 do
+        if f[i] == 'k' then
+          local vkey = K.cache_value(tag, f[i + 1])
+          local w = C.is_hash(vkey) and redis.call('HMGET', vkey, 'w', 'e') or {}
+          if w[1] == id then
+            redis.call('HDEL', vkey, 'w', 'e')
+            local at = tonumber(w[2]) or now
+            if at > now then redis.call('PEXPIREAT', vkey, at) else redis.call('DEL', vkey) end
+          end
+        end
+      end
+    end
+  end
   local n = redis.call('XACK', keys[1], group, unpack(ids))
   redis.call('XDEL', keys[1], unpack(ids))
   return n
@@ -488,11 +550,12 @@ end
 
 redis.register_function{function_name='ac_cache_get', callback=cache_get, flags={}, description='Read a cached value; when it is missing or stale, take the loader lock if it is free.'}
 redis.register_function{function_name='ac_cache_fill', callback=cache_fill, flags={}, description='Store a loaded value, only while the caller still owns the loader lock; releases it.'}
+redis.register_function{function_name='ac_cache_release', callback=cache_release, flags={}, description='Give up the loader lock (a failed load), so that a waiting caller can take it at once.'}
 redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Store a value unconditionally (write-through), cancelling any loader of the key.'}
-redis.register_function{function_name='ac_cache_invalidate', callback=cache_invalidate, flags={}, description='Drop a cached value and cancel any loader of it (its fill will be refused).'}
-redis.register_function{function_name='ac_cache_invalidate_tag', callback=cache_invalidate_tag, flags={}, description='Drop every value of one shard carrying a tag, cancel their loaders, drop the tag set.'}
-redis.register_function{function_name='ac_cache_wb_write', callback=cache_wb_write, flags={}, description='Write-back: store the value (or a negative entry for a delete) and append its change record to the shard\'s stream, atomically.'}
-redis.register_function{function_name='ac_cache_wb_ack', callback=cache_wb_ack, flags={}, description='Acknowledge committed change records for a consumer group and delete them from the stream.'}
+redis.register_function{function_name='ac_cache_invalidate', callback=cache_invalidate, flags={}, description='Drop a cached value and cancel any loader of it (its fill will be refused). A dirty write-back value is kept.'}
+redis.register_function{function_name='ac_cache_invalidate_tag', callback=cache_invalidate_tag, flags={}, description='Drop every value of one shard carrying a tag (dirty write-back values excepted), cancel their loaders, drop the tag set.'}
+redis.register_function{function_name='ac_cache_wb_write', callback=cache_wb_write, flags={}, description='Write-back: store the value (or a negative entry for a delete), pinned until flushed, and append its change record to the shard\'s stream, atomically.'}
+redis.register_function{function_name='ac_cache_wb_ack', callback=cache_wb_ack, flags={}, description='Acknowledge committed change records for a consumer group, delete them from the stream, and unpin the values they wrote (unless written again since).'}
 end
 
 -- ==== domain: session (lua/session.lua.j2) ====
@@ -601,7 +664,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'bae70c35e199d6a996f5dffba43d19004395f370a14124353ccfd760a7cccd2d'
+local LIBRARY_SHA256 = '2743bd052b3e97cbb2bd192dc19a85f63cfd084f5cdc258e8d795916ae46da60'
 
 --- @function ac_version
 --- @flags no-writes

@@ -457,6 +457,48 @@ def test_write_back_reads_its_write_and_flushes(acs: AdCache, uid: str, src: SQL
     assert src.load("gone") is None
 
 
+def test_write_back_value_is_pinned_until_flushed(
+    acs: AdCache, uid: str, src: CountingSource
+) -> None:
+    src.save("k", "database row")
+    c = _cache(acs, uid, src, ttl=0.2, jitter=0, stale_grace=10, early_refresh=0)
+    first = c.write_back("k", "w1")
+    second = c.write_back("k", "w2")
+    vkey = c.space.value_key("k")
+    node = _node_of(acs, vkey)
+    assert node.pttl(vkey) == -1, "dirty: no TTL until flushed"
+    time.sleep(0.3)  # past the logical TTL: still served, never reloaded from the older row
+    assert c.get("k") == "w2" and src.loads("k") == 0
+    assert c.invalidate("k") is False, "invalidation keeps a dirty value"
+    c.write_back("t", "tagged", tags=["grp"])
+    assert c.invalidate_tag("grp") == 0
+    assert c.get("k") == "w2" and c.get("t") == "tagged" and src.loads() == 0
+    # Acknowledging the older change does not unpin a value written again since.
+    f = Flusher(acs, uid, src, shards=8, consumer="f")
+    f.ensure_groups()
+    stream = c.space.stream(c.space.shard("k"))
+    node.xreadgroup("adcache-flush", "f", {stream: ">"})
+    acs.caches.wb_ack(stream, "adcache-flush", [first])
+    assert node.pttl(vkey) == -1
+    acs.caches.wb_ack(stream, "adcache-flush", [second])
+    assert 0 < node.pttl(vkey) <= 10_200, "flushed: back to its TTL (+ grace)"
+    f.drain(20)
+    assert src.load("t") == "tagged"
+    assert c.invalidate_tag("grp") == 1, "flushed: the tag drops it now"
+
+
+def test_failed_load_releases_the_lock(ac: AdCache, uid: str, src: CountingSource) -> None:
+    c = _cache(ac, uid, src)
+
+    def broken(key: str) -> Any:
+        raise RuntimeError("database down")
+
+    with pytest.raises(RuntimeError):
+        c.get("k", broken)
+    assert ac.redis.exists(c.space.lock_key("k")) == 0, "a waiting caller may load at once"
+    assert c.metrics.snapshot()["load_error"] == 1
+
+
 def test_flusher_reclaims_entries_of_a_dead_consumer(ac: AdCache, uid: str, tmp_path: Path) -> None:
     src = SQLiteSource(tmp_path / "db.sqlite", audit=True)
     c = _cache(ac, uid, src)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'bae70c35e199d6a996f5dffba43d19004395f370a14124353ccfd760a7cccd2d'
+LIBRARY_SHA256 = '2743bd052b3e97cbb2bd192dc19a85f63cfd084f5cdc258e8d795916ae46da60'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -66,6 +66,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_cache_get': FunctionSpec('ac_cache_get', 'cache', False, ('cache_value', 'cache_lock'), 'token lock_ttl_ms refresh(0|1: take the lock even when the value is fresh)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_cache_invalidate': FunctionSpec('ac_cache_invalidate', 'cache', False, ('cache_value', 'cache_lock'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT')),
     'ac_cache_invalidate_tag': FunctionSpec('ac_cache_invalidate_tag', 'cache', False, ('cache_tag',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
+    'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
     'ac_cache_set': FunctionSpec('ac_cache_set', 'cache', False, ('cache_value', 'cache_lock', 'cache_tag...'), 'kind(value|negative) payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_wb_ack': FunctionSpec('ac_cache_wb_ack', 'cache', False, ('cache_stream',), 'group id...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE', 'ADCACHE_NOTFOUND')),
     'ac_cache_wb_write': FunctionSpec('ac_cache_wb_write', 'cache', False, ('cache_value', 'cache_lock', 'cache_stream', 'cache_tag...'), 'op(set|del) payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),

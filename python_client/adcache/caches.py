@@ -128,6 +128,15 @@ def fill_call(
     )
 
 
+def release_call(space: Space, key: str, token: str) -> Call[bool]:
+    return Call(
+        "ac_cache_release",
+        (space.value_key(key), space.lock_key(key)),
+        (token,),
+        lambda r: int(r) == 1,
+    )
+
+
 def set_call(
     space: Space,
     key: str,
@@ -230,6 +239,10 @@ class Caches:
             )
         )
 
+    def release(self, space: Space, key: str, token: str) -> bool:
+        """Give up the loader lock after a failed load."""
+        return self._c.run(release_call(space, key, token))
+
     def set(
         self,
         space: Space,
@@ -306,6 +319,9 @@ class AsyncCaches:
                 tags=tags,
             )
         )
+
+    async def release(self, space: Space, key: str, token: str) -> bool:
+        return await self._c.run(release_call(space, key, token))
 
     async def set(
         self,

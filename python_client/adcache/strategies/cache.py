@@ -225,6 +225,7 @@ class StrategyCache(_Base):
                 )
                 self.metrics.incr("stale_served")
                 return decode(lk.payload)
+            self._c.caches.release(self.space, key, token)  # let a waiting caller try at once
             raise
         load_ms = round((time.monotonic() - t0) * 1000)
         self._fill(key, token, value, load_ms)
@@ -469,6 +470,7 @@ class AsyncStrategyCache(_Base):
                 )
                 self.metrics.incr("stale_served")
                 return decode(lk.payload)
+            await self._c.caches.release(self.space, key, token)
             raise
         load_ms = min(round((time.monotonic() - t0) * 1000), ops_max_load_ms())
         p = self.policy
