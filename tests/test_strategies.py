@@ -518,6 +518,19 @@ def test_flusher_reclaims_entries_of_a_dead_consumer(ac: AdCache, uid: str, tmp_
     assert len(src.audit_log()) == 30
 
 
+def test_flusher_recreates_lost_groups(ac: AdCache, uid: str, src: SQLiteSource) -> None:
+    c = _cache(ac, uid, src, shards=2)
+    f = Flusher(ac, uid, src, shards=2, consumer="f")
+    c.write_back("a", 1)
+    f.drain(10)
+    ac.redis.delete(*c.space.streams())  # what a restart without persistence leaves
+    with pytest.raises(redis.ResponseError, match="NOGROUP"):
+        f.step()
+    c.write_back("a", 2)
+    f.drain(10)
+    assert src.load("a") == 2
+
+
 def test_sink_skips_redelivered_and_older_changes(tmp_path: Path) -> None:
     src = SQLiteSource(tmp_path / "db.sqlite", audit=True)
     a = Change("k", "set", "a", "s", "100-0")

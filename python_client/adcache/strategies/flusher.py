@@ -153,8 +153,12 @@ class Flusher:
             result = self.commit(changes)
             self.after_commit(changes, result)
             self._ack(ids)
-        except Exception:
+        except Exception as e:
             self._recover = True  # whatever was read stays pending: re-read it next step
+            if "NOGROUP" in str(e):
+                # The streams are gone (a Redis restart without persistence, a flush): recreate.
+                log.error("flusher %s: consumer group lost; recreating it", self.consumer)
+                self._groups_ready = False
             raise
         self.metrics.incr("flush", result.applied)
         return sum(len(v) for v in ids.values())
