@@ -29,6 +29,7 @@ from adcache import (
 from adcache import _generated as keys
 from adcache.caches import Space
 from adcache.strategies import (
+    AsyncFlusher,
     AsyncStrategyCache,
     CachePolicy,
     Change,
@@ -626,6 +627,11 @@ async def test_async_strategies(aacs: aio.AdCache, uid: str, src: CountingSource
     await c.delete_through("b")
     assert await c.get("b") is None and src.load("b") is None
     assert await c.get_many(["a", "c", "nope"]) == {"a": [2], "c": "wb"}
+    await c.delete_back("a")
+    f = AsyncFlusher(aacs, uid, src, shards=8, consumer="af", metrics=c.metrics)
+    assert await f.drain(20) == 2
+    assert src.load("c") == "wb" and src.load("a") is None
+    assert await f.backlog() == 0 and c.metrics.snapshot()["flush"] == 2
 
 
 async def test_async_stampede_one_load(lib_standalone: Any, uid: str, tmp_path: Path) -> None:

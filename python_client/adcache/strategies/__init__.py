@@ -9,7 +9,7 @@
 """
 
 from adcache.strategies.cache import AsyncStrategyCache, CachePolicy, StrategyCache
-from adcache.strategies.flusher import DEFAULT_GROUP, Flusher
+from adcache.strategies.flusher import DEFAULT_GROUP, AsyncFlusher, Flusher
 from adcache.strategies.metrics import COUNTERS, StrategyMetrics, all_metrics, metrics_for
 from adcache.strategies.source import (
     ApplyResult,
@@ -25,6 +25,7 @@ __all__ = [
     "COUNTERS",
     "DEFAULT_GROUP",
     "ApplyResult",
+    "AsyncFlusher",
     "AsyncSourceOfTruth",
     "AsyncStrategyCache",
     "CachePolicy",

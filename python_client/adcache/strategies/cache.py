@@ -255,6 +255,7 @@ class StrategyCache(_Base):
         `load_many` for the keys this caller must load, one round for the fills."""
         p = self.policy
         token = uuid.uuid4().hex
+        keys = list(dict.fromkeys(keys))  # one lookup (and one lock) per distinct key
         calls = [ops.get_call(self.space, k, token, lock_ttl_ms=p.lock_ttl_ms) for k in keys]
         found: list[Lookup] = self._c.run_many(calls)
         out: dict[str, Any] = {}

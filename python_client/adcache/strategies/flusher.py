@@ -11,6 +11,7 @@ is applied exactly once, in stream order per key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from adcache.strategies.metrics import StrategyMetrics, metrics_for
 from adcache.strategies.source import ApplyResult, Change, ChangeSink, decode
 
 if TYPE_CHECKING:
+    from adcache import aio
     from adcache.client import AdCache
 
 log = logging.getLogger("adcache.strategies")
@@ -35,31 +37,30 @@ DEFAULT_GROUP = "adcache-flush"
 _ACK_CHUNK = 1000  # the Lua bound of ids per ac_cache_wb_ack
 
 
-class Flusher:
-    """Flushes the write-back changes of cache `name` (spread over `shards`) into `sink`.
+def _stream_entries(got: Any) -> list[Any]:
+    """Entry lists of an XREADGROUP reply as redis-py parses it: RESP2 [[stream, entries]],
+    RESP3 {stream: [entries]}."""
+    if not got:
+        return []
+    if isinstance(got, dict):
+        return [v[0] for v in got.values() if v]
+    return [entries for _, entries in got]
 
-    consumer: this flusher's name in the group (default host:pid); a restarted flusher under the
-    same name first re-reads its own pending entries. claim_idle: entries pending that long on
-    another consumer are taken over (XAUTOCLAIM): set it above the longest batch commit.
-    """
 
+class _FlusherBase:
     def __init__(
         self,
-        cache: AdCache,
         name: str,
-        sink: ChangeSink,
         *,
-        shards: int = 16,
-        group: str = DEFAULT_GROUP,
-        consumer: str | None = None,
-        batch: int = 500,
-        claim_idle: float = 30.0,
-        claim_every: float | None = None,
-        metrics: StrategyMetrics | None = None,
+        shards: int,
+        group: str,
+        consumer: str | None,
+        batch: int,
+        claim_idle: float,
+        claim_every: float | None,
+        metrics: StrategyMetrics | None,
     ) -> None:
-        self._c = cache
         self.space = Space(name, shards)
-        self.sink = sink
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self.batch = batch
@@ -70,21 +71,11 @@ class Flusher:
         self._next_claim = 0.0
         self._groups_ready = False
 
-    @property
-    def redis(self) -> Any:
-        return self._c.redis
-
-    def ensure_groups(self) -> None:
-        """Create the group on every shard's stream (from id 0: nothing written before is lost)."""
-        for stream in self.space.streams():
-            try:
-                self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
-            except ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
-        self._groups_ready = True
-
-    # ---- reading ----
+    def _claim_due(self) -> bool:
+        if time.monotonic() < self._next_claim:
+            return False
+        self._next_claim = time.monotonic() + self.claim_every
+        return True
 
     def _entries(self, stream: str, raw: Any) -> tuple[list[Change], list[str]]:
         changes: list[Change] = []
@@ -106,18 +97,100 @@ class Flusher:
             changes.append(Change(f["k"], cast(Literal["set", "del"], op), value, stream, eid))
         return changes, dead
 
+    def _collect(
+        self, stream: str, raws: list[Any], changes: list[Change], ids: dict[str, list[str]]
+    ) -> None:
+        seen: set[str] = set()
+        mine = ids.setdefault(stream, [])
+        for raw in raws:
+            ch, dead = self._entries(stream, raw)
+            for c in ch:
+                if c.entry_id not in seen:
+                    seen.add(c.entry_id)
+                    changes.append(c)
+            mine.extend(dead)
+        mine.extend(seen)
+
+    def _ack_calls(self, ids: dict[str, list[str]]) -> list[Any]:
+        return [
+            wb_ack_call(stream, self.group, chunk[i : i + _ACK_CHUNK])
+            for stream, chunk in ids.items()
+            for i in range(0, len(chunk), _ACK_CHUNK)
+        ]
+
+    def _failed(self, e: BaseException) -> None:
+        self._recover = True  # whatever was read stays pending: re-read it next step
+        if "NOGROUP" in str(e):
+            # The streams are gone (a Redis restart without persistence, a flush): recreate.
+            log.error("flusher %s: consumer group lost; recreating it", self.consumer)
+            self._groups_ready = False
+
+    def _skipped(self, result: ApplyResult) -> None:
+        if result.skipped:
+            log.info(
+                "flusher %s: skipped %d already applied changes", self.consumer, result.skipped
+            )
+
+
+class Flusher(_FlusherBase):
+    """Flushes the write-back changes of cache `name` (spread over `shards`) into `sink`.
+
+    consumer: this flusher's name in the group (default host:pid); a restarted flusher under the
+    same name first re-reads its own pending entries. claim_idle: entries pending that long on
+    another consumer are taken over (XAUTOCLAIM): set it above the longest batch commit.
+    """
+
+    def __init__(
+        self,
+        cache: AdCache,
+        name: str,
+        sink: ChangeSink,
+        *,
+        shards: int = 16,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch: int = 500,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        metrics: StrategyMetrics | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            shards=shards,
+            group=group,
+            consumer=consumer,
+            batch=batch,
+            claim_idle=claim_idle,
+            claim_every=claim_every,
+            metrics=metrics,
+        )
+        self._c = cache
+        self.sink = sink
+
+    @property
+    def redis(self) -> Any:
+        return self._c.redis
+
+    def ensure_groups(self) -> None:
+        """Create the group on every shard's stream (from id 0: nothing written before is lost)."""
+        for stream in self.space.streams():
+            try:
+                self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        self._groups_ready = True
+
     def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
         r = self.redis
         changes: list[Change] = []
         ids: dict[str, list[str]] = {}
-        claim = time.monotonic() >= self._next_claim
-        if claim:
-            self._next_claim = time.monotonic() + self.claim_every
+        claim = self._claim_due()
         for stream in self.space.streams():
             raws: list[Any] = []
             if self._recover:
                 got = r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
-                raws += [entries for _, entries in got or ()]
+                raws += _stream_entries(got)
             if claim:
                 reply = r.xautoclaim(
                     stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
@@ -127,20 +200,10 @@ class Flusher:
                     text(i) for i in (reply[2] if len(reply) > 2 else ())
                 )
             got = r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
-            raws += [entries for _, entries in got or ()]
-            seen: set[str] = set()
-            for raw in raws:
-                ch, dead = self._entries(stream, raw)
-                for c in ch:
-                    if c.entry_id not in seen:
-                        seen.add(c.entry_id)
-                        changes.append(c)
-                ids.setdefault(stream, []).extend(dead)
-            ids.setdefault(stream, []).extend(seen)
+            raws += _stream_entries(got)
+            self._collect(stream, raws, changes, ids)
         self._recover = False
         return changes, {s: v for s, v in ids.items() if v}
-
-    # ---- one batch ----
 
     def step(self) -> int:
         """Flush one batch from every shard; returns how many entries it settled."""
@@ -152,13 +215,9 @@ class Flusher:
                 return 0
             result = self.commit(changes)
             self.after_commit(changes, result)
-            self._ack(ids)
+            self._c.run_many(self._ack_calls(ids))
         except Exception as e:
-            self._recover = True  # whatever was read stays pending: re-read it next step
-            if "NOGROUP" in str(e):
-                # The streams are gone (a Redis restart without persistence, a flush): recreate.
-                log.error("flusher %s: consumer group lost; recreating it", self.consumer)
-                self._groups_ready = False
+            self._failed(e)
             raise
         self.metrics.incr("flush", result.applied)
         return sum(len(v) for v in ids.values())
@@ -168,24 +227,11 @@ class Flusher:
         if not changes:
             return ApplyResult(0, 0)
         result = self.sink.apply_changes(changes)
-        if result.skipped:
-            log.info(
-                "flusher %s: skipped %d already applied changes", self.consumer, result.skipped
-            )
+        self._skipped(result)
         return result
 
     def after_commit(self, changes: Sequence[Change], result: ApplyResult) -> None:
         """Called between the commit and the acknowledgement (a hook for subclasses)."""
-
-    def _ack(self, ids: dict[str, list[str]]) -> None:
-        calls = [
-            wb_ack_call(stream, self.group, chunk[i : i + _ACK_CHUNK])
-            for stream, chunk in ids.items()
-            for i in range(0, len(chunk), _ACK_CHUNK)
-        ]
-        self._c.run_many(calls)
-
-    # ---- loops ----
 
     def backlog(self) -> int:
         """Change records not yet flushed (acknowledged entries are deleted from the streams)."""
@@ -218,3 +264,118 @@ class Flusher:
                 continue
             if n == 0:
                 stop.wait(idle_sleep)
+
+
+class AsyncFlusher(_FlusherBase):
+    """Asyncio twin of `Flusher` over an `adcache.aio.AdCache`; the sink (blocking, such as
+    `SQLiteSource`) runs in a thread."""
+
+    def __init__(
+        self,
+        cache: aio.AdCache,
+        name: str,
+        sink: ChangeSink,
+        *,
+        shards: int = 16,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch: int = 500,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        metrics: StrategyMetrics | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            shards=shards,
+            group=group,
+            consumer=consumer,
+            batch=batch,
+            claim_idle=claim_idle,
+            claim_every=claim_every,
+            metrics=metrics,
+        )
+        self._c = cache
+        self.sink = sink
+
+    @property
+    def redis(self) -> Any:
+        return self._c.redis
+
+    async def ensure_groups(self) -> None:
+        for stream in self.space.streams():
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        self._groups_ready = True
+
+    async def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
+        r = self.redis
+        changes: list[Change] = []
+        ids: dict[str, list[str]] = {}
+        claim = self._claim_due()
+        for stream in self.space.streams():
+            raws: list[Any] = []
+            if self._recover:
+                got = await r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
+                raws += _stream_entries(got)
+            if claim:
+                reply = await r.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                )
+                raws.append(reply[1])
+                ids.setdefault(stream, []).extend(
+                    text(i) for i in (reply[2] if len(reply) > 2 else ())
+                )
+            got = await r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
+            raws += _stream_entries(got)
+            self._collect(stream, raws, changes, ids)
+        self._recover = False
+        return changes, {s: v for s, v in ids.items() if v}
+
+    async def step(self) -> int:
+        if not self._groups_ready:
+            await self.ensure_groups()
+        try:
+            changes, ids = await self._read()
+            if not ids:
+                return 0
+            result = ApplyResult(0, 0)
+            if changes:
+                result = await asyncio.to_thread(self.sink.apply_changes, changes)
+                self._skipped(result)
+            await self._c.run_many(self._ack_calls(ids))
+        except Exception as e:
+            self._failed(e)
+            raise
+        self.metrics.incr("flush", result.applied)
+        return sum(len(v) for v in ids.values())
+
+    async def backlog(self) -> int:
+        return sum([int(await self.redis.xlen(s)) for s in self.space.streams()])
+
+    async def drain(self, timeout: float = 30.0, *, idle_sleep: float = 0.05) -> int:
+        deadline = time.monotonic() + timeout
+        total = 0
+        while True:
+            n = await self.step()
+            total += n
+            if n == 0:
+                if await self.backlog() == 0:
+                    return total
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"flusher {self.consumer}: backlog left after {timeout}s")
+                self._next_claim = min(self._next_claim, time.monotonic() + idle_sleep)
+                await asyncio.sleep(idle_sleep)
+
+    async def run(self, stop: asyncio.Event, *, idle_sleep: float = 0.05) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.step()
+            except Exception:
+                log.exception("flusher %s: step failed; retrying", self.consumer)
+                await asyncio.sleep(1.0)
+                continue
+            if n == 0:
+                await asyncio.sleep(idle_sleep)
