@@ -87,7 +87,9 @@ def run(env: BenchEnv) -> list[Result]:
             batch=100,
         )
         o, p = res["get_many (adcache)"], res["predecessor-style MGET + json"]
-        o.note = f"{ratio(o, p):.2f}× MGET+json (one pipeline of FCALLs vs one MGET)"
+        o.note = f"{ratio(o, p):.2f}× MGET+json (one FCALL per shard, one pipeline)"
+        o.round_trips_per_op = round_trips(commands_per_op([r], ours_many, ops=20), scripted=True)
+        p.round_trips_per_op = round_trips(commands_per_op([r], plain_many, ops=20), scripted=False)
         out += res.values()
 
         # ---- the miss path: load from SQLite and fill ----

@@ -277,6 +277,7 @@ C.MAX_LOCK_MS = 10 * T.MINUTE
 C.MAX_PAYLOAD = 4 * 1024 * 1024
 C.MAX_TAGS = 32
 C.MAX_ACK = 1000
+C.MAX_BATCH = 500
 
 -- The value key and the lock key must name the same cache key; returns that key.
 function C.same_key(keys)
@@ -332,6 +333,34 @@ function C.lock(key, token, ms)
   return redis.call('SET', key, token, 'NX', 'PX', ms)
 end
 
+-- The read of ac_cache_get (see its reply): value or loader lock, in one step.
+function C.lookup(vkey, lkey, token, lock_ms, refresh, now)
+  local v = redis.call('HMGET', vkey, 'p', 'x', 'd', 'n', 'w')
+  if v[2] then
+    local remaining = tonumber(v[2]) - now
+    local delta = tonumber(v[3]) or 0
+    if v[5] then
+      -- Dirty (write-back not flushed yet): the cache is the truth, never stale, never reloaded.
+      remaining = math.max(remaining, 1)
+      if v[4] == '1' then return {'neg', '', remaining, 0} end
+      return {'hit', v[1], remaining, 0}
+    end
+    if remaining > 0 then
+      if v[4] == '1' then return {'neg', '', remaining, delta} end
+      if refresh and C.lock(lkey, token, lock_ms) then
+        return {'reload', v[1], remaining, delta}
+      end
+      return {'hit', v[1], remaining, delta}
+    end
+    if v[4] ~= '1' then
+      if C.lock(lkey, token, lock_ms) then return {'reload', v[1], remaining, delta} end
+      return {'stale', v[1], remaining, delta}
+    end
+  end
+  if C.lock(lkey, token, lock_ms) then return {'load', '', 0, 0} end
+  return {'wait', '', redis.call('PTTL', lkey), 0}
+end
+
 --- @function ac_cache_get
 --- @summary Read a cached value; when it is missing or stale, take the loader lock if it is free.
 --- @keys cache_value cache_lock
@@ -346,31 +375,36 @@ local function cache_get(keys, args)
   local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
   local refresh = V.enum(args[3], 'refresh', {['0'] = true, ['1'] = true}) == '1'
   C.expect_type(keys[1], 'hash')
-  local v = redis.call('HMGET', keys[1], 'p', 'x', 'd', 'n', 'w')
-  local now = T.now_ms()
-  if v[2] then
-    local remaining = tonumber(v[2]) - now
-    local delta = tonumber(v[3]) or 0
-    if v[5] then
-      -- Dirty (write-back not flushed yet): the cache is the truth, never stale, never reloaded.
-      remaining = math.max(remaining, 1)
-      if v[4] == '1' then return {'neg', '', remaining, 0} end
-      return {'hit', v[1], remaining, 0}
-    end
-    if remaining > 0 then
-      if v[4] == '1' then return {'neg', '', remaining, delta} end
-      if refresh and C.lock(keys[2], token, lock_ms) then
-        return {'reload', v[1], remaining, delta}
-      end
-      return {'hit', v[1], remaining, delta}
-    end
-    if v[4] ~= '1' then
-      if C.lock(keys[2], token, lock_ms) then return {'reload', v[1], remaining, delta} end
-      return {'stale', v[1], remaining, delta}
-    end
+  return C.lookup(keys[1], keys[2], token, lock_ms, refresh, T.now_ms())
+end
+
+--- @function ac_cache_get_many
+--- @summary ac_cache_get for many keys of one shard: their value keys, then their lock keys.
+--- @keys cache_value... cache_lock...
+--- @argv token lock_ttl_ms
+--- @reply flat array: status, payload, remaining_ms, load_ms for each key in KEYS order (as ac_cache_get)
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
+local function cache_get_many(keys, args)
+  local n = #keys / 2
+  if n < 1 or n ~= math.floor(n) then
+    E.fail('ADCACHE_ARITY', 'expected value keys then as many lock keys, got ' .. #keys .. ' keys')
   end
-  if C.lock(keys[2], token, lock_ms) then return {'load', '', 0, 0} end
-  return {'wait', '', redis.call('PTTL', keys[2]), 0}
+  if n > C.MAX_BATCH then E.fail('ADCACHE_LIMIT', 'at most ' .. C.MAX_BATCH .. ' keys per call') end
+  local names = {}
+  for i = 1, n do names[i], names[n + i] = 'cache_value', 'cache_lock' end
+  K.check(keys, names)
+  for i = 1, n do C.same_key({keys[i], keys[n + i]}) end
+  V.nargs(args, 2, 2)
+  local token = V.id(args[1], 'token')
+  local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
+  for i = 1, n do C.expect_type(keys[i], 'hash') end
+  local now = T.now_ms()
+  local out = {}
+  for i = 1, n do
+    local r = C.lookup(keys[i], keys[n + i], token, lock_ms, false, now)
+    for j = 1, 4 do out[#out + 1] = r[j] end
+  end
+  return out
 end
 
 --- @function ac_cache_fill
@@ -549,6 +583,7 @@ local function cache_wb_ack(keys, args)
 end
 
 redis.register_function{function_name='ac_cache_get', callback=cache_get, flags={}, description='Read a cached value; when it is missing or stale, take the loader lock if it is free.'}
+redis.register_function{function_name='ac_cache_get_many', callback=cache_get_many, flags={}, description='ac_cache_get for many keys of one shard: their value keys, then their lock keys.'}
 redis.register_function{function_name='ac_cache_fill', callback=cache_fill, flags={}, description='Store a loaded value, only while the caller still owns the loader lock; releases it.'}
 redis.register_function{function_name='ac_cache_release', callback=cache_release, flags={}, description='Give up the loader lock (a failed load), so that a waiting caller can take it at once.'}
 redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Store a value unconditionally (write-through), cancelling any loader of the key.'}
@@ -664,7 +699,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '2743bd052b3e97cbb2bd192dc19a85f63cfd084f5cdc258e8d795916ae46da60'
+local LIBRARY_SHA256 = '525c8ea975f693b6f7c0981cd1f539cda310fffa05a0fb2dc04568953dfbaff6'
 
 --- @function ac_version
 --- @flags no-writes

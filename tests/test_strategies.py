@@ -19,10 +19,12 @@ import redis
 
 from adcache import (
     AdCache,
+    ArityError,
     BadArgumentError,
     BadKeyError,
     Call,
     CorruptStateError,
+    LimitExceededError,
     NotFoundError,
     aio,
 )
@@ -135,6 +137,37 @@ def test_get_many_loads_misses_in_one_batch(acs: AdCache, uid: str, src: Countin
     assert src.loads() == 1 + 24, "k3 was cached; the 24 others were loaded by one load_many"
     assert c.get_many([f"k{i}" for i in range(25)]) == got
     assert src.loads() == 25, "the second round is all hits (negative entries for k20..k24)"
+
+
+def test_get_many_concurrent_batches_load_each_key_once(
+    lib_standalone: Any, uid: str, tmp_path: Path
+) -> None:
+    source = CountingSource(tmp_path / "db.sqlite", delay=0.2)
+    for i in range(30):
+        source.save(f"k{i}", i)
+    want = {f"k{i}": i for i in range(30)}
+    ks = [f"k{i}" for i in range(35)]
+    errors: list[BaseException] = []
+    got: list[dict[str, Any]] = []
+    start = threading.Barrier(10)
+
+    def batch(seed: int) -> None:
+        try:
+            c = StrategyCache(AdCache(lib_standalone.client()), uid, source, CachePolicy(shards=8))
+            start.wait(10)
+            got.append(c.get_many(ks[seed:] + ks[:seed]))
+            c._c.close()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=batch, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert got == [want] * 10
+    assert all(source.loads(k) == 1 for k in ks), "each key loaded once across 10 batches"
 
 
 def test_ttl_jitter_spreads_expiries(ac: AdCache, uid: str, src: CountingSource) -> None:
@@ -594,6 +627,29 @@ def test_bad_input_changes_nothing(acs: AdCache, uid: str) -> None:
         sp.value_key("a{b}")
     with pytest.raises(BadArgumentError):
         Space("bad{name}")
+
+
+def test_get_many_bad_input_takes_no_lock(acs: AdCache, uid: str) -> None:
+    sp = Space(uid, 1)
+    v1, v2, l1, l2 = sp.value_key("a"), sp.value_key("b"), sp.lock_key("a"), sp.lock_key("b")
+    node = _node_of(acs, v1)
+
+    def raw(ks: Sequence[str], *args: str | int) -> Call[Any]:
+        return Call("ac_cache_get_many", tuple(ks), tuple(args), lambda r: r)
+
+    with pytest.raises(ArityError):
+        acs.run(raw([v1, v2, l1], "tok", 5000))
+    with pytest.raises(BadKeyError):
+        acs.run(raw([v1, v2, l2, l1], "tok", 5000))
+    with pytest.raises(BadArgumentError):
+        acs.run(raw([v1, v2, l1, l2], "tok", 0))
+    many = [sp.value_key(f"k{i}") for i in range(501)] + [sp.lock_key(f"k{i}") for i in range(501)]
+    with pytest.raises(LimitExceededError):
+        acs.run(raw(many, "tok", 5000))
+    assert node.exists(l1, l2, sp.lock_key("k0")) == 0
+    reply = acs.run(raw([v1, v2, l1, l2], "tok", 5000))
+    assert [x.decode() if isinstance(x, bytes) else x for x in reply] == ["load", "", 0, 0] * 2
+    assert node.exists(l1, l2) == 2
 
 
 def test_ack_with_unknown_group_deletes_nothing(ac: AdCache, uid: str, src: SQLiteSource) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = '2743bd052b3e97cbb2bd192dc19a85f63cfd084f5cdc258e8d795916ae46da60'
+LIBRARY_SHA256 = '525c8ea975f693b6f7c0981cd1f539cda310fffa05a0fb2dc04568953dfbaff6'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -64,6 +64,7 @@ class FunctionSpec:
 FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_cache_fill': FunctionSpec('ac_cache_fill', 'cache', False, ('cache_value', 'cache_lock', 'cache_tag...'), 'token kind(value|negative) payload ttl_ms grace_ms load_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get': FunctionSpec('ac_cache_get', 'cache', False, ('cache_value', 'cache_lock'), 'token lock_ttl_ms refresh(0|1: take the lock even when the value is fresh)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_cache_get_many': FunctionSpec('ac_cache_get_many', 'cache', False, ('cache_value...', 'cache_lock...'), 'token lock_ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_invalidate': FunctionSpec('ac_cache_invalidate', 'cache', False, ('cache_value', 'cache_lock'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT')),
     'ac_cache_invalidate_tag': FunctionSpec('ac_cache_invalidate_tag', 'cache', False, ('cache_tag',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),

@@ -107,6 +107,29 @@ def get_call(
     )
 
 
+MAX_BATCH = 500  # keys per ac_cache_get_many (the Lua bound)
+
+
+def _lookups(reply: Any) -> list[Lookup]:
+    return [_lookup(reply[i : i + 4]) for i in range(0, len(reply), 4)]
+
+
+def get_many_calls(
+    space: Space, keys_: Sequence[str], token: str, *, lock_ttl_ms: int
+) -> list[tuple[list[str], Call[list[Lookup]]]]:
+    """One `ac_cache_get_many` per shard (per MAX_BATCH keys): (the keys, their call)."""
+    by_shard: dict[int, list[str]] = {}
+    for k in keys_:
+        by_shard.setdefault(space.shard(k), []).append(k)
+    out: list[tuple[list[str], Call[list[Lookup]]]] = []
+    for group in by_shard.values():
+        for i in range(0, len(group), MAX_BATCH):
+            chunk = group[i : i + MAX_BATCH]
+            ks = tuple(space.value_key(k) for k in chunk) + tuple(space.lock_key(k) for k in chunk)
+            out.append((chunk, Call("ac_cache_get_many", ks, (token, lock_ttl_ms), _lookups)))
+    return out
+
+
 def fill_call(
     space: Space,
     key: str,

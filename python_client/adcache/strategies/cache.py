@@ -146,6 +146,59 @@ class _Base:
         else:
             self.metrics.incr("miss")
 
+    def _lookup_calls(
+        self, keys: Sequence[str], token: str
+    ) -> list[tuple[list[str], Call[list[Lookup]]]]:
+        return ops.get_many_calls(self.space, keys, token, lock_ttl_ms=self.policy.lock_ttl_ms)
+
+    def _partition(
+        self,
+        keys: Sequence[str],
+        batches: list[tuple[list[str], Call[list[Lookup]]]],
+        replies: list[list[Lookup]],
+    ) -> tuple[dict[str, Any], list[str], list[str]]:
+        """Served values, keys this caller must load (it holds their lock), keys to wait for."""
+        by_key = {
+            k: lk
+            for (ks, _), lks in zip(batches, replies, strict=True)
+            for k, lk in zip(ks, lks, strict=True)
+        }
+        out: dict[str, Any] = {}
+        to_load: list[str] = []
+        waiting: list[str] = []
+        for k in keys:
+            lk = by_key[k]
+            if lk.status == "wait":
+                waiting.append(k)
+                continue
+            self._served(lk, lk)
+            if lk.status in ("hit", "stale"):
+                out[k] = decode(lk.payload)
+            elif lk.locked:
+                to_load.append(k)
+        return out, to_load, waiting
+
+    def _fill_calls(
+        self, keys: Sequence[str], token: str, loaded: dict[str, Any], t0: float
+    ) -> list[Call[Any]]:
+        load_ms = min(round((time.monotonic() - t0) * 1000), ops_max_load_ms())
+        return [self._fill_call(k, token, loaded.get(k), load_ms) for k in keys]
+
+    def _fill_call(self, key: str, token: str, value: Any, load_ms: int) -> Call[Any]:
+        p = self.policy
+        if value is None and p.negative_ttl_ms <= 0:
+            return ops.invalidate_call(self.space, key)
+        return ops.fill_call(
+            self.space,
+            key,
+            token,
+            None if value is None else encode(value),
+            ttl_ms=p.negative_ttl_ms if value is None else p.ttl_ms(),
+            grace_ms=p.grace_ms,
+            load_ms=load_ms,
+            tags=() if value is None else self._tags(key, value, None),
+        )
+
 
 class StrategyCache(_Base):
     """A named cache in front of a `SourceOfTruth`, on a synchronous `AdCache`.
@@ -251,56 +304,31 @@ class StrategyCache(_Base):
             self.metrics.incr("fill_lost")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        """The values of the keys that exist: one round per node for the lookups, one
-        `load_many` for the keys this caller must load, one round for the fills."""
-        p = self.policy
+        """The values of the keys that exist: one round per node for the lookups (one FCALL per
+        shard), one `load_many` for the keys this caller must load, one round for the fills."""
         token = uuid.uuid4().hex
         keys = list(dict.fromkeys(keys))  # one lookup (and one lock) per distinct key
-        calls = [ops.get_call(self.space, k, token, lock_ttl_ms=p.lock_ttl_ms) for k in keys]
-        found: list[Lookup] = self._c.run_many(calls)
-        out: dict[str, Any] = {}
-        to_load: list[str] = []
-        waiting: list[str] = []
-        for k, lk in zip(keys, found, strict=True):
-            if lk.status in ("hit", "stale"):
-                self._served(lk, lk)
-                out[k] = decode(lk.payload)
-            elif lk.status == "neg":
-                self._served(lk, lk)
-            elif lk.locked:
-                self._served(lk, lk)
-                to_load.append(k)
-            else:
-                waiting.append(k)
+        batches = self._lookup_calls(keys, token)
+        replies = self._c.run_many([call for _, call in batches])
+        out, to_load, waiting = self._partition(keys, batches, replies)
         if to_load:
             t0 = time.monotonic()
             self.metrics.incr("load", len(to_load))
-            loaded = self.source.load_many(to_load)
-            load_ms = min(round((time.monotonic() - t0) * 1000), ops_max_load_ms())
-            fills = [self._fill_call(k, token, loaded.get(k), load_ms) for k in to_load]
+            try:
+                loaded = self.source.load_many(to_load)
+            except Exception:
+                self.metrics.incr("load_error")
+                self._c.run_many([ops.release_call(self.space, k, token) for k in to_load])
+                raise
+            fills = self._fill_calls(to_load, token, loaded, t0)
             results = self._c.run_many(fills)
             self.metrics.incr("fill_lost", sum(1 for r in results if r is False))
-            out.update({k: v for k, v in loaded.items()})
+            out.update(loaded)
         for k in waiting:
             v = self.get(k)
             if v is not None:
                 out[k] = v
         return out
-
-    def _fill_call(self, key: str, token: str, value: Any, load_ms: int) -> Call[Any]:
-        p = self.policy
-        if value is None and p.negative_ttl_ms <= 0:
-            return ops.invalidate_call(self.space, key)
-        return ops.fill_call(
-            self.space,
-            key,
-            token,
-            None if value is None else encode(value),
-            ttl_ms=p.negative_ttl_ms if value is None else p.ttl_ms(),
-            grace_ms=p.grace_ms,
-            load_ms=load_ms,
-            tags=() if value is None else self._tags(key, value, None),
-        )
 
     # ---- invalidation ----
 
@@ -493,8 +521,26 @@ class AsyncStrategyCache(_Base):
         return value
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        values = await asyncio.gather(*(self.get(k) for k in keys))
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+        token = uuid.uuid4().hex
+        keys = list(dict.fromkeys(keys))
+        batches = self._lookup_calls(keys, token)
+        replies = await self._c.run_many([call for _, call in batches])
+        out, to_load, waiting = self._partition(keys, batches, replies)
+        if to_load:
+            t0 = time.monotonic()
+            self.metrics.incr("load", len(to_load))
+            try:
+                loaded = await self.source.load_many(to_load)
+            except Exception:
+                self.metrics.incr("load_error")
+                await self._c.run_many([ops.release_call(self.space, k, token) for k in to_load])
+                raise
+            results = await self._c.run_many(self._fill_calls(to_load, token, loaded, t0))
+            self.metrics.incr("fill_lost", sum(1 for r in results if r is False))
+            out.update(loaded)
+        values = await asyncio.gather(*(self.get(k) for k in waiting))
+        out.update({k: v for k, v in zip(waiting, values, strict=True) if v is not None})
+        return out
 
     async def invalidate(self, key: str) -> bool:
         return await self._c.caches.invalidate(self.space, key)
