@@ -41,6 +41,7 @@ K.SPEC = {
   session = {'s', '^sess$'},
   cache_value = {'k', '^v:[^{}]+$'},
   cache_lock = {'k', '^l:[^{}]+$'},
+  cache_writer = {'k', '^w:[^{}]+$'},
   cache_tag = {'k', '^t:[^{}]+$'},
   cache_stream = {'k', '^wb$'},
 }
@@ -94,6 +95,9 @@ function K.cache_value(tag, key)
 end
 function K.cache_lock(tag, key)
   return 'ad:{' .. tag .. '}:l:' .. key
+end
+function K.cache_writer(tag, key)
+  return 'ad:{' .. tag .. '}:w:' .. key
 end
 function K.cache_tag(tag, name)
   return 'ad:{' .. tag .. '}:t:' .. name
@@ -279,13 +283,16 @@ C.MAX_TAGS = 32
 C.MAX_ACK = 1000
 C.MAX_BATCH = 500
 
--- The value key and the lock key must name the same cache key; returns that key.
-function C.same_key(keys)
+-- keys[1] (a value key) and keys[2..n] (its lock, writer... keys) must name the same cache key;
+-- returns that key.
+function C.same_key(keys, n)
   local _, _, vs = K.split(keys[1])
-  local _, _, ls = K.split(keys[2])
   local k = string.sub(vs, 3)
-  if string.sub(ls, 3) ~= k then
-    E.fail('ADCACHE_BADKEY', 'KEYS[2] must be the lock of ' .. k .. ', got ' .. keys[2])
+  for i = 2, n or 2 do
+    local _, _, s = K.split(keys[i])
+    if string.sub(s, 3) ~= k then
+      E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must belong to ' .. k .. ', got ' .. keys[i])
+    end
   end
   return k
 end
@@ -444,22 +451,48 @@ local function cache_release(keys, args)
   return redis.call('DEL', keys[2])
 end
 
---- @function ac_cache_set
---- @summary Store a value unconditionally (write-through), cancelling any loader of the key.
---- @keys cache_value cache_lock cache_tag...
---- @argv kind(value|negative) payload ttl_ms grace_ms
+--- @function ac_cache_write_begin
+--- @summary Write-through, before the database write: become the key's last writer and cancel any loader of it.
+--- @keys cache_value cache_lock cache_writer
+--- @argv token ttl_ms
 --- @reply integer: 1
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG
+local function cache_write_begin(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock', 'cache_writer'})
+  C.same_key(keys, 3)
+  V.nargs(args, 2, 2)
+  local token = V.id(args[1], 'token')
+  local ttl = V.pos(args[2], 'ttl_ms', C.MAX_LOCK_MS)
+  redis.call('DEL', keys[2])
+  redis.call('SET', keys[3], token, 'PX', ttl)
+  return 1
+end
+
+--- @function ac_cache_set
+--- @summary Write-through, after the database write: store the value if the caller is still the key's last writer, else drop the key (a later writer's value is in the database). Cancels any loader.
+--- @keys cache_value cache_lock cache_writer cache_tag...
+--- @argv token kind(value|negative) payload ttl_ms grace_ms
+--- @reply integer: 1 when stored, 0 when another writer began since (the key was dropped instead)
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function cache_set(keys, args)
-  K.check(keys, {'cache_value', 'cache_lock'}, 'cache_tag', C.MAX_TAGS)
-  local member = C.same_key(keys)
-  V.nargs(args, 4, 4)
-  local negative = V.enum(args[1], 'kind', {value = true, negative = true}) == 'negative'
-  local payload = V.str(args[2], 'payload', C.MAX_PAYLOAD)
-  local ttl = V.pos(args[3], 'ttl_ms', C.MAX_TTL_MS)
-  local grace = V.uint(args[4], 'grace_ms', C.MAX_TTL_MS)
-  C.check_types(keys, 3)
-  C.store(keys, member, 3, payload, negative, ttl, grace, 0, T.now_ms())
+  K.check(keys, {'cache_value', 'cache_lock', 'cache_writer'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys, 3)
+  V.nargs(args, 5, 5)
+  local token = V.id(args[1], 'token')
+  local negative = V.enum(args[2], 'kind', {value = true, negative = true}) == 'negative'
+  local payload = V.str(args[3], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[4], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
+  C.check_types(keys, 4)
+  if redis.call('GET', keys[3]) ~= token then
+    -- Writers finish in another order than the database serialized them: only the last one to
+    -- begin may store; the others drop the key and the next read loads the database's value.
+    redis.call('DEL', keys[1], keys[2])
+    return 0
+  end
+  redis.call('DEL', keys[3])
+  C.store({keys[1], keys[2], unpack(keys, 4)}, member, 3, payload, negative, ttl, grace, 0,
+    T.now_ms())
   return 1
 end
 
@@ -586,7 +619,8 @@ redis.register_function{function_name='ac_cache_get', callback=cache_get, flags=
 redis.register_function{function_name='ac_cache_get_many', callback=cache_get_many, flags={}, description='ac_cache_get for many keys of one shard: their value keys, then their lock keys.'}
 redis.register_function{function_name='ac_cache_fill', callback=cache_fill, flags={}, description='Store a loaded value, only while the caller still owns the loader lock; releases it.'}
 redis.register_function{function_name='ac_cache_release', callback=cache_release, flags={}, description='Give up the loader lock (a failed load), so that a waiting caller can take it at once.'}
-redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Store a value unconditionally (write-through), cancelling any loader of the key.'}
+redis.register_function{function_name='ac_cache_write_begin', callback=cache_write_begin, flags={}, description='Write-through, before the database write: become the key\'s last writer and cancel any loader of it.'}
+redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Write-through, after the database write: store the value if the caller is still the key\'s last writer, else drop the key (a later writer\'s value is in the database). Cancels any loader.'}
 redis.register_function{function_name='ac_cache_invalidate', callback=cache_invalidate, flags={}, description='Drop a cached value and cancel any loader of it (its fill will be refused). A dirty write-back value is kept.'}
 redis.register_function{function_name='ac_cache_invalidate_tag', callback=cache_invalidate_tag, flags={}, description='Drop every value of one shard carrying a tag (dirty write-back values excepted), cancel their loaders, drop the tag set.'}
 redis.register_function{function_name='ac_cache_wb_write', callback=cache_wb_write, flags={}, description='Write-back: store the value (or a negative entry for a delete), pinned until flushed, and append its change record to the shard\'s stream, atomically.'}
@@ -699,7 +733,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = '525c8ea975f693b6f7c0981cd1f539cda310fffa05a0fb2dc04568953dfbaff6'
+local LIBRARY_SHA256 = 'fbf1104ca5fc1c9ae7f43569238c9dfe3ed2c036f44c6650c40a51589564da7f'
 
 --- @function ac_version
 --- @flags no-writes

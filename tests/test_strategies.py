@@ -8,6 +8,7 @@ write-around and write-back with its flusher, and bad input that must change not
 from __future__ import annotations
 
 import multiprocessing
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -421,6 +422,49 @@ def test_write_through(acs: AdCache, uid: str, src: CountingSource) -> None:
     assert src.loads("w") == 0, "the delete cached its absence"
 
 
+class JitterySource(SQLiteSource):
+    """Saves take a random few milliseconds after the commit, so concurrent writers finish out of
+    the order in which the database serialized them."""
+
+    def save(self, key: str, value: Any) -> None:
+        super().save(key, value)
+        time.sleep(random.random() * 0.005)
+
+
+def test_concurrent_write_through_leaves_the_database_value(
+    lib_standalone: Any, uid: str, tmp_path: Path
+) -> None:
+    source = JitterySource(tmp_path / "db.sqlite")
+    caches = [
+        StrategyCache(AdCache(lib_standalone.client()), uid, source, CachePolicy(shards=4))
+        for _ in range(8)
+    ]
+    errors: list[BaseException] = []
+    stale_rounds = 0
+    for rnd in range(20):
+        start = threading.Barrier(8)
+
+        def write(w: int, rnd: int = rnd, start: threading.Barrier = start) -> None:
+            try:
+                start.wait(10)
+                caches[w].write_through("hot", {"writer": w, "round": rnd})
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        if caches[0].get("hot") != source.load("hot"):
+            stale_rounds += 1
+            caches[0].invalidate("hot")
+    for c in caches:
+        c._c.close()
+    assert stale_rounds == 0, f"{stale_rounds}/20 rounds left a losing writer's value cached"
+
+
 class PickySource(CountingSource):
     def save(self, key: str, value: Any) -> None:
         if not isinstance(value, dict):
@@ -612,7 +656,9 @@ def test_bad_input_changes_nothing(acs: AdCache, uid: str) -> None:
         acs.run(raw("ac_cache_fill", [vkey, lkey], "tok", "maybe", '"x"', "100", "0", "1"))
     other_lock = sp.lock_key("k") + "x"
     with pytest.raises(BadKeyError):
-        acs.run(raw("ac_cache_set", [vkey, other_lock], "value", '"x"', "100", "0"))
+        acs.run(
+            raw("ac_cache_set", [vkey, other_lock, sp.writer_key("k")], "t", "value", "1", 9, 0)
+        )
     assert node.exists(vkey) == 0 and node.get(lkey) in (b"tok", "tok")
     stream = sp.stream(sp.shard("k"))
     with pytest.raises(BadArgumentError):

@@ -80,6 +80,9 @@ class Space:
     def lock_key(self, key: str) -> str:
         return keys.cache_lock(self.id_of(key), key)
 
+    def writer_key(self, key: str) -> str:
+        return keys.cache_writer(self.id_of(key), key)
+
     def tag_keys(self, key: str, tags: Sequence[str]) -> tuple[str, ...]:
         cid = self.id_of(key)
         return tuple(keys.cache_tag(cid, _check_name(t, "tag", MAX_KEY_BYTES)) for t in tags)
@@ -160,20 +163,37 @@ def release_call(space: Space, key: str, token: str) -> Call[bool]:
     )
 
 
+def write_begin_call(space: Space, key: str, token: str, *, ttl_ms: int) -> Call[bool]:
+    return Call(
+        "ac_cache_write_begin",
+        (space.value_key(key), space.lock_key(key), space.writer_key(key)),
+        (token, ttl_ms),
+        lambda r: int(r) == 1,
+    )
+
+
 def set_call(
     space: Space,
     key: str,
+    token: str,
     payload: str | None,
     *,
     ttl_ms: int,
     grace_ms: int,
     tags: Sequence[str] = (),
 ) -> Call[bool]:
+    """Store if `token` is still the key's last writer (see write_begin_call); else the key is
+    dropped and the reply is False."""
     kind = "negative" if payload is None else "value"
     return Call(
         "ac_cache_set",
-        (space.value_key(key), space.lock_key(key), *space.tag_keys(key, tags)),
-        (kind, payload or "", ttl_ms, grace_ms),
+        (
+            space.value_key(key),
+            space.lock_key(key),
+            space.writer_key(key),
+            *space.tag_keys(key, tags),
+        ),
+        (token, kind, payload or "", ttl_ms, grace_ms),
         lambda r: int(r) == 1,
     )
 
@@ -266,18 +286,24 @@ class Caches:
         """Give up the loader lock after a failed load."""
         return self._c.run(release_call(space, key, token))
 
+    def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
+        """Before a write-through's database write: become the key's last writer."""
+        return self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
+
     def set(
         self,
         space: Space,
         key: str,
+        token: str,
         payload: str | None,
         *,
         ttl_ms: int,
         grace_ms: int,
         tags: Sequence[str] = (),
     ) -> bool:
+        """After it: store if still the last writer, else drop the key (False)."""
         return self._c.run(
-            set_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
+            set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
         )
 
     def invalidate(self, space: Space, key: str) -> bool:
@@ -346,18 +372,24 @@ class AsyncCaches:
     async def release(self, space: Space, key: str, token: str) -> bool:
         return await self._c.run(release_call(space, key, token))
 
+    async def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
+        """Before a write-through's database write: become the key's last writer."""
+        return await self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
+
     async def set(
         self,
         space: Space,
         key: str,
+        token: str,
         payload: str | None,
         *,
         ttl_ms: int,
         grace_ms: int,
         tags: Sequence[str] = (),
     ) -> bool:
+        """After it: store if still the last writer, else drop the key (False)."""
         return await self._c.run(
-            set_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
+            set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
         )
 
     async def invalidate(self, space: Space, key: str) -> bool:

@@ -358,16 +358,23 @@ class StrategyCache(_Base):
     # ---- writes ----
 
     def write_through(self, key: str, value: Any, *, tags: Sequence[str] | None = None) -> None:
-        """Write the source, then the cache. If the source refuses, the cache is untouched; if the
-        cache write fails, the key is invalidated (and the error raised only if that fails too)."""
+        """Write the source, then the cache. If the source refuses, the cache keeps the value it
+        had (still the database's); if the cache write fails, the key is invalidated (the error
+        raised only if that fails too). Concurrent writers of a key: only the last one to begin
+        stores its value, the others drop the key (they may finish in another order than the
+        database serialized them)."""
+        token = uuid.uuid4().hex
+        p = self.policy
+        self._c.caches.write_begin(self.space, key, token, ttl_ms=p.lock_ttl_ms)
         self.source.save(key, value)
         try:
             self._c.caches.set(
                 self.space,
                 key,
+                token,
                 encode(value),
-                ttl_ms=self.policy.ttl_ms(),
-                grace_ms=self.policy.grace_ms,
+                ttl_ms=p.ttl_ms(),
+                grace_ms=p.grace_ms,
                 tags=self._tags(key, value, tags),
             )
         except Exception as e:
@@ -375,26 +382,29 @@ class StrategyCache(_Base):
 
     def delete_through(self, key: str) -> None:
         """Delete in the source, then cache the absence (a negative entry) or drop the key."""
-        self.source.delete(key)
         p = self.policy
+        if p.negative_ttl_ms <= 0:
+            self.source.delete(key)
+            self._invalidate_now(key)
+            return
+        token = uuid.uuid4().hex
+        self._c.caches.write_begin(self.space, key, token, ttl_ms=p.lock_ttl_ms)
+        self.source.delete(key)
         try:
-            if p.negative_ttl_ms > 0:
-                self._c.caches.set(self.space, key, None, ttl_ms=p.negative_ttl_ms, grace_ms=0)
-            else:
-                self._c.caches.invalidate(self.space, key)
+            self._c.caches.set(self.space, key, token, None, ttl_ms=p.negative_ttl_ms, grace_ms=0)
         except Exception as e:
             self._invalidate_after_failure(key, e)
 
     def write_around(self, key: str, value: Any) -> None:
         """Write the source, then drop the cached value; the next read loads the new one."""
         self.source.save(key, value)
-        self._invalidate_after_failure_or_now(key)
+        self._invalidate_now(key)
 
     def delete_around(self, key: str) -> None:
         self.source.delete(key)
-        self._invalidate_after_failure_or_now(key)
+        self._invalidate_now(key)
 
-    def _invalidate_after_failure_or_now(self, key: str) -> None:
+    def _invalidate_now(self, key: str) -> None:
         try:
             self._c.caches.invalidate(self.space, key)
         except Exception as e:
@@ -565,29 +575,42 @@ class AsyncStrategyCache(_Base):
     async def write_through(
         self, key: str, value: Any, *, tags: Sequence[str] | None = None
     ) -> None:
+        """Write the source, then the cache. If the source refuses, the cache keeps the value it
+        had (still the database's); if the cache write fails, the key is invalidated (the error
+        raised only if that fails too). Concurrent writers of a key: only the last one to begin
+        stores its value, the others drop the key (they may finish in another order than the
+        database serialized them)."""
+        token = uuid.uuid4().hex
+        p = self.policy
+        await self._c.caches.write_begin(self.space, key, token, ttl_ms=p.lock_ttl_ms)
         await self.source.save(key, value)
         try:
             await self._c.caches.set(
                 self.space,
                 key,
+                token,
                 encode(value),
-                ttl_ms=self.policy.ttl_ms(),
-                grace_ms=self.policy.grace_ms,
+                ttl_ms=p.ttl_ms(),
+                grace_ms=p.grace_ms,
                 tags=self._tags(key, value, tags),
             )
         except Exception as e:
             await self._invalidate_after_failure(key, e)
 
     async def delete_through(self, key: str) -> None:
-        await self.source.delete(key)
+        """Delete in the source, then cache the absence (a negative entry) or drop the key."""
         p = self.policy
+        if p.negative_ttl_ms <= 0:
+            await self.source.delete(key)
+            await self._invalidate_now(key)
+            return
+        token = uuid.uuid4().hex
+        await self._c.caches.write_begin(self.space, key, token, ttl_ms=p.lock_ttl_ms)
+        await self.source.delete(key)
         try:
-            if p.negative_ttl_ms > 0:
-                await self._c.caches.set(
-                    self.space, key, None, ttl_ms=p.negative_ttl_ms, grace_ms=0
-                )
-            else:
-                await self._c.caches.invalidate(self.space, key)
+            await self._c.caches.set(
+                self.space, key, token, None, ttl_ms=p.negative_ttl_ms, grace_ms=0
+            )
         except Exception as e:
             await self._invalidate_after_failure(key, e)
 
