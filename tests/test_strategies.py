@@ -596,6 +596,25 @@ def test_flusher_reclaims_entries_of_a_dead_consumer(ac: AdCache, uid: str, tmp_
     assert len(src.audit_log()) == 30
 
 
+def test_flusher_run_loop_in_a_thread(acs: AdCache, uid: str, src: SQLiteSource) -> None:
+    c = _cache(acs, uid, src)
+    f = Flusher(acs, uid, src, shards=8, consumer="loop")
+    stop = threading.Event()
+    t = threading.Thread(target=f.run, args=(stop,), kwargs={"max_idle": 0.1})
+    t.start()
+    try:
+        for i in range(50):
+            c.write_back(f"k{i % 10}", i)
+        deadline = time.monotonic() + 20
+        while src.items() != {f"k{k}": 40 + k for k in range(10)}:
+            assert time.monotonic() < deadline, "the loop did not flush in time"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive() and f.backlog() == 0
+
+
 def test_flusher_recreates_lost_groups(ac: AdCache, uid: str, src: SQLiteSource) -> None:
     c = _cache(ac, uid, src, shards=2)
     f = Flusher(ac, uid, src, shards=2, consumer="f")

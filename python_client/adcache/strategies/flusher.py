@@ -111,6 +111,46 @@ class _FlusherBase:
             mine.extend(dead)
         mine.extend(seen)
 
+    def _plan(self) -> list[tuple[str, str]]:
+        """The reads of one step: (stream, "pending" | "claim" | "new"), in this order per
+        stream (own pending entries after a start or a failure, claims when due, new entries)."""
+        claim = self._claim_due()
+        plan: list[tuple[str, str]] = []
+        for stream in self.space.streams():
+            if self._recover:
+                plan.append((stream, "pending"))
+            if claim:
+                plan.append((stream, "claim"))
+            plan.append((stream, "new"))
+        return plan
+
+    def _queue(self, pipe: Any, stream: str, what: str) -> None:
+        if what == "claim":
+            pipe.xautoclaim(
+                stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+            )
+        else:
+            start = "0" if what == "pending" else ">"
+            pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
+
+    def _settle(
+        self, plan: list[tuple[str, str]], replies: list[Any]
+    ) -> tuple[list[Change], dict[str, list[str]]]:
+        raws: dict[str, list[Any]] = {}
+        ids: dict[str, list[str]] = {}
+        for (stream, what), reply in zip(plan, replies, strict=True):
+            if what == "claim":
+                raws.setdefault(stream, []).append(reply[1])
+                deleted = reply[2] if len(reply) > 2 else ()
+                ids.setdefault(stream, []).extend(text(i) for i in deleted)
+            else:
+                raws.setdefault(stream, []).extend(_stream_entries(reply))
+        changes: list[Change] = []
+        for stream, rs in raws.items():
+            self._collect(stream, rs, changes, ids)
+        self._recover = False
+        return changes, {s: v for s, v in ids.items() if v}
+
     def _ack_calls(self, ids: dict[str, list[str]]) -> list[Any]:
         return [
             wb_ack_call(stream, self.group, chunk[i : i + _ACK_CHUNK])
@@ -182,28 +222,12 @@ class Flusher(_FlusherBase):
         self._groups_ready = True
 
     def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
-        r = self.redis
-        changes: list[Change] = []
-        ids: dict[str, list[str]] = {}
-        claim = self._claim_due()
-        for stream in self.space.streams():
-            raws: list[Any] = []
-            if self._recover:
-                got = r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
-                raws += _stream_entries(got)
-            if claim:
-                reply = r.xautoclaim(
-                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
-                )
-                raws.append(reply[1])
-                ids.setdefault(stream, []).extend(
-                    text(i) for i in (reply[2] if len(reply) > 2 else ())
-                )
-            got = r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
-            raws += _stream_entries(got)
-            self._collect(stream, raws, changes, ids)
-        self._recover = False
-        return changes, {s: v for s, v in ids.items() if v}
+        # Every shard's reads in one pipeline: one round trip (per node on a cluster).
+        plan = self._plan()
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, what in plan:
+            self._queue(pipe, stream, what)
+        return self._settle(plan, pipe.execute())
 
     def step(self) -> int:
         """Flush one batch from every shard; returns how many entries it settled."""
@@ -253,8 +277,12 @@ class Flusher(_FlusherBase):
                 self._next_claim = min(self._next_claim, time.monotonic() + idle_sleep)
                 time.sleep(idle_sleep)
 
-    def run(self, stop: threading.Event, *, idle_sleep: float = 0.05) -> None:
-        """Flush until `stop` is set; errors are logged and the batch retried after a pause."""
+    def run(
+        self, stop: threading.Event, *, idle_sleep: float = 0.05, max_idle: float = 0.5
+    ) -> None:
+        """Flush until `stop` is set; errors are logged and the batch retried after a pause.
+        While the streams are empty the pause doubles from `idle_sleep` up to `max_idle`."""
+        pause = idle_sleep
         while not stop.is_set():
             try:
                 n = self.step()
@@ -262,8 +290,9 @@ class Flusher(_FlusherBase):
                 log.exception("flusher %s: step failed; retrying", self.consumer)
                 stop.wait(1.0)
                 continue
+            pause = idle_sleep if n else min(pause * 2, max_idle)
             if n == 0:
-                stop.wait(idle_sleep)
+                stop.wait(pause)
 
 
 class AsyncFlusher(_FlusherBase):
@@ -311,28 +340,11 @@ class AsyncFlusher(_FlusherBase):
         self._groups_ready = True
 
     async def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
-        r = self.redis
-        changes: list[Change] = []
-        ids: dict[str, list[str]] = {}
-        claim = self._claim_due()
-        for stream in self.space.streams():
-            raws: list[Any] = []
-            if self._recover:
-                got = await r.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch)
-                raws += _stream_entries(got)
-            if claim:
-                reply = await r.xautoclaim(
-                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
-                )
-                raws.append(reply[1])
-                ids.setdefault(stream, []).extend(
-                    text(i) for i in (reply[2] if len(reply) > 2 else ())
-                )
-            got = await r.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch)
-            raws += _stream_entries(got)
-            self._collect(stream, raws, changes, ids)
-        self._recover = False
-        return changes, {s: v for s, v in ids.items() if v}
+        plan = self._plan()
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, what in plan:
+            self._queue(pipe, stream, what)
+        return self._settle(plan, await pipe.execute())
 
     async def step(self) -> int:
         if not self._groups_ready:
@@ -369,7 +381,10 @@ class AsyncFlusher(_FlusherBase):
                 self._next_claim = min(self._next_claim, time.monotonic() + idle_sleep)
                 await asyncio.sleep(idle_sleep)
 
-    async def run(self, stop: asyncio.Event, *, idle_sleep: float = 0.05) -> None:
+    async def run(
+        self, stop: asyncio.Event, *, idle_sleep: float = 0.05, max_idle: float = 0.5
+    ) -> None:
+        pause = idle_sleep
         while not stop.is_set():
             try:
                 n = await self.step()
@@ -377,5 +392,6 @@ class AsyncFlusher(_FlusherBase):
                 log.exception("flusher %s: step failed; retrying", self.consumer)
                 await asyncio.sleep(1.0)
                 continue
+            pause = idle_sleep if n else min(pause * 2, max_idle)
             if n == 0:
-                await asyncio.sleep(idle_sleep)
+                await asyncio.sleep(pause)
