@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from adcache import AdCache
-from adcache.strategies import CachePolicy, SQLiteSource, StrategyCache
+from adcache.strategies import CachePolicy, SQLiteSource, StrategyCache, StrategyMetrics
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -163,4 +163,58 @@ def test_flusher_killed_mid_batch_and_after_commit(
         node = _node(ac, stream)
         assert node.xlen(stream) == 0
         assert node.xpending(stream, "adcache-flush")["pending"] == 0
+    ac.close()
+
+
+def test_two_flushers_race_on_the_same_streams(
+    lib_standalone: Any, uid: str, tmp_path: Path
+) -> None:
+    """Two flushers (same group) run while writes go on: each entry goes to one of them, commits
+    race, and the per-key applied ids keep the database at the last write of every key."""
+    import threading
+
+    from adcache.strategies import Flusher
+
+    source = SQLiteSource(tmp_path / "db.sqlite", audit=True)
+    ac = AdCache(lib_standalone.client())
+    cache = StrategyCache(ac, uid, source, CachePolicy(shards=SHARDS, ttl=600))
+    w = Writer(cache, random.Random(3))
+    stop = threading.Event()
+    flushers = [
+        Flusher(
+            AdCache(lib_standalone.client()),
+            uid,
+            source,
+            shards=SHARDS,
+            consumer=f"f{i}",
+            batch=20,
+            metrics=StrategyMetrics(f"{uid}-f{i}"),
+        )
+        for i in range(2)
+    ]
+    threads = [
+        threading.Thread(target=f.run, args=(stop,), kwargs={"idle_sleep": 0.005, "max_idle": 0.02})
+        for f in flushers
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(10):
+            w.write(60)
+            time.sleep(0.02)
+    finally:
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(20)
+    flushers[0].drain(20)
+    assert source.items() == w.expected
+    applied = [(key, eid) for key, eid, _ in source.audit_log()]
+    assert len(applied) == len(set(applied)), "no change applied twice"
+    last: dict[str, str] = {}
+    for key, eid in w.ids:
+        last[key] = eid
+    assert set(last.items()) <= set(applied), "every key's last change was applied"
+    flushed = [f.metrics.snapshot()["flush"] for f in flushers]
+    assert sum(flushed) == len(applied), flushed
     ac.close()
