@@ -24,7 +24,7 @@ def session(session_id: str) -> str:
 
 
 def cache_value(cache_id: str, key: str | int) -> str:
-    """cached value: p (payload), x (logical expiry ms), d (load time ms), n (1 = negative entry) (hash; TTL: logical TTL (with jitter) plus the stale grace, set by every fill or write)."""
+    """cached value: p (payload), x (logical expiry ms), d (load time ms), n (1 = negative entry); while dirty, w (stream id of its change) and e (expiry once flushed) (hash; TTL: logical TTL (with jitter) plus the stale grace, set by every fill or write; none while dirty (a write-back not flushed yet), given back by ac_cache_wb_ack)."""
     return f"ad:{{k:{cache_id}}}:v:{key}"
 
 
