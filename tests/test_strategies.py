@@ -253,6 +253,13 @@ def test_early_refresh_before_expiry(ac: AdCache, uid: str, src: CountingSource)
     src.save("hot", 2)
     assert eager.get("hot") == 2, "refreshed early, long before the 60 s TTL"
     assert eager.metrics.snapshot()["early_refresh"] == 1
+
+    def broken(key: str) -> Any:
+        raise RuntimeError("database down")
+
+    assert eager.get("hot", broken) == 2, "a failed early refresh serves the fresh value"
+    snap = eager.metrics.snapshot()
+    assert snap["load_error"] == 1 and snap["stale_served"] == 0
     never = _cache(ac, uid + "n", slow, ttl=60, early_refresh=0)
     never.get("hot")
     loads = slow.loads("hot")

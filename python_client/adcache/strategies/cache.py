@@ -276,7 +276,8 @@ class StrategyCache(_Base):
                 log.exception(
                     "cache %s: load of %r failed, serving the stale value", self.name, key
                 )
-                self.metrics.incr("stale_served")
+                if lk.remaining_ms <= 0:  # an early refresh's value is still fresh
+                    self.metrics.incr("stale_served")
                 return decode(lk.payload)
             self._c.caches.release(self.space, key, token)  # let a waiting caller try at once
             raise
@@ -507,7 +508,8 @@ class AsyncStrategyCache(_Base):
                 log.exception(
                     "cache %s: load of %r failed, serving the stale value", self.name, key
                 )
-                self.metrics.incr("stale_served")
+                if lk.remaining_ms <= 0:
+                    self.metrics.incr("stale_served")
                 return decode(lk.payload)
             await self._c.caches.release(self.space, key, token)
             raise
