@@ -563,25 +563,30 @@ end
 
 --- @function ac_cache_wb_ack
 --- @summary Acknowledge committed change records for a consumer group, delete them from the stream, and unpin the values they wrote (unless written again since).
---- @keys cache_stream
---- @argv group id...
+--- @keys cache_stream cache_value...
+--- @argv group id... (the first ids are those of the value keys, in KEYS order; then ids whose record is gone)
 --- @reply integer: the number of entries acknowledged
---- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE ADCACHE_NOTFOUND
+--- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE ADCACHE_NOTFOUND
 local function cache_wb_ack(keys, args)
-  local tag = K.check(keys, {'cache_stream'})
+  K.check(keys, {'cache_stream'}, 'cache_value', C.MAX_ACK)
   V.nargs(args, 2)
   local group = V.id(args[1], 'group')
   if #args - 1 > C.MAX_ACK then
     E.fail('ADCACHE_LIMIT', 'at most ' .. C.MAX_ACK .. ' ids per call')
   end
+  if #keys - 1 > #args - 1 then
+    E.fail('ADCACHE_ARITY', 'one id per value key at least, got ' .. (#args - 1) .. ' ids for '
+      .. (#keys - 1) .. ' value keys')
+  end
   local ids = {}
   for i = 2, #args do
-    if type(args[i]) ~= 'string' or not string.match(args[i], '^%d+%-%d+$') then
-      E.fail('ADCACHE_BADARG', 'id must be a stream id <ms>-<seq>, got ' .. tostring(args[i]))
+    if not string.match(args[i], '^%d+%-%d+$') then
+      E.fail('ADCACHE_BADARG', 'id must be a stream id <ms>-<seq>, got ' .. args[i])
     end
     ids[#ids + 1] = args[i]
   end
   C.expect_type(keys[1], 'stream')
+  for i = 2, #keys do C.expect_type(keys[i], 'hash') end
   if redis.call('EXISTS', keys[1]) == 0 then return 0 end
   -- XACK answers 0 for an unknown group: refuse it, or XDEL would drop unflushed changes.
   local known = false
@@ -592,22 +597,13 @@ local function cache_wb_ack(keys, args)
   end
   if not known then E.fail('ADCACHE_NOTFOUND', 'no consumer group ' .. group .. ' on ' .. keys[1]) end
   local now = T.now_ms()
-  for _, id in ipairs(ids) do
-    -- The value keys are derived from the tag and the record's key: only the stream knows them.
-    local e = redis.call('XRANGE', keys[1], id, id)[1]
-    if e then
-      local f = e[2]
-      for i = 1, #f, 2 do
-        if f[i] == 'k' then
-          local vkey = K.cache_value(tag, f[i + 1])
-          local w = C.is_hash(vkey) and redis.call('HMGET', vkey, 'w', 'e') or {}
-          if w[1] == id then
-            redis.call('HDEL', vkey, 'w', 'e')
-            local at = tonumber(w[2]) or now
-            if at > now then redis.call('PEXPIREAT', vkey, at) else redis.call('DEL', vkey) end
-          end
-        end
-      end
+  for i = 2, #keys do
+    -- Unpin only if this record is the value's latest write (its id is unique in the stream).
+    local w = redis.call('HMGET', keys[i], 'w', 'e')
+    if w[1] == ids[i - 1] then
+      redis.call('HDEL', keys[i], 'w', 'e')
+      local at = tonumber(w[2]) or now
+      if at > now then redis.call('PEXPIREAT', keys[i], at) else redis.call('DEL', keys[i]) end
     end
   end
   local n = redis.call('XACK', keys[1], group, unpack(ids))
@@ -733,7 +729,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'fbf1104ca5fc1c9ae7f43569238c9dfe3ed2c036f44c6650c40a51589564da7f'
+local LIBRARY_SHA256 = 'cb0c0acbe5d35da1a3e6a31ba71151c7eb1014e5dba8ba0ba0a34146e54c848c'
 
 --- @function ac_version
 --- @flags no-writes

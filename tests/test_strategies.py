@@ -25,6 +25,7 @@ from adcache import (
     BadKeyError,
     Call,
     CorruptStateError,
+    CrossSlotError,
     LimitExceededError,
     NotFoundError,
     aio,
@@ -563,9 +564,9 @@ def test_write_back_value_is_pinned_until_flushed(
     f.ensure_groups()
     stream = c.space.stream(c.space.shard("k"))
     node.xreadgroup("adcache-flush", "f", {stream: ">"})
-    acs.caches.wb_ack(stream, "adcache-flush", [first])
+    acs.caches.wb_ack(stream, "adcache-flush", [first], [vkey])
     assert node.pttl(vkey) == -1
-    acs.caches.wb_ack(stream, "adcache-flush", [second])
+    acs.caches.wb_ack(stream, "adcache-flush", [second], [vkey])
     assert 0 < node.pttl(vkey) <= 10_200, "flushed: back to its TTL (+ grace)"
     f.drain(20)
     assert src.load("t") == "tagged"
@@ -732,7 +733,17 @@ def test_ack_with_unknown_group_deletes_nothing(ac: AdCache, uid: str, src: SQLi
         ac.caches.wb_ack(stream, "no-such-group", [eid])
     with pytest.raises(BadArgumentError):
         ac.caches.wb_ack(stream, "g", ["not-an-id"])
-    assert ac.redis.xlen(stream) == 1
+    ac.redis.xgroup_create(stream, "g", id="0")
+    vkey = c.space.value_key("k")
+    with pytest.raises(ArityError):
+        ac.caches.wb_ack(stream, "g", [], [vkey])
+    other = Space(uid + "x", 1).value_key("k")
+    with pytest.raises(CrossSlotError):
+        ac.caches.wb_ack(stream, "g", [eid], [other])
+    assert ac.redis.xlen(stream) == 1 and ac.redis.pttl(vkey) == -1, "nothing acked or unpinned"
+    # Never delivered to g, so XACK counts nothing; the record is still deleted as committed.
+    assert ac.caches.wb_ack(stream, "g", [eid], [vkey]) == 0
+    assert ac.redis.xlen(stream) == 0 and ac.redis.pttl(vkey) > 0
 
 
 # ---- asyncio ----

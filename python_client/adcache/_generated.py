@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'fbf1104ca5fc1c9ae7f43569238c9dfe3ed2c036f44c6650c40a51589564da7f'
+LIBRARY_SHA256 = 'cb0c0acbe5d35da1a3e6a31ba71151c7eb1014e5dba8ba0ba0a34146e54c848c'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -74,7 +74,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_cache_invalidate_tag': FunctionSpec('ac_cache_invalidate_tag', 'cache', False, ('cache_tag',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
     'ac_cache_set': FunctionSpec('ac_cache_set', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer', 'cache_tag...'), 'token kind(value|negative) payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_wb_ack': FunctionSpec('ac_cache_wb_ack', 'cache', False, ('cache_stream',), 'group id...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE', 'ADCACHE_NOTFOUND')),
+    'ac_cache_wb_ack': FunctionSpec('ac_cache_wb_ack', 'cache', False, ('cache_stream', 'cache_value...'), 'group id... (the first ids are those of the value keys, in KEYS order; then ids whose record is gone)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE', 'ADCACHE_NOTFOUND')),
     'ac_cache_wb_write': FunctionSpec('ac_cache_wb_write', 'cache', False, ('cache_value', 'cache_lock', 'cache_stream', 'cache_tag...'), 'op(set|del) payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_write_begin': FunctionSpec('ac_cache_write_begin', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer'), 'token ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
     'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session',), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),

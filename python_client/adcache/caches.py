@@ -240,8 +240,12 @@ def wb_write_call(
     )
 
 
-def wb_ack_call(stream: str, group: str, ids: Sequence[str]) -> Call[int]:
-    return Call("ac_cache_wb_ack", (stream,), (group, *ids), int)
+def wb_ack_call(
+    stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
+) -> Call[int]:
+    """Acknowledge `ids`; `value_keys[i]` is the value key written by `ids[i]` (unpinned if that
+    record is still its latest write); ids past the value keys (records gone) are only acked."""
+    return Call("ac_cache_wb_ack", (stream, *value_keys), (group, *ids), int)
 
 
 class Caches:
@@ -327,8 +331,10 @@ class Caches:
             wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
         )
 
-    def wb_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        return self._c.run(wb_ack_call(stream, group, ids))
+    def wb_ack(
+        self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
+    ) -> int:
+        return self._c.run(wb_ack_call(stream, group, ids, value_keys))
 
 
 class AsyncCaches:
@@ -412,5 +418,7 @@ class AsyncCaches:
             wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
         )
 
-    async def wb_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        return await self._c.run(wb_ack_call(stream, group, ids))
+    async def wb_ack(
+        self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
+    ) -> int:
+        return await self._c.run(wb_ack_call(stream, group, ids, value_keys))

@@ -151,12 +151,20 @@ class _FlusherBase:
         self._recover = False
         return changes, {s: v for s, v in ids.items() if v}
 
-    def _ack_calls(self, ids: dict[str, list[str]]) -> list[Any]:
-        return [
-            wb_ack_call(stream, self.group, chunk[i : i + _ACK_CHUNK])
-            for stream, chunk in ids.items()
-            for i in range(0, len(chunk), _ACK_CHUNK)
-        ]
+    def _ack_calls(self, ids: dict[str, list[str]], changes: Sequence[Change]) -> list[Any]:
+        # Each record's value key goes along (in KEYS) so the ack can unpin it; records that
+        # are gone (no key known) come last in each call.
+        key_of = {(c.stream, c.entry_id): c.key for c in changes}
+        calls = []
+        for stream, stream_ids in ids.items():
+            keyed = [(i, key_of[(stream, i)]) for i in stream_ids if (stream, i) in key_of]
+            dead = [i for i in stream_ids if (stream, i) not in key_of]
+            entries: list[tuple[str, str | None]] = [*keyed, *((i, None) for i in dead)]
+            for n in range(0, len(entries), _ACK_CHUNK):
+                chunk = entries[n : n + _ACK_CHUNK]
+                vkeys = [self.space.value_key(k) for _, k in chunk if k is not None]
+                calls.append(wb_ack_call(stream, self.group, [i for i, _ in chunk], vkeys))
+        return calls
 
     def _failed(self, e: BaseException) -> None:
         self._recover = True  # whatever was read stays pending: re-read it next step
@@ -239,7 +247,7 @@ class Flusher(_FlusherBase):
                 return 0
             result = self.commit(changes)
             self.after_commit(changes, result)
-            self._c.run_many(self._ack_calls(ids))
+            self._c.run_many(self._ack_calls(ids, changes))
         except Exception as e:
             self._failed(e)
             raise
@@ -357,7 +365,7 @@ class AsyncFlusher(_FlusherBase):
             if changes:
                 result = await asyncio.to_thread(self.sink.apply_changes, changes)
                 self._skipped(result)
-            await self._c.run_many(self._ack_calls(ids))
+            await self._c.run_many(self._ack_calls(ids, changes))
         except Exception as e:
             self._failed(e)
             raise
