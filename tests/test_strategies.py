@@ -604,6 +604,35 @@ def test_flusher_reclaims_entries_of_a_dead_consumer(ac: AdCache, uid: str, tmp_
     assert len(src.audit_log()) == 30
 
 
+def test_flusher_restarted_under_its_name_settles_its_own_pending_first(
+    ac: AdCache, uid: str, tmp_path: Path
+) -> None:
+    src = SQLiteSource(tmp_path / "db.sqlite", audit=True)
+    c = _cache(ac, uid, src, shards=1)
+    for i in range(30):
+        c.write_back(f"k{i % 4}", i)
+
+    class Broken(SQLiteSource):
+        def apply_changes(self, changes: Sequence[Change]) -> Any:
+            raise RuntimeError("crashed before commit")
+
+    first = Flusher(ac, uid, Broken(tmp_path / "db.sqlite"), shards=1, consumer="same", batch=50)
+    with pytest.raises(RuntimeError):
+        first.step()
+    for i in range(30, 40):
+        c.write_back(f"k{i % 4}", i)
+    # Same consumer name, no reclaiming (claim_idle far away): its own pending entries come first,
+    # in batches of 10, before the newer ones.
+    again = Flusher(ac, uid, src, shards=1, consumer="same", batch=10, claim_idle=600)
+    assert again.drain(20) == 40
+    log = src.audit_log()
+    assert len(log) == 40, "nothing skipped: every change applied, in order"
+    for k in range(4):
+        ids = [tuple(map(int, e.split("-"))) for key, e, _ in log if key == f"k{k}"]
+        assert ids == sorted(ids)
+    assert src.items() == {f"k{k}": 36 + k for k in range(4)}
+
+
 def test_flusher_run_loop_in_a_thread(acs: AdCache, uid: str, src: SQLiteSource) -> None:
     c = _cache(acs, uid, src)
     f = Flusher(acs, uid, src, shards=8, consumer="loop")

@@ -118,10 +118,12 @@ class _FlusherBase:
         plan: list[tuple[str, str]] = []
         for stream in self.space.streams():
             if self._recover:
+                # Own pending entries first, and alone: newer entries wait until they are settled.
                 plan.append((stream, "pending"))
             if claim:
                 plan.append((stream, "claim"))
-            plan.append((stream, "new"))
+            if not self._recover:
+                plan.append((stream, "new"))
         return plan
 
     def _queue(self, pipe: Any, stream: str, what: str) -> None:
@@ -133,22 +135,35 @@ class _FlusherBase:
             start = "0" if what == "pending" else ">"
             pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
 
+    def _followup(self, plan: list[tuple[str, str]], replies: list[Any]) -> list[tuple[str, str]]:
+        """After a read of own pending entries: new entries of the streams whose pending ones all
+        came back (a stream with more pending than a batch waits, to keep per-key order)."""
+        return [
+            (stream, "new")
+            for (stream, what), reply in zip(plan, replies, strict=True)
+            if what == "pending" and sum(len(e) for e in _stream_entries(reply)) < self.batch
+        ]
+
     def _settle(
         self, plan: list[tuple[str, str]], replies: list[Any]
     ) -> tuple[list[Change], dict[str, list[str]]]:
         raws: dict[str, list[Any]] = {}
         ids: dict[str, list[str]] = {}
+        more_pending = False
         for (stream, what), reply in zip(plan, replies, strict=True):
             if what == "claim":
                 raws.setdefault(stream, []).append(reply[1])
                 deleted = reply[2] if len(reply) > 2 else ()
                 ids.setdefault(stream, []).extend(text(i) for i in deleted)
             else:
-                raws.setdefault(stream, []).extend(_stream_entries(reply))
+                entries = _stream_entries(reply)
+                if what == "pending" and sum(len(e) for e in entries) >= self.batch:
+                    more_pending = True
+                raws.setdefault(stream, []).extend(entries)
         changes: list[Change] = []
         for stream, rs in raws.items():
             self._collect(stream, rs, changes, ids)
-        self._recover = False
+        self._recover = more_pending  # a full batch of own pending entries: read on next step
         return changes, {s: v for s, v in ids.items() if v}
 
     def _ack_calls(self, ids: dict[str, list[str]], changes: Sequence[Change]) -> list[Any]:
@@ -235,7 +250,14 @@ class Flusher(_FlusherBase):
         pipe = self.redis.pipeline(transaction=False)
         for stream, what in plan:
             self._queue(pipe, stream, what)
-        return self._settle(plan, pipe.execute())
+        replies = pipe.execute()
+        more = self._followup(plan, replies)
+        if more:  # only in a step that re-read its own pending entries
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, what in more:
+                self._queue(pipe, stream, what)
+            plan, replies = plan + more, replies + pipe.execute()
+        return self._settle(plan, replies)
 
     def step(self) -> int:
         """Flush one batch from every shard; returns how many entries it settled."""
@@ -352,7 +374,14 @@ class AsyncFlusher(_FlusherBase):
         pipe = self.redis.pipeline(transaction=False)
         for stream, what in plan:
             self._queue(pipe, stream, what)
-        return self._settle(plan, await pipe.execute())
+        replies = await pipe.execute()
+        more = self._followup(plan, replies)
+        if more:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, what in more:
+                self._queue(pipe, stream, what)
+            plan, replies = plan + more, replies + await pipe.execute()
+        return self._settle(plan, replies)
 
     async def step(self) -> int:
         if not self._groups_ready:
