@@ -336,8 +336,9 @@ function C.store(keys, member, first_tag, payload, negative, ttl, grace, delta, 
   end
 end
 
+-- Take the loader lock; already holding it counts (a call retried after a lost reply).
 function C.lock(key, token, ms)
-  return redis.call('SET', key, token, 'NX', 'PX', ms)
+  return redis.call('SET', key, token, 'NX', 'PX', ms) or redis.call('GET', key) == token
 end
 
 -- The read of ac_cache_get (see its reply): value or loader lock, in one step.
@@ -729,7 +730,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'cb0c0acbe5d35da1a3e6a31ba71151c7eb1014e5dba8ba0ba0a34146e54c848c'
+local LIBRARY_SHA256 = 'ecf623bd1b85d7974220b5a60842cc2a7845c87a91862fd9336a5cda0f5446fe'
 
 --- @function ac_version
 --- @flags no-writes

@@ -697,6 +697,14 @@ def test_metrics_registry(ac: AdCache, uid: str, src: CountingSource) -> None:
 # ---- bad input changes nothing ----
 
 
+def test_retried_lookup_keeps_its_own_lock(acs: AdCache, uid: str) -> None:
+    sp = Space(uid, 2)
+    assert acs.caches.get(sp, "k", "tok", lock_ttl_ms=5000).status == "load"
+    # The same call again (a retry after a lost reply) still holds the lock; others wait.
+    assert acs.caches.get(sp, "k", "tok", lock_ttl_ms=5000).status == "load"
+    assert acs.caches.get(sp, "k", "other", lock_ttl_ms=5000).status == "wait"
+
+
 def test_bad_input_changes_nothing(acs: AdCache, uid: str) -> None:
     sp = Space(uid, 4)
     vkey, lkey = sp.value_key("k"), sp.lock_key("k")

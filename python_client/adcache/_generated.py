@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'cb0c0acbe5d35da1a3e6a31ba71151c7eb1014e5dba8ba0ba0a34146e54c848c'
+LIBRARY_SHA256 = 'ecf623bd1b85d7974220b5a60842cc2a7845c87a91862fd9336a5cda0f5446fe'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
