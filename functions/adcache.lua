@@ -470,10 +470,10 @@ local function cache_write_begin(keys, args)
 end
 
 --- @function ac_cache_set
---- @summary Write-through, after the database write: store the value if the caller is still the key's last writer, else drop the key (a later writer's value is in the database). Cancels any loader.
+--- @summary Write-through, after the database write: store the value if no other writer began since the caller did, else drop the key (and make the other writer drop it too). Cancels any loader.
 --- @keys cache_value cache_lock cache_writer cache_tag...
 --- @argv token kind(value|negative) payload ttl_ms grace_ms
---- @reply integer: 1 when stored, 0 when another writer began since (the key was dropped instead)
+--- @reply integer: 1 when stored, 0 when writes overlapped (the key was dropped instead)
 --- @errors ADCACHE_ARITY ADCACHE_BADKEY ADCACHE_CROSSSLOT ADCACHE_BADARG ADCACHE_LIMIT ADCACHE_WRONGTYPE
 local function cache_set(keys, args)
   K.check(keys, {'cache_value', 'cache_lock', 'cache_writer'}, 'cache_tag', C.MAX_TAGS)
@@ -486,9 +486,10 @@ local function cache_set(keys, args)
   local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
   C.check_types(keys, 4)
   if redis.call('GET', keys[3]) ~= token then
-    -- Writers finish in another order than the database serialized them: only the last one to
-    -- begin may store; the others drop the key and the next read loads the database's value.
-    redis.call('DEL', keys[1], keys[2])
+    -- Another writer began since: the database may have serialized the two in either order, so
+    -- neither may store. Drop the key, and the writer token too, so that the other writer's set
+    -- (before or after this one) drops it as well; the next read loads the database's value.
+    redis.call('DEL', keys[1], keys[2], keys[3])
     return 0
   end
   redis.call('DEL', keys[3])
@@ -617,7 +618,7 @@ redis.register_function{function_name='ac_cache_get_many', callback=cache_get_ma
 redis.register_function{function_name='ac_cache_fill', callback=cache_fill, flags={}, description='Store a loaded value, only while the caller still owns the loader lock; releases it.'}
 redis.register_function{function_name='ac_cache_release', callback=cache_release, flags={}, description='Give up the loader lock (a failed load), so that a waiting caller can take it at once.'}
 redis.register_function{function_name='ac_cache_write_begin', callback=cache_write_begin, flags={}, description='Write-through, before the database write: become the key\'s last writer and cancel any loader of it.'}
-redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Write-through, after the database write: store the value if the caller is still the key\'s last writer, else drop the key (a later writer\'s value is in the database). Cancels any loader.'}
+redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Write-through, after the database write: store the value if no other writer began since the caller did, else drop the key (and make the other writer drop it too). Cancels any loader.'}
 redis.register_function{function_name='ac_cache_invalidate', callback=cache_invalidate, flags={}, description='Drop a cached value and cancel any loader of it (its fill will be refused). A dirty write-back value is kept.'}
 redis.register_function{function_name='ac_cache_invalidate_tag', callback=cache_invalidate_tag, flags={}, description='Drop every value of one shard carrying a tag (dirty write-back values excepted), cancel their loaders, drop the tag set.'}
 redis.register_function{function_name='ac_cache_wb_write', callback=cache_wb_write, flags={}, description='Write-back: store the value (or a negative entry for a delete), pinned until flushed, and append its change record to the shard\'s stream, atomically.'}
@@ -730,7 +731,7 @@ do
 --@domain version: what is deployed. The renderer fills in the version and the sha256 of the
 -- rendered source (computed with the hash itself zeroed).
 local LIBRARY_VERSION = '0.1.0'
-local LIBRARY_SHA256 = 'ecf623bd1b85d7974220b5a60842cc2a7845c87a91862fd9336a5cda0f5446fe'
+local LIBRARY_SHA256 = '3e234d18d90220747197776d5fccf7516f1b6ae1233047b8efa49ada60afa6e1'
 
 --- @function ac_version
 --- @flags no-writes

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.1.0'
-LIBRARY_SHA256 = 'ecf623bd1b85d7974220b5a60842cc2a7845c87a91862fd9336a5cda0f5446fe'
+LIBRARY_SHA256 = '3e234d18d90220747197776d5fccf7516f1b6ae1233047b8efa49ada60afa6e1'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -34,7 +34,7 @@ def cache_lock(cache_id: str, key: str | int) -> str:
 
 
 def cache_writer(cache_id: str, key: str | int) -> str:
-    """write-through: the token of the last writer that began writing the key (last one wins) (string; TTL: the lock TTL; deleted by the cache write of its owner)."""
+    """write-through: the token of the writer that began writing the key last (overlapping writes drop the key) (string; TTL: the lock TTL; deleted by the cache write of its owner)."""
     return f"ad:{{k:{cache_id}}}:w:{key}"
 
 

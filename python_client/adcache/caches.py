@@ -182,7 +182,7 @@ def set_call(
     grace_ms: int,
     tags: Sequence[str] = (),
 ) -> Call[bool]:
-    """Store if `token` is still the key's last writer (see write_begin_call); else the key is
+    """Store if no other writer began since `token` did (see write_begin_call); else the key is
     dropped and the reply is False."""
     kind = "negative" if payload is None else "value"
     return Call(
@@ -291,7 +291,7 @@ class Caches:
         return self._c.run(release_call(space, key, token))
 
     def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
-        """Before a write-through's database write: become the key's last writer."""
+        """Before a write-through's database write: register as the key's writer."""
         return self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
 
     def set(
@@ -305,7 +305,7 @@ class Caches:
         grace_ms: int,
         tags: Sequence[str] = (),
     ) -> bool:
-        """After it: store if still the last writer, else drop the key (False)."""
+        """After it: store if no other writer began since, else drop the key (False)."""
         return self._c.run(
             set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
         )
@@ -379,7 +379,7 @@ class AsyncCaches:
         return await self._c.run(release_call(space, key, token))
 
     async def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
-        """Before a write-through's database write: become the key's last writer."""
+        """Before a write-through's database write: register as the key's writer."""
         return await self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
 
     async def set(
@@ -393,7 +393,7 @@ class AsyncCaches:
         grace_ms: int,
         tags: Sequence[str] = (),
     ) -> bool:
-        """After it: store if still the last writer, else drop the key (False)."""
+        """After it: store if no other writer began since, else drop the key (False)."""
         return await self._c.run(
             set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
         )

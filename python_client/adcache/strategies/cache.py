@@ -361,9 +361,8 @@ class StrategyCache(_Base):
     def write_through(self, key: str, value: Any, *, tags: Sequence[str] | None = None) -> None:
         """Write the source, then the cache. If the source refuses, the cache keeps the value it
         had (still the database's); if the cache write fails, the key is invalidated (the error
-        raised only if that fails too). Concurrent writers of a key: only the last one to begin
-        stores its value, the others drop the key (they may finish in another order than the
-        database serialized them)."""
+        raised only if that fails too). Writes of one key that overlap drop it instead of
+        storing (they may finish in another order than the database serialized them)."""
         token = uuid.uuid4().hex
         p = self.policy
         self._c.caches.write_begin(self.space, key, token, ttl_ms=p.lock_ttl_ms)
@@ -579,9 +578,8 @@ class AsyncStrategyCache(_Base):
     ) -> None:
         """Write the source, then the cache. If the source refuses, the cache keeps the value it
         had (still the database's); if the cache write fails, the key is invalidated (the error
-        raised only if that fails too). Concurrent writers of a key: only the last one to begin
-        stores its value, the others drop the key (they may finish in another order than the
-        database serialized them)."""
+        raised only if that fails too). Writes of one key that overlap drop it instead of
+        storing (they may finish in another order than the database serialized them)."""
         token = uuid.uuid4().hex
         p = self.policy
         await self._c.caches.write_begin(self.space, key, token, ttl_ms=p.lock_ttl_ms)
