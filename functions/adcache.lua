@@ -55,6 +55,11 @@ K.SPEC = {
   stats_reach_hour = {'c', '^st:rh:[^{}]+$'},
   stats_reach_day = {'c', '^st:rd:[^{}]+$'},
   stats_dedup = {'c', '^st:ev:[^{}]+$'},
+  cache_value = {'k', '^v:[^{}]+$'},
+  cache_lock = {'k', '^l:[^{}]+$'},
+  cache_writer = {'k', '^w:[^{}]+$'},
+  cache_tag = {'k', '^t:[^{}]+$'},
+  cache_stream = {'k', '^wb$'},
 }
 
 function K.split(key)
@@ -167,6 +172,21 @@ function K.stats_reach_day(tag, day)
 end
 function K.stats_dedup(tag, hour)
   return 'ad:{' .. tag .. '}:st:ev:' .. hour
+end
+function K.cache_value(tag, key)
+  return 'ad:{' .. tag .. '}:v:' .. key
+end
+function K.cache_lock(tag, key)
+  return 'ad:{' .. tag .. '}:l:' .. key
+end
+function K.cache_writer(tag, key)
+  return 'ad:{' .. tag .. '}:w:' .. key
+end
+function K.cache_tag(tag, name)
+  return 'ad:{' .. tag .. '}:t:' .. name
+end
+function K.cache_stream(tag)
+  return 'ad:{' .. tag .. '}:wb'
 end
 
 -- ==== helper: validate (lua/_validate.lua.j2) ====
@@ -1109,6 +1129,281 @@ redis.register_function{function_name='ac_budget_reserve', callback=budget_reser
 redis.register_function{function_name='ac_budget_commit', callback=budget_commit, flags={}, description='Charge the clearing price against a reservation (amount <= reserved; the rest is released). Idempotent per reservation id. A reservation that expired is charged late if the budget still allows it (the impression was served), else refused.'}
 redis.register_function{function_name='ac_budget_release', callback=budget_release, flags={}, description='Release a reservation (the bid lost). Idempotent; never fails on the reservation\'s state.'}
 redis.register_function{function_name='ac_budget_state', callback=budget_state, flags={}, description='Budget, spend, reservations, counters, pacing and servability of a campaign (reclaims expired reservations first).'}
+end
+
+-- ==== domain: cache (lua/cache.lua.j2) ====
+do
+local C = {}
+C.MAX_TTL_MS = 30 * T.DAY
+C.MAX_LOCK_MS = 10 * T.MINUTE
+C.MAX_PAYLOAD = 4 * 1024 * 1024
+C.MAX_TAGS = 32
+C.MAX_ACK = 1000
+C.MAX_BATCH = 500
+
+function C.same_key(keys, n)
+  local _, _, vs = K.split(keys[1])
+  local k = string.sub(vs, 3)
+  for i = 2, n or 2 do
+    local _, _, s = K.split(keys[i])
+    if string.sub(s, 3) ~= k then
+      E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must belong to ' .. k .. ', got ' .. keys[i])
+    end
+  end
+  return k
+end
+
+function C.expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+
+function C.is_hash(key)
+  return redis.call('TYPE', key)['ok'] == 'hash'
+end
+
+function C.dirty(vkey)
+  return C.is_hash(vkey) and redis.call('HEXISTS', vkey, 'w') == 1
+end
+
+function C.check_types(keys, first_tag, stream)
+  C.expect_type(keys[1], 'hash')
+  if stream then C.expect_type(stream, 'stream') end
+  for i = first_tag, #keys do C.expect_type(keys[i], 'set') end
+end
+
+function C.store(keys, member, first_tag, payload, negative, ttl, grace, delta, now)
+  if negative then payload, grace = '', 0 end
+  redis.call('HSET', keys[1], 'p', payload, 'x', now + ttl, 'd', delta, 'n', negative and '1' or '0')
+  redis.call('HDEL', keys[1], 'w', 'e')
+  redis.call('PEXPIREAT', keys[1], now + ttl + grace)
+  redis.call('DEL', keys[2])
+  local life = ttl + grace
+  for i = first_tag, #keys do
+    redis.call('SADD', keys[i], member)
+    if redis.call('PTTL', keys[i]) < life then redis.call('PEXPIRE', keys[i], life) end
+  end
+end
+
+function C.lock(key, token, ms)
+  return redis.call('SET', key, token, 'NX', 'PX', ms) or redis.call('GET', key) == token
+end
+
+function C.lookup(vkey, lkey, token, lock_ms, refresh, now)
+  local v = redis.call('HMGET', vkey, 'p', 'x', 'd', 'n', 'w')
+  if v[2] then
+    local remaining = tonumber(v[2]) - now
+    local delta = tonumber(v[3]) or 0
+    if v[5] then
+      remaining = math.max(remaining, 1)
+      if v[4] == '1' then return {'neg', '', remaining, 0} end
+      return {'hit', v[1], remaining, 0}
+    end
+    if remaining > 0 then
+      if v[4] == '1' then return {'neg', '', remaining, delta} end
+      if refresh and C.lock(lkey, token, lock_ms) then
+        return {'reload', v[1], remaining, delta}
+      end
+      return {'hit', v[1], remaining, delta}
+    end
+    if v[4] ~= '1' then
+      if C.lock(lkey, token, lock_ms) then return {'reload', v[1], remaining, delta} end
+      return {'stale', v[1], remaining, delta}
+    end
+  end
+  if C.lock(lkey, token, lock_ms) then return {'load', '', 0, 0} end
+  return {'wait', '', redis.call('PTTL', lkey), 0}
+end
+
+local function cache_get(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'})
+  C.same_key(keys)
+  V.nargs(args, 3, 3)
+  local token = V.id(args[1], 'token')
+  local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
+  local refresh = V.enum(args[3], 'refresh', {['0'] = true, ['1'] = true}) == '1'
+  C.expect_type(keys[1], 'hash')
+  return C.lookup(keys[1], keys[2], token, lock_ms, refresh, T.now_ms())
+end
+
+local function cache_get_many(keys, args)
+  local n = #keys / 2
+  if n < 1 or n ~= math.floor(n) then
+    E.fail('ADCACHE_ARITY', 'expected value keys then as many lock keys, got ' .. #keys .. ' keys')
+  end
+  if n > C.MAX_BATCH then E.fail('ADCACHE_LIMIT', 'at most ' .. C.MAX_BATCH .. ' keys per call') end
+  local names = {}
+  for i = 1, n do names[i], names[n + i] = 'cache_value', 'cache_lock' end
+  K.check(keys, names)
+  for i = 1, n do C.same_key({keys[i], keys[n + i]}) end
+  V.nargs(args, 2, 2)
+  local token = V.id(args[1], 'token')
+  local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
+  for i = 1, n do C.expect_type(keys[i], 'hash') end
+  local now = T.now_ms()
+  local out = {}
+  for i = 1, n do
+    local r = C.lookup(keys[i], keys[n + i], token, lock_ms, false, now)
+    for j = 1, 4 do out[#out + 1] = r[j] end
+  end
+  return out
+end
+
+local function cache_fill(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys)
+  V.nargs(args, 6, 6)
+  local token = V.id(args[1], 'token')
+  local negative = V.enum(args[2], 'kind', {value = true, negative = true}) == 'negative'
+  local payload = V.str(args[3], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[4], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
+  local delta = V.uint(args[6], 'load_ms', C.MAX_LOCK_MS)
+  C.check_types(keys, 3)
+  if redis.call('GET', keys[2]) ~= token then return 0 end
+  C.store(keys, member, 3, payload, negative, ttl, grace, delta, T.now_ms())
+  return 1
+end
+
+local function cache_release(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'})
+  C.same_key(keys)
+  V.nargs(args, 1, 1)
+  local token = V.id(args[1], 'token')
+  if redis.call('GET', keys[2]) ~= token then return 0 end
+  return redis.call('DEL', keys[2])
+end
+
+local function cache_write_begin(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock', 'cache_writer'})
+  C.same_key(keys, 3)
+  V.nargs(args, 2, 2)
+  local token = V.id(args[1], 'token')
+  local ttl = V.pos(args[2], 'ttl_ms', C.MAX_LOCK_MS)
+  redis.call('DEL', keys[2])
+  redis.call('SET', keys[3], token, 'PX', ttl)
+  return 1
+end
+
+local function cache_set(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock', 'cache_writer'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys, 3)
+  V.nargs(args, 5, 5)
+  local token = V.id(args[1], 'token')
+  local negative = V.enum(args[2], 'kind', {value = true, negative = true}) == 'negative'
+  local payload = V.str(args[3], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[4], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
+  C.check_types(keys, 4)
+  if redis.call('GET', keys[3]) ~= token then
+    redis.call('DEL', keys[1], keys[2], keys[3])
+    return 0
+  end
+  redis.call('DEL', keys[3])
+  C.store({keys[1], keys[2], unpack(keys, 4)}, member, 3, payload, negative, ttl, grace, 0,
+    T.now_ms())
+  return 1
+end
+
+local function cache_invalidate(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock'})
+  C.same_key(keys)
+  V.nargs(args, 0, 0)
+  local n = 0
+  if not C.dirty(keys[1]) then n = redis.call('DEL', keys[1]) end
+  redis.call('DEL', keys[2])
+  return n
+end
+
+local function cache_invalidate_tag(keys, args)
+  local tag = K.check(keys, {'cache_tag'})
+  V.nargs(args, 0, 0)
+  C.expect_type(keys[1], 'set')
+  local n = 0
+  for _, m in ipairs(redis.call('SMEMBERS', keys[1])) do
+    local vkey = K.cache_value(tag, m)
+    if not C.dirty(vkey) then
+      n = n + redis.call('DEL', vkey)
+      redis.call('SREM', keys[1], m)  -- a dirty member keeps its tag
+    end
+    redis.call('DEL', K.cache_lock(tag, m))
+  end
+  return n
+end
+
+local function cache_wb_write(keys, args)
+  K.check(keys, {'cache_value', 'cache_lock', 'cache_stream'}, 'cache_tag', C.MAX_TAGS)
+  local member = C.same_key(keys)
+  V.nargs(args, 4, 4)
+  local op = V.enum(args[1], 'op', {set = true, del = true})
+  local payload = V.str(args[2], 'payload', C.MAX_PAYLOAD)
+  local ttl = V.pos(args[3], 'ttl_ms', C.MAX_TTL_MS)
+  local grace = V.uint(args[4], 'grace_ms', C.MAX_TTL_MS)
+  if op == 'del' then payload, grace = '', 0 end
+  C.check_types(keys, 4, keys[3])
+  local now = T.now_ms()
+  local id = redis.call('XADD', keys[3], '*', 'k', member, 'op', op, 'p', payload)
+  C.store({keys[1], keys[2], unpack(keys, 4)}, member, 3, payload, op == 'del', ttl, grace, 0, now)
+  redis.call('HSET', keys[1], 'w', id, 'e', now + ttl + grace)
+  redis.call('PERSIST', keys[1])
+  return id
+end
+
+local function cache_wb_ack(keys, args)
+  K.check(keys, {'cache_stream'}, 'cache_value', C.MAX_ACK)
+  V.nargs(args, 2)
+  local group = V.id(args[1], 'group')
+  if #args - 1 > C.MAX_ACK then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. C.MAX_ACK .. ' ids per call')
+  end
+  if #keys - 1 > #args - 1 then
+    E.fail('ADCACHE_ARITY', 'one id per value key at least, got ' .. (#args - 1) .. ' ids for '
+      .. (#keys - 1) .. ' value keys')
+  end
+  local ids = {}
+  for i = 2, #args do
+    if not string.match(args[i], '^%d+%-%d+$') then
+      E.fail('ADCACHE_BADARG', 'id must be a stream id <ms>-<seq>, got ' .. args[i])
+    end
+    ids[#ids + 1] = args[i]
+  end
+  C.expect_type(keys[1], 'stream')
+  for i = 2, #keys do C.expect_type(keys[i], 'hash') end
+  if redis.call('EXISTS', keys[1]) == 0 then return 0 end
+  local known = false
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', keys[1])) do
+    for i = 1, #g, 2 do
+      if g[i] == 'name' and g[i + 1] == group then known = true end
+    end
+  end
+  if not known then E.fail('ADCACHE_NOTFOUND', 'no consumer group ' .. group .. ' on ' .. keys[1]) end
+  local now = T.now_ms()
+  for i = 2, #keys do
+    local w = redis.call('HMGET', keys[i], 'w', 'e')
+    if w[1] == ids[i - 1] then
+      redis.call('HDEL', keys[i], 'w', 'e')
+      local at = tonumber(w[2]) or now
+      if at > now then redis.call('PEXPIREAT', keys[i], at) else redis.call('DEL', keys[i]) end
+    end
+  end
+  local n = redis.call('XACK', keys[1], group, unpack(ids))
+  redis.call('XDEL', keys[1], unpack(ids))
+  return n
+end
+
+
+redis.register_function{function_name='ac_cache_get', callback=cache_get, flags={}, description='Read a cached value; when it is missing or stale, take the loader lock if it is free.'}
+redis.register_function{function_name='ac_cache_get_many', callback=cache_get_many, flags={}, description='ac_cache_get for many keys of one shard: their value keys, then their lock keys.'}
+redis.register_function{function_name='ac_cache_fill', callback=cache_fill, flags={}, description='Store a loaded value, only while the caller still owns the loader lock; releases it.'}
+redis.register_function{function_name='ac_cache_release', callback=cache_release, flags={}, description='Give up the loader lock (a failed load), so that a waiting caller can take it at once.'}
+redis.register_function{function_name='ac_cache_write_begin', callback=cache_write_begin, flags={}, description='Write-through, before the database write: become the key\'s last writer and cancel any loader of it.'}
+redis.register_function{function_name='ac_cache_set', callback=cache_set, flags={}, description='Write-through, after the database write: store the value if no other writer began since the caller did, else drop the key (and make the other writer drop it too). Cancels any loader.'}
+redis.register_function{function_name='ac_cache_invalidate', callback=cache_invalidate, flags={}, description='Drop a cached value and cancel any loader of it (its fill will be refused). A dirty write-back value is kept.'}
+redis.register_function{function_name='ac_cache_invalidate_tag', callback=cache_invalidate_tag, flags={}, description='Drop every value of one shard carrying a tag (dirty write-back values excepted), cancel their loaders, drop the tag set.'}
+redis.register_function{function_name='ac_cache_wb_write', callback=cache_wb_write, flags={}, description='Write-back: store the value (or a negative entry for a delete), pinned until flushed, and append its change record to the shard\'s stream, atomically.'}
+redis.register_function{function_name='ac_cache_wb_ack', callback=cache_wb_ack, flags={}, description='Acknowledge committed change records for a consumer group, delete them from the stream, and unpin the values they wrote (unless written again since).'}
 end
 
 -- ==== domain: campaign (lua/campaign.lua.j2) ====
@@ -2754,7 +3049,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.2.0'
-local LIBRARY_SHA256 = 'dee7050c5df8e687ccce05a64bc64ec9dd9ebacaeda4829a9914b87348da16af'
+local LIBRARY_SHA256 = 'a1161a48d140f6980d0ac478ed0723af0dd4b42ce97ca0a316ece70735f35d73'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

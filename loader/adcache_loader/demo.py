@@ -238,6 +238,38 @@ def scene_campaigns(cache: AdCache, console: Console) -> None:
         console.print(f"servable: {got.servable} (reason: {got.reason or '-'})")
     console.print(f"query again: {query()} (out of the index at once)")
     cache.campaigns.remove(cid)
+def scene_strategies(cache: AdCache, console: Console) -> None:
+    import random
+    import tempfile
+    from pathlib import Path
+
+    from adcache.strategies import CachePolicy, Flusher, SQLiteSource, StrategyCache
+
+    name = f"demo-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        db = SQLiteSource(Path(tmp) / "campaigns.sqlite", "campaigns")
+        for i in range(50):
+            db.save(f"cmp-{i}", {"id": i, "bid_micros": 10_000 * (i + 1)})
+        c = StrategyCache(cache, name, db, CachePolicy(ttl=60, shards=4))
+        rng = random.Random(7)
+        reads = 1000
+        for _ in range(reads):  # a skewed workload; ids past 49 do not exist (negative entries)
+            c.get(f"cmp-{int(rng.paretovariate(1.1)) - 1}")
+        m = c.metrics.snapshot()
+        console.print(
+            f"cache-aside over SQLite: {reads} reads, {m['load']} loads from the database, "
+            f"{m['negative_hit']} answered by negative entries: [bold]hit rate "
+            f"{c.metrics.hit_rate():.1%}[/]"
+        )
+        c.write_through("cmp-1", {"id": 1, "bid_micros": 99_000})
+        console.print(f"write-through cmp-1: database {db.load('cmp-1')}, cache {c.get('cmp-1')}")
+        c.write_back("cmp-2", {"id": 2, "bid_micros": 77_000})
+        console.print(
+            f"write-back cmp-2: cache {c.get('cmp-2')}, database still {db.load('cmp-2')}"
+        )
+        flushed = Flusher(cache, name, db, shards=4).drain(10)
+        console.print(f"flusher committed {flushed} change(s): database {db.load('cmp-2')}")
+        db.close()
 
 
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
@@ -247,6 +279,7 @@ SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("auctions", scene_auctions),
     ("caps", scene_caps),
     ("campaigns", scene_campaigns),
+    ("strategies", scene_strategies),
 ]
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from adcache.auctions import AsyncAuctions, Auctions
 from adcache.budgets import AsyncBudgets, Budgets
+from adcache.caches import AsyncCaches, Caches
 from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.caps import AsyncCaps, Caps
 from adcache.monitor import AsyncMonitor, Monitor
@@ -34,6 +35,7 @@ SYNC: dict[str, Any] = {
     "targeting": TargetingIndex,
     "stats": Stats,
     "monitor": Monitor,
+    "caches": Caches,
 }
 ASYNC: dict[str, Any] = {
     "sessions": AsyncSessions,
@@ -46,6 +48,7 @@ ASYNC: dict[str, Any] = {
     "targeting": AsyncTargetingIndex,
     "stats": AsyncStats,
     "monitor": AsyncMonitor,
+    "caches": AsyncCaches,
 }
 
 
@@ -60,6 +63,7 @@ class SyncFacades:
     targeting: TargetingIndex
     stats: Stats
     monitor: Monitor
+    caches: Caches
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         for name, cls in SYNC.items():
@@ -77,6 +81,7 @@ class AsyncFacades:
     targeting: AsyncTargetingIndex
     stats: AsyncStats
     monitor: AsyncMonitor
+    caches: AsyncCaches
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         for name, cls in ASYNC.items():

@@ -1,0 +1,424 @@
+"""Cache primitives (Lua domain `cache`): the server side of `adcache.strategies`.
+
+A cache is named; its keys are spread over `shards` hash tags `{k:<name>.<shard>}` with
+`shard = crc32(key) % shards`, so a value, its loader lock, its tag sets and its shard's write-back
+stream share one slot. Most code uses `adcache.strategies`; these are the one-call building blocks.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from adcache import _generated as keys
+from adcache._core import Call, text
+from adcache._generated import BadArgumentError
+
+if TYPE_CHECKING:
+    from adcache import aio
+    from adcache.client import AdCache
+
+MAX_KEY_BYTES = 512
+Status = Literal["hit", "neg", "stale", "load", "reload", "wait"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What `ac_cache_get` found. `payload` is the cached text ('' when there is none);
+    `remaining_ms` is the time to the logical expiry (negative when stale; the lock's TTL for
+    `wait`); `load_ms` is how long the cached value took to load (drives early refresh)."""
+
+    status: Status
+    payload: str
+    remaining_ms: int
+    load_ms: int
+
+    @property
+    def locked(self) -> bool:
+        """The caller holds the loader lock and must load (then fill)."""
+        return self.status in ("load", "reload")
+
+
+def _check_name(name: str, what: str, max_bytes: int) -> str:
+    b = name.encode()
+    if not b or len(b) > max_bytes or "{" in name or "}" in name:
+        raise BadArgumentError(f"{what} must be 1..{max_bytes} bytes without braces, got {name!r}")
+    return name
+
+
+def shard_of(key: str, shards: int) -> int:
+    return zlib.crc32(key.encode()) % shards
+
+
+def cache_id(name: str, shard: int) -> str:
+    return f"{name}.{shard}"
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """The key space of one named cache: where each key, tag set and stream lives."""
+
+    name: str
+    shards: int = 16
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "cache name", keys.MAX_ID_BYTES - 8)
+        if not 1 <= self.shards <= 4096:
+            raise BadArgumentError("shards must be between 1 and 4096")
+
+    def shard(self, key: str) -> int:
+        return shard_of(_check_name(key, "cache key", MAX_KEY_BYTES), self.shards)
+
+    def id_of(self, key: str) -> str:
+        return cache_id(self.name, self.shard(key))
+
+    def value_key(self, key: str) -> str:
+        return keys.cache_value(self.id_of(key), key)
+
+    def lock_key(self, key: str) -> str:
+        return keys.cache_lock(self.id_of(key), key)
+
+    def writer_key(self, key: str) -> str:
+        return keys.cache_writer(self.id_of(key), key)
+
+    def tag_keys(self, key: str, tags: Sequence[str]) -> tuple[str, ...]:
+        cid = self.id_of(key)
+        return tuple(keys.cache_tag(cid, _check_name(t, "tag", MAX_KEY_BYTES)) for t in tags)
+
+    def stream(self, shard: int) -> str:
+        return keys.cache_stream(cache_id(self.name, shard))
+
+    def streams(self) -> list[str]:
+        return [self.stream(s) for s in range(self.shards)]
+
+
+def _lookup(reply: Any) -> Lookup:
+    status, payload, remaining, load_ms = reply
+    return Lookup(text(status), text(payload), int(remaining), int(load_ms))  # type: ignore[arg-type]
+
+
+def get_call(
+    space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
+) -> Call[Lookup]:
+    return Call(
+        "ac_cache_get",
+        (space.value_key(key), space.lock_key(key)),
+        (token, lock_ttl_ms, "1" if refresh else "0"),
+        _lookup,
+    )
+
+
+MAX_BATCH = 500  # keys per ac_cache_get_many (the Lua bound)
+
+
+def _lookups(reply: Any) -> list[Lookup]:
+    return [_lookup(reply[i : i + 4]) for i in range(0, len(reply), 4)]
+
+
+def get_many_calls(
+    space: Space, keys_: Sequence[str], token: str, *, lock_ttl_ms: int
+) -> list[tuple[list[str], Call[list[Lookup]]]]:
+    """One `ac_cache_get_many` per shard (per MAX_BATCH keys): (the keys, their call)."""
+    by_shard: dict[int, list[str]] = {}
+    for k in keys_:
+        by_shard.setdefault(space.shard(k), []).append(k)
+    out: list[tuple[list[str], Call[list[Lookup]]]] = []
+    for group in by_shard.values():
+        for i in range(0, len(group), MAX_BATCH):
+            chunk = group[i : i + MAX_BATCH]
+            ks = tuple(space.value_key(k) for k in chunk) + tuple(space.lock_key(k) for k in chunk)
+            out.append((chunk, Call("ac_cache_get_many", ks, (token, lock_ttl_ms), _lookups)))
+    return out
+
+
+def fill_call(
+    space: Space,
+    key: str,
+    token: str,
+    payload: str | None,
+    *,
+    ttl_ms: int,
+    grace_ms: int,
+    load_ms: int,
+    tags: Sequence[str] = (),
+) -> Call[bool]:
+    """payload None stores a negative entry (the source has no such key)."""
+    kind = "negative" if payload is None else "value"
+    return Call(
+        "ac_cache_fill",
+        (space.value_key(key), space.lock_key(key), *space.tag_keys(key, tags)),
+        (token, kind, payload or "", ttl_ms, grace_ms, load_ms),
+        lambda r: int(r) == 1,
+    )
+
+
+def release_call(space: Space, key: str, token: str) -> Call[bool]:
+    return Call(
+        "ac_cache_release",
+        (space.value_key(key), space.lock_key(key)),
+        (token,),
+        lambda r: int(r) == 1,
+    )
+
+
+def write_begin_call(space: Space, key: str, token: str, *, ttl_ms: int) -> Call[bool]:
+    return Call(
+        "ac_cache_write_begin",
+        (space.value_key(key), space.lock_key(key), space.writer_key(key)),
+        (token, ttl_ms),
+        lambda r: int(r) == 1,
+    )
+
+
+def set_call(
+    space: Space,
+    key: str,
+    token: str,
+    payload: str | None,
+    *,
+    ttl_ms: int,
+    grace_ms: int,
+    tags: Sequence[str] = (),
+) -> Call[bool]:
+    """Store if no other writer began since `token` did (see write_begin_call); else the key is
+    dropped and the reply is False."""
+    kind = "negative" if payload is None else "value"
+    return Call(
+        "ac_cache_set",
+        (
+            space.value_key(key),
+            space.lock_key(key),
+            space.writer_key(key),
+            *space.tag_keys(key, tags),
+        ),
+        (token, kind, payload or "", ttl_ms, grace_ms),
+        lambda r: int(r) == 1,
+    )
+
+
+def invalidate_call(space: Space, key: str) -> Call[bool]:
+    return Call(
+        "ac_cache_invalidate",
+        (space.value_key(key), space.lock_key(key)),
+        (),
+        lambda r: int(r) == 1,
+    )
+
+
+def invalidate_tag_calls(space: Space, tag: str) -> list[Call[int]]:
+    """One call per shard: a tag's keys may live in any shard."""
+    _check_name(tag, "tag", MAX_KEY_BYTES)
+    return [
+        Call("ac_cache_invalidate_tag", (keys.cache_tag(cache_id(space.name, s), tag),), (), int)
+        for s in range(space.shards)
+    ]
+
+
+def wb_write_call(
+    space: Space,
+    key: str,
+    payload: str | None,
+    *,
+    ttl_ms: int,
+    grace_ms: int,
+    tags: Sequence[str] = (),
+) -> Call[str]:
+    """payload None records a delete (and caches a negative entry)."""
+    sid = space.id_of(key)
+    return Call(
+        "ac_cache_wb_write",
+        (
+            space.value_key(key),
+            space.lock_key(key),
+            keys.cache_stream(sid),
+            *space.tag_keys(key, tags),
+        ),
+        ("del" if payload is None else "set", payload or "", ttl_ms, grace_ms),
+        text,
+    )
+
+
+def wb_ack_call(
+    stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
+) -> Call[int]:
+    """Acknowledge `ids`; `value_keys[i]` is the value key written by `ids[i]` (unpinned if that
+    record is still its latest write); ids past the value keys (records gone) are only acked."""
+    return Call("ac_cache_wb_ack", (stream, *value_keys), (group, *ids), int)
+
+
+class Caches:
+    """Cache primitives on a synchronous `AdCache` (`cache.caches`)."""
+
+    def __init__(self, cache: AdCache) -> None:
+        self._c = cache
+
+    def get(
+        self, space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
+    ) -> Lookup:
+        """Read a value, or take its loader lock when missing or stale."""
+        return self._c.run(get_call(space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh))
+
+    def fill(
+        self,
+        space: Space,
+        key: str,
+        token: str,
+        payload: str | None,
+        *,
+        ttl_ms: int,
+        grace_ms: int,
+        load_ms: int,
+        tags: Sequence[str] = (),
+    ) -> bool:
+        """Store a loaded value if `token` still owns the lock; False when it was lost."""
+        return self._c.run(
+            fill_call(
+                space,
+                key,
+                token,
+                payload,
+                ttl_ms=ttl_ms,
+                grace_ms=grace_ms,
+                load_ms=load_ms,
+                tags=tags,
+            )
+        )
+
+    def release(self, space: Space, key: str, token: str) -> bool:
+        """Give up the loader lock after a failed load."""
+        return self._c.run(release_call(space, key, token))
+
+    def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
+        """Before a write-through's database write: register as the key's writer."""
+        return self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
+
+    def set(
+        self,
+        space: Space,
+        key: str,
+        token: str,
+        payload: str | None,
+        *,
+        ttl_ms: int,
+        grace_ms: int,
+        tags: Sequence[str] = (),
+    ) -> bool:
+        """After it: store if no other writer began since, else drop the key (False)."""
+        return self._c.run(
+            set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
+        )
+
+    def invalidate(self, space: Space, key: str) -> bool:
+        return self._c.run(invalidate_call(space, key))
+
+    def invalidate_tag(self, space: Space, tag: str) -> int:
+        """Drop every value carrying `tag`, over all shards (one pipelined round per node)."""
+        return sum(self._c.run_many(invalidate_tag_calls(space, tag)))
+
+    def wb_write(
+        self,
+        space: Space,
+        key: str,
+        payload: str | None,
+        *,
+        ttl_ms: int,
+        grace_ms: int,
+        tags: Sequence[str] = (),
+    ) -> str:
+        return self._c.run(
+            wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
+        )
+
+    def wb_ack(
+        self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
+    ) -> int:
+        return self._c.run(wb_ack_call(stream, group, ids, value_keys))
+
+
+class AsyncCaches:
+    """Cache primitives on an asyncio `AdCache` (`cache.caches`)."""
+
+    def __init__(self, cache: aio.AdCache) -> None:
+        self._c = cache
+
+    async def get(
+        self, space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
+    ) -> Lookup:
+        return await self._c.run(
+            get_call(space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh)
+        )
+
+    async def fill(
+        self,
+        space: Space,
+        key: str,
+        token: str,
+        payload: str | None,
+        *,
+        ttl_ms: int,
+        grace_ms: int,
+        load_ms: int,
+        tags: Sequence[str] = (),
+    ) -> bool:
+        return await self._c.run(
+            fill_call(
+                space,
+                key,
+                token,
+                payload,
+                ttl_ms=ttl_ms,
+                grace_ms=grace_ms,
+                load_ms=load_ms,
+                tags=tags,
+            )
+        )
+
+    async def release(self, space: Space, key: str, token: str) -> bool:
+        return await self._c.run(release_call(space, key, token))
+
+    async def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
+        """Before a write-through's database write: register as the key's writer."""
+        return await self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
+
+    async def set(
+        self,
+        space: Space,
+        key: str,
+        token: str,
+        payload: str | None,
+        *,
+        ttl_ms: int,
+        grace_ms: int,
+        tags: Sequence[str] = (),
+    ) -> bool:
+        """After it: store if no other writer began since, else drop the key (False)."""
+        return await self._c.run(
+            set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
+        )
+
+    async def invalidate(self, space: Space, key: str) -> bool:
+        return await self._c.run(invalidate_call(space, key))
+
+    async def invalidate_tag(self, space: Space, tag: str) -> int:
+        return sum(await self._c.run_many(invalidate_tag_calls(space, tag)))
+
+    async def wb_write(
+        self,
+        space: Space,
+        key: str,
+        payload: str | None,
+        *,
+        ttl_ms: int,
+        grace_ms: int,
+        tags: Sequence[str] = (),
+    ) -> str:
+        return await self._c.run(
+            wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
+        )
+
+    async def wb_ack(
+        self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
+    ) -> int:
+        return await self._c.run(wb_ack_call(stream, group, ids, value_keys))
