@@ -131,15 +131,23 @@ class AdCache(AsyncFacades):
     async def _send_many(
         self, node: ClusterNode | None, cmds: list[tuple[Arg, ...]], *, asking: bool = False
     ) -> list[Any]:
-        """Several commands on one connection, written at once; errors are returned in place."""
+        """Several commands on one connection, written at once; error replies are returned in
+        place. A failure to connect raises the connection error (nothing was sent); a failure
+        once sending began raises _AfterSend (the commands may have run)."""
+        allc = [("ASKING",), *cmds] if asking else cmds
         if node is None:
-            pipe = self.redis.pipeline(transaction=False)
-            for c in cmds:
-                pipe.execute_command(*c)
-            return list(await pipe.execute(raise_on_error=False))
-        conn = node.acquire_connection()
+            pool = self.redis.connection_pool  # type: ignore[union-attr]
+            conn = await pool.get_connection()  # connected before anything is sent
+            release = pool.release
+        else:
+            conn = node.acquire_connection()
+            try:
+                await conn.connect()
+            except BaseException:
+                node.release(conn)
+                raise
+            release = node.release  # type: ignore[assignment]
         try:
-            allc = [("ASKING",), *cmds] if asking else cmds
             await conn.send_packed_command(conn.pack_commands(allc))
             out: list[Any] = []
             for _ in allc:
@@ -148,11 +156,16 @@ class AdCache(AsyncFacades):
                 except ResponseError as e:
                     out.append(e)
             return out[1:] if asking else out
+        except _TRANSIENT as e:
+            await conn.disconnect()
+            raise _AfterSend(e) from e
         except BaseException:
             await conn.disconnect()
             raise
         finally:
-            node.release(conn)
+            res = release(conn)  # the standalone pool's release is a coroutine
+            if asyncio.iscoroutine(res):
+                await res
 
     async def _refresh_topology(self) -> None:
         if isinstance(self.redis, RedisCluster):
@@ -232,17 +245,13 @@ class AdCache(AsyncFacades):
                     await self._verify(name, node)
                 if ask_node is not None:
                     name = ask_node.name
-                    reply = (await self._send_many(ask_node, [cmd], asking=True))[0]
-                    if isinstance(reply, Exception):
-                        raise reply
-                    return reply
+                    return _reply((await self._send_many(ask_node, [cmd], asking=True))[0])
                 if self.durable_replicas and not call.readonly:
                     reply, acked = await self._send_many(node, [cmd, self._wait_cmd()])
-                    if isinstance(reply, Exception):
-                        raise reply
+                    reply = _reply(reply)
                     self._check_acked(name, acked)
                     return reply
-                return await self._send(node, *cmd)
+                return _reply((await self._send_many(node, [cmd]))[0])
             except MovedError as e:
                 await self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
             except AskError as e:
@@ -252,14 +261,18 @@ class AdCache(AsyncFacades):
                 continue
             except TryAgainError:
                 await asyncio.sleep(0.05 * (attempt + 1))
+            except _AfterSend as e:
+                if not call.readonly:  # a write that may have run is never sent twice
+                    log.warning(
+                        "adcache: %s on %s after %s was sent: not retried",
+                        e.cause,
+                        name,
+                        call.function,
+                    )
+                    raise e.cause from None
+                await self._pause(e.cause, name, attempt)
             except _TRANSIENT as e:
-                if not self.is_cluster or attempt == self.max_attempts - 1:
-                    raise
-                log.info(
-                    "adcache: %s on %s, refreshing topology (attempt %d)", e, name, attempt + 1
-                )
-                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
-                await self._refresh_topology()
+                await self._pause(e, name, attempt)
             except ResponseError as e:
                 err = translate_error(e, name)
                 if isinstance(err, LibraryMissingError):
@@ -271,6 +284,13 @@ class AdCache(AsyncFacades):
                 raise err from e
             ask_node = None
         raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
+
+    async def _pause(self, e: Exception, name: str, attempt: int) -> None:
+        if attempt == self.max_attempts - 1:
+            raise e
+        log.info("adcache: %s on %s, retrying (attempt %d)", e, name, attempt + 1)
+        await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        await self._refresh_topology()
 
     def _wait_cmd(self) -> tuple[Arg, ...]:
         return ("WAIT", self.durable_replicas, self.durable_timeout_ms)
@@ -314,11 +334,11 @@ class AdCache(AsyncFacades):
                             r if calls[i].readonly or isinstance(r, Exception) else e
                             for i, r in zip(idxs, replies, strict=True)
                         ]
-            except _TRANSIENT:
-                if not self.is_cluster:
-                    raise
-                await self._refresh_topology()
+            except _TRANSIENT:  # not sent: each call is retried on its own
                 replies = [_REDO] * len(idxs)
+            except _AfterSend as e:  # reads are retried; a write that may have run gets the error
+                await self._refresh_topology()
+                replies = [_REDO if calls[i].readonly else e.cause for i in idxs]
             for i, reply in zip(idxs, replies, strict=True):
                 results[i] = await self._settle(calls[i], name, reply)
 
@@ -335,7 +355,7 @@ class AdCache(AsyncFacades):
                 return call.parse(reply)
             except Exception as e:
                 return e
-        if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError, *_TRANSIENT)):
+        if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError)):
             try:
                 return await self.run(call)
             except Exception as e:
@@ -351,4 +371,18 @@ class AdCache(AsyncFacades):
         return reply
 
 
-_REDO = object()  # a pipelined call whose node failed as a whole: retried on its own
+_REDO = object()
+
+
+class _AfterSend(Exception):
+    """A connection failed after commands were (perhaps partly) sent: they may have run."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _reply(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply  # a pipelined call whose node failed as a whole: retried on its own

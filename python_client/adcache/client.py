@@ -203,7 +203,14 @@ class AdCache(SyncFacades):
         return call.parse(self.fcall(call))
 
     def fcall(self, call: Call[Any]) -> Any:
-        """Execute one call and return the raw reply, with redirects and retries handled."""
+        """Execute one call and return the raw reply, with redirects and retries handled.
+
+        Retries never repeat a write that may have run: a call is sent again after a redirect
+        (MOVED, ASK, TRYAGAIN: not executed) or a failure to connect (not sent). A connection lost
+        after a write was sent raises: only the caller knows whether the write is idempotent
+        (adcache's money and counting paths are, under their request, bid and impression ids).
+        Read-only calls are retried after any connection failure.
+        """
         cmd = call.command()
         deployed = False
         ask_node: ClusterNode | None = None
@@ -215,13 +222,10 @@ class AdCache(SyncFacades):
                 if ask_node is not None:
                     name = ask_node.name
                     client = self.redis.get_redis_connection(ask_node)  # type: ignore[union-attr]
-                    pipe = client.pipeline(transaction=False)
-                    pipe.execute_command("ASKING")
-                    pipe.execute_command(*cmd)
-                    return pipe.execute()[1]
+                    return _reply(_Batch(client, [("ASKING",), cmd]).read()[1])
                 if self.durable_replicas and not call.readonly:
                     return self._durable_write(name, client, cmd)
-                return client.execute_command(*cmd)
+                return _reply(_Batch(client, [cmd]).read()[0])
             except MovedError as e:
                 self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
             except AskError as e:
@@ -231,14 +235,18 @@ class AdCache(SyncFacades):
                 continue
             except TryAgainError:
                 time.sleep(0.05 * (attempt + 1))
+            except _AfterSend as e:
+                if not call.readonly:
+                    log.warning(
+                        "adcache: %s on %s after %s was sent: not retried",
+                        e.cause,
+                        name,
+                        call.function,
+                    )
+                    raise e.cause from None
+                self._pause(e.cause, name, attempt)
             except _TRANSIENT as e:
-                if not self.is_cluster or attempt == self.max_attempts - 1:
-                    raise
-                log.info(
-                    "adcache: %s on %s, refreshing topology (attempt %d)", e, name, attempt + 1
-                )
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-                self._refresh_topology()
+                self._pause(e, name, attempt)
             except ResponseError as e:
                 err = translate_error(e, name)
                 if isinstance(err, LibraryMissingError):
@@ -252,10 +260,17 @@ class AdCache(SyncFacades):
             ask_node = None
         raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
 
+    def _pause(self, e: Exception, name: str, attempt: int) -> None:
+        """Back off before the next attempt (re-raising on the last one) and refresh the map."""
+        if attempt == self.max_attempts - 1:
+            raise e
+        log.info("adcache: %s on %s, retrying (attempt %d)", e, name, attempt + 1)
+        time.sleep(min(0.05 * 2**attempt, 1.0))
+        self._refresh_topology()
+
     def _durable_write(self, name: str, client: redis.Redis, cmd: tuple[Any, ...]) -> Any:
         reply, acked = _Batch(client, [cmd, self._wait_cmd()]).read()
-        if isinstance(reply, Exception):
-            raise reply
+        reply = _reply(reply)
         self._check_acked(name, acked)
         return reply
 
@@ -296,9 +311,10 @@ class AdCache(SyncFacades):
                     cmds.append(self._wait_cmd())  # one WAIT covers the whole batch
                 batch = _Batch(client, cmds)
             except _TRANSIENT:
-                if not self.is_cluster:
-                    self._abandon(sent)
-                    raise
+                pass  # not sent: every call of this node is retried on its own below
+            except _AfterSend as e:
+                sent.append((name, idxs, _Failed(e.cause)))  # type: ignore[arg-type]
+                continue
             except BaseException:
                 self._abandon(sent)
                 raise
@@ -306,9 +322,9 @@ class AdCache(SyncFacades):
         refreshed = False
         for name, idxs, batch in sent:
             try:
-                if batch is None:
-                    raise RedisConnectionError(f"could not send to {name}")
-                replies = batch.read()
+                if isinstance(batch, _Failed):
+                    raise _AfterSend(batch.cause)
+                replies = [_Redo()] * len(idxs) if batch is None else batch.read()
                 if len(replies) > len(idxs):
                     try:
                         self._check_acked(name, replies.pop())
@@ -317,13 +333,12 @@ class AdCache(SyncFacades):
                             r if calls[i].readonly or isinstance(r, Exception) else e
                             for i, r in zip(idxs, replies, strict=True)
                         ]
-            except _TRANSIENT:
-                if not self.is_cluster:
-                    raise
+            except _AfterSend as e:
+                # Reads are retried; a write that may have run gets the error in its place.
                 if not refreshed:
                     self._refresh_topology()
                     refreshed = True
-                replies = [_Redo()] * len(idxs)
+                replies = [_Redo() if calls[i].readonly else e.cause for i in idxs]
             for i, reply in zip(idxs, replies, strict=True):
                 results[i] = self._settle(calls[i], name, reply)
         if raise_on_error:
@@ -336,7 +351,7 @@ class AdCache(SyncFacades):
     def _abandon(sent: list[tuple[str, list[int], _Batch | None]]) -> None:
         # Batches already written hold connections with unread replies: drop those connections.
         for _, _, batch in sent:
-            if batch is not None:
+            if isinstance(batch, _Batch):
                 batch._done(broken=True)
 
     def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
@@ -346,7 +361,7 @@ class AdCache(SyncFacades):
             except Exception as e:
                 return e
         # Redirects and lost connections inside a pipeline are retried one by one.
-        if isinstance(reply, (_Redo, MovedError, AskError, TryAgainError, *_TRANSIENT)):
+        if isinstance(reply, (_Redo, MovedError, AskError, TryAgainError)):
             try:
                 return self.run(call)
             except Exception as e:
@@ -362,17 +377,42 @@ class AdCache(SyncFacades):
         return reply
 
 
+class _AfterSend(Exception):
+    """A connection failed after commands were (perhaps partly) sent: they may have run."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class _Failed:
+    cause: Exception
+
+
+def _reply(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
 class _Batch:
     """Several commands written at once on one pooled connection; `read()` collects the replies,
     an error reply taking its command's place instead of raising. (A redis-py Pipeline does the
-    same with more bookkeeping per command: this is the hot path of `run_many`.)"""
+    same with more bookkeeping per command: this is the hot path.)
+
+    Failing to get a connected connection raises the connection error itself (nothing was sent);
+    a failure once sending began raises _AfterSend (the commands may have run)."""
 
     def __init__(self, client: redis.Redis, cmds: list[tuple[Any, ...]]) -> None:
         self.pool = client.connection_pool
         self.n = len(cmds)
-        self.conn = self.pool.get_connection()
+        self.conn = self.pool.get_connection()  # connects (or checks) before anything is sent
         try:
             self.conn.send_packed_command(self.conn.pack_commands(cmds))
+        except _TRANSIENT as e:
+            self._done(broken=True)
+            raise _AfterSend(e) from e
         except BaseException:
             self._done(broken=True)
             raise
@@ -385,6 +425,9 @@ class _Batch:
                     out.append(self.conn.read_response())
                 except ResponseError as e:
                     out.append(e)
+        except _TRANSIENT as e:
+            self._done(broken=True)
+            raise _AfterSend(e) from e
         except BaseException:
             self._done(broken=True)
             raise
