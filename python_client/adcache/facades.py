@@ -12,6 +12,7 @@ from adcache.auctions import AsyncAuctions, Auctions
 from adcache.budgets import AsyncBudgets, Budgets
 from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.caps import AsyncCaps, Caps
+from adcache.decide import AsyncDecisions, Decisions
 from adcache.monitor import AsyncMonitor, Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
@@ -34,6 +35,7 @@ SYNC: dict[str, Any] = {
     "targeting": TargetingIndex,
     "stats": Stats,
     "monitor": Monitor,
+    "decide": Decisions,
 }
 ASYNC: dict[str, Any] = {
     "sessions": AsyncSessions,
@@ -46,6 +48,7 @@ ASYNC: dict[str, Any] = {
     "targeting": AsyncTargetingIndex,
     "stats": AsyncStats,
     "monitor": AsyncMonitor,
+    "decide": AsyncDecisions,
 }
 
 
@@ -60,6 +63,7 @@ class SyncFacades:
     targeting: TargetingIndex
     stats: Stats
     monitor: Monitor
+    decide: Decisions
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         for name, cls in SYNC.items():
@@ -77,6 +81,7 @@ class AsyncFacades:
     targeting: AsyncTargetingIndex
     stats: AsyncStats
     monitor: AsyncMonitor
+    decide: AsyncDecisions
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         for name, cls in ASYNC.items():
