@@ -268,7 +268,7 @@ def audit(cache: AdCache, pop: Population, decisions: Sequence[Decision]) -> Aud
     violations = sum(1 for (_, c), n in per_user.items() if limit.get(c, 0) and n > limit[c])
     # and the stored counters themselves
     users = sorted({u for u, _ in per_user})
-    for u, counters in zip(users, cache.run_many([_inspect(u) for u in users]), strict=True):
+    for _u, counters in zip(users, cache.run_many([_inspect(u) for u in users]), strict=True):
         for k in counters:
             if k.scope == "campaign" and k.entity_id in limit and k.count > limit[k.entity_id]:
                 violations += 1

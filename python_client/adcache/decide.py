@@ -711,7 +711,9 @@ class Engine:
                 continue
             e = usable[imp.winner.cid]
             winners.add(e.record.campaign_id)
-            cand = _Cand(e, imp.imp_id, imp.winner.crid or "", imp.winner.price_micros, 0)
+            price, bid = imp.winner.price_micros, e.record.spec.bid_cpm_micros
+            m = -(-price * BP // bid) if bid else 0  # the multiplier that gave this price
+            cand = _Cand(e, imp.imp_id, imp.winner.crid or "", price, m)
             wins.append((cand, imp, rec))
         for imp in result.imps:
             if imp.winner is None:
