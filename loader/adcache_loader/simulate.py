@@ -304,3 +304,83 @@ def by_campaign(decisions: Sequence[Decision]) -> dict[str, list[int]]:
         for p in d.placements:
             out[p.campaign_id].append(p.clearing_micros)
     return out
+
+
+@dataclass
+class Report:
+    result: RunResult
+    audit: Audit
+    hit_rate: float | None
+
+
+def run_simulation(
+    url: str,
+    *,
+    cluster: bool | None,
+    requests: int,
+    users: int,
+    campaigns: int,
+    threads: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Generate, set up, drive and audit one population on a deployed server or cluster."""
+    prefix = f"sim{int(time.time()) % 1_000_000}"
+    pop = generate(prefix, n_users=users, n_campaigns=campaigns, n_requests=requests, seed=seed)
+    admin = AdCache.from_url(url, cluster=cluster)
+    try:
+        is_cluster = admin.is_cluster
+        setup(admin, pop, seed=seed)
+        res = drive(
+            lambda: AdCache.from_url(url, cluster=is_cluster),
+            pop.requests,
+            threads=threads,
+            progress=progress,
+        )
+        return Report(res, audit(admin, pop, res.decisions), admin.monitor.health().hit_rate)
+    finally:
+        admin.close()
+
+
+def summary_rows(rep: Report) -> list[tuple[str, str]]:
+    """The figures `adcache simulate` prints, as (name, value) rows."""
+    res, a = rep.result, rep.audit
+    n = len(res.decisions)
+    spent, budget = sum(a.spent.values()), sum(a.budgets.values())
+    exhausted = sum(1 for c, s in a.spent.items() if a.budgets[c] - s < a.budgets[c] // 50)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x * 100:.1f} %"
+
+    return [
+        ("requests", f"{n} ({len(res.errors)} failed) in {res.seconds:.1f} s"),
+        ("decisions / s", f"{n / res.seconds:,.0f}" if res.seconds else "-"),
+        ("served rate", pct(sum(d.served for d in res.decisions) / n if n else None)),
+        ("impressions", f"{a.served}"),
+        (
+            "spend / budgets",
+            f"{spent:,} / {budget:,} micros ({pct(spent / budget if budget else None)}), "
+            f"{exhausted} of {len(a.budgets)} campaigns at their budget",
+        ),  # fmt: skip
+        ("overspend", f"{a.overspend} micros"),
+        ("cap violations", f"{a.cap_violations}"),
+        (
+            "spend = clearing prices",
+            "yes" if not a.spend_mismatches else f"NO: {a.spend_mismatches[:3]}",
+        ),
+        ("stats = served", "yes" if not a.stats_mismatches else f"NO: {a.stats_mismatches[:3]}"),
+        ("reservations left", f"{sum(a.outstanding.values())}"),
+        (
+            "decision p50 / p99",
+            f"{percentile(res.latencies_ms, 0.5):.2f} / "
+            f"{percentile(res.latencies_ms, 0.99):.2f} ms",
+        ),  # fmt: skip
+        (
+            "rounds per request",
+            " ".join(
+                f"{k}:{v}" for k, v in sorted(Counter(d.rounds for d in res.decisions).items())
+            ),
+        ),
+        ("redis hit rate (cache.monitor)", pct(rep.hit_rate)),
+        ("campaign record cache hit rate", pct(res.record_hit_rate)),
+    ]
