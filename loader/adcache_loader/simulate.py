@@ -361,7 +361,7 @@ def summary_rows(rep: Report) -> list[tuple[str, str]]:
             "spend / budgets",
             f"{spent:,} / {budget:,} micros ({pct(spent / budget if budget else None)}), "
             f"{exhausted} of {len(a.budgets)} campaigns at their budget",
-        ),  # fmt: skip
+        ),
         ("overspend", f"{a.overspend} micros"),
         ("cap violations", f"{a.cap_violations}"),
         (
@@ -374,7 +374,7 @@ def summary_rows(rep: Report) -> list[tuple[str, str]]:
             "decision p50 / p99",
             f"{percentile(res.latencies_ms, 0.5):.2f} / "
             f"{percentile(res.latencies_ms, 0.99):.2f} ms",
-        ),  # fmt: skip
+        ),
         (
             "rounds per request",
             " ".join(

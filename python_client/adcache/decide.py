@@ -543,22 +543,22 @@ class Engine:
         wins: list[tuple[_Cand, auc.ImpResult, fc.Impression]] = []
         unfilled: list[tuple[str, str]] = []
         winners: set[str] = set()
-        for imp in result.imps:
-            w = imp.winner
-            p = predicted.get(imp.imp_id)
-            rec = recorded.get(imp.imp_id)
+        for res_imp in result.imps:
+            w = res_imp.winner
+            guess = predicted.get(res_imp.imp_id)
+            rec = recorded.get(res_imp.imp_id)
             if w is None or w.cid is None:
-                unfilled.append((imp.imp_id, "no_bid"))
+                unfilled.append((res_imp.imp_id, "no_bid"))
                 continue
-            if p is None or p.cid != w.cid or rec is None:
+            if guess is None or guess.cid != w.cid or rec is None:
                 # Only on a retry whose stored bids outrank the new ones: leave the imp empty.
-                unfilled.append((imp.imp_id, "mismatch"))
+                unfilled.append((res_imp.imp_id, "mismatch"))
                 continue
             if not rec.admitted:
-                unfilled.append((imp.imp_id, "capped"))
+                unfilled.append((res_imp.imp_id, "capped"))
                 continue
             winners.add(w.cid)
-            wins.append((by_cid[w.cid], imp, rec))
+            wins.append((by_cid[w.cid], res_imp, rec))
         release = [b.cid for b in result.bids if b.cid and b.cid not in winners]
         return (
             yield from self._settle(
