@@ -240,3 +240,83 @@ async def test_async_twin_on_the_cluster(
         assert _served(again) == _served(d)
     finally:
         admin.close()
+
+
+def test_one_user_from_many_clients_at_once_never_passes_a_cap(
+    lib_cluster: LocalCluster, uid: str
+) -> None:
+    """Requests of the same two users from 6 clients at once: the check and the record race,
+    and the record (atomic, before any commit) keeps every campaign within its cap."""
+    import threading
+
+    pop = sim.generate(uid, n_users=2, n_campaigns=10, n_requests=240, cap_period="month", seed=4)
+    admin = _cluster_cache(lib_cluster)
+    try:
+        sim.setup(admin, pop)
+        out: list[Decision] = []
+        lock = threading.Lock()
+
+        def work(part: Sequence[AdRequest]) -> None:
+            cache = _cluster_cache(lib_cluster)
+            try:
+                for r in part:
+                    d = cache.decide.decide(r)
+                    with lock:
+                        out.append(d)
+            finally:
+                cache.close()
+
+        ts = [threading.Thread(target=work, args=(pop.requests[i::6],)) for i in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(out) == 240
+        a = sim.audit(admin, pop, out)
+        assert a.served > 0
+        assert a.ok, a
+        # every cap was reached: the users saw all they were allowed to, and no more
+        assert sum(d.capped for d in out) > 0
+    finally:
+        admin.close()
+
+
+def test_tracking_and_profile_interests_in_the_query(lib_standalone: Standalone, uid: str) -> None:
+    """track=True appends the request to the session; expand_interests=True adds the profile's
+    interests to the query (one more round) and finds campaigns the page alone would not."""
+    from adcache.campaigns import CampaignSpec
+    from adcache.targeting import Targeting
+
+    cache = AdCache(lib_standalone.client())
+    try:
+        now = int(time.time() * 1000)
+        cid = f"{uid}c"
+        cache.campaigns.set(
+            cid,
+            CampaignSpec(
+                advertiser_id=f"{uid}a",
+                bid_cpm_micros=2_000_000,
+                budget_micros=1_000_000,
+                start_ms=now - 1000,
+                end_ms=now + 3_600_000,
+                targeting=Targeting.of([f"{uid}x"]),
+            ),
+        )
+        cache.profiles.set(f"{uid}u", interests=[f"{uid}x"])
+        cache.sessions.create(f"{uid}s", f"{uid}u", idle_ttl=60, max_lifetime=600)
+        req = AdRequest(f"{uid}r1", f"{uid}u", (AdImp("1"),), session_id=f"{uid}s",
+                        categories=("news",))  # fmt: skip
+        cache.decide.config = DecideConfig(track=True)
+        d = cache.decide.decide(req)
+        assert not d.served and d.candidates == 0  # the page is about news
+        hist = cache.sessions.history(f"{uid}s")
+        assert hist is not None and hist[0].kind == "request" and hist[0].categories == ("news",)
+        cache.decide.config = DecideConfig(expand_interests=True)
+        d = cache.decide.decide(replace(req, request_id=f"{uid}r2"))
+        assert d.served and d.placements[0].campaign_id == cid
+        assert d.placements[0].relevance_bp == 12_000  # the profile lists the interest
+        assert d.rounds == 6  # one more for the query, one for the first sighting
+        s = cache.sessions.get(f"{uid}s")
+        assert s is not None and s.impressions == 1
+    finally:
+        cache.close()

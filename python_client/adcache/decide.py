@@ -145,7 +145,7 @@ class DecideConfig:
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
     auction_ttl: float = 600.0
-    max_candidates: int = 10
+    max_candidates: int = 6
     record_ttl: float = 5.0
     record_max_stale: float = 60.0
     session_half_life: float = 600.0
