@@ -177,8 +177,11 @@ class Placement:
 class Decision:
     """The outcome of one request. unfilled: (imp id, reason) with reason no_bid (no eligible
     candidate fits), capped (the winner's cap was reached meanwhile), refused (the commit was
-    refused: a late retry with no budget left). replay: the auction of an earlier attempt was
-    settled. rounds: sequential network rounds used."""
+    refused: a late retry with no budget left), mismatch (a retry whose earlier bids won
+    instead of the predicted one), removed (a retry whose winning campaign is gone).
+    candidates: campaigns the targeting query matched; capped / refused: candidates left out by
+    the cap check / refused a reservation; bids: bids in the auction. replay: the auction of an
+    earlier attempt was settled. rounds: sequential network rounds used."""
 
     request_id: str
     placements: tuple[Placement, ...]
@@ -487,9 +490,14 @@ class Engine:
         to_release: list[str] = []
         capped = refused = 0
         for c, d, res in zip(cands, caps_ok, r[1 : 1 + len(cands)], strict=True):
-            if isinstance(res, (AlreadyExistsError, InvalidStateError)):
-                # A retry whose price moved, or a reservation an earlier attempt settled.
+            if isinstance(res, AlreadyExistsError):
+                # A retry whose price moved: the earlier attempt's reservation stands; give it
+                # back and leave this candidate out.
                 refused += 1
+                to_release.append(c.cid)
+                continue
+            if isinstance(res, InvalidStateError):
+                refused += 1  # an earlier attempt already settled this reservation
                 continue
             res = _ok(res)
             if not res.ok:
@@ -680,10 +688,14 @@ class Engine:
             rounds += 1
             usable.update(self.records.store(missing, [_ok(x) for x in r]))
         win_imps: list[auc.ImpResult] = []
+        removed: list[tuple[str, str]] = []
         calls: list[Call[Any]] = []
         for imp in result.imps:
             w = imp.winner
-            if w is None or w.cid is None or w.cid not in usable:
+            if w is None or w.cid is None:
+                continue
+            if w.cid not in usable:
+                removed.append((imp.imp_id, "removed"))  # the campaign is gone: nothing to charge
                 continue
             win_imps.append(imp)
             calls.append(
@@ -702,7 +714,7 @@ class Engine:
             rounds += 1
             recs = [_ok(x) for x in r[: len(win_imps)]]
         wins: list[tuple[_Cand, auc.ImpResult, fc.Impression]] = []
-        unfilled: list[tuple[str, str]] = []
+        unfilled: list[tuple[str, str]] = list(removed)
         winners: set[str] = set()
         for imp, rec in zip(win_imps, recs, strict=True):
             assert imp.winner is not None and imp.winner.cid is not None
