@@ -320,3 +320,50 @@ def test_tracking_and_profile_interests_in_the_query(lib_standalone: Standalone,
         assert s is not None and s.impressions == 1
     finally:
         cache.close()
+
+
+def test_the_same_request_sent_by_several_clients_at_once_is_charged_once(
+    lib_cluster: LocalCluster, uid: str
+) -> None:
+    import threading
+
+    pop = sim.generate(uid, n_users=10, n_campaigns=10, n_requests=20, seed=8)
+    admin = _cluster_cache(lib_cluster)
+    try:
+        sim.setup(admin, pop)
+        got: dict[str, list[Decision]] = {r.request_id: [] for r in pop.requests}
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            cache = _cluster_cache(lib_cluster)
+            try:
+                for r in pop.requests:
+                    try:
+                        d = cache.decide.decide(r)
+                    except Exception as e:  # a losing duplicate may find its reservation gone
+                        with lock:
+                            errors.append(e)
+                        continue
+                    with lock:
+                        got[r.request_id].append(d)
+            finally:
+                cache.close()
+
+        ts = [threading.Thread(target=work) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(errors) <= 4, errors
+        # settle every request once more on one client: that is the outcome of record
+        final = [admin.decide.decide(r) for r in pop.requests]
+        assert sum(d.served for d in final) > 0
+        for d in final:
+            for other in got[d.request_id]:
+                # a duplicate either served what the request's auction settled, or nothing
+                assert _served(other) in (_served(d), [])
+        a = sim.audit(admin, pop, final)
+        assert a.ok, a
+    finally:
+        admin.close()

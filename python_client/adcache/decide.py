@@ -408,7 +408,11 @@ class Engine:
             ctx = None if isinstance(ctx_reply, NotFoundError) else _ok(ctx_reply)
         created = r[n_sig]
         existing: auc.AuctionResult | None = None
-        if isinstance(created, AlreadyExistsError):
+        # The attempt that created the auction owns the request. Another attempt (a retry, or a
+        # duplicate still running) gives back only what the auction shows lost, since the
+        # reservations are shared by id; the rest expires.
+        creator = not isinstance(created, AlreadyExistsError)
+        if not creator:
             existing = _ok(r[n_sig + 1])
         else:
             _ok(created)
@@ -491,10 +495,9 @@ class Engine:
         capped = refused = 0
         for c, d, res in zip(cands, caps_ok, r[1 : 1 + len(cands)], strict=True):
             if isinstance(res, AlreadyExistsError):
-                # A retry whose price moved: the earlier attempt's reservation stands; give it
-                # back and leave this candidate out.
+                # A retry whose price moved: the earlier attempt's reservation stands (it is
+                # that attempt's to settle, or it expires); leave this candidate out.
                 refused += 1
-                to_release.append(c.cid)
                 continue
             if isinstance(res, InvalidStateError):
                 refused += 1  # an earlier attempt already settled this reservation
@@ -504,7 +507,8 @@ class Engine:
                 refused += 1
             elif not d.allowed:
                 capped += 1
-                to_release.append(c.cid)
+                if creator:
+                    to_release.append(c.cid)
             else:
                 eligible.append(c)
 
@@ -567,7 +571,15 @@ class Engine:
                 continue
             winners.add(w.cid)
             wins.append((by_cid[w.cid], res_imp, rec))
-        release = [b.cid for b in result.bids if b.cid and b.cid not in winners]
+        # Losers give their reservation back, and so does a winner this attempt refused (its
+        # cap). A winner this attempt did not predict is left alone: another attempt of the same
+        # request may be settling it (its reservation expires if none is).
+        mine = {c.cid for c in predicted.values()}
+        release = [
+            b.cid
+            for b in result.bids
+            if b.cid and b.cid not in winners and (b.status != "won" or b.cid in mine)
+        ]
         return (
             yield from self._settle(
                 req,
@@ -580,7 +592,7 @@ class Engine:
                 len(bids),
                 False,
                 rounds,
-                late_risk,
+                late_risk or not creator,
             )
         )
 
@@ -611,20 +623,20 @@ class Engine:
         if separate_records:
             r = yield commits + rel
             rounds += 1
-            done = [_ok(x) for x in r[: len(commits)]]
-            ok = [d.commit.status in ("committed", "late") for d in done]
-            records = self._records(req, [w for w, k in zip(wins, ok, strict=True) if k], costs)
+            done = [_commit_status(x) for x in r[: len(commits)]]
+            keep = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
+            records = self._records(req, [wins[i] for i in keep], [costs[i] for i in keep])
             if records:
                 yield records
                 rounds += 1
         else:
             r = yield commits + rel + records
             rounds += 1
-            done = [_ok(x) for x in r[: len(commits)]]
+            done = [_commit_status(x) for x in r[: len(commits)]]
         placements: list[Placement] = []
-        for (c, imp, _), cost, d in zip(wins, costs, done, strict=True):
-            self._add_pending(d.index)
-            if d.commit.status in ("committed", "late"):
+        for (c, imp, _), cost, (status, index) in zip(wins, costs, done, strict=True):
+            self._add_pending(index)
+            if status in _CHARGED:
                 placements.append(
                     Placement(
                         imp.imp_id,
@@ -638,9 +650,7 @@ class Engine:
                     )
                 )
             else:
-                log.warning(
-                    "adcache: commit of %s for %s refused (%s)", c.cid, rid, d.commit.status
-                )
+                log.warning("adcache: commit of %s for %s refused (%s)", c.cid, rid, status)
                 unfilled.append((imp.imp_id, "refused"))
         return Decision(
             rid,
@@ -662,11 +672,10 @@ class Engine:
     ) -> list[Call[Any]]:
         out: list[Call[Any]] = []
         cfg = self._stats_config()
-        cost_of = {imp.imp_id: cost for (_, imp, _), cost in zip(wins, costs, strict=False)}
-        for c, imp, rec in wins:
+        for (c, imp, rec), cost in zip(wins, costs, strict=True):
             event = st.Event(
                 impressions=1,
-                cost_micros=cost_of.get(imp.imp_id, impression_cost_micros(imp.clearing_micros)),
+                cost_micros=cost,
                 user_id=req.user_id,
                 event_id=f"{req.request_id}:{imp.imp_id}",
             )
@@ -743,6 +752,19 @@ class Engine:
         if stale:
             with self._lock:
                 self._refresh.update(stale)
+
+
+_CHARGED = ("committed", "late")
+
+
+def _commit_status(reply: Any) -> tuple[str, list[Call[Any]]]:
+    """A commit's status and the index calls it asks for. A reservation another attempt of the
+    same request released (or that was forgotten) charges nothing: status "gone"."""
+    if isinstance(reply, (InvalidStateError, NotFoundError)):
+        log.warning("adcache: commit not possible: %s", reply)
+        return "gone", []
+    r = _ok(reply)
+    return r.commit.status, r.index
 
 
 def _loc(v: str | None) -> str | None:
