@@ -103,6 +103,9 @@ def test_end_to_end_on_the_cluster(lib_cluster: LocalCluster, uid: str) -> None:
         assert tight
         assert sum(d.capped for d in res.decisions) > 0
         assert max(d.rounds for d in res.decisions) <= 5
+        # every key the path wrote has a TTL or an owner, and a known pattern and type
+        report = admin.monitor.audit(max_keys=200_000, max_report=10_000)
+        assert not [k for k in (*report.no_ttl, *report.unknown, *report.wrong_type) if uid in k]
         # one more round only when a client first sees a campaign (4 clients, 30 campaigns)
         assert sum(d.rounds > 4 for d in res.decisions) <= 4 * 30
     finally:
