@@ -364,8 +364,9 @@ def test_the_same_request_sent_by_several_clients_at_once_is_charged_once(
         assert sum(d.served for d in final) > 0
         for d in final:
             for other in got[d.request_id]:
-                # a duplicate either served what the request's auction settled, or nothing
-                assert _served(other) in (_served(d), [])
+                # a duplicate serves part or all of what the request's auction settled, never
+                # something else (an imp whose winner it did not predict is left to the others)
+                assert set(_served(other)) <= set(_served(d))
         a = sim.audit(admin, pop, final)
         assert a.ok, a
     finally:
