@@ -236,9 +236,14 @@ def test_shard_keys_expire_with_their_last_campaign(ac: AdCache, uid: str) -> No
 async def test_async_query(aacs: aio.AdCache, uid: str) -> None:
     cid = f"{uid}-x"
     await aacs.campaigns.create(cid, spec(uid, Targeting.of([f"{uid}a"], ["all"], ["tv"])))
-    assert await aacs.targeting.query(interests=[f"{uid}a"], location="KR", device="tv") == [cid]
+    assert mine(
+        await aacs.targeting.query(interests=[f"{uid}a"], location="KR", device="tv"), uid
+    ) == [cid]
     await aacs.campaigns.pause(cid)
-    assert await aacs.targeting.query(interests=[f"{uid}a"], location="KR", device="tv") == []
+    assert (
+        mine(await aacs.targeting.query(interests=[f"{uid}a"], location="KR", device="tv"), uid)
+        == []
+    )
     await aacs.campaigns.remove(cid)
     assert await aacs.targeting.members(f"interest.{uid}a") == []
 
@@ -274,6 +279,8 @@ def test_a_full_shard_reply_is_reported(
     for n in range(3):
         ac.targeting.put(shard, f"{uid}-{n}", now_ms() + 60_000 + n)
     with caplog.at_level("WARNING", logger="adcache"):
-        assert ac.targeting.query(interests=[uid], limit=2) == []  # no device/geo .all match
+        assert (
+            mine(ac.targeting.query(interests=[uid], limit=2), uid) == []
+        )  # no device/geo .all match
     assert any(shard in r.getMessage() for r in caplog.records)
     assert ac.targeting.members(shard, limit=2) == [f"{uid}-0", f"{uid}-1"]

@@ -344,5 +344,131 @@ def audit(url: str, cluster: bool | None, count: int, max_keys: int, max_report:
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "--url", envvar="REDIS_URL", default=None, help="Use this server/cluster (else start one)."
+)
+@click.option(
+    "--cluster/--no-cluster",
+    default=None,
+    help="With --url: treat it as a cluster seed (default: detect). Without: start a local 3-primary cluster.",
+)
+@click.option(
+    "--requests",
+    "n_requests",
+    type=click.IntRange(1, 1_000_000),
+    default=2000,
+    show_default=True,
+    help="Requests to serve.",
+)
+@click.option(
+    "--users",
+    type=click.IntRange(1, 1_000_000),
+    default=500,
+    show_default=True,
+    help="Users in the population.",
+)
+@click.option(
+    "--campaigns",
+    type=click.IntRange(1, 10_000),
+    default=60,
+    show_default=True,
+    help="Campaigns in the population.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Client threads (each its own client).",
+)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="Seed of the generated population."
+)
+def simulate(
+    url: str | None,
+    cluster: bool | None,
+    n_requests: int,
+    users: int,
+    campaigns: int,
+    threads: int,
+    seed: int,
+) -> None:
+    """Generate users, campaigns and sessions, serve --requests ad requests through the decision
+    path, then audit the stored state (served rate, spend, cap violations, overspend, latency).
+    Exit 1 when an invariant does not hold."""
+    from adcache_loader.simulate import run_simulation
+
+    sys.exit(
+        simulate_run(url, cluster, n_requests, users, campaigns, threads, seed, run_simulation)
+    )
+
+
+def simulate_run(
+    url: str | None,
+    cluster: bool | None,
+    n_requests: int,
+    users: int,
+    campaigns: int,
+    threads: int,
+    seed: int,
+    runner: Any,
+) -> int:
+    """Start what is needed, run the simulation with a progress bar, print the figures."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from adcache_loader.servers import LocalCluster, RedisServer
+
+    owned: Any = None
+    if url is None:
+        if cluster:
+            owned = LocalCluster(3, 0)
+            owned.start()
+            url = owned.seed_url
+        else:
+            owned = RedisServer()
+            owned.start()
+            url = owned.url
+        console.print(f"started a throwaway {'cluster' if cluster else 'redis-server'} at {url}")
+        deploy_mod.deploy(url, cluster)
+    try:
+        with Progress(
+            TextColumn("[bold]decisions"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("decisions", total=n_requests)
+            report = runner(
+                url,
+                cluster=cluster,
+                requests=n_requests,
+                users=users,
+                campaigns=campaigns,
+                threads=threads,
+                seed=seed,
+                progress=lambda n: bar.advance(task, n),
+            )
+        from adcache_loader.simulate import summary_rows
+
+        table = Table(title="simulation")
+        table.add_column("figure")
+        table.add_column("value")
+        for name, value in summary_rows(report):
+            table.add_row(name, value)
+        console.print(table)
+        return 0 if report.audit.ok and not report.result.errors else 1
+    finally:
+        if owned is not None:
+            owned.stop()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -272,6 +272,26 @@ def scene_strategies(cache: AdCache, console: Console) -> None:
         db.close()
 
 
+def scene_decide(cache: AdCache, console: Console) -> None:
+    """A short simulation: a few hundred ad requests through the whole decision path."""
+    from adcache_loader.simulate import run_simulation, summary_rows
+
+    url = cache.redis.get_connection_kwargs() if not cache.is_cluster else None
+    target = f"redis://{url.get('host', '127.0.0.1')}:{url.get('port', 6379)}" if url else None
+    if target is None:
+        console.print("(the decision scene runs on a standalone server)")
+        return
+    report = run_simulation(
+        target, cluster=False, requests=300, users=80, campaigns=20, threads=4, seed=3
+    )
+    table = Table(title="ad decisions: 300 requests")
+    table.add_column("figure")
+    table.add_column("value")
+    for name, value in summary_rows(report):
+        table.add_row(name, value)
+    console.print(table)
+
+
 SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("sessions", scene_sessions),
     ("stats", scene_stats),
@@ -280,6 +300,7 @@ SCENES: list[tuple[str, Callable[[AdCache, Console], None]]] = [
     ("caps", scene_caps),
     ("campaigns", scene_campaigns),
     ("strategies", scene_strategies),
+    ("decide", scene_decide),
 ]
 
 

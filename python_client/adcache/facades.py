@@ -13,6 +13,7 @@ from adcache.budgets import AsyncBudgets, Budgets
 from adcache.caches import AsyncCaches, Caches
 from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.caps import AsyncCaps, Caps
+from adcache.decide import AsyncDecisions, Decisions
 from adcache.monitor import AsyncMonitor, Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
@@ -36,6 +37,7 @@ SYNC: dict[str, Any] = {
     "stats": Stats,
     "monitor": Monitor,
     "caches": Caches,
+    "decide": Decisions,
 }
 ASYNC: dict[str, Any] = {
     "sessions": AsyncSessions,
@@ -49,6 +51,7 @@ ASYNC: dict[str, Any] = {
     "stats": AsyncStats,
     "monitor": AsyncMonitor,
     "caches": AsyncCaches,
+    "decide": AsyncDecisions,
 }
 
 
@@ -64,6 +67,7 @@ class SyncFacades:
     stats: Stats
     monitor: Monitor
     caches: Caches
+    decide: Decisions
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         for name, cls in SYNC.items():
@@ -82,6 +86,7 @@ class AsyncFacades:
     stats: AsyncStats
     monitor: AsyncMonitor
     caches: AsyncCaches
+    decide: AsyncDecisions
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         for name, cls in ASYNC.items():
