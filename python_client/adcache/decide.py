@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import auctions as auc
 from adcache import budgets as bud
@@ -140,7 +140,10 @@ class DecideConfig:
     round; beyond record_max_stale they are refetched first). track: also append the request's
     context to the session (the one step a retry repeats; it is a signal, not a count).
     expand_interests: add the profile and session interests to the targeting query (one more
-    round: the query then waits for the profile)."""
+    round: the query then waits for the profile). cold_records: what a campaign the record cache
+    has never seen costs: "skip" (default) leaves it out of this one request and fetches its
+    record alongside round 2, so no request takes more than four rounds; "fetch" reads it first
+    (one more round for that request)."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -152,6 +155,7 @@ class DecideConfig:
     cap_dedupe_ttl: float = 3600.0
     track: bool = False
     expand_interests: bool = False
+    cold_records: Literal["skip", "fetch"] = "skip"
     relevance: RelevanceRule = field(default_factory=RelevanceRule)
 
 
@@ -437,12 +441,14 @@ class Engine:
         members = {n: _ok(r[base + i]) for i, n in enumerate(q_names)}
         ids = combine(per_dim, members)
 
-        # ---- records: cached; only never-seen campaigns cost a round ----
+        # ---- records: cached; a never-seen campaign rides along round 2 (or costs a round) ----
         usable, stale, missing = self.records.lookup(ids)
-        if missing:
+        if missing and cfg.cold_records == "fetch":
             r = yield [campaign_get_call(c) for c in missing]
             rounds += 1
             usable.update(self.records.store(missing, [_ok(x) for x in r]))
+        elif missing:
+            stale = [*stale, *missing]  # fetched with round 2, bidding from the next request on
 
         # ---- price, fit to an imp, keep the best ----
         rule = cfg.relevance
