@@ -4,6 +4,7 @@ endpoint scraped over HTTP, the key-hygiene audit, and the CLI commands (non-int
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import pytest
 import redis
@@ -325,3 +326,26 @@ def test_cli_audit_and_metrics_once(ac: AdCache, url: str, uid: str) -> None:
     assert res.exit_code == 0, res.output
     names = {f.name for f in text_string_to_metric_families(res.output)}
     assert {"adcache_node_up", "adcache_keyspace_hit_ratio", "adcache_memory_max_bytes"} <= names
+
+
+def test_strategy_counters_are_exported(ac: AdCache, uid: str, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from adcache.metrics import exposition
+    from adcache.strategies import CachePolicy, SQLiteSource, StrategyCache
+
+    source = SQLiteSource(tmp_path / "truth.sqlite")
+    source.save("k1", {"v": 1})
+    cache = StrategyCache(ac, f"{uid}c", source, CachePolicy(shards=4))
+    assert cache.get("k1") == {"v": 1}  # a miss and a load
+    assert cache.get("k1") == {"v": 1}  # a hit
+    samples = {
+        (s.labels["cache"], s.labels["event"]): s.value
+        for fam in text_string_to_metric_families(exposition(ac))
+        if fam.name == "adcache_strategy_events"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    }
+    assert samples[(f"{uid}c", "hit")] == 1
+    assert samples[(f"{uid}c", "miss")] == 1
+    assert samples[(f"{uid}c", "load")] == 1

@@ -211,10 +211,31 @@ class AdCacheCollector:
         yield missing
 
 
+class StrategyCollector:
+    """The caching strategies' per-cache counters of this process (`adcache.strategies`):
+    `adcache_strategy_events_total{cache, event}` with event hit, miss, load, stale_served,
+    flush, ..."""
+
+    def collect(self) -> Iterator[Metric]:
+        from adcache.strategies import all_metrics
+
+        family = CounterMetricFamily(
+            f"{PREFIX}_strategy_events",
+            "Caching-strategy events of this process, by cache name and event.",
+            labels=["cache", "event"],
+        )
+        for name, counts in sorted(all_metrics().items()):
+            for event, value in sorted(counts.items()):
+                family.add_metric([name, event], value)
+        yield family
+
+
 def build_registry(cache: AdCache, *, extra: Iterable[CollectorFactory] = ()) -> CollectorRegistry:
-    """A fresh registry with adcache's collector, every registered one and `extra`."""
+    """A fresh registry with adcache's collector, the strategies' counters, every registered
+    collector and `extra`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AdCacheCollector(cache))
+    registry.register(StrategyCollector())  # type: ignore[arg-type]
     with _EXTRA_LOCK:
         factories = [*_EXTRA, *extra]
     for factory in factories:
