@@ -464,6 +464,11 @@ def _render_python(
     return "\n".join(out)
 
 
+def _numkeys(c: FunctionContract) -> str:
+    """The numkeys argument: fixed, or "N" when the last key repeats (a variadic tail)."""
+    return "N" if c.keys and c.keys[-1].endswith("...") else str(len(c.keys))
+
+
 def _md(s: str) -> str:
     return s.replace("|", "\\|")
 
@@ -490,7 +495,7 @@ def _render_docs(
             "",
             c.summary,
             "",
-            f"- call: `{call} {c.name} {len(c.keys)} {' '.join(c.keys)} {c.argv if c.argv != 'none' else ''}`".rstrip()
+            f"- call: `{call} {c.name} {_numkeys(c)} {' '.join(c.keys)} {c.argv if c.argv != 'none' else ''}`".rstrip()
             + "",
             f"- keys: {', '.join(f'`{k}`' for k in c.keys) or 'none'}",
             f"- argv: `{c.argv}`",
