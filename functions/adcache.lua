@@ -2437,6 +2437,7 @@ local MAX_TOKENS = 16
 local MAX_TOKEN = 64
 local MAX_REFERRER = 512
 local MAX_TOP = 100
+local MAX_IMPRESSION_IDS = 1024
 local MAX_CAMPAIGNS = 256
 local INDEX_SLACK_MS = 5 * T.SECOND
 local DEFAULT_MAX_SESSIONS = 256
@@ -2631,25 +2632,39 @@ end
 
 local function session_impression(keys, args)
   K.check(keys, {'session'})
-  V.nargs(args, 3, 3)
+  V.nargs(args, 3, 4)
   local cap = V.uint(args[1], 'session_cap')
   local campaign = args[2]
   if campaign ~= '' then V.id(campaign, 'campaign_id') end
   local ccap = V.uint(args[3], 'campaign_cap')
+  local imp = args[4] and V.id(args[4], 'impression_id') or nil
   SS.live(keys[1])
   local f = 'i.' .. campaign
-  local v = redis.call('HMGET', keys[1], 'imps', f, 'ncamp')
+  local v = redis.call('HMGET', keys[1], 'imps', f, 'ncamp', 'nx', imp and ('x.' .. imp) or 'nx')
+  if imp and v[5] then
+    local a, r, t, c = string.match(v[5], '^(%d)|(%a[%a_]*)|(%d+)|(%d+)$')
+    return {tonumber(a), r, tonumber(t), tonumber(c), 1}
+  end
   local total, count, ncamp = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if cap > 0 and total >= cap then return {0, 'session_cap', total, count} end
-  if campaign == '' then
-    return {1, 'ok', redis.call('HINCRBY', keys[1], 'imps', 1), 0}
+  local reply
+  if cap > 0 and total >= cap then
+    reply = {0, 'session_cap', total, count}
+  elseif campaign == '' then
+    reply = {1, 'ok', redis.call('HINCRBY', keys[1], 'imps', 1), 0}
+  elseif ccap > 0 and count >= ccap then
+    reply = {0, 'campaign_cap', total, count}
+  elseif count == 0 and ncamp >= MAX_CAMPAIGNS then
+    reply = {0, 'campaign_limit', total, count}
+  else
+    if count == 0 then redis.call('HINCRBY', keys[1], 'ncamp', 1) end
+    reply = {1, 'ok', redis.call('HINCRBY', keys[1], 'imps', 1), redis.call('HINCRBY', keys[1], f, 1)}
   end
-  if ccap > 0 and count >= ccap then return {0, 'campaign_cap', total, count} end
-  if count == 0 then
-    if ncamp >= MAX_CAMPAIGNS then return {0, 'campaign_limit', total, count} end
-    redis.call('HINCRBY', keys[1], 'ncamp', 1)
+  if imp and (tonumber(v[4]) or 0) < MAX_IMPRESSION_IDS then
+    redis.call('HSET', keys[1], 'x.' .. imp, table.concat(reply, '|'))
+    redis.call('HINCRBY', keys[1], 'nx', 1)
   end
-  return {1, 'ok', redis.call('HINCRBY', keys[1], 'imps', 1), redis.call('HINCRBY', keys[1], f, 1)}
+  reply[5] = 0
+  return reply
 end
 
 local function session_index_add(keys, args)
@@ -3049,7 +3064,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.2.0'
-local LIBRARY_SHA256 = 'a1161a48d140f6980d0ac478ed0723af0dd4b42ce97ca0a316ece70735f35d73'
+local LIBRARY_SHA256 = 'fec05b5573bc6f4bd3b71169b9848576afe6bf2ee632b7fa8f5b0870af032a72'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -344,3 +344,17 @@ async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     assert [s.session_id for s in await aacs.sessions.list(user)] == [uid]
     assert await aacs.sessions.revoke_all(user) == 1
     assert await aacs.sessions.get(uid) is None
+
+
+def test_impression_id_makes_the_count_exactly_once(acs: AdCache, uid: str) -> None:
+    acs.sessions.create(uid, f"{uid}-u", idle_ttl=60, max_lifetime=600, index=False)
+    first = acs.sessions.record_impression(uid, campaign_id="c1", impression_id="r1:1")
+    again = acs.sessions.record_impression(uid, campaign_id="c1", impression_id="r1:1")
+    assert (first.allowed, first.duplicate, first.session_impressions) == (True, False, 1)
+    assert (again.allowed, again.duplicate, again.session_impressions) == (True, True, 1)
+    other = acs.sessions.record_impression(uid, campaign_id="c1", impression_id="r2:1", cap=1)
+    assert (other.allowed, other.reason, other.duplicate) == (False, "session_cap", False)
+    replay = acs.sessions.record_impression(uid, campaign_id="c1", impression_id="r2:1", cap=5)
+    assert (replay.allowed, replay.reason, replay.duplicate) == (False, "session_cap", True)
+    s = acs.sessions.get(uid)
+    assert s is not None and s.impressions == 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.2.0'
-LIBRARY_SHA256 = 'a1161a48d140f6980d0ac478ed0723af0dd4b42ce97ca0a316ece70735f35d73'
+LIBRARY_SHA256 = 'fec05b5573bc6f4bd3b71169b9848576afe6bf2ee632b7fa8f5b0870af032a72'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -230,7 +230,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id] -- given, a session of another user is left alone (reply 0); the history key is optional', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG')),
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_history': FunctionSpec('ac_session_history', 'session', True, ('session', 'session_history'), 'count -- 1..500', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
-    'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), "session_cap campaign_id campaign_cap -- caps are counts, 0 for no cap; campaign_id '' for none (then campaign_cap is ignored); a session counts at most 256 distinct campaigns", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), "session_cap campaign_id campaign_cap [impression_id] -- caps are counts, 0 for no cap; campaign_id '' for none (then campaign_cap is ignored); a session counts at most 256 distinct campaigns. With impression_id, a repeated call returns the first call's reply and counts nothing (the session remembers up to 1024 ids; past that, calls are counted without de-dup)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_session_index_add': FunctionSpec('ac_session_index_add', 'session', False, ('user_sessions',), "session_id max_lifetime_ms max_sessions -- the entry is kept until now + max_lifetime_ms + 5 s (an upper bound of the session's end; a retry only raises it); max_sessions bounds the user's live entries (up to 4096)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_session_index_list': FunctionSpec('ac_session_index_list', 'session', True, ('user_sessions',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_session_index_remove': FunctionSpec('ac_session_index_remove', 'session', False, ('user_sessions',), 'session_id... -- 1 to 1000 ids', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),

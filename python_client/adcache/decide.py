@@ -678,7 +678,7 @@ class Engine:
     ) -> list[Call[Any]]:
         out: list[Call[Any]] = []
         cfg = self._stats_config()
-        for (c, imp, rec), cost in zip(wins, costs, strict=True):
+        for (c, imp, _rec), cost in zip(wins, costs, strict=True):
             event = st.Event(
                 impressions=1,
                 cost_micros=cost,
@@ -686,10 +686,16 @@ class Engine:
                 event_id=f"{req.request_id}:{imp.imp_id}",
             )
             out.append(st.record_call(c.cid, [event], cfg))
-            # The session count has no id to de-duplicate by: it follows the cap record, and a
-            # retry that finds the cap already recorded leaves it alone (it may then miss one).
-            if req.session_id and not rec.duplicate:
-                out.append(sess.impression_call(req.session_id, campaign_id=c.cid))
+            # De-duplicated under the same id as the cap record and the stats event: a retry
+            # counts the impression in the session exactly once.
+            if req.session_id:
+                out.append(
+                    sess.impression_call(
+                        req.session_id,
+                        campaign_id=c.cid,
+                        impression_id=f"{req.request_id}:{imp.imp_id}",
+                    )
+                )
         return out
 
     def _settle_replay(self, req: AdRequest, result: auc.AuctionResult, rounds: int) -> Plan:

@@ -161,6 +161,7 @@ class Impression:
     reason: str  # ok, session_cap, campaign_cap, campaign_limit
     session_impressions: int
     campaign_impressions: int
+    duplicate: bool = False  # the impression id was seen: the first call's reply, nothing counted
 
 
 DEFAULT_MAX_HISTORY = 50
@@ -239,14 +240,23 @@ def context_call(
 
 
 def impression_call(
-    session_id: str, *, cap: int = 0, campaign_id: str | None = None, campaign_cap: int = 0
+    session_id: str,
+    *,
+    cap: int = 0,
+    campaign_id: str | None = None,
+    campaign_cap: int = 0,
+    impression_id: str | None = None,
 ) -> Call[Impression]:
-    """Caps are counts (0: none)."""
+    """Caps are counts (0: none). With impression_id a retried call counts nothing."""
 
     def parse(reply: Any) -> Impression:
-        return Impression(int(reply[0]) == 1, text(reply[1]), int(reply[2]), int(reply[3]))
+        return Impression(
+            int(reply[0]) == 1, text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]) == 1
+        )
 
-    args = (int(cap), campaign_id or "", int(campaign_cap))
+    args: tuple[str | int, ...] = (int(cap), campaign_id or "", int(campaign_cap))
+    if impression_id is not None:
+        args += (impression_id,)
     return Call("ac_session_impression", (keys.session(session_id),), args, parse)
 
 
@@ -379,10 +389,18 @@ class Sessions:
         cap: int = 0,
         campaign_id: str | None = None,
         campaign_cap: int = 0,
+        impression_id: str | None = None,
     ) -> Impression:
-        """Count an impression unless a cap is reached (a refusal is a reply, not an error)."""
+        """Count an impression unless a cap is reached (a refusal is a reply, not an error);
+        with impression_id, a retry returns the first reply and counts nothing."""
         return self._c.run(
-            impression_call(session_id, cap=cap, campaign_id=campaign_id, campaign_cap=campaign_cap)
+            impression_call(
+                session_id,
+                cap=cap,
+                campaign_id=campaign_id,
+                campaign_cap=campaign_cap,
+                impression_id=impression_id,
+            )
         )
 
     def list(self, user_id: str) -> list[Session]:
@@ -489,9 +507,16 @@ class AsyncSessions:
         cap: int = 0,
         campaign_id: str | None = None,
         campaign_cap: int = 0,
+        impression_id: str | None = None,
     ) -> Impression:
         return await self._c.run(
-            impression_call(session_id, cap=cap, campaign_id=campaign_id, campaign_cap=campaign_cap)
+            impression_call(
+                session_id,
+                cap=cap,
+                campaign_id=campaign_id,
+                campaign_cap=campaign_cap,
+                impression_id=impression_id,
+            )
         )
 
     async def list(self, user_id: str) -> list[Session]:
