@@ -31,6 +31,22 @@ OURS, PRED, PLAIN, NOOP, PING = (
 )
 
 
+def server_us(clients: list[redis.Redis], fn: Any, ops: int = 60) -> float:
+    """Server time per operation in its function calls (INFO commandstats usec, inner commands
+    included): what the server spends, as against what the client and the network spend."""
+    fn()
+    for c in clients:
+        c.config_resetstat()
+    for _ in range(ops):
+        fn()
+    total = 0
+    for c in clients:
+        for name, st in c.info("commandstats").items():
+            if name.removeprefix("cmdstat_") in ("fcall", "fcall_ro"):
+                total += int(st["usec"])
+    return total / ops
+
+
 def _clients(env: BenchEnv) -> tuple[AdCache, Any, Any, list[redis.Redis], redis.Redis]:
     """Our client, plain redis-py, the predecessor's client, the primaries, and one node's
     connection of our own client (for PING)."""
@@ -68,7 +84,7 @@ def run(env: BenchEnv) -> list[Result]:
         }
         # a multiple of 6 calls per round keeps the cycled operations (2 or 3 calls) whole
         res = side_by_side(f"hot path ({where}): {op.name}", cases, calls=env.calls(3000) // 30 * 30,
-                           rounds=5, warmup=30)  # fmt: skip
+                           rounds=10, warmup=30)  # fmt: skip
         o, p, pl, n, pg = (res[k] for k in (OURS, PRED, PLAIN, NOOP, PING))
         o.round_trips_per_op = round_trips(commands_per_op(prim, ours, ops=60), scripted=True)
         per = commands_per_op(prim, plain_fcall, ops=60)
@@ -79,9 +95,11 @@ def run(env: BenchEnv) -> list[Result]:
             commands_per_op(prim, lambda: ac.run(hotpath.NOOP), ops=60), scripted=True
         )
         pg.round_trips_per_op = commands_per_op(prim, node.ping, ops=60).get("ping", 0.0)
+        o_us = server_us(prim, ours)
+        n_us = server_us(prim, lambda: ac.run(hotpath.NOOP))
         o.note = (
             f"{ratio(o, n):.2f}× no-op, {ratio(o, p):.2f}× predecessor,"
-            f" {ratio(o, pl):.2f}× plain fcall"
+            f" {ratio(o, pl):.2f}× plain fcall; server {o_us:.0f} µs/op (no-op {n_us:.0f})"
         )
         p.note = op.pred_note
         pl.note = f"{getkeys:.1f} COMMAND GETKEYS per call" if getkeys else ""
@@ -90,6 +108,8 @@ def run(env: BenchEnv) -> list[Result]:
         ):
             r.extra = {"op": op.name, "kind": kind, "where": where}
         o.extra.update(
+            server_us=round(o_us, 1),
+            noop_server_us=round(n_us, 1),
             vs_noop=round(ratio(o, n), 3),
             vs_predecessor=round(ratio(o, p), 3),
             vs_plain=round(ratio(o, pl), 3),

@@ -150,6 +150,7 @@ def markdown(
                     _f(_ratio(o, k.get("noop")), "{:.2f}×"),
                     _f(_ratio(o, k.get("predecessor")), "{:.2f}×"),
                     _f(_ratio(o, k.get("plain")), "{:.2f}×"),
+                    _f(o.extra.get("server_us"), "{:.0f}"),
                     _f(o.round_trips_per_op, "{:.2f}"),
                     _f(k["predecessor"].round_trips_per_op, "{:.2f}") if "predecessor" in k else "",
                     _f(k["plain"].round_trips_per_op, "{:.2f}") if "plain" in k else "",
@@ -160,7 +161,9 @@ def markdown(
             "## Hot path on the 3-primary cluster (one client process, side by side)",
             "",
             "ops/s of each way; ratios are ours / the other; round trips counted from "
-            "`INFO commandstats` on the primaries (plain fcall: FCALL + `COMMAND GETKEYS`).",
+            "`INFO commandstats` on the primaries (plain fcall: FCALL + `COMMAND GETKEYS`); "
+            "server µs/op: time the server spent in our function calls per operation (commandstats "
+            "`usec`), the no-op's is in the notes.",
             "",
             _table(
                 [
@@ -175,12 +178,13 @@ def markdown(
                     "/ no-op",
                     "/ predecessor",
                     "/ plain",
+                    "server µs/op",
                     "rt/op ours",
                     "rt/op pred.",
                     "rt/op plain",
                 ],
                 rows,
-                right=13,
+                right=14,
             ),
         ]
     mp_rows = [
