@@ -151,9 +151,16 @@ def _pipelined_standalone(env: BenchEnv, tag: str) -> list[Result]:
     )  # fmt: skip
     o = res["adcache run_many"]
     per = commands_per_op([r], ours, ops=5)
+    us = server_us([r], ours, ops=5) / 100
     o.note = (
         f"{per.get('fcall_ro', 0) / 100:.0f} FCALL_RO per call, one pipeline of 100; "
-        f"{ratio(o, res['redis-py pipeline of FCALL_RO']):.2f}× redis-py pipeline"
+        f"{ratio(o, res['redis-py pipeline of FCALL_RO']):.2f}× redis-py pipeline; "
+        f"server {us:.1f} µs per call: the server alone caps one node at {1e6 / us:,.0f} calls/s"
     )
-    o.extra = {"op": "pipelined standalone", "kind": "ours", "where": "standalone"}
+    o.extra = {
+        "op": "pipelined standalone",
+        "kind": "ours",
+        "where": "standalone",
+        "server_us_per_call": round(us, 2),
+    }
     return list(res.values())

@@ -262,6 +262,7 @@ def chart(path: Path, results: Sequence[Result], title: str) -> bool:
     if not hot and not mp_rows:
         return False
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -285,7 +286,14 @@ def chart(path: Path, results: Sequence[Result], title: str) -> bool:
         ax1.set_xlabel("ops/s (one client process)")
         ax2.set_xlabel("p99 latency, µs")
         ax2.set_xscale("log")
-        ax1.legend(loc="lower right", fontsize=8)
+        ax2.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax2.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax1.grid(axis="x", alpha=0.3)
+        ax2.grid(axis="x", alpha=0.3, which="both")
+        fig.legend(
+            *ax1.get_legend_handles_labels(), loc="lower center", ncol=len(kinds), fontsize=9
+        )
     else:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.5 * len(mp_rows) + 2.5), sharey=True)
         names = [f"{r.case} ({r.extra.get('cluster')})" for r in mp_rows]
@@ -295,7 +303,30 @@ def chart(path: Path, results: Sequence[Result], title: str) -> bool:
         ax1.set_xlabel("ops/s (all processes)")
         ax2.set_xlabel("p99 latency, µs")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def rerender(json_path: Path) -> list[Path]:
+    """Write the Markdown and the chart again from a run's JSON (after a change of layout)."""
+    data = json.loads(json_path.read_text())
+    results = [Result(**r) for r in data["results"]]
+    meta, scaling = data["meta"], data.get("scaling")
+    tgt = targets(results)
+    md = json_path.with_suffix(".md")
+    md.write_text(markdown(meta, results, tgt, scaling))
+    write_json(json_path, meta, results, tgt, scaling)
+    png = json_path.with_suffix(".png")
+    written = [md, json_path]
+    if chart(png, results, f"adcache, {meta['when']}, {meta['machine']}"):
+        written.append(png)
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    for p in sys.argv[1:]:
+        print(*rerender(Path(p)))
