@@ -83,7 +83,7 @@ def run(env: BenchEnv) -> list[Result]:
             PING: node.ping,
         }
         # a multiple of 6 calls per round keeps the cycled operations (2 or 3 calls) whole
-        res = side_by_side(f"hot path ({where}): {op.name}", cases, calls=env.calls(3000) // 30 * 30,
+        res = side_by_side(f"hot path ({where}): {op.name}", cases, calls=env.calls(5000) // 30 * 30,
                            rounds=10, warmup=30)  # fmt: skip
         o, p, pl, n, pg = (res[k] for k in (OURS, PRED, PLAIN, NOOP, PING))
         o.round_trips_per_op = round_trips(commands_per_op(prim, ours, ops=60), scripted=True)
