@@ -41,8 +41,8 @@ SCALING_NOTE = (
     "waking three servers instead of one costs context switches. A single-key operation (profile "
     "get) gains nothing; the mixed request, whose batched steps fan out to up to 3 nodes (one "
     "pipeline per node instead of one for all), pays for the extra writes and wake-ups too. A "
-    "ratio below 1 here is that overhead on a saturated 2-core box. The ratio here measures the "
-    "cost of spreading, not the capacity gained: with a core per node (and client hosts to match) "
+    "ratio below 1 here is that overhead on a saturated 2-core box: it measures the cost of "
+    "spreading, not the capacity gained. With a core per node (and client hosts to match) "
     "each primary adds its own capacity until the clients or the network saturate."
 )
 
@@ -194,7 +194,7 @@ def main(
         "seconds_per_multiprocess_case": per_case,
         "duration_s": round(time.time() - started),
         "load_average_before_after": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
-        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
         "failed_modules": failed,
     }
     _write(console, out, only, meta, results, scaling)

@@ -114,7 +114,11 @@ def run(env: BenchEnv) -> list[Result]:
     entities: list[tuple[str, str, Callable[[int], str]]] = [
         ("user caps", "5 campaigns × (day, week, recency), 5 impressions", user_caps),
         ("auction", "1 imp, 3 bids, closed", auction),
-        ("session", "20 page views tracked", session),
+        (
+            "session",
+            "20 page views tracked (its entry in the user's index is under the user)",
+            session,
+        ),
         ("campaign stats day", "1,000 events from 200 users (counters, reach, de-dup)", stats_day),
         ("profile", "3 interests, 3 demographics, segment, score", profile),
         ("campaign budget", "campaign record + budget, 10 reservations committed", budget),
