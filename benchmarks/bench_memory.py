@@ -87,6 +87,18 @@ def run(env: BenchEnv) -> list[Result]:
             )  # fmt: skip
         return f"c:{c}"
 
+    def stats_day_no_ids(i: int) -> str:
+        c = f"m-{run_id}-stats-n-{i}"
+        for b in range(10):
+            ac.stats.record(
+                c,
+                [
+                    Event(impressions=1, cost_micros=1_500, user_id=f"u{(b * 100 + k) % 200}")
+                    for k in range(100)
+                ],
+            )
+        return f"c:{c}"
+
     def profile(i: int) -> str:
         u = f"m-{run_id}-prof-{i}"
         ac.profiles.set(
@@ -119,7 +131,17 @@ def run(env: BenchEnv) -> list[Result]:
             "20 page views tracked (its entry in the user's index is under the user)",
             session,
         ),
-        ("campaign stats day", "1,000 events from 200 users (counters, reach, de-dup)", stats_day),
+        (
+            "campaign stats day",
+            "1,000 events from 200 users, each with an event id (counters, "
+            "reach, the hour's de-dup set of event ids)",
+            stats_day,
+        ),
+        (
+            "campaign stats day, no event ids",
+            "the same 1,000 events without event ids (no de-dup set)",
+            stats_day_no_ids,
+        ),
         ("profile", "3 interests, 3 demographics, segment, score", profile),
         ("campaign budget", "campaign record + budget, 10 reservations committed", budget),
     ]
