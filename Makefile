@@ -51,11 +51,15 @@ render: $(STAMP)
 check-render: $(STAMP)
 	$(BIN)/adcache render --check
 
+# Every benchmark module, then the multi-process and scaling phases; results in benchmarks/results/.
+# BENCH_ARGS=--quick for a run of a few minutes; see benchmarks/README.md.
+BENCH_ARGS ?=
 bench: $(STAMP) redis
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# The soak of tests/reliability for ten minutes (10 s in `make test`).
 soak: $(STAMP) redis
-	ADCACHE_SOAK_SECONDS=600 $(BIN)/pytest -q tests/reliability -k soak
+	ADCACHE_SOAK_SECONDS=600 $(BIN)/pytest -q -s tests/reliability/test_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

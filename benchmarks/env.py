@@ -14,17 +14,20 @@ from adcache import AdCache
 from adcache_loader.deploy import deploy
 from adcache_loader.servers import LocalCluster, RedisServer
 
+Redis = redis.Redis  # the method `BenchEnv.redis` hides the module inside the class
+
 
 @dataclass
 class BenchEnv:
     standalone_url: str
     cluster_url: str | None
     scale: float = 1.0  # multiplies every case's call count (ADCACHE_BENCH_SCALE)
+    processes: int = 2  # client processes of the multi-process phase
 
     def calls(self, n: int) -> int:
         return max(10, int(n * self.scale))
 
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Redis:
         return redis.Redis.from_url(self.standalone_url)
 
     def cluster(self) -> RedisCluster:
@@ -37,14 +40,35 @@ class BenchEnv:
     def adcache_cluster(self) -> AdCache:
         return AdCache(self.cluster())
 
-    def cluster_primaries(self) -> list[redis.Redis]:
+    def cluster_primaries(self) -> list[Redis]:
         rc = self.cluster()
         return [rc.get_redis_connection(n) for n in rc.get_primaries()]
 
 
+def scale_from_env(default: float = 1.0) -> float:
+    return float(os.environ.get("ADCACHE_BENCH_SCALE", default))
+
+
+@contextlib.contextmanager
+def throwaway_cluster(primaries: int) -> Iterator[str]:
+    """A local cluster of `primaries` primaries with the library deployed: its seed URL."""
+    # A lone node does not know its own address (CLUSTER SLOTS gives ""): announce it.
+    cl = LocalCluster(primaries, extra_args=["--cluster-announce-ip", "127.0.0.1"]).start()
+    try:
+        deploy(cl.seed_url)
+        yield cl.seed_url
+    finally:
+        cl.stop()
+
+
 @contextlib.contextmanager
 def bench_env(
-    standalone_url: str | None = None, cluster_url: str | None = None, *, with_cluster: bool = True
+    standalone_url: str | None = None,
+    cluster_url: str | None = None,
+    *,
+    with_cluster: bool = True,
+    scale: float | None = None,
+    processes: int = 2,
 ) -> Iterator[BenchEnv]:
     started: list[RedisServer | LocalCluster] = []
     try:
@@ -60,7 +84,7 @@ def bench_env(
         if cluster_url:
             deploy(cluster_url)
         yield BenchEnv(
-            standalone_url, cluster_url, float(os.environ.get("ADCACHE_BENCH_SCALE", "1"))
+            standalone_url, cluster_url, scale_from_env() if scale is None else scale, processes
         )
     finally:
         for s in reversed(started):
