@@ -445,7 +445,14 @@ def ops(tag: str) -> list[Op]:
             cycling(lambda i, _p: stats.summary_call(campaign(tag, i), "day", 7)),
             pred(p_summary),
             _all,
-            "7×HGETALL summed in the client",
+            "7×HGETALL summed in the client; ours also counts unique reach (PFCOUNT of 7 days)",
+        ),
+        Op(
+            "stats summary 7 days, sums only",
+            cycling(lambda i, _p: stats.summary_call(campaign(tag, i), "day", 7, reach=False)),
+            pred(p_summary),
+            _all,
+            "the predecessor's scope: the same sums, no reach",
         ),
     ]
 

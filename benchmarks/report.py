@@ -79,8 +79,13 @@ def targets(results: Sequence[Result]) -> list[Target]:
         )
     else:
         out.append(Target("round trips per hot-path operation", "", "1", None))
+    # The predecessor's summary only summed the days; ours can also count unique reach, which
+    # is most of its cost. The target compares the same work; the row with reach is in the table.
     ratio_target(
-        "7-day stats summary vs the predecessor", "predecessor", 5.0, ["stats summary 7 days"]
+        "7-day stats summary vs the predecessor (the same sums; with reach: see the table)",
+        "predecessor",
+        5.0,
+        ["stats summary 7 days, sums only"],
     )
     ratio_target(
         "profile activity update vs the predecessor", "predecessor", 2.5, ["profile activity"]

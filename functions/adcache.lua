@@ -2215,25 +2215,30 @@ local function profile_activity(keys, args)
   K.check(keys, {'profile'})
   V.nargs(args, 3, 3)
   local delta = V.int(args[1], 'score_delta', -MAX_DELTA, MAX_DELTA)
+  local want_idle = V.uint(args[2], 'idle_ttl_ms', MAX_IDLE_MS)
   local missing = V.enum(args[3], 'missing', {create = true, fail = true})
-  local current = P.version(keys[1])
-  local idle = P.idle(args[2], keys[1])
+  local v = redis.call('HMGET', keys[1], 'v', 'idle', 'score')
+  local current = tonumber(v[1]) or 0
+  if current == 0 and redis.call('EXISTS', keys[1]) == 1 then
+    E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not a profile record')
+  end
   if current == 0 and missing == 'fail' then
     E.fail('ADCACHE_NOTFOUND', 'profile ' .. keys[1] .. ' is unknown or expired')
   end
-  local score = (tonumber(redis.call('HGET', keys[1], 'score')) or 0) + delta
+  local idle = want_idle > 0 and want_idle or tonumber(v[2]) or DEFAULT_IDLE_MS
+  local score = (tonumber(v[3]) or 0) + delta
   if score > V.MAX_INT or score < -V.MAX_INT then
     E.fail('ADCACHE_BADARG', 'score would leave the range +-' .. string.format('%d', V.MAX_INT))
   end
   local now = T.now_ms()
   local created = 0
   if current == 0 then
-    created = 1
-    redis.call('HSET', keys[1], 'v', 1, 'created', now, 'updated', now, 'score', 0)
-    current = 1
+    created, current = 1, 1
+    redis.call('HSET', keys[1], 'v', 1, 'created', now, 'updated', now, 'score', score, 'last', now,
+      'idle', idle)
+  else
+    redis.call('HSET', keys[1], 'score', score, 'last', now, 'idle', idle)
   end
-  score = redis.call('HINCRBY', keys[1], 'score', delta)
-  redis.call('HSET', keys[1], 'last', now, 'idle', idle)
   redis.call('PEXPIRE', keys[1], idle)
   return {score, now, current, now + idle, created}
 end
@@ -2762,8 +2767,8 @@ function S.range(tag, unit, n, now, off)
   return out
 end
 
-function S.range_args(args)
-  V.nargs(args, 3, 3)
+function S.range_args(args, extra)
+  V.nargs(args, 3, 3 + (extra or 0))
   local unit = V.enum(args[1], 'unit', UNITS)
   local max = unit == 'hour' and MAX_HOURS or MAX_DAYS
   local n = V.pos(args[2], 'n')
@@ -2923,7 +2928,8 @@ end
 
 local function stats_summary(keys, args)
   local tag = K.check(keys, {'stats_meta'})
-  local unit, n, off = S.range_args(args)
+  local unit, n, off = S.range_args(args, 1)
+  local want_reach = args[4] == nil or V.enum(args[4], 'reach', {['0'] = true, ['1'] = true}) == '1'
   local now = T.now_ms()
   local range = S.range(tag, unit, n, now, off)
   local acc = {}
@@ -2934,7 +2940,7 @@ local function stats_summary(keys, args)
     for f = 1, 5 do S.sum_add(acc[f], S.stored(v[f], b[2])) end
     reach_keys[#reach_keys + 1] = b[3]
   end
-  local reach = redis.call('PFCOUNT', unpack(reach_keys))
+  local reach = want_reach and redis.call('PFCOUNT', unpack(reach_keys)) or -1
   local last = redis.call('HGET', keys[1], 'last_ms')
   local out = {'unit', unit, 'from', range[1][1], 'to', range[#range][1], 'buckets', n}
   for f = 1, 5 do
@@ -3064,7 +3070,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.2.0'
-local LIBRARY_SHA256 = 'fec05b5573bc6f4bd3b71169b9848576afe6bf2ee632b7fa8f5b0870af032a72'
+local LIBRARY_SHA256 = '50abf4bf3f9725f761772e3b447952a6d59c04af155594daca892a1b5bcaaa02'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -429,3 +429,13 @@ def test_dedup_looks_back_over_the_window(ac: AdCache, uid: str) -> None:
     r = ac.stats.record(cid, [ev])
     assert (r.recorded, r.duplicates) == (1, 0)
     assert ac.stats.record(cid, [ev]).duplicates == 1  # now remembered in this hour's set
+
+
+def test_summary_without_reach_skips_the_count(acs: AdCache, uid: str) -> None:
+    from adcache.stats import Event
+
+    acs.stats.record(uid, [Event(impressions=3, user_id="u1"), Event(clicks=1, user_id="u2")])
+    full = acs.stats.summary(uid, days=7)
+    sums = acs.stats.summary(uid, days=7, reach=False)
+    assert (full.impressions, full.clicks, full.reach) == (3, 1, 2)
+    assert (sums.impressions, sums.clicks, sums.reach) == (3, 1, -1)

@@ -214,9 +214,15 @@ def record_call(
 
 
 def summary_call(
-    campaign_id: str, unit: Unit = "day", n: int = 7, config: StatsConfig = DEFAULT_CONFIG
+    campaign_id: str,
+    unit: Unit = "day",
+    n: int = 7,
+    config: StatsConfig = DEFAULT_CONFIG,
+    *,
+    reach: bool = True,
 ) -> Call[Summary]:
-    """Totals and reach of the last n hours or days, the current (partial) one included."""
+    """Totals and reach of the last n hours or days, the current (partial) one included.
+    reach=False skips the HyperLogLog count (most of the call's cost); `reach` is then -1."""
     _range(unit, n)
 
     def parse(r: Any) -> Summary:
@@ -238,7 +244,10 @@ def summary_call(
         )
 
     return Call(
-        "ac_stats_summary", (keys.stats_meta(campaign_id),), (unit, n, config.offset_s), parse
+        "ac_stats_summary",
+        (keys.stats_meta(campaign_id),),
+        (unit, n, config.offset_s, 1 if reach else 0),
+        parse,
     )
 
 
@@ -307,11 +316,17 @@ class Stats:
         return _merge(self._c.run_many(_chunks(campaign_id, events, self.config)))
 
     def summary(
-        self, campaign_id: str, *, days: int | None = None, hours: int | None = None
+        self,
+        campaign_id: str,
+        *,
+        days: int | None = None,
+        hours: int | None = None,
+        reach: bool = True,
     ) -> Summary:
-        """Totals, reach and derived metrics of the last `days` days or `hours` hours."""
+        """Totals, reach and derived metrics of the last `days` days or `hours` hours
+        (reach=False: skip the unique-reach count, the costly part; reach is then -1)."""
         unit, n = _unit_n(days, hours)
-        return self._c.run(summary_call(campaign_id, unit, n, self.config))
+        return self._c.run(summary_call(campaign_id, unit, n, self.config, reach=reach))
 
     def summaries(
         self, campaign_ids: Sequence[str], *, days: int | None = None, hours: int | None = None
@@ -335,10 +350,15 @@ class AsyncStats:
         return _merge(await self._c.run_many(_chunks(campaign_id, events, self.config)))
 
     async def summary(
-        self, campaign_id: str, *, days: int | None = None, hours: int | None = None
+        self,
+        campaign_id: str,
+        *,
+        days: int | None = None,
+        hours: int | None = None,
+        reach: bool = True,
     ) -> Summary:
         unit, n = _unit_n(days, hours)
-        return await self._c.run(summary_call(campaign_id, unit, n, self.config))
+        return await self._c.run(summary_call(campaign_id, unit, n, self.config, reach=reach))
 
     async def summaries(
         self, campaign_ids: Sequence[str], *, days: int | None = None, hours: int | None = None
