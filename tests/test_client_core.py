@@ -157,3 +157,26 @@ def test_moved_slot_is_followed(redis_binary: str, uid: str) -> None:
         cl.wait_ok()
         assert all(s is not None for s in (cache.sessions.get(i) for i in ids))
         assert all(cache.sessions.get_many(ids))
+
+
+def test_keys_of_two_slots_raise_cross_slot_error(ac_cluster: AdCache, uid: str) -> None:
+    from adcache import Call, CrossSlotError
+
+    call: Call[object] = Call(
+        "ac_auction_bid", (keys.auction(uid), keys.auction_bids(uid + "-other")), (), lambda r: r
+    )
+    with pytest.raises(CrossSlotError):
+        ac_cluster.run(call)
+    assert isinstance(ac_cluster.run_many([call], raise_on_error=False)[0], CrossSlotError)
+
+
+async def test_async_keys_of_two_slots_raise_cross_slot_error(
+    aac_cluster: aio.AdCache, uid: str
+) -> None:
+    from adcache import Call, CrossSlotError
+
+    call: Call[object] = Call(
+        "ac_auction_bid", (keys.auction(uid), keys.auction_bids(uid + "-other")), (), lambda r: r
+    )
+    with pytest.raises(CrossSlotError):
+        await aac_cluster.run(call)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterCrossSlotError, ResponseError
 
 from adcache._generated import (
     ERRORS,
@@ -96,6 +96,8 @@ def node_hint(node: str) -> str:
 
 def translate_error(exc: ResponseError, node: str) -> Exception:
     """Map an error reply to the typed exception of its code; unknown errors pass through."""
+    if isinstance(exc, ClusterCrossSlotError):  # redis-py strips the CROSSSLOT code from it
+        return CrossSlotError(f"the keys of one call must share one hash tag ({exc})", node=node)
     msg = _SCRIPT_SUFFIX.sub("", str(exc))
     code, _, rest = msg.partition(" ")
     cls = ERRORS.get(code)
