@@ -1,5 +1,5 @@
 #!lua name=adcache
--- adcache 0.2.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- adcache 0.3.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 -- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
@@ -3069,8 +3069,8 @@ end
 
 -- ==== domain: version (lua/version.lua.j2) ====
 do
-local LIBRARY_VERSION = '0.2.0'
-local LIBRARY_SHA256 = '50abf4bf3f9725f761772e3b447952a6d59c04af155594daca892a1b5bcaaa02'
+local LIBRARY_VERSION = '0.3.0'
+local LIBRARY_SHA256 = '69552a404a0aff042d4f99a80f26480fe14177b70938f31a0915d72ad3d75fae'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
-LIBRARY_VERSION = '0.2.0'
-LIBRARY_SHA256 = '50abf4bf3f9725f761772e3b447952a6d59c04af155594daca892a1b5bcaaa02'
+LIBRARY_VERSION = '0.3.0'
+LIBRARY_SHA256 = '69552a404a0aff042d4f99a80f26480fe14177b70938f31a0915d72ad3d75fae'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
