@@ -158,3 +158,13 @@ async def test_async_twin(aacs: aio.AdCache, uid: str) -> None:
     with pytest.raises(NotFoundError):
         await aacs.sessions.touch(uid + "-none")
     assert await aacs.sessions.delete(uid) is True
+
+
+@pytest.mark.parametrize("bad", ["", "a{b", "a}b", "x" * 129])
+def test_ids_that_cannot_form_a_key_fail_before_any_call(bad: str) -> None:
+    # A client whose server does not exist: the error comes from the key builder, not the network.
+    nowhere = AdCache(redis.Redis(port=1, socket_connect_timeout=0.2))
+    with pytest.raises(BadArgumentError, match="session_id"):
+        nowhere.sessions.get(bad)
+    with pytest.raises(BadArgumentError, match="user_id"):
+        nowhere.sessions.create("s1", bad, idle_ttl=10, max_lifetime=10)

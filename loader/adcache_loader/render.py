@@ -387,6 +387,16 @@ def _render_python(
         "",
         "",
         "# ---- key builders: one per key pattern of the keyspace ----",
+        "",
+        "",
+        "def _id(value: str, name: str) -> str:",
+        '    """An entity id as a key can hold it: non-empty, no braces (they would break the hash',
+        '    tag), at most MAX_ID_BYTES. The library checks the same; failing here costs no call."""',
+        '    if not value or "{" in value or "}" in value or len(value.encode()) > MAX_ID_BYTES:',
+        "        raise BadArgumentError(",
+        '            f"{name} must be 1 to {MAX_ID_BYTES} bytes without {{ or }}, got {value!r:.60}"',
+        "        )",
+        "    return value",
     ]
     for name, key in keyspace["keys"].items():
         entity = key["entity"]
@@ -397,7 +407,7 @@ def _render_python(
             "",
             f"def {name}({entity}_id: str{params}) -> str:",
             f'    """{key.get("doc", name)} ({key["type"]}; TTL: {key["ttl"]})."""',
-            f'    return f"{keyspace["prefix"]}:{{{{{tag}:{{{entity}_id}}}}}}:{key["py_suffix"]}"',
+            f'    return f"{keyspace["prefix"]}:{{{{{tag}:{{_id({entity}_id, {entity + "_id"!r})}}}}}}:{key["py_suffix"]}"',
         ]
     out += [
         "",

@@ -18,154 +18,164 @@ ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'se
 # ---- key builders: one per key pattern of the keyspace ----
 
 
+def _id(value: str, name: str) -> str:
+    """An entity id as a key can hold it: non-empty, no braces (they would break the hash
+    tag), at most MAX_ID_BYTES. The library checks the same; failing here costs no call."""
+    if not value or "{" in value or "}" in value or len(value.encode()) > MAX_ID_BYTES:
+        raise BadArgumentError(
+            f"{name} must be 1 to {MAX_ID_BYTES} bytes without {{ or }}, got {value!r:.60}"
+        )
+    return value
+
+
 def session(session_id: str) -> str:
     """session record: user id, attributes (a.<name>), created/expires/idle bookkeeping (hash; TTL: idle TTL given at create, slid forward by touch, never past the absolute lifetime)."""
-    return f"ad:{{s:{session_id}}}:sess"
+    return f"ad:{{s:{_id(session_id, 'session_id')}}}:sess"
 
 
 def session_history(session_id: str) -> str:
     """recent context, newest first, capped by LTRIM: '<ms> <kind> <categories> <keywords> <referrer>' (tab-separated) (list; TTL: same PEXPIREAT as the session record (set by create, track and touch); deleted with it)."""
-    return f"ad:{{s:{session_id}}}:hist"
+    return f"ad:{{s:{_id(session_id, 'session_id')}}}:hist"
 
 
 def user_sessions(user_id: str) -> str:
     """index of a user's sessions: session id -> upper bound of its end (deadline + slack, ms) (zset; TTL: PEXPIREAT the latest member score; members past their score are pruned on add)."""
-    return f"ad:{{u:{user_id}}}:sessions"
+    return f"ad:{{u:{_id(user_id, 'user_id')}}}:sessions"
 
 
 def auction(auction_id: str) -> str:
     """auction meta: type, deadline, increment, arrival counter, state, per-imp config (i.<imp>), results (r.<imp>), billing marks (b.<imp>) (hash; TTL: PEXPIREAT created + ttl_ms, set at create (ttl_ms >= tmax + billing window))."""
-    return f"ad:{{a:{auction_id}}}:auc"
+    return f"ad:{{a:{_id(auction_id, 'auction_id')}}}:auc"
 
 
 def auction_bids(auction_id: str) -> str:
     """every bid received, accepted or refused: bid id -> msgpack record (seat, imp, price, deal, cid, crid, adomain, urls, arrival seq, status, reason) (hash; TTL: the same PEXPIREAT as the auction meta, set on every write)."""
-    return f"ad:{{a:{auction_id}}}:bids"
+    return f"ad:{{a:{_id(auction_id, 'auction_id')}}}:bids"
 
 
 def freqcap(user_id: str) -> str:
     """all frequency-cap counters of one user: <scope>:<entity id>|<window> = count (fixed, lifetime) or impression times (rolling); ~s = when the next sweep is due (hash; TTL: PEXPIREAT the end of the longest window counted in it (fixed: calendar end; rolling: last impression + N s; lifetime: last impression + 400 days); only ever moved later; stale fields removed lazily on record)."""
-    return f"ad:{{u:{user_id}}}:fc"
+    return f"ad:{{u:{_id(user_id, 'user_id')}}}:fc"
 
 
 def freqcap_imps(user_id: str) -> str:
     """recorded impression ids of one user: <impression id> = forget-at ms and the first outcome (idempotent record); ~n = when the next sweep is due (hash; TTL: PEXPIREAT the latest dedupe deadline of the impression ids it holds; expired ids removed lazily on record)."""
-    return f"ad:{{u:{user_id}}}:fcimp"
+    return f"ad:{{u:{_id(user_id, 'user_id')}}}:fcimp"
 
 
 def campaign(campaign_id: str) -> str:
     """campaign record: advertiser, status, bid (CPM micros), budgets, dates, day offset, pacing, shards (targeting), fcap and creatives (JSON), version (hash; TTL: owned by ac_campaign_remove; also expires 30 days after the campaign's end (re-armed by every set/patch))."""
-    return f"ad:{{c:{campaign_id}}}:camp"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:camp"
 
 
 def budget(campaign_id: str) -> str:
     """spend state: spent (lifetime), day + dspent (today), reserved (outstanding total), counters c_reserved/c_committed/c_released/c_reclaimed/c_late (hash; TTL: same expiry as the campaign record (re-armed on every budget write); deleted by ac_campaign_remove)."""
-    return f"ad:{{c:{campaign_id}}}:budget"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:budget"
 
 
 def budget_resv(campaign_id: str) -> str:
     """outstanding reservations: reservation id -> amount (micros) (hash; TTL: entries leave on commit, release or reclaim after their expiry; key as the campaign record)."""
-    return f"ad:{{c:{campaign_id}}}:resv"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:resv"
 
 
 def budget_resv_exp(campaign_id: str) -> str:
     """outstanding reservations by expiry: reservation id scored by expires_at_ms (lazy reclaim) (zset; TTL: mirrors budget_resv (members leave with their reservation); key as the campaign record)."""
-    return f"ad:{{c:{campaign_id}}}:resvx"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:resvx"
 
 
 def budget_settled(campaign_id: str) -> str:
     """settled reservations for idempotent retries: reservation id -> state:charged:released (hash; TTL: entries forgotten 1 hour after settling (lazy prune); key as the campaign record)."""
-    return f"ad:{{c:{campaign_id}}}:settled"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:settled"
 
 
 def budget_settled_exp(campaign_id: str) -> str:
     """settled reservations scored by forget_at_ms (zset; TTL: mirrors budget_settled; key as the campaign record)."""
-    return f"ad:{{c:{campaign_id}}}:settledx"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:settledx"
 
 
 def targeting_index(targeting_id: str) -> str:
     """one targeting shard (<dimension>.<value>): campaign id scored by the campaign's end_ms (zset; TTL: members removed by ac_targeting_remove or pruned once ended; the key expires at its latest member's end)."""
-    return f"ad:{{t:{targeting_id}}}:idx"
+    return f"ad:{{t:{_id(targeting_id, 'targeting_id')}}}:idx"
 
 
 def targeting_hold(targeting_id: str) -> str:
     """campaigns of the shard not servable before a time (start date, daily budget spent): id scored by not_before_ms (zset; TTL: as targeting_index; members pruned once their hold has passed)."""
-    return f"ad:{{t:{targeting_id}}}:hold"
+    return f"ad:{{t:{_id(targeting_id, 'targeting_id')}}}:hold"
 
 
 def profile(user_id: str) -> str:
     """user profile: v, score (thousandths), last, created, updated, idle, segment, interests, d.<name>, x.<name> (hash; TTL: idle TTL (field idle, ms) from the last set, patch or activity)."""
-    return f"ad:{{u:{user_id}}}:prof"
+    return f"ad:{{u:{_id(user_id, 'user_id')}}}:prof"
 
 
 def user_segments(user_id: str) -> str:
     """a user's segment memberships: segment id -> expiry (ms) (zset; TTL: PEXPIREAT the latest membership expiry; expired members pruned on every write)."""
-    return f"ad:{{u:{user_id}}}:segs"
+    return f"ad:{{u:{_id(user_id, 'user_id')}}}:segs"
 
 
 def segment_members(segment_id: str) -> str:
     """users of a segment: user id -> time added (ms), for newest-first paging (zset; TTL: PEXPIREAT the latest member expiry (kept equal to segment_expiry's))."""
-    return f"ad:{{g:{segment_id}}}:members"
+    return f"ad:{{g:{_id(segment_id, 'segment_id')}}}:members"
 
 
 def segment_expiry(segment_id: str) -> str:
     """users of a segment: user id -> membership expiry (ms) (zset; TTL: PEXPIREAT the latest member expiry; expired members pruned (both zsets) on every write)."""
-    return f"ad:{{g:{segment_id}}}:expiry"
+    return f"ad:{{g:{_id(segment_id, 'segment_id')}}}:expiry"
 
 
 def stats_meta(campaign_id: str) -> str:
     """stats bookkeeping of a campaign: first_ms, last_ms, events, duplicates; the anchor key of every stats call (hash; TTL: set at every record to the end of the current day + the day retention: it outlives every daily bucket)."""
-    return f"ad:{{c:{campaign_id}}}:st"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:st"
 
 
 def stats_hour(campaign_id: str, hour: str | int) -> str:
     """hourly bucket (hour = YYYYMMDDHH of the configured UTC offset): impressions, clicks, conversions, cost_micros, revenue_micros (hash; TTL: anchored: end of the hour + the hour retention (default 48 h); set by every record, never extended)."""
-    return f"ad:{{c:{campaign_id}}}:st:h:{hour}"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:st:h:{hour}"
 
 
 def stats_day(campaign_id: str, day: str | int) -> str:
     """daily bucket (day = YYYYMMDD of the configured UTC offset): impressions, clicks, conversions, cost_micros, revenue_micros (hash; TTL: anchored: end of the day + the day retention (default 90 days); set by every record, never extended)."""
-    return f"ad:{{c:{campaign_id}}}:st:d:{day}"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:st:d:{day}"
 
 
 def stats_reach_hour(campaign_id: str, hour: str | int) -> str:
     """HyperLogLog of the user ids seen in the hour (unique reach) (hyperloglog; TTL: as stats_hour)."""
-    return f"ad:{{c:{campaign_id}}}:st:rh:{hour}"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:st:rh:{hour}"
 
 
 def stats_reach_day(campaign_id: str, day: str | int) -> str:
     """HyperLogLog of the user ids seen in the day (unique reach) (hyperloglog; TTL: as stats_day)."""
-    return f"ad:{{c:{campaign_id}}}:st:rd:{day}"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:st:rd:{day}"
 
 
 def stats_dedup(campaign_id: str, hour: str | int) -> str:
     """event ids recorded in the hour, to drop retried deliveries within the de-dup window (set; TTL: anchored: end of the hour + the de-dup window)."""
-    return f"ad:{{c:{campaign_id}}}:st:ev:{hour}"
+    return f"ad:{{c:{_id(campaign_id, 'campaign_id')}}}:st:ev:{hour}"
 
 
 def cache_value(cache_id: str, key: str | int) -> str:
     """cached value: p (payload), x (logical expiry ms), d (load time ms), n (1 = negative entry); while dirty, w (stream id of its change) and e (expiry once flushed) (hash; TTL: logical TTL (with jitter) plus the stale grace, set by every fill or write; none while dirty (a write-back not flushed yet), given back by ac_cache_wb_ack)."""
-    return f"ad:{{k:{cache_id}}}:v:{key}"
+    return f"ad:{{k:{_id(cache_id, 'cache_id')}}}:v:{key}"
 
 
 def cache_lock(cache_id: str, key: str | int) -> str:
     """loader lock of one key: the owner's random token (one loader per key at a time) (string; TTL: the loader lock TTL; deleted by the fill of its owner and by every write or invalidation)."""
-    return f"ad:{{k:{cache_id}}}:l:{key}"
+    return f"ad:{{k:{_id(cache_id, 'cache_id')}}}:l:{key}"
 
 
 def cache_writer(cache_id: str, key: str | int) -> str:
     """write-through: the token of the writer that began writing the key last (overlapping writes drop the key) (string; TTL: the lock TTL; deleted by the cache write of its owner)."""
-    return f"ad:{{k:{cache_id}}}:w:{key}"
+    return f"ad:{{k:{_id(cache_id, 'cache_id')}}}:w:{key}"
 
 
 def cache_tag(cache_id: str, name: str | int) -> str:
     """keys of this shard carrying the tag <name> (tag invalidation fans out over the shards) (set; TTL: extended to the longest TTL of its members at each fill; deleted by tag invalidation)."""
-    return f"ad:{{k:{cache_id}}}:t:{name}"
+    return f"ad:{{k:{_id(cache_id, 'cache_id')}}}:t:{name}"
 
 
 def cache_stream(cache_id: str) -> str:
     """write-back change records of this shard (fields k, op, p), read by the flusher group (stream; TTL: owner: the write-back flusher deletes each entry once its change is committed)."""
-    return f"ad:{{k:{cache_id}}}:wb"
+    return f"ad:{{k:{_id(cache_id, 'cache_id')}}}:wb"
 
 
 def tag_of(entity: str, entity_id: str) -> str:
