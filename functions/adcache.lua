@@ -98,6 +98,13 @@ function K.check(keys, names, rest, max_rest)
   return tag, id
 end
 
+function K.expect_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    E.fail('ADCACHE_WRONGTYPE', key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+
 function K.session(tag)
   return 'ad:{' .. tag .. '}:sess'
 end
@@ -1153,13 +1160,6 @@ function C.same_key(keys, n)
   return k
 end
 
-function C.expect_type(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    E.fail('ADCACHE_WRONGTYPE', key .. ' holds a ' .. t .. ', not a ' .. want)
-  end
-end
-
 function C.is_hash(key)
   return redis.call('TYPE', key)['ok'] == 'hash'
 end
@@ -1169,9 +1169,9 @@ function C.dirty(vkey)
 end
 
 function C.check_types(keys, first_tag, stream)
-  C.expect_type(keys[1], 'hash')
-  if stream then C.expect_type(stream, 'stream') end
-  for i = first_tag, #keys do C.expect_type(keys[i], 'set') end
+  K.expect_type(keys[1], 'hash')
+  if stream then K.expect_type(stream, 'stream') end
+  for i = first_tag, #keys do K.expect_type(keys[i], 'set') end
 end
 
 function C.store(keys, member, first_tag, payload, negative, ttl, grace, delta, now)
@@ -1224,7 +1224,7 @@ local function cache_get(keys, args)
   local token = V.id(args[1], 'token')
   local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
   local refresh = V.enum(args[3], 'refresh', {['0'] = true, ['1'] = true}) == '1'
-  C.expect_type(keys[1], 'hash')
+  K.expect_type(keys[1], 'hash')
   return C.lookup(keys[1], keys[2], token, lock_ms, refresh, T.now_ms())
 end
 
@@ -1241,7 +1241,7 @@ local function cache_get_many(keys, args)
   V.nargs(args, 2, 2)
   local token = V.id(args[1], 'token')
   local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
-  for i = 1, n do C.expect_type(keys[i], 'hash') end
+  for i = 1, n do K.expect_type(keys[i], 'hash') end
   local now = T.now_ms()
   local out = {}
   for i = 1, n do
@@ -1320,7 +1320,7 @@ end
 local function cache_invalidate_tag(keys, args)
   local tag = K.check(keys, {'cache_tag'})
   V.nargs(args, 0, 0)
-  C.expect_type(keys[1], 'set')
+  K.expect_type(keys[1], 'set')
   local n = 0
   for _, m in ipairs(redis.call('SMEMBERS', keys[1])) do
     local vkey = K.cache_value(tag, m)
@@ -1369,8 +1369,8 @@ local function cache_wb_ack(keys, args)
     end
     ids[#ids + 1] = args[i]
   end
-  C.expect_type(keys[1], 'stream')
-  for i = 2, #keys do C.expect_type(keys[i], 'hash') end
+  K.expect_type(keys[1], 'stream')
+  for i = 2, #keys do K.expect_type(keys[i], 'hash') end
   if redis.call('EXISTS', keys[1]) == 0 then return 0 end
   local known = false
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', keys[1])) do
@@ -2282,21 +2282,14 @@ function S.sync_ttl(members, expiry)
   if pt > 0 then redis.call('PEXPIREAT', members, pt) end
 end
 
-function S.check_zset(key)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'zset' and t ~= 'none' then
-    E.fail('ADCACHE_WRONGTYPE', key .. ' is not a sorted set')
-  end
-end
-
 local function segment_add(keys, args)
   K.check(keys, {'segment_members', 'segment_expiry'})
   V.nargs(args, 3, 3)
   local user = V.id(args[1], 'user_id')
   local ttl = V.pos(args[2], 'ttl_ms', MAX_TTL_MS)
   local max = V.pos(args[3], 'max_members', HARD_MAX_MEMBERS)
-  S.check_zset(keys[1])
-  S.check_zset(keys[2])
+  K.expect_type(keys[1], 'zset')
+  K.expect_type(keys[2], 'zset')
   local now = T.now_ms()
   local old = tonumber(redis.call('ZSCORE', keys[2], user))
   local is_new = not old or old <= now
@@ -2322,8 +2315,8 @@ local function segment_remove(keys, args)
   K.check(keys, {'segment_members', 'segment_expiry'})
   V.nargs(args, 1, 1)
   local user = V.id(args[1], 'user_id')
-  S.check_zset(keys[1])
-  S.check_zset(keys[2])
+  K.expect_type(keys[1], 'zset')
+  K.expect_type(keys[2], 'zset')
   local now = T.now_ms()
   local exp = tonumber(redis.call('ZSCORE', keys[2], user))
   redis.call('ZREM', keys[1], user)
@@ -2383,7 +2376,7 @@ local function segment_join(keys, args)
   local seg = V.id(args[1], 'segment_id')
   local expires = V.pos(args[2], 'expires_at_ms')
   local max = V.pos(args[3], 'max_segments', HARD_MAX_SEGMENTS)
-  S.check_zset(keys[1])
+  K.expect_type(keys[1], 'zset')
   local now = T.now_ms()
   if expires > now + MAX_TTL_MS then
     E.fail('ADCACHE_BADARG', 'expires_at_ms is more than 400 days ahead')
@@ -2407,7 +2400,7 @@ local function segment_leave(keys, args)
   K.check(keys, {'user_segments'})
   V.nargs(args, 1, 1)
   local seg = V.id(args[1], 'segment_id')
-  S.check_zset(keys[1])
+  K.expect_type(keys[1], 'zset')
   local now = T.now_ms()
   local old = tonumber(redis.call('ZSCORE', keys[1], seg))
   redis.call('ZREM', keys[1], seg)
@@ -2460,13 +2453,6 @@ function SS.live(key)
     E.fail('ADCACHE_NOTFOUND', 'session ' .. key .. ' is unknown or expired')
   end
   return tonumber(v[1]), tonumber(v[2])
-end
-
-function SS.check_list(key)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'list' and t ~= 'none' then
-    E.fail('ADCACHE_WRONGTYPE', key .. ' is not a session history')
-  end
 end
 
 function SS.tokens(args, first, last, what)
@@ -2584,7 +2570,7 @@ local function session_track(keys, args)
   local cats = SS.tokens(args, 5, 4 + ncat, 'category')
   local kws = SS.tokens(args, 5 + ncat, #args, 'keyword')
   local idle, deadline = SS.live(keys[1])
-  SS.check_list(keys[2])
+  K.expect_type(keys[2], 'list')
   local now = T.now_ms()
   local expires = math.min(now + idle, deadline)
   redis.call('LPUSH', keys[2], table.concat({string.format('%d', now), kind, cats, kws, ref}, '\t'))
@@ -2599,7 +2585,7 @@ local function session_history(keys, args)
   K.check(keys, {'session', 'session_history'})
   V.nargs(args, 1, 1)
   local count = V.pos(args[1], 'count', MAX_HISTORY)
-  SS.check_list(keys[2])
+  K.expect_type(keys[2], 'list')
   if redis.call('EXISTS', keys[1]) == 0 then return false end
   local out = {}
   for _, e in ipairs(redis.call('LRANGE', keys[2], 0, count - 1)) do
@@ -2614,7 +2600,7 @@ local function session_context(keys, args)
   V.nargs(args, 2, 2)
   local half = V.pos(args[1], 'half_life_ms', MAX_TTL_MS)
   local top = V.pos(args[2], 'top', MAX_TOP)
-  SS.check_list(keys[2])
+  K.expect_type(keys[2], 'list')
   if redis.call('EXISTS', keys[1]) == 0 then return false end
   local imps = tonumber(redis.call('HGET', keys[1], 'imps')) or 0
   local now = T.now_ms()
@@ -2678,8 +2664,7 @@ local function session_index_add(keys, args)
   local sid = V.id(args[1], 'session_id')
   local life = V.pos(args[2], 'max_lifetime_ms', MAX_TTL_MS)
   local max = V.pos(args[3], 'max_sessions', HARD_MAX_SESSIONS)
-  local t = redis.call('TYPE', keys[1])['ok']
-  if t ~= 'zset' and t ~= 'none' then E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an index') end
+  K.expect_type(keys[1], 'zset')
   local now = T.now_ms()
   local old = tonumber(redis.call('ZSCORE', keys[1], sid))
   if not old or old <= now then
@@ -2701,16 +2686,14 @@ local function session_index_remove(keys, args)
   V.nargs(args, 1)
   if #args > MAX_REMOVE then E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_REMOVE .. ' ids per call') end
   for i = 1, #args do V.id(args[i], 'session_id') end
-  local t = redis.call('TYPE', keys[1])['ok']
-  if t ~= 'zset' and t ~= 'none' then E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an index') end
+  K.expect_type(keys[1], 'zset')
   return redis.call('ZREM', keys[1], unpack(args))
 end
 
 local function session_index_list(keys, args)
   K.check(keys, {'user_sessions'})
   V.nargs(args, 0, 0)
-  local t = redis.call('TYPE', keys[1])['ok']
-  if t ~= 'zset' and t ~= 'none' then E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an index') end
+  K.expect_type(keys[1], 'zset')
   return redis.call('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
 end
 
@@ -2802,13 +2785,6 @@ function S.sum_str(acc)
   return string.format('%d', lo)
 end
 
-function S.wrong_type(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    E.fail('ADCACHE_WRONGTYPE', key .. ' is a ' .. t .. ', not a ' .. want)
-  end
-end
-
 local function stats_record(keys, args)
   local tag = K.check(keys, {'stats_meta'})
   V.nargs(args, 4)
@@ -2849,11 +2825,11 @@ local function stats_record(keys, args)
   local _, day = S.bucket('day', now, off)
   local hkey, dkey = K.stats_hour(tag, hour), K.stats_day(tag, day)
   local rhkey, rdkey = K.stats_reach_hour(tag, hour), K.stats_reach_day(tag, day)
-  S.wrong_type(keys[1], 'hash')
-  S.wrong_type(hkey, 'hash')
-  S.wrong_type(dkey, 'hash')
-  S.wrong_type(rhkey, 'string')
-  S.wrong_type(rdkey, 'string')
+  K.expect_type(keys[1], 'hash')
+  K.expect_type(hkey, 'hash')
+  K.expect_type(dkey, 'hash')
+  K.expect_type(rhkey, 'string')
+  K.expect_type(rdkey, 'string')
 
   local seen_keys = {}
   local cur_ev
@@ -2864,8 +2840,8 @@ local function stats_record(keys, args)
       seen_keys[#seen_keys + 1] = K.stats_dedup(tag, T.ymdh(h, 0))
     end
     cur_ev = K.stats_dedup(tag, T.ymdh(now, 0))
-    for _, k in ipairs(seen_keys) do S.wrong_type(k, 'set') end
-    S.wrong_type(cur_ev, 'set')
+    for _, k in ipairs(seen_keys) do K.expect_type(k, 'set') end
+    K.expect_type(cur_ev, 'set')
   end
 
   local sums = {0, 0, 0, 0, 0}
@@ -3070,7 +3046,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.3.0'
-local LIBRARY_SHA256 = '69552a404a0aff042d4f99a80f26480fe14177b70938f31a0915d72ad3d75fae'
+local LIBRARY_SHA256 = '65ac5ad5c46f21da38768d08032f0f07d836144cb8b9cf1c12e0f0b6dad3f12d'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

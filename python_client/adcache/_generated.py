@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.3.0'
-LIBRARY_SHA256 = '69552a404a0aff042d4f99a80f26480fe14177b70938f31a0915d72ad3d75fae'
+LIBRARY_SHA256 = '65ac5ad5c46f21da38768d08032f0f07d836144cb8b9cf1c12e0f0b6dad3f12d'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
