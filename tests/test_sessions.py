@@ -122,7 +122,7 @@ def test_wrong_key_count_is_refused(ac: AdCache, uid: str) -> None:
 
 
 def test_python_edge_rejects_nonpositive_ttl(ac: AdCache, uid: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(BadArgumentError, match="idle_ttl"):
         ac.sessions.create(uid, "u", idle_ttl=0, max_lifetime=10)
 
 

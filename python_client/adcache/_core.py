@@ -16,6 +16,7 @@ from adcache._generated import (
     FUNCTIONS,
     LIBRARY_VERSION,
     AdCacheError,
+    BadArgumentError,
     CorruptStateError,
     CrossSlotError,
     LibraryMissingError,
@@ -87,7 +88,32 @@ def ints(values: Iterable[Any]) -> list[int]:
     return [int(v) for v in values]
 
 
+def positive_ms(seconds: float, name: str) -> int:
+    """A duration given in seconds (fractions allowed) as whole milliseconds, at least 1: the
+    library's durations are milliseconds on the wire."""
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        raise BadArgumentError(f"{name} must be positive, got {seconds!r} s")
+    return ms
+
+
 # ---- errors ----
+
+
+class AfterSend(Exception):
+    """A connection failed after commands were (perhaps partly) sent: they may have run, so a
+    write is not sent again (see `AdCache.fcall`)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def raise_error_reply(reply: Any) -> Any:
+    """A batched reply as a call's result: an error reply is raised."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def node_hint(node: str) -> str:

@@ -29,7 +29,15 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._core import Arg, Call, check_library_reply, str_pairs, translate_error
+from adcache._core import (
+    AfterSend,
+    Arg,
+    Call,
+    check_library_reply,
+    raise_error_reply,
+    str_pairs,
+    translate_error,
+)
 from adcache._generated import AdCacheError, DurabilityError, LibraryMissingError
 from adcache.facades import AsyncFacades
 
@@ -133,7 +141,7 @@ class AdCache(AsyncFacades):
     ) -> list[Any]:
         """Several commands on one connection, written at once; error replies are returned in
         place. A failure to connect raises the connection error (nothing was sent); a failure
-        once sending began raises _AfterSend (the commands may have run)."""
+        once sending began raises AfterSend (the commands may have run)."""
         allc = [("ASKING",), *cmds] if asking else cmds
         if node is None:
             pool = self.redis.connection_pool  # type: ignore[union-attr]
@@ -158,7 +166,7 @@ class AdCache(AsyncFacades):
             return out[1:] if asking else out
         except _TRANSIENT as e:
             await conn.disconnect()
-            raise _AfterSend(e) from e
+            raise AfterSend(e) from e
         except BaseException:
             await conn.disconnect()
             raise
@@ -245,13 +253,15 @@ class AdCache(AsyncFacades):
                     await self._verify(name, node)
                 if ask_node is not None:
                     name = ask_node.name
-                    return _reply((await self._send_many(ask_node, [cmd], asking=True))[0])
+                    return raise_error_reply(
+                        (await self._send_many(ask_node, [cmd], asking=True))[0]
+                    )
                 if self.durable_replicas and not call.readonly:
                     reply, acked = await self._send_many(node, [cmd, self._wait_cmd()])
-                    reply = _reply(reply)
+                    reply = raise_error_reply(reply)
                     self._check_acked(name, acked)
                     return reply
-                return _reply((await self._send_many(node, [cmd]))[0])
+                return raise_error_reply((await self._send_many(node, [cmd]))[0])
             except MovedError as e:
                 await self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
             except AskError as e:
@@ -261,7 +271,7 @@ class AdCache(AsyncFacades):
                 continue
             except TryAgainError:
                 await asyncio.sleep(0.05 * (attempt + 1))
-            except _AfterSend as e:
+            except AfterSend as e:
                 if not call.readonly:  # a write that may have run is never sent twice
                     log.warning(
                         "adcache: %s on %s after %s was sent: not retried",
@@ -336,7 +346,7 @@ class AdCache(AsyncFacades):
                         ]
             except _TRANSIENT:  # not sent: each call is retried on its own
                 replies = [_REDO] * len(idxs)
-            except _AfterSend as e:  # reads are retried; a write that may have run gets the error
+            except AfterSend as e:  # reads are retried; a write that may have run gets the error
                 await self._refresh_topology()
                 replies = [_REDO if calls[i].readonly else e.cause for i in idxs]
             for i, reply in zip(idxs, replies, strict=True):
@@ -371,18 +381,4 @@ class AdCache(AsyncFacades):
         return reply
 
 
-_REDO = object()
-
-
-class _AfterSend(Exception):
-    """A connection failed after commands were (perhaps partly) sent: they may have run."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _reply(reply: Any) -> Any:
-    if isinstance(reply, Exception):
-        raise reply
-    return reply  # a pipelined call whose node failed as a whole: retried on its own
+_REDO = object()  # a pipelined call whose node failed as a whole: retried on its own

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adcache._core import Call, pairs, text
+from adcache._core import Call, positive_ms, str_pairs
 from adcache.campaigns import all_keys
 from adcache.targeting import apply_calls
 
@@ -104,10 +104,6 @@ class BudgetState:
     now_ms: int
 
 
-def _fields(reply: Any) -> dict[str, str]:
-    return {k: text(v) for k, v in pairs(reply).items()}
-
-
 def _opt(v: str) -> int | None:
     n = int(v)
     return None if n < 0 else n
@@ -115,7 +111,7 @@ def _opt(v: str) -> int | None:
 
 def _reservation(cid: str, rid: str) -> Callable[[Any], Reservation]:
     def parse(reply: Any) -> Reservation:
-        f = _fields(reply)
+        f = str_pairs(reply)
         return Reservation(
             campaign_id=cid,
             reservation_id=rid,
@@ -141,7 +137,7 @@ class _CommitReply:
 
 def _commit(cid: str, rid: str) -> Callable[[Any], _CommitReply]:
     def parse(reply: Any) -> _CommitReply:
-        f = _fields(reply)
+        f = str_pairs(reply)
         c = Commit(
             campaign_id=cid,
             reservation_id=rid,
@@ -169,7 +165,7 @@ def _commit(cid: str, rid: str) -> Callable[[Any], _CommitReply]:
 
 def _release(cid: str, rid: str) -> Callable[[Any], Release]:
     def parse(reply: Any) -> Release:
-        f = _fields(reply)
+        f = str_pairs(reply)
         return Release(
             cid, rid, f["status"], int(f["amount"]), int(f["reserved"]), f["replay"] == "1"
         )
@@ -179,7 +175,7 @@ def _release(cid: str, rid: str) -> Callable[[Any], Release]:
 
 def _state(cid: str) -> Callable[[Any], BudgetState]:
     def parse(reply: Any) -> BudgetState:
-        f = _fields(reply)
+        f = str_pairs(reply)
         return BudgetState(
             campaign_id=cid,
             budget_micros=int(f["budget"]),
@@ -208,10 +204,6 @@ def _state(cid: str) -> Callable[[Any], BudgetState]:
     return parse
 
 
-def _ttl_ms(ttl: float) -> int:
-    return round(ttl * 1000)
-
-
 # ---- call builders ----
 
 
@@ -222,7 +214,7 @@ def reserve_call(
     return Call(
         "ac_budget_reserve",
         all_keys(campaign_id),
-        (reservation_id, amount_micros, _ttl_ms(ttl)),
+        (reservation_id, amount_micros, positive_ms(ttl, "ttl")),
         _reservation(campaign_id, reservation_id),
     )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from adcache import _generated as keys
-from adcache._core import Arg, Call, text
+from adcache._core import Arg, Call, positive_ms, text
 
 if TYPE_CHECKING:
     from adcache import aio
@@ -259,9 +259,7 @@ def record_call(
     dedupe_ttl: float = DEFAULT_DEDUPE_TTL_S,
 ) -> Call[Impression]:
     """dedupe_ttl: seconds during which a retry with the same impression id is recognised."""
-    ms = round(dedupe_ttl * 1000)
-    if ms <= 0:
-        raise ValueError("dedupe_ttl must be positive")
+    ms = positive_ms(dedupe_ttl, "dedupe_ttl")
     return Call(
         "ac_freqcap_record",
         (keys.freqcap(user_id), keys.freqcap_imps(user_id)),

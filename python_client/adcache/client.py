@@ -31,7 +31,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._core import Call, check_library_reply, translate_error
+from adcache._core import AfterSend, Call, check_library_reply, raise_error_reply, translate_error
 from adcache._generated import AdCacheError, DurabilityError, LibraryMissingError
 from adcache.facades import SyncFacades
 
@@ -222,10 +222,10 @@ class AdCache(SyncFacades):
                 if ask_node is not None:
                     name = ask_node.name
                     client = self.redis.get_redis_connection(ask_node)  # type: ignore[union-attr]
-                    return _reply(_Batch(client, [("ASKING",), cmd]).read()[1])
+                    return raise_error_reply(_Batch(client, [("ASKING",), cmd]).read()[1])
                 if self.durable_replicas and not call.readonly:
                     return self._durable_write(name, client, cmd)
-                return _reply(_Batch(client, [cmd]).read()[0])
+                return raise_error_reply(_Batch(client, [cmd]).read()[0])
             except MovedError as e:
                 self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
             except AskError as e:
@@ -235,7 +235,7 @@ class AdCache(SyncFacades):
                 continue
             except TryAgainError:
                 time.sleep(0.05 * (attempt + 1))
-            except _AfterSend as e:
+            except AfterSend as e:
                 if not call.readonly:
                     log.warning(
                         "adcache: %s on %s after %s was sent: not retried",
@@ -270,7 +270,7 @@ class AdCache(SyncFacades):
 
     def _durable_write(self, name: str, client: redis.Redis, cmd: tuple[Any, ...]) -> Any:
         reply, acked = _Batch(client, [cmd, self._wait_cmd()]).read()
-        reply = _reply(reply)
+        reply = raise_error_reply(reply)
         self._check_acked(name, acked)
         return reply
 
@@ -312,7 +312,7 @@ class AdCache(SyncFacades):
                 batch = _Batch(client, cmds)
             except _TRANSIENT:
                 pass  # not sent: every call of this node is retried on its own below
-            except _AfterSend as e:
+            except AfterSend as e:
                 sent.append((name, idxs, _Failed(e.cause)))  # type: ignore[arg-type]
                 continue
             except BaseException:
@@ -323,7 +323,7 @@ class AdCache(SyncFacades):
         for name, idxs, batch in sent:
             try:
                 if isinstance(batch, _Failed):
-                    raise _AfterSend(batch.cause)
+                    raise AfterSend(batch.cause)
                 replies = [_Redo()] * len(idxs) if batch is None else batch.read()
                 if len(replies) > len(idxs):
                     try:
@@ -333,7 +333,7 @@ class AdCache(SyncFacades):
                             r if calls[i].readonly or isinstance(r, Exception) else e
                             for i, r in zip(idxs, replies, strict=True)
                         ]
-            except _AfterSend as e:
+            except AfterSend as e:
                 # Reads are retried; a write that may have run gets the error in its place.
                 if not refreshed:
                     self._refresh_topology()
@@ -377,23 +377,9 @@ class AdCache(SyncFacades):
         return reply
 
 
-class _AfterSend(Exception):
-    """A connection failed after commands were (perhaps partly) sent: they may have run."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 @dataclass(frozen=True)
 class _Failed:
     cause: Exception
-
-
-def _reply(reply: Any) -> Any:
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
 
 
 class _Batch:
@@ -402,7 +388,7 @@ class _Batch:
     same with more bookkeeping per command: this is the hot path.)
 
     Failing to get a connected connection raises the connection error itself (nothing was sent);
-    a failure once sending began raises _AfterSend (the commands may have run)."""
+    a failure once sending began raises AfterSend (the commands may have run)."""
 
     def __init__(self, client: redis.Redis, cmds: list[tuple[Any, ...]]) -> None:
         self.pool = client.connection_pool
@@ -412,7 +398,7 @@ class _Batch:
             self.conn.send_packed_command(self.conn.pack_commands(cmds))
         except _TRANSIENT as e:
             self._done(broken=True)
-            raise _AfterSend(e) from e
+            raise AfterSend(e) from e
         except BaseException:
             self._done(broken=True)
             raise
@@ -427,7 +413,7 @@ class _Batch:
                     out.append(e)
         except _TRANSIENT as e:
             self._done(broken=True)
-            raise _AfterSend(e) from e
+            raise AfterSend(e) from e
         except BaseException:
             self._done(broken=True)
             raise

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
-from adcache._core import Call, ints, pairs, text
+from adcache._core import Call, ints, pairs, positive_ms, text
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
@@ -98,10 +98,7 @@ def _idle(idle_ttl: float | None) -> int:
     # None keeps the stored idle TTL (30 days for a new profile): 0 on the wire.
     if idle_ttl is None:
         return 0
-    ms = round(idle_ttl * 1000)
-    if ms <= 0:
-        raise BadArgumentError("idle_ttl must be positive (or None to keep the stored one)")
-    return ms
+    return positive_ms(idle_ttl, "idle_ttl")
 
 
 def _interests(values: Iterable[str] | None) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adcache import _generated as keys
-from adcache._core import Call, ints, text
-from adcache._generated import AdCacheError, BadArgumentError
+from adcache._core import Call, ints, positive_ms, text
+from adcache._generated import AdCacheError
 
 if TYPE_CHECKING:
     from adcache import aio
@@ -63,13 +63,6 @@ class SegmentAdd:
     members: int
 
 
-def _ttl_ms(ttl: float) -> int:
-    ms = round(ttl * 1000)
-    if ms <= 0:
-        raise BadArgumentError("ttl must be positive")
-    return ms
-
-
 def _seg_keys(segment_id: str) -> tuple[str, str]:
     return keys.segment_members(segment_id), keys.segment_expiry(segment_id)
 
@@ -84,7 +77,7 @@ def add_call(
         exp, new, n = ints(reply)
         return SegmentAdd(exp, new == 1, n)
 
-    args = (user_id, _ttl_ms(ttl), int(max_members))
+    args = (user_id, positive_ms(ttl, "ttl"), int(max_members))
     return Call("ac_segment_add", _seg_keys(segment_id), args, parse)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
-from adcache._core import Call, ints, pairs, text
+from adcache._core import Call, ints, pairs, positive_ms, text
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
@@ -50,13 +50,6 @@ class Session:
 class Touch:
     expires_at_ms: int
     deadline_ms: int
-
-
-def _ms(seconds_or_ms: float, name: str) -> int:
-    ms = round(seconds_or_ms * 1000)
-    if ms <= 0:
-        raise ValueError(f"{name} must be positive")
-    return ms
 
 
 def _record(session_id: str) -> Callable[[Any], Session | None]:
@@ -99,7 +92,11 @@ def create_call(
     attributes: Mapping[str, str] | None = None,
 ) -> Call[Session]:
     """idle_ttl and max_lifetime in seconds (fractions allowed, stored as ms)."""
-    args: list[str | int] = [user_id, _ms(idle_ttl, "idle_ttl"), _ms(max_lifetime, "max_lifetime")]
+    args: list[str | int] = [
+        user_id,
+        positive_ms(idle_ttl, "idle_ttl"),
+        positive_ms(max_lifetime, "max_lifetime"),
+    ]
     for k, v in (attributes or {}).items():
         args += [k, v]
     return Call("ac_session_create", _both(session_id), tuple(args), _created(session_id))
@@ -235,7 +232,7 @@ def context_call(
             referrer=text(f["referrer"]),
         )
 
-    args = (_ms(half_life, "half_life"), int(top))
+    args = (positive_ms(half_life, "half_life"), int(top))
     return Call("ac_session_context", _both(session_id), args, parse)
 
 
@@ -267,7 +264,7 @@ def index_add_call(
     user_id: str, session_id: str, *, max_lifetime: float, max_sessions: int = DEFAULT_MAX_SESSIONS
 ) -> Call[int]:
     """Reply: the entry's bound (ms)."""
-    args = (session_id, _ms(max_lifetime, "max_lifetime"), int(max_sessions))
+    args = (session_id, positive_ms(max_lifetime, "max_lifetime"), int(max_sessions))
     return Call("ac_session_index_add", (keys.user_sessions(user_id),), args, lambda r: int(r[0]))
 
 
