@@ -238,6 +238,8 @@ def scene_campaigns(cache: AdCache, console: Console) -> None:
         console.print(f"servable: {got.servable} (reason: {got.reason or '-'})")
     console.print(f"query again: {query()} (out of the index at once)")
     cache.campaigns.remove(cid)
+
+
 def scene_strategies(cache: AdCache, console: Console) -> None:
     import random
     import tempfile

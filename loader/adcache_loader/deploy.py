@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
 
+from adcache._core import str_pairs, text
 from adcache_loader.paths import library_source
 from adcache_loader.render import source_sha256
 
@@ -105,15 +105,15 @@ def nodes(url: str, cluster: bool | None = None) -> Iterator[list[Node]]:
             yield [Node(f"{kw.get('host')}:{kw.get('port')}", "primary", seed)]
             return
         raw = seed.execute_command("CLUSTER", "NODES")
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        listing = text(raw)
         found = []
-        for host, port, seen_as in _parse_cluster_nodes(text):
+        for host, port, seen_as in _parse_cluster_nodes(listing):
             c = _client_like(seed, host, port)
             opened.append(c)
             # Each node's own ROLE: the seed's view lags while gossip spreads (a node just made a
             # replica can still be listed as a master there, and loading on it would fail).
             try:
-                role = "primary" if _s(c.execute_command("ROLE")[0]) == "master" else "replica"
+                role = "primary" if text(c.execute_command("ROLE")[0]) == "master" else "replica"
             except redis.RedisError:
                 role = seen_as
             found.append(Node(f"{host}:{port}", role, c))
@@ -133,8 +133,7 @@ def node_status(node: Node, expected: Expected) -> NodeStatus:
         return NodeStatus(node.name, node.role, "error", detail=str(e))
     except redis.RedisError as e:
         return NodeStatus(node.name, node.role, "error", detail=str(e))
-    it = iter(reply)
-    info = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+    info = str_pairs(reply)
     version, sha = info.get("version", ""), info.get("sha256", "")
     if sha != expected.sha256:
         return NodeStatus(
@@ -153,18 +152,14 @@ def _deployed_code_sha(node: Node) -> str:
     for lib in libs:
         # redis-py turns each library into a dict (keys str or bytes); raw RESP is a flat list.
         fields = lib if isinstance(lib, dict) else dict(zip(lib[::2], lib[1::2], strict=True))
-        fields = {_s(k): v for k, v in fields.items()}
+        fields = {text(k): v for k, v in fields.items()}
         name = fields.get("library_name")
-        if _s(name) == "adcache":
+        if text(name) == "adcache":
             code = fields.get("library_code", b"")
             return hashlib.sha256(
                 code if isinstance(code, bytes) else str(code).encode()
             ).hexdigest()
     return ""
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def verify(url: str, cluster: bool | None = None, source: str | None = None) -> list[NodeStatus]:
