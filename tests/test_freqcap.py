@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from clock import boundary_offset, server_ms, sleep_until
+from clock import boundary_offset, offset_away, period_bounds, server_ms, sleep_until
 
 from adcache import (
     AdCache,
@@ -267,8 +267,10 @@ def test_hierarchy_most_restrictive_level_blocks(acs: AdCache, uid: str) -> None
 
 
 def test_blocked_by_the_rule_that_frees_last(ac: AdCache, uid: str) -> None:
+    # The week's boundary is kept hours away from now (on Sundays 23:00-24:00 UTC it would
+    # coincide with the hour's), so the rule that frees last is never a tie here.
     hour = CapRule.fixed("campaign", "hour", 1)
-    week = CapRule.fixed("advertiser", "week", 1)
+    week = CapRule.fixed("advertiser", "week", 1, offset_s=offset_away(server_ms(ac), "week"))
     life = CapRule.lifetime("creative", 1)
     assert ac.caps.record(uid, "i", Candidate("c", [hour, week, life], "a", "k")).admitted
     d = ac.caps.check(
@@ -282,6 +284,17 @@ def test_blocked_by_the_rule_that_frees_last(ac: AdCache, uid: str) -> None:
     assert [x.blocked_by for x in d] == [hour, week, life]
     assert d[0].frees_at_ms is not None and d[1].frees_at_ms is not None
     assert d[0].frees_at_ms <= d[1].frees_at_ms and d[2].frees_at_ms is None
+
+
+def test_blocked_by_on_a_tie_names_the_first_tied_rule(ac: AdCache, uid: str) -> None:
+    # Two rules that free at the same instant: the first of them in the candidate's order is named.
+    off = offset_away(server_ms(ac), "week")
+    camp = CapRule.fixed("campaign", "week", 1, offset_s=off)
+    adv = CapRule.fixed("advertiser", "week", 1, offset_s=off)
+    assert ac.caps.record(uid, "i", Candidate("c", [camp, adv], "a")).admitted
+    d = ac.caps.check(uid, [Candidate("c", [camp, adv], "a"), Candidate("c", [adv, camp], "a")])
+    assert [x.blocked_by for x in d] == [camp, adv]
+    assert d[0].frees_at_ms == d[1].frees_at_ms == period_bounds(server_ms(ac), "week", off)[1]
 
 
 # ---- idempotency, reset, inspect, TTL ----
