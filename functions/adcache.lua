@@ -299,6 +299,7 @@ function T.civil_from_days(z)
 end
 
 function T.period_start(ms, unit, offset_s)
+  if type(offset_s) == 'table' then return (T.zbounds(offset_s, ms, unit)) end
   local off = (offset_s or 0) * 1000
   local l = ms + off
   if unit == 'minute' then return l - l % T.MINUTE - off end
@@ -313,6 +314,10 @@ function T.period_start(ms, unit, offset_s)
 end
 
 function T.period_end(ms, unit, offset_s)
+  if type(offset_s) == 'table' then
+    local _, e = T.zbounds(offset_s, ms, unit)
+    return e
+  end
   local s = T.period_start(ms, unit, offset_s)
   if unit == 'minute' then return s + T.MINUTE end
   if unit == 'hour' then return s + T.HOUR end
@@ -325,13 +330,276 @@ function T.period_end(ms, unit, offset_s)
 end
 
 function T.ymd(ms, offset_s)
+  if type(offset_s) == 'table' then
+    local _, _, label = T.zbounds(offset_s, ms, 'day')
+    return label
+  end
   local y, m, d = T.civil_from_days(math.floor((ms + (offset_s or 0) * 1000) / T.DAY))
   return string.format('%04d%02d%02d', y, m, d)
 end
 
 function T.ymdh(ms, offset_s)
+  if type(offset_s) == 'table' then
+    local _, _, label = T.zbounds(offset_s, ms, 'hour')
+    return label
+  end
   local l = ms + (offset_s or 0) * 1000
   return T.ymd(ms, offset_s) .. string.format('%02d', math.floor((l % T.DAY) / T.HOUR))
+end
+
+T.ZONES = {
+  '<+00>0<+02>-2,M3.5.0/1,M10.5.0/3 Antarctica/Troll',
+  '<+01>-1 Etc/GMT-1',
+  '<+02>-2 Etc/GMT-2',
+  '<+0330>-3:30 Asia/Tehran /Iran',
+  '<+03>-3 Antarctica/Syowa Asia/Aden Amman Baghdad Bahrain Damascus Istanbul Kuwait Qatar Riyadh Etc/GMT-3 Europe/Istanbul Minsk /Turkey',
+  '<+0430>-4:30 Asia/Kabul',
+  '<+04>-4 Asia/Baku Dubai Muscat Tbilisi Yerevan Etc/GMT-4 Europe/Astrakhan Samara Saratov Ulyanovsk Indian/Mahe Mauritius Reunion',
+  '<+0530>-5:30 Asia/Colombo',
+  '<+0545>-5:45 Asia/Kathmandu Katmandu',
+  '<+05>-5 Antarctica/Mawson Vostok Asia/Almaty Aqtau Aqtobe Ashgabat Ashkhabad Atyrau Dushanbe Oral Qostanay Qyzylorda Samarkand Tashkent Yekaterinburg Etc/GMT-5 Indian/Kerguelen Maldives',
+  '<+0630>-6:30 Asia/Rangoon Yangon Indian/Cocos',
+  '<+06>-6 Asia/Bishkek Dacca Dhaka Kashgar Omsk Thimbu Thimphu Urumqi Etc/GMT-6 Indian/Chagos',
+  '<+07>-7 Antarctica/Davis Asia/Bangkok Barnaul Ho_Chi_Minh Hovd Krasnoyarsk Novokuznetsk Novosibirsk Phnom_Penh Saigon Tomsk Vientiane Etc/GMT-7 Indian/Christmas',
+  '<+0845>-8:45 Australia/Eucla',
+  '<+08>-8 Antarctica/Casey Asia/Brunei Choibalsan Irkutsk Kuala_Lumpur Kuching Singapore Ulaanbaatar Ulan_Bator Etc/GMT-8 /Singapore',
+  '<+09>-9 Asia/Chita Dili Khandyga Yakutsk Etc/GMT-9 Pacific/Palau',
+  '<+1030>-10:30<+11>-11,M10.1.0,M4.1.0 Australia/LHI Lord_Howe',
+  '<+10>-10 Antarctica/DumontDUrville Asia/Ust-Nera Vladivostok Etc/GMT-10 Pacific/Chuuk Port_Moresby Truk Yap',
+  '<+11>-11 Asia/Magadan Sakhalin Srednekolymsk Etc/GMT-11 Pacific/Bougainville Efate Guadalcanal Kosrae Noumea Pohnpei Ponape',
+  '<+11>-11<+12>,M10.1.0,M4.1.0/3 Pacific/Norfolk',
+  '<+1245>-12:45<+1345>,M9.5.0/2:45,M4.1.0/3:45 /NZ-CHAT Pacific/Chatham',
+  '<+12>-12 Asia/Anadyr Kamchatka Etc/GMT-12 /Kwajalein Pacific/Fiji Funafuti Kwajalein Majuro Nauru Tarawa Wake Wallis',
+  '<+13>-13 Etc/GMT-13 Pacific/Apia Enderbury Fakaofo Kanton Tongatapu',
+  '<+14>-14 Etc/GMT-14 Pacific/Kiritimati',
+  '<-00>0 /Factory',
+  '<-01>1 Atlantic/Cape_Verde Etc/GMT+1',
+  '<-01>1<+00>,M3.5.0/0,M10.5.0/1 Atlantic/Azores',
+  '<-02>2 America/Noronha Atlantic/South_Georgia Brazil/DeNoronha Etc/GMT+2',
+  '<-02>2<-01>,M3.5.0/-1,M10.5.0/0 America/Godthab Nuuk Scoresbysund',
+  '<-03>3 America/Araguaina America/Argentina/Buenos_Aires Catamarca ComodRivadavia Cordoba Jujuy La_Rioja Mendoza Rio_Gallegos Salta San_Juan San_Luis Tucuman Ushuaia America/Asuncion Bahia Belem Buenos_Aires Catamarca Cayenne Cordoba Coyhaique Fortaleza Jujuy Maceio Mendoza Montevideo Paramaribo Punta_Arenas Recife Rosario Santarem Sao_Paulo Antarctica/Palmer Rothera Atlantic/Stanley Brazil/East Etc/GMT+3',
+  '<-03>3<-02>,M3.2.0,M11.1.0 America/Miquelon',
+  '<-04>4 America/Boa_Vista Campo_Grande Caracas Cuiaba Guyana La_Paz Manaus Porto_Velho Brazil/West Etc/GMT+4',
+  '<-04>4<-03>,M9.1.6/24,M4.1.6/24 America/Santiago Chile/Continental',
+  '<-05>5 America/Bogota Eirunepe Guayaquil Lima Porto_Acre Rio_Branco Brazil/Acre Etc/GMT+5',
+  '<-06>6 Etc/GMT+6 Pacific/Galapagos',
+  '<-06>6<-05>,M9.1.6/22,M4.1.6/22 Chile/EasterIsland Pacific/Easter',
+  '<-07>7 Etc/GMT+7',
+  '<-08>8 Etc/GMT+8 Pacific/Pitcairn',
+  '<-0930>9:30 Pacific/Marquesas',
+  '<-09>9 Etc/GMT+9 Pacific/Gambier',
+  '<-10>10 Etc/GMT+10 Pacific/Rarotonga Tahiti',
+  '<-11>11 Etc/GMT+11 Pacific/Niue',
+  '<-12>12 Etc/GMT+12',
+  'ACST-9:30 Australia/Darwin North',
+  'ACST-9:30ACDT,M10.1.0,M4.1.0/3 Australia/Adelaide Broken_Hill South Yancowinna',
+  'AEST-10 Australia/Brisbane Lindeman Queensland',
+  'AEST-10AEDT,M10.1.0,M4.1.0/3 Antarctica/Macquarie Australia/ACT Canberra Currie Hobart Melbourne NSW Sydney Tasmania Victoria',
+  'AKST9AKDT,M3.2.0,M11.1.0 America/Anchorage Juneau Metlakatla Nome Sitka Yakutat US/Alaska',
+  'AST4 America/Anguilla Antigua Aruba Barbados Blanc-Sablon Curacao Dominica Grenada Guadeloupe Kralendijk Lower_Princes Marigot Martinique Montserrat Port_of_Spain Puerto_Rico Santo_Domingo St_Barthelemy St_Kitts St_Lucia St_Thomas St_Vincent Tortola Virgin',
+  'AST4ADT,M3.2.0,M11.1.0 America/Glace_Bay Goose_Bay Halifax Moncton Thule Atlantic/Bermuda Canada/Atlantic',
+  'AWST-8 Australia/Perth West',
+  'CAT-2 Africa/Blantyre Bujumbura Gaborone Harare Juba Khartoum Kigali Lubumbashi Lusaka Maputo Windhoek',
+  'CET-1 Africa/Algiers Tunis',
+  'CET-1CEST,M3.5.0,M10.5.0/3 Africa/Ceuta Arctic/Longyearbyen Atlantic/Jan_Mayen /CET Europe/Amsterdam Andorra Belgrade Berlin Bratislava Brussels Budapest Busingen Copenhagen Gibraltar Ljubljana Luxembourg Madrid Malta Monaco Oslo Paris Podgorica Prague Rome San_Marino Sarajevo Skopje Stockholm Tirane Vaduz Vatican Vienna Warsaw Zagreb Zurich /MET /Poland',
+  'CST-8 Asia/Chongqing Chungking Harbin Macao Macau Shanghai Taipei /PRC /ROC',
+  'CST5CDT,M3.2.0/0,M11.1.0/1 America/Havana /Cuba',
+  'CST6 America/Bahia_Banderas Belize Chihuahua Costa_Rica Edmonton El_Salvador Guatemala Inuvik Managua Merida Mexico_City Monterrey Regina Swift_Current Tegucigalpa Yellowknife Canada/Mountain Saskatchewan Mexico/General',
+  'CST6CDT,M3.2.0,M11.1.0 America/Chicago America/Indiana/Knox Tell_City America/Knox_IN Matamoros Menominee America/North_Dakota/Beulah Center New_Salem America/Ojinaga Rankin_Inlet Resolute /CST6CDT US/Central Indiana-Starke',
+  'ChST-10 Pacific/Guam Saipan',
+  'EAT-3 Africa/Addis_Ababa Asmara Asmera Dar_es_Salaam Djibouti Kampala Mogadishu Nairobi Indian/Antananarivo Comoro Mayotte',
+  'EET-2 Africa/Tripoli Europe/Kaliningrad /Libya',
+  'EET-2EEST,M3.5.0/0,M10.5.0/0 Asia/Beirut',
+  'EET-2EEST,M3.5.0/3,M10.5.0/4 Asia/Famagusta Nicosia /EET Europe/Athens Bucharest Chisinau Helsinki Kiev Kyiv Mariehamn Nicosia Riga Sofia Tallinn Tiraspol Uzhgorod Vilnius Zaporozhye',
+  'EET-2EEST,M4.5.5/0,M10.5.4/24 Africa/Cairo /Egypt',
+  'EST5 America/Atikokan Cancun Cayman Coral_Harbour Jamaica Panama Rainy_River Winnipeg Canada/Central /EST /Jamaica',
+  'EST5EDT,M3.2.0,M11.1.0 America/Detroit Fort_Wayne Grand_Turk America/Indiana/Indianapolis Marengo Petersburg Vevay Vincennes Winamac America/Indianapolis Iqaluit America/Kentucky/Louisville Monticello America/Louisville Montreal Nassau New_York Nipigon Pangnirtung Port-au-Prince Thunder_Bay Toronto Canada/Eastern /EST5EDT US/East-Indiana Eastern Michigan',
+  'GMT0 Africa/Abidjan Accra Bamako Banjul Bissau Conakry Dakar Freetown Lome Monrovia Nouakchott Ouagadougou Sao_Tome Timbuktu America/Danmarkshavn Atlantic/Reykjavik St_Helena Etc/GMT GMT+0 GMT-0 GMT0 Greenwich /GMT /GMT+0 /GMT-0 /GMT0 /Greenwich /Iceland',
+  'GMT0BST,M3.5.0/1,M10.5.0 Europe/Belfast Guernsey Isle_of_Man Jersey London /GB /GB-Eire',
+  'HKT-8 Asia/Hong_Kong /Hongkong',
+  'HST10 /HST Pacific/Honolulu Johnston US/Hawaii',
+  'HST10HDT,M3.2.0,M11.1.0 America/Adak Atka US/Aleutian',
+  'IST-1GMT0,M10.5.0,M3.5.0/1 /Eire Europe/Dublin',
+  'IST-2IDT,M3.4.4/26,M10.5.0 Asia/Jerusalem Tel_Aviv /Israel',
+  'IST-5:30 Asia/Calcutta Kolkata',
+  'JST-9 Asia/Tokyo /Japan',
+  'KST-9 Asia/Pyongyang Seoul /ROK',
+  'MSK-3 Europe/Kirov Moscow Simferopol Volgograd /W-SU',
+  'MST7 America/Creston Dawson Dawson_Creek Fort_Nelson Hermosillo Mazatlan Phoenix Vancouver Whitehorse Canada/Pacific Yukon /MST Mexico/BajaSur US/Arizona',
+  'MST7MDT,M3.2.0,M11.1.0 America/Boise Cambridge_Bay Ciudad_Juarez Denver Shiprock /MST7MDT /Navajo US/Mountain',
+  'NST3:30NDT,M3.2.0,M11.1.0 America/St_Johns Canada/Newfoundland',
+  'NZST-12NZDT,M9.5.0,M4.1.0/3 Antarctica/McMurdo South_Pole /NZ Pacific/Auckland',
+  'PKT-5 Asia/Karachi',
+  'PST-8 Asia/Manila',
+  'PST8PDT,M3.2.0,M11.1.0 America/Ensenada Los_Angeles Santa_Isabel Tijuana Mexico/BajaNorte /PST8PDT US/Pacific',
+  'SAST-2 Africa/Johannesburg Maseru Mbabane',
+  'SST11 Pacific/Midway Pago_Pago Samoa US/Samoa',
+  'UTC0 Etc/UCT UTC Universal Zulu /UCT /UTC /Universal /Zulu',
+  'WAT-1 Africa/Bangui Brazzaville Douala Kinshasa Lagos Libreville Luanda Malabo Ndjamena Niamey Porto-Novo',
+  'WET0WEST,M3.5.0/1,M10.5.0 Atlantic/Canary Faeroe Faroe Madeira Europe/Lisbon /Portugal /WET',
+  'WIB-7 Asia/Jakarta Pontianak',
+  'WIT-9 Asia/Jayapura',
+  'WITA-8 Asia/Makassar Ujung_Pandang',
+}
+T.ZMAX = 1000
+T.zc, T.zn = {}, 0
+
+function T.hms(s, i)
+  local sign, h, m, sec, j = string.match(s, '^([+-]?)(%d+):?(%d*):?(%d*)()', i)
+  if not h or #h > 3 or #m > 2 or #sec > 2 then return nil end
+  local v = tonumber(h) * 3600 + (tonumber(m) or 0) * 60 + (tonumber(sec) or 0)
+  if v > 167 * 3600 then return nil end
+  return sign == '-' and -v or v, j
+end
+
+function T.tzdate(s, i)
+  local r, j = {t = 7200}, nil
+  local jul, n, j1 = string.match(s, '^(J?)(%d+)()', i)
+  if jul then
+    r.k, r.a, j = jul, tonumber(n), j1
+    if r.a > 365 or (jul == 'J' and r.a < 1) then return nil end
+  else
+    local m, w, d
+    m, w, d, j = string.match(s, '^M(%d+)%.(%d)%.(%d)()', i)
+    if not m then return nil end
+    r.k, r.m, r.w, r.d = 'M', tonumber(m), tonumber(w), tonumber(d)
+    if r.m < 1 or r.m > 12 or r.w < 1 or r.w > 5 or r.d > 6 then return nil end
+  end
+  if string.sub(s, j, j) == '/' then
+    r.t, j = T.hms(s, j + 1)
+    if not r.t then return nil end
+  end
+  return r, j
+end
+
+function T.tzparse(s)
+  local j = string.match(s, '^<[%w+-]+>()') or string.match(s, '^%a%a%a+()')
+  local std, dst
+  if j then std, j = T.hms(s, j) end
+  if not std or std > 25 * 3600 or std < -25 * 3600 then return nil end
+  local z = {std = -std, c = {}}
+  if j > #s then return z end
+  j = string.match(s, '^<[%w+-]+>()', j) or string.match(s, '^%a%a%a+()', j)
+  if not j then return nil end
+  dst = std - 3600
+  if string.match(s, '^[+-]?%d', j) then dst, j = T.hms(s, j) end
+  if not dst or string.sub(s, j, j) ~= ',' then return nil end
+  z.dst = -dst
+  z.r1, j = T.tzdate(s, j + 1)
+  if not z.r1 or string.sub(s, j, j) ~= ',' then return nil end
+  z.r2, j = T.tzdate(s, j + 1)
+  if not z.r2 or j <= #s then return nil end
+  return z
+end
+
+function T.tzday(r, y)
+  if r.k == 'M' then
+    local first = T.days_from_civil(y, r.m, 1)
+    local d = first + (r.d - (first + 4) % 7) % 7 + (r.w - 1) * 7
+    if r.w == 5 then
+      local last = r.m == 12 and T.days_from_civil(y + 1, 1, 1) or T.days_from_civil(y, r.m + 1, 1)
+      while d >= last do d = d - 7 end
+    end
+    return d
+  end
+  local jan1 = T.days_from_civil(y, 1, 1)
+  if r.k == '' then return jan1 + r.a end
+  if r.a >= 60 and T.days_from_civil(y, 3, 1) - jan1 == 60 then return jan1 + r.a end
+  return jan1 + r.a - 1
+end
+
+function T.tzat(z, ms)
+  if not z.dst then return z.std, -math.huge, math.huge, z.std, z.std end
+  local y = T.civil_from_days(math.floor((ms / 1000 + z.std) / 86400))
+  local list = {}
+  for yy = y - 2, y + 1 do
+    list[#list + 1] = {(T.tzday(z.r1, yy) * 86400 + z.r1.t - z.std) * 1000, z.dst}
+    list[#list + 1] = {(T.tzday(z.r2, yy) * 86400 + z.r2.t - z.dst) * 1000, z.std}
+  end
+  table.sort(list, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] == z.std and b[2] ~= z.std) end)
+  local ch = {list[1]}
+  for i = 2, #list do
+    if list[i][2] ~= ch[#ch][2] then
+      if list[i][1] == ch[#ch][1] then ch[#ch] = list[i] else ch[#ch + 1] = list[i] end
+    end
+  end
+  local k = 1
+  while ch[k + 1] and ch[k + 1][1] <= ms do k = k + 1 end
+  local off = ch[k][2]
+  local from = k > 1 and ch[k][1] or -math.huge
+  local nx = ch[k + 1]
+  return off, from, nx and nx[1] or math.huge, k > 1 and ch[k - 1][2] or off, nx and nx[2] or off
+end
+
+function T.zbounds(z, ms, unit, nokeep)
+  local c = z.c[unit]
+  if c and ms >= c[1] and ms < c[2] then return c[1], c[2], c[3] end
+  local off, from, to, before, after = T.tzat(z, ms)
+  local s, e = T.period_start(ms, unit, off), T.period_end(ms, unit, off)
+  if unit == 'minute' or unit == 'hour' then
+    if s < from then s = from end
+    if e > to then e = to end
+  else
+    if s < from then
+      local s1 = s + (off - before) * 1000
+      s = s1 < from and s1 or from
+    end
+    if e >= to then
+      local e1 = e + (off - after) * 1000
+      e = e1 >= to and e1 or to
+    end
+  end
+  local label
+  if unit == 'day' then
+    label = T.ymd(ms, off)
+  elseif unit == 'hour' then
+    local a = math.abs(off)
+    label = T.ymdh(ms, off) .. (off < 0 and '-' or '+') .. string.format('%02d%02d', math.floor(a / 3600), math.floor(a % 3600 / 60)) .. (a % 60 > 0 and string.format('%02d', a % 60) or '')
+  end
+  if not nokeep then z.c[unit] = {s, e, label} end
+  return s, e, label
+end
+
+function T.zone(v, what, max)
+  local z = T.zc[v]
+  if z then return z end
+  if type(v) ~= 'string' then E.fail('ADCACHE_BADARG', what .. ' is missing') end
+  if string.match(v, '^%-?%d+$') and #v <= 16 then
+    local n = tonumber(v)
+    if n < -max or n > max then
+      E.fail('ADCACHE_BADARG', what .. ' must be between -' .. max .. ' and ' .. max .. ', got ' .. v)
+    end
+    return n
+  end
+  if not T.byname then
+    T.byname = {}
+    for _, line in ipairs(T.ZONES) do
+      local rule, names = string.match(line, '^(%S+) (.*)$')
+      local dir = ''
+      for w in string.gmatch(names, '%S+') do
+        if string.sub(w, 1, 1) == '/' then
+          w, dir = string.sub(w, 2), ''
+        elseif string.find(w, '/', 1, true) then
+          dir = string.match(w, '^(.*)/')
+        else
+          w = dir .. '/' .. w
+        end
+        T.byname[w] = rule
+      end
+    end
+  end
+  z = #v <= 128 and T.tzparse(T.byname[v] or v)
+  if not z then
+    E.fail('ADCACHE_BADARG', what .. ' must be an offset in seconds, an IANA time zone name or a'
+      .. ' POSIX TZ rule, got ' .. string.sub(v, 1, 128))
+  end
+  if T.zn >= T.ZMAX then T.zc, T.zn = {}, 0 end
+  T.zc[v], T.zn = z, T.zn + 1
+  return z
+end
+
+function T.tz(v)
+  return tonumber(v) or T.zone(v, 'tz', 86399)
 end
 
 -- ==== helper: money (lua/_money.lua.j2) ====
@@ -421,7 +689,7 @@ end
 
 function CS.budget(bkey, rec, now)
   local v = redis.call('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
-  local today = T.ymd(now, tonumber(rec.tz))
+  local today = T.ymd(now, T.tz(rec.tz))
   local b = {spent = M.stored(v[1]), day = today, reserved = M.stored(v[4]), rolled = v[2] ~= today,
     swept = M.stored(v[5])}
   b.dspent = b.rolled and 0 or M.stored(v[3])
@@ -439,18 +707,21 @@ function CS.assess(rec, b, now)
   local daily = tonumber(rec.daily)
   if daily > 0 and daily - b.dspent < mc then
     if reason == '' then reason = 'daily_budget' end
-    nb = math.max(nb, T.period_end(now, 'day', tonumber(rec.tz)))
+    nb = math.max(nb, T.period_end(now, 'day', T.tz(rec.tz)))
   end
   return reason, true, nb
 end
 
 function CS.pacing(rec, now)
   local daily = tonumber(rec.daily)
-  local elapsed = now - T.period_start(now, 'day', tonumber(rec.tz))
-  local ppm = math.floor(elapsed * 1000000 / T.DAY)
+  local tz = T.tz(rec.tz)
+  local len = T.DAY
+  local elapsed = now - T.period_start(now, 'day', tz)
+  if type(tz) == 'table' then len = T.period_end(now, 'day', tz) - now + elapsed end
+  local ppm = math.floor(elapsed * 1000000 / len)
   if rec.pacing ~= 'even' or daily <= 0 then return -1, ppm end
   local allowed = tonumber(rec.floor)
-    + math.floor(daily * (elapsed / T.DAY) * ((10000 + tonumber(rec.tol_bp)) / 10000))
+    + math.floor(daily * (elapsed / len) * ((10000 + tonumber(rec.tol_bp)) / 10000))
   return math.min(allowed, daily), ppm
 end
 
@@ -1119,7 +1390,7 @@ local function budget_state(keys, args)
   local c = redis.call('HMGET', keys[2], 'c_reserved', 'c_committed', 'c_released', 'c_reclaimed',
     'c_late', 'n_refused')
   local allowed, ppm = CS.pacing(rec, now)
-  local tz = tonumber(rec.tz)
+  local tz = T.tz(rec.tz)
   local reason = CS.assess(rec, b, now)
   return {'budget', tonumber(rec.budget), 'daily', tonumber(rec.daily), 'spent', b.spent,
     'day', b.day, 'day_spent', b.dspent, 'reserved', b.reserved,
@@ -1446,7 +1717,7 @@ local CHECK = {
   daily = function(v) M.amount(v, 'daily'); return v end,
   start = function(v) V.uint(v, 'start'); return v end,
   ['end'] = function(v) V.pos(v, 'end'); return v end,
-  tz = function(v) V.int(v, 'tz', -MAX_TZ, MAX_TZ); return v end,
+  tz = function(v) T.zone(v, 'tz', MAX_TZ); return v end,
   pacing = function(v) return V.enum(v, 'pacing', PACING) end,
   tol_bp = function(v) V.int(v, 'tol_bp', 0, 100000); return v end,
   floor = function(v) M.amount(v, 'floor'); return v end,
@@ -1611,12 +1882,12 @@ function FC.window(ctx, tok, what)
   if w then return w end
   if type(tok) ~= 'string' then E.fail('ADCACHE_BADARG', what() .. ' window is missing') end
   w = {}
-  local unit, off = string.match(tok, '^(%l+)@(%-?%d+)$')
+  local unit, off = string.match(tok, '^(%l+)@(.+)$')
   if not unit then unit = tok end
   local kind, n = string.match(tok, '^(%l+):(%d+)$')
   if FC.UNIT_LETTER[unit] then
     w.kind, w.unit = 'fixed', unit
-    w.off = off and V.int(off, what() .. ' window offset', -FC.MAX_OFFSET, FC.MAX_OFFSET) or 0
+    w.off = off and T.zone(off, what() .. ' window offset', FC.MAX_OFFSET) or 0
     w.ends = T.period_end(ctx.now, unit, w.off)
     w.suffix = '|' .. FC.UNIT_LETTER[unit] .. FC.fmt(w.ends / 1000)
   elseif kind == 'rolling' or kind == 'recency' then
@@ -1627,7 +1898,7 @@ function FC.window(ctx, tok, what)
     w.kind, w.suffix = 'lifetime', '|L'
   else
     E.fail('ADCACHE_BADARG', what() .. ' has an unknown window ' .. tok .. ' (expected minute,'
-      .. ' hour, day, week, month[@offset_s], rolling:<s>, recency:<s> or lifetime)')
+      .. ' hour, day, week, month[@offset_s|@zone], rolling:<s>, recency:<s> or lifetime)')
   end
   ctx.win[tok] = w
   return w
@@ -2727,7 +2998,7 @@ local UNITS = {hour = true, day = true}
 local S = {}
 
 function S.offset(v)
-  return V.int(v, 'offset_s', -MAX_OFFSET_S, MAX_OFFSET_S)
+  return T.zone(v, 'offset_s', MAX_OFFSET_S)
 end
 
 function S.bucket(unit, ms, off)
@@ -2739,8 +3010,19 @@ function S.range(tag, unit, n, now, off)
   local step = unit == 'hour' and T.HOUR or T.DAY
   local start = S.bucket(unit, now, off)
   local out = {}
+  local zlabels
+  if type(off) == 'table' then
+    zlabels = {}
+    local t = now
+    for i = 0, n - 1 do
+      local s, _, label = T.zbounds(off, t, unit, true)
+      zlabels[i] = label
+      t = s - 1
+    end
+  end
   for i = n - 1, 0, -1 do
-    local _, label = S.bucket(unit, start - i * step, off)
+    local label = zlabels and zlabels[i]
+    if not label then label = select(2, S.bucket(unit, start - i * step, off)) end
     if unit == 'hour' then
       out[#out + 1] = {label, K.stats_hour(tag, label), K.stats_reach_hour(tag, label)}
     else
@@ -3046,7 +3328,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.3.0'
-local LIBRARY_SHA256 = '65ac5ad5c46f21da38768d08032f0f07d836144cb8b9cf1c12e0f0b6dad3f12d'
+local LIBRARY_SHA256 = '0f198173b614bbcdca66df4cf40b2e407d040ad895cb030e8d1299041711ac4f'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

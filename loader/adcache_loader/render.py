@@ -22,6 +22,7 @@ import jinja2
 import yaml
 
 from adcache_loader.paths import project_paths
+from adcache_loader.zones import read_table
 
 SHA_PLACEHOLDER = "0" * 64
 FUNCTION_NAME = re.compile(r"^ac_[a-z]+(_[a-z0-9]+)*$")
@@ -292,6 +293,7 @@ def render(lua_dir: Path | None = None) -> Rendered:
         "errors": errors,
         "version": version,
         "sha_placeholder": SHA_PLACEHOLDER,
+        "zones": read_table(lua_dir / "zones.txt") if (lua_dir / "zones.txt").exists() else [],
     }
     helpers, domains = _scan(lua_dir)
     # Every helper is checked, even one no domain includes yet.

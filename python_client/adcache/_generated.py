@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.3.0'
-LIBRARY_SHA256 = '65ac5ad5c46f21da38768d08032f0f07d836144cb8b9cf1c12e0f0b6dad3f12d'
+LIBRARY_SHA256 = '0f198173b614bbcdca66df4cf40b2e407d040ad895cb030e8d1299041711ac4f'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}

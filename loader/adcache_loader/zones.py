@@ -1,0 +1,135 @@
+"""The IANA time zones the library knows by name: each zone's current rule as a POSIX TZ string
+(the footer of its TZif file, e.g. `EST5EDT,M3.2.0,M11.1.0`), from the `tzdata` package.
+
+`lua/zones.txt` is generated from here (`adcache zones`) and committed, so a render does not
+depend on the machine's tz database. Each line is a rule, a tab, then the names that follow it;
+a name without a slash reuses the folder of the name before it, a name starting with `/` has no
+folder (`/UTC`). A zone whose footer does not describe its transitions from `SINCE_S` on (Morocco's
+Ramadan changes are listed one by one until 2087) is left out: the library would get it wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import struct
+import zoneinfo
+from collections import defaultdict
+from pathlib import Path
+
+SINCE_S = 1767225600  # 2026-01-01T00:00:00Z: rules must hold from here on
+
+
+def tzif_from_rule(rule: str) -> bytes:
+    """A TZif (version 2) file with no listed transitions and `rule` as its footer: what
+    `zoneinfo.ZoneInfo.from_file` needs to apply a POSIX TZ rule at every instant."""
+    v1 = b"TZif2" + bytes(15) + struct.pack(">6l", 0, 0, 0, 0, 1, 1) + struct.pack(">lBB", 0, 0, 0)
+    v1 += b"\0"
+    return v1 + v1 + b"\n" + rule.encode() + b"\n"
+
+
+def rule_zone(rule: str) -> zoneinfo.ZoneInfo:
+    """A ZoneInfo that applies the POSIX TZ `rule` at every instant."""
+    return zoneinfo.ZoneInfo.from_file(io.BytesIO(tzif_from_rule(rule)), key=rule)
+
+
+def _tzif(data: bytes) -> tuple[list[int], list[int], str]:
+    """Transition times, the UTC offset after each (s), and the footer of a TZif v2+ file."""
+    if data[:4] != b"TZif" or data[4:5] < b"2":
+        raise ValueError("not a TZif v2+ file")
+    isut, isstd, leap, timecnt, typecnt, charcnt = struct.unpack(">6l", data[20:44])
+    p = 44 + timecnt * 5 + typecnt * 6 + charcnt + leap * 8 + isstd + isut
+    isut, isstd, leap, timecnt, typecnt, charcnt = struct.unpack(">6l", data[p + 20 : p + 44])
+    p += 44
+    times = list(struct.unpack(f">{timecnt}q", data[p : p + 8 * timecnt]))
+    p += 8 * timecnt
+    idx = data[p : p + timecnt]
+    p += timecnt
+    offs = [struct.unpack(">l", data[p + 6 * i : p + 6 * i + 4])[0] for i in range(typecnt)]
+    footer = data.rstrip(b"\n").rsplit(b"\n", 1)[1].decode()
+    return times, [offs[i] for i in idx], footer
+
+
+def _footer_holds(times: list[int], offsets: list[int], rule: str) -> bool:
+    """Whether the rule gives the listed offsets around every listed transition from SINCE_S on
+    (from the first such transition: a rule that took effect in 2026 still counts)."""
+    from datetime import UTC, datetime
+
+    z = rule_zone(rule)
+    first = True
+    for i, t in enumerate(times):
+        if t < SINCE_S:
+            continue
+        before = offsets[i - 1] if i and not first else None
+        first = False
+        for at, want in ((t, offsets[i]), (t - 1, before)):
+            if want is None:
+                continue
+            got = datetime.fromtimestamp(at, UTC).astimezone(z).utcoffset()
+            if got is None or int(got.total_seconds()) != want:
+                return False
+    return True
+
+
+def zone_rules() -> dict[str, str]:
+    """name -> POSIX TZ rule for every zone of the tzdata package whose rule is usable."""
+    root = importlib.resources.files("tzdata.zoneinfo")
+    out: dict[str, str] = {}
+    for name in sorted(zoneinfo.available_timezones()):
+        try:
+            data = root.joinpath(*name.split("/")).read_bytes()
+            times, offsets, rule = _tzif(data)
+        except (OSError, ValueError):
+            continue
+        if rule and " " not in rule and _footer_holds(times, offsets, rule):
+            out[name] = rule
+    return out
+
+
+def table_text() -> str:
+    import tzdata  # type: ignore[import-untyped]
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, rule in zone_rules().items():
+        groups[rule].append(name)
+    lines = [f"# IANA time zones by POSIX TZ rule, tzdata {tzdata.IANA_VERSION} (adcache zones)"]
+    for rule in sorted(groups):
+        words, folder = [], ""
+        for name in groups[rule]:
+            head, _, base = name.rpartition("/")
+            if not head:
+                words.append("/" + base)
+                folder = ""
+            elif head == folder:
+                words.append(base)
+            else:
+                words.append(name)
+                folder = head
+        lines.append(rule + "\t" + " ".join(words))
+    return "\n".join(lines) + "\n"
+
+
+def read_table(path: Path) -> list[tuple[str, str]]:
+    """The (rule, compressed names) lines of lua/zones.txt."""
+    out: list[tuple[str, str]] = []
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            rule, _, names = line.partition("\t")
+            out.append((rule, names))
+    return out
+
+
+def expand(names: str) -> list[str]:
+    """The zone names of one line of lua/zones.txt (the inverse of the compression above)."""
+    out: list[str] = []
+    folder = ""
+    for w in names.split():
+        if w.startswith("/"):
+            out.append(w[1:])
+            folder = ""
+        elif "/" in w:
+            folder = w.rpartition("/")[0]
+            out.append(w)
+        else:
+            out.append(folder + "/" + w)
+    return out
