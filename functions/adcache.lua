@@ -540,9 +540,11 @@ function T.zbounds(z, ms, unit, nokeep)
     if s < from then s = from end
     if e > to then e = to end
   else
+    local s1 = s + (off - before) * 1000
     if s < from then
-      local s1 = s + (off - before) * 1000
       s = s1 < from and s1 or from
+    elseif s1 < from then
+      s = s1 -- the clock went back over midnight: the day began at its first midnight
     end
     if e >= to then
       local e1 = e + (off - after) * 1000
@@ -3328,7 +3330,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.3.0'
-local LIBRARY_SHA256 = '0f198173b614bbcdca66df4cf40b2e407d040ad895cb030e8d1299041711ac4f'
+local LIBRARY_SHA256 = '0bd42d5d0e30e0abfa0b2586a6304524cd281905a02373b410ec7c277653799f'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

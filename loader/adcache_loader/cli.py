@@ -64,6 +64,18 @@ def render(check: bool) -> None:
         console.print("rendered files are up to date")
 
 
+@main.command()
+def zones() -> None:
+    """Rewrite lua/zones.txt (the time zones the library knows by name) from the tzdata package;
+    then render."""
+    from adcache_loader.paths import project_paths
+    from adcache_loader.zones import table_text
+
+    path = project_paths().lua / "zones.txt"
+    path.write_text(table_text())
+    console.print(f"wrote {path}")
+
+
 def _status_table(statuses: list[deploy_mod.NodeStatus]) -> Table:
     table = Table(title="adcache library per node")
     for col in ("node", "role", "state", "version", "sha256", "detail"):
@@ -231,6 +243,7 @@ def metrics(url: str, cluster: bool | None, port: int, addr: str, once: bool) ->
 @click.option("--once", is_flag=True, help="Draw once and exit (same as --iterations 1).")
 @click.option("--campaign", "campaigns", multiple=True, help="Also show today's stats of CAMPAIGN.")
 @click.option("--offset", type=int, default=0, help="Stats UTC offset in seconds.")
+@click.option("--zone", default="", help="Stats time zone (IANA name), instead of --offset.")
 def top(
     url: str,
     cluster: bool | None,
@@ -239,6 +252,7 @@ def top(
     once: bool,
     campaigns: tuple[str, ...],
     offset: int,
+    zone: str,
 ) -> None:
     """A live dashboard: node health, hit rate, memory, adcache counters, campaigns."""
     import time
@@ -249,7 +263,7 @@ def top(
     from adcache_loader.dashboard import top_view
 
     cache = _cache(url, cluster)
-    cache.stats.config = StatsConfig(offset_s=offset)
+    cache.stats.config = StatsConfig(offset_s=offset, zone=zone)
     n = 1 if once else iterations
     try:
         with Live(
@@ -275,6 +289,7 @@ def top(
 @click.option("--days", type=click.IntRange(1, 90), default=None, help="Last N days (default 7).")
 @click.option("--hours", type=click.IntRange(1, 168), default=None, help="Last N hours instead.")
 @click.option("--offset", type=int, default=0, help="Stats UTC offset in seconds.")
+@click.option("--zone", default="", help="Stats time zone (IANA name), instead of --offset.")
 @click.option("--series", is_flag=True, help="Also show the value of every bucket.")
 def stats_cmd(
     url: str,
@@ -283,6 +298,7 @@ def stats_cmd(
     days: int | None,
     hours: int | None,
     offset: int,
+    zone: str,
     series: bool,
 ) -> None:
     """Summary of CAMPAIGN over the last N days or hours, with CTR, CVR, CPC, CPM and ROAS."""
@@ -292,7 +308,7 @@ def stats_cmd(
     if days is not None and hours is not None:
         raise click.UsageError("give --days or --hours, not both")
     cache = _cache(url, cluster)
-    cache.stats.config = StatsConfig(offset_s=offset)
+    cache.stats.config = StatsConfig(offset_s=offset, zone=zone)
     try:
         if hours is not None:
             s = cache.stats.summary(campaign, hours=hours)

@@ -49,6 +49,9 @@ class CampaignSpec:
     """What a client writes. Money in integer micros; the bid is a CPM price; times in epoch ms.
 
     day_offset_s: where the campaign's day starts (seconds east of UTC) for the daily budget.
+    day_zone: the campaign's time zone by name ("America/New_York", or a POSIX TZ rule) instead
+    of day_offset_s: the daily budget and pacing follow its local days, 23 or 25 hours long
+    across a daylight-saving change (docs/campaign.md).
     pacing "even": spend follows the day, see docs/campaign.md (tolerance in basis points, floor
     in micros that may be spent at any time of the day).
     """
@@ -67,6 +70,7 @@ class CampaignSpec:
     pacing_floor_micros: int = 0
     frequency_caps: tuple[FrequencyCapRule, ...] = ()
     creatives: tuple[Creative, ...] = ()
+    day_zone: str = ""
 
 
 class CampaignChanges(TypedDict, total=False):
@@ -81,6 +85,7 @@ class CampaignChanges(TypedDict, total=False):
     status: Status
     daily_budget_micros: int
     day_offset_s: int
+    day_zone: str
     pacing: Pacing
     pacing_tolerance_bp: int
     pacing_floor_micros: int
@@ -145,6 +150,7 @@ _FIELD = {
     "start_ms": "start",
     "end_ms": "end",
     "day_offset_s": "tz",
+    "day_zone": "tz",
     "pacing": "pacing",
     "pacing_tolerance_bp": "tol_bp",
     "pacing_floor_micros": "floor",
@@ -172,12 +178,21 @@ def _encode(name: str, value: Any) -> str:
 def _field_args(changes: dict[str, Any]) -> tuple[str, ...]:
     out: list[str] = []
     for name, value in changes.items():
+        if name == "day_zone" and not value:
+            continue  # no zone: the offset names the day (a patch of day_offset_s sets it)
         out += [_FIELD[name], _encode(name, value)]
     return tuple(out)
 
 
 def _spec_fields(spec: CampaignSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in _FIELD}
+    out = {name: getattr(spec, name) for name in _FIELD}
+    if spec.day_zone:
+        del out["day_offset_s"]  # both are the record's tz: the zone wins
+    return out
+
+
+def _is_int(v: str) -> bool:
+    return v.lstrip("-").isdigit()
 
 
 def _decode_spec(f: dict[str, str]) -> CampaignSpec:
@@ -189,7 +204,8 @@ def _decode_spec(f: dict[str, str]) -> CampaignSpec:
         daily_budget_micros=int(f["daily"]),
         start_ms=int(f["start"]),
         end_ms=int(f["end"]),
-        day_offset_s=int(f["tz"]),
+        day_offset_s=int(f["tz"]) if _is_int(f["tz"]) else 0,
+        day_zone="" if _is_int(f["tz"]) else f["tz"],
         pacing="even" if f["pacing"] == "even" else "off",
         pacing_tolerance_bp=int(f["tol_bp"]),
         pacing_floor_micros=int(f["floor"]),

@@ -44,7 +44,8 @@ class CapRule:
     """At most `limit` impressions per `window` at one level (`scope`).
 
     window: "minute" | "hour" | "day" | "week" (from Monday) | "month": calendar windows in a zone
-    `offset_s` seconds east of UTC; "rolling": the last `seconds` seconds, exact; "recency": at
+    `offset_s` seconds east of UTC, or in the named time zone `zone` ("America/New_York", or a
+    POSIX TZ rule) with its daylight-saving changes (docs/freqcap.md); "rolling": the last `seconds` seconds, exact; "recency": at
     least `seconds` seconds between two impressions (limit is 1); "lifetime".
     """
 
@@ -53,6 +54,7 @@ class CapRule:
     limit: int = 1
     seconds: int = 0
     offset_s: int = 0
+    zone: str = ""
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPE_WIRE:
@@ -73,10 +75,16 @@ class CapRule:
             raise ValueError("only calendar windows take an offset")
         if not -MAX_OFFSET_S <= self.offset_s <= MAX_OFFSET_S:
             raise ValueError(f"offset_s must be within ±{MAX_OFFSET_S}")
+        if self.zone and (self.window not in FIXED_UNITS or self.offset_s):
+            raise ValueError("a zone is for calendar windows, instead of an offset")
+        if self.zone and (len(self.zone) > 128 or not self.zone.isprintable() or " " in self.zone):
+            raise ValueError(f"not a time zone: {self.zone!r:.60}")
 
     @classmethod
-    def fixed(cls, scope: Scope, unit: FixedUnit, limit: int, *, offset_s: int = 0) -> CapRule:
-        return cls(scope, unit, limit, offset_s=offset_s)
+    def fixed(
+        cls, scope: Scope, unit: FixedUnit, limit: int, *, offset_s: int = 0, zone: str = ""
+    ) -> CapRule:
+        return cls(scope, unit, limit, offset_s=offset_s, zone=zone)
 
     @classmethod
     def rolling(cls, scope: Scope, seconds: int, limit: int) -> CapRule:
@@ -92,9 +100,11 @@ class CapRule:
 
     @property
     def window_token(self) -> str:
-        """The window as the library spells it (`day@3600`, `rolling:60`, `lifetime`)."""
+        """The window as the library spells it (`day@3600`, `day@Europe/Paris`, `rolling:60`)."""
         if self.window in ("rolling", "recency"):
             return f"{self.window}:{self.seconds}"
+        if self.zone:
+            return f"{self.window}@{self.zone}"
         if self.offset_s:
             return f"{self.window}@{self.offset_s}"
         return self.window

@@ -37,6 +37,10 @@ class StatsConfig:
     names the buckets, so readers must use the offset the writers used.
 
     offset_s: the stats time zone, seconds east of UTC (fixed: no daylight-saving changes).
+    zone: the stats time zone by name, e.g. "America/New_York" (or a POSIX TZ rule), instead of
+    offset_s: days follow its local midnight (23 or 25 hours across a daylight-saving change),
+    and an hour bucket is labelled with its UTC offset (YYYYMMDDHH+hhmm), so a repeated hour is
+    a bucket of its own. See docs/stats.md.
     hour_retention_s / day_retention_s: how long a bucket lives after its hour / day has ended.
     dedup_s: how long an event id is remembered (0: no de-duplication).
     """
@@ -45,6 +49,12 @@ class StatsConfig:
     hour_retention_s: int = 48 * HOUR_S
     day_retention_s: int = 90 * DAY_S
     dedup_s: int = HOUR_S
+    zone: str = ""
+
+    @property
+    def tz(self) -> str | int:
+        """The zone as the library takes it: the name, or the offset."""
+        return self.zone or self.offset_s
 
 
 DEFAULT_CONFIG = StatsConfig()
@@ -199,7 +209,7 @@ def record_call(
 ) -> Call[Recorded]:
     """One call counting up to 1000 events in the campaign's current hour and day."""
     args: list[str | int] = [
-        config.offset_s,
+        config.tz,
         config.hour_retention_s,
         config.day_retention_s,
         config.dedup_s,
@@ -246,7 +256,7 @@ def summary_call(
     return Call(
         "ac_stats_summary",
         (keys.stats_meta(campaign_id),),
-        (unit, n, config.offset_s, 1 if reach else 0),
+        (unit, n, config.tz, 1 if reach else 0),
         parse,
     )
 
@@ -274,7 +284,7 @@ def series_call(
         return Series(campaign_id, unit, tuple(pts))
 
     return Call(
-        "ac_stats_series", (keys.stats_meta(campaign_id),), (unit, n, config.offset_s), parse
+        "ac_stats_series", (keys.stats_meta(campaign_id),), (unit, n, config.tz), parse
     )
 
 
