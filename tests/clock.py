@@ -62,3 +62,22 @@ def offset_away(now_ms: int, unit: str, margin_s: int = 7200) -> int:
         if now_ms - start >= margin_s * 1000 and end - now_ms >= margin_s * 1000:
             return off
     raise AssertionError(f"no offset keeps a {unit} boundary {margin_s} s away")
+
+
+CALM_MARGIN_S = {"minute": 10, "hour": 600, "day": 7200, "week": 7200, "month": 7200}
+
+
+def calm_offset(now_ms: int, units: tuple[str, ...] = tuple(CALM_MARGIN_S)) -> int:
+    """A UTC offset (s) that keeps now away from every boundary of the given calendar units (10 s
+    from a minute's, 10 min from an hour's, 2 h from a day's, week's or month's), so a test that
+    counts in those windows over a few calls meets none of them, whatever the time it runs at."""
+    for base in (0, -43200, 43200, -21600, 21600):
+        for shift in (0, 1800, -1800, 30, 1830, -1770):
+            off = base + shift
+            if all(
+                now_ms - (b := period_bounds(now_ms, u, off))[0] >= CALM_MARGIN_S[u] * 1000
+                and b[1] - now_ms >= CALM_MARGIN_S[u] * 1000
+                for u in units
+            ):
+                return off
+    raise AssertionError("no offset keeps every calendar boundary away")

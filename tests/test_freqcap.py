@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import redis
-from clock import boundary_offset, offset_away, period_bounds, server_ms, sleep_until
+from clock import boundary_offset, calm_offset, offset_away, period_bounds, server_ms, sleep_until
 
 from adcache import (
     AdCache,
@@ -46,7 +46,8 @@ def counts(ac: AdCache, user: str) -> dict[tuple[str, str, str], int]:
 
 
 def test_daily_cap_check_record_refuse(acs: AdCache, uid: str) -> None:
-    day = CapRule.fixed("campaign", "day", 2)
+    off = calm_offset(server_ms(acs))
+    day = CapRule.fixed("campaign", "day", 2, offset_s=off)
     cand = Candidate(f"{uid}-c1", [day])
     free = Candidate(f"{uid}-c2")
     d = acs.caps.check(uid, [cand, free])
@@ -58,17 +59,20 @@ def test_daily_cap_check_record_refuse(acs: AdCache, uid: str) -> None:
     now = server_ms(acs)
     r3 = acs.caps.record(uid, "i3", cand)
     assert not r3.admitted and r3.blocked_by == day
-    midnight = datetime.fromtimestamp(now / 1000, UTC).date() + timedelta(days=1)
-    expect = int(datetime(midnight.year, midnight.month, midnight.day, tzinfo=UTC).timestamp())
-    assert r3.frees_at_ms == expect * 1000
+    expect = period_bounds(now, "day", off)[1]
+    assert r3.frees_at_ms == expect
     d = acs.caps.check(uid, [cand, free])
-    assert not d[0].allowed and d[0].blocked_by == day and d[0].frees_at_ms == expect * 1000
+    assert not d[0].allowed and d[0].blocked_by == day and d[0].frees_at_ms == expect
     assert d[1].allowed
     assert counts(acs, uid) == {("campaign", f"{uid}-c1", "day"): 2}
 
 
 def test_refused_record_counts_nothing(ac: AdCache, uid: str) -> None:
-    day, week = CapRule.fixed("campaign", "day", 5), CapRule.fixed("campaign", "week", 5)
+    off = calm_offset(server_ms(ac))
+    day, week = (
+        CapRule.fixed("campaign", "day", 5, offset_s=off),
+        CapRule.fixed("campaign", "week", 5, offset_s=off),
+    )
     rec = CapRule.recency("campaign", 60)
     cand = Candidate("c", [day, week, rec], advertiser_id="a")
     assert ac.caps.record(uid, "i1", cand).admitted
@@ -237,9 +241,10 @@ def test_limit_zero_blocks_for_good(ac: AdCache, uid: str) -> None:
 
 
 def test_hierarchy_most_restrictive_level_blocks(acs: AdCache, uid: str) -> None:
-    adv = CapRule.fixed("advertiser", "day", 3)
-    camp = CapRule.fixed("campaign", "day", 2)
-    crea = CapRule.fixed("creative", "day", 1)
+    off = calm_offset(server_ms(acs))
+    adv = CapRule.fixed("advertiser", "day", 3, offset_s=off)
+    camp = CapRule.fixed("campaign", "day", 2, offset_s=off)
+    crea = CapRule.fixed("creative", "day", 1, offset_s=off)
 
     def cand(c: str, k: str = "") -> Candidate:
         rules = [adv, camp] + ([crea] if k else [])
@@ -267,10 +272,12 @@ def test_hierarchy_most_restrictive_level_blocks(acs: AdCache, uid: str) -> None
 
 
 def test_blocked_by_the_rule_that_frees_last(ac: AdCache, uid: str) -> None:
-    # The week's boundary is kept hours away from now (on Sundays 23:00-24:00 UTC it would
-    # coincide with the hour's), so the rule that frees last is never a tie here.
-    hour = CapRule.fixed("campaign", "hour", 1)
-    week = CapRule.fixed("advertiser", "week", 1, offset_s=offset_away(server_ms(ac), "week"))
+    # The boundaries are kept away from now (on Sundays 23:00-24:00 UTC the week's would coincide
+    # with the hour's, and a call at the end of an hour would see the hour free), so the rule that
+    # frees last is never a tie here.
+    off = calm_offset(server_ms(ac))
+    hour = CapRule.fixed("campaign", "hour", 1, offset_s=off)
+    week = CapRule.fixed("advertiser", "week", 1, offset_s=off)
     life = CapRule.lifetime("creative", 1)
     assert ac.caps.record(uid, "i", Candidate("c", [hour, week, life], "a", "k")).admitted
     d = ac.caps.check(
@@ -301,7 +308,8 @@ def test_blocked_by_on_a_tie_names_the_first_tied_rule(ac: AdCache, uid: str) ->
 
 
 def test_record_is_idempotent_by_impression_id(acs: AdCache, uid: str) -> None:
-    cand = Candidate("c", [CapRule.fixed("campaign", "day", 2)])
+    off = calm_offset(server_ms(acs))
+    cand = Candidate("c", [CapRule.fixed("campaign", "day", 2, offset_s=off)])
     first = acs.caps.record(uid, "imp-1", cand)
     again = acs.caps.record(uid, "imp-1", cand)
     assert first.admitted and again.admitted and again.duplicate and not first.duplicate
@@ -318,7 +326,8 @@ def test_record_is_idempotent_by_impression_id(acs: AdCache, uid: str) -> None:
 
 
 def test_impression_ids_are_forgotten_after_dedupe_ttl(ac: AdCache, uid: str) -> None:
-    cand = Candidate("c", [CapRule.fixed("campaign", "day", 10)])
+    off = calm_offset(server_ms(ac))
+    cand = Candidate("c", [CapRule.fixed("campaign", "day", 10, offset_s=off)])
     for i in range(5):
         ac.caps.record(uid, f"old{i}", cand, dedupe_ttl=0.3)
     assert ac.redis.hlen(keys.freqcap_imps(uid)) == 6  # 5 ids + the sweep bookkeeping
@@ -332,7 +341,11 @@ def test_impression_ids_are_forgotten_after_dedupe_ttl(ac: AdCache, uid: str) ->
 
 
 def test_reset_one_entity_or_everything(acs: AdCache, uid: str) -> None:
-    rules = [CapRule.fixed("campaign", "day", 5), CapRule.fixed("advertiser", "week", 9)]
+    off = calm_offset(server_ms(acs))
+    rules = [
+        CapRule.fixed("campaign", "day", 5, offset_s=off),
+        CapRule.fixed("advertiser", "week", 9, offset_s=off),
+    ]
     acs.caps.record(uid, "i1", Candidate("c1", rules, advertiser_id="a"))
     acs.caps.record(uid, "i2", Candidate("c2", rules, advertiser_id="a"))
     assert acs.caps.reset(uid, "campaign", "c1") == 1
@@ -344,8 +357,9 @@ def test_reset_one_entity_or_everything(acs: AdCache, uid: str) -> None:
 
 
 def test_inspect_filters_and_reports_window_ends(ac: AdCache, uid: str) -> None:
+    off = calm_offset(server_ms(ac))
     rules = [
-        CapRule.fixed("campaign", "day", 5),
+        CapRule.fixed("campaign", "day", 5, offset_s=off),
         CapRule.rolling("campaign", 30, 4),
         CapRule.lifetime("advertiser", 100),
     ]
@@ -364,13 +378,20 @@ def test_inspect_filters_and_reports_window_ends(ac: AdCache, uid: str) -> None:
 
 
 def test_ttl_is_the_longest_window_and_never_shortened(ac: AdCache, uid: str) -> None:
-    week = CapRule.fixed("campaign", "week", 10)
-    ac.caps.record(uid, "i1", Candidate("c1", [week, CapRule.fixed("campaign", "minute", 5)]))
+    off = calm_offset(server_ms(ac))
+    week = CapRule.fixed("campaign", "week", 10, offset_s=off)
+    ac.caps.record(
+        uid, "i1", Candidate("c1", [week, CapRule.fixed("campaign", "minute", 5, offset_s=off)])
+    )
     exp = ac.redis.pexpiretime(keys.freqcap(uid))  # type: ignore[attr-defined]
-    r = ac.caps.check(uid, [Candidate("c1", [CapRule.fixed("campaign", "week", 1)])])[0]
+    r = ac.caps.check(uid, [Candidate("c1", [CapRule.fixed("campaign", "week", 1, offset_s=off)])])[
+        0
+    ]
     assert exp == r.frees_at_ms, "the key lives until the end of the week window"
     ac.caps.record(uid, "i2", Candidate("c2", [CapRule.recency("campaign", 2)]))
-    ac.caps.record(uid, "i3", Candidate("c3", [CapRule.fixed("campaign", "minute", 5)]))
+    ac.caps.record(
+        uid, "i3", Candidate("c3", [CapRule.fixed("campaign", "minute", 5, offset_s=off)])
+    )
     assert ac.redis.pexpiretime(keys.freqcap(uid)) == exp  # type: ignore[attr-defined]
 
 
@@ -530,9 +551,13 @@ def test_python_edge_rejects_malformed_rules() -> None:
 def test_concurrent_records_admit_exactly_the_cap(
     request: pytest.FixtureRequest, uid: str, target: str
 ) -> None:
+    off = calm_offset(int(time.time() * 1000))
     server = request.getfixturevalue(target)
     cap = 37
-    rules = [CapRule.fixed("campaign", "day", 100), CapRule.rolling("campaign", 60, cap)]
+    rules = [
+        CapRule.fixed("campaign", "day", 100, offset_s=off),
+        CapRule.rolling("campaign", 60, cap),
+    ]
     cand = Candidate("camp", rules, advertiser_id="adv")
     clients = [AdCache(server.client()) for _ in range(16)]
     admitted = [0] * 16
@@ -561,8 +586,12 @@ def test_concurrent_records_admit_exactly_the_cap(
 
 
 def test_batch_check_of_100_is_one_fcall_on_the_owning_node(ac_cluster: AdCache, uid: str) -> None:
+    off = calm_offset(server_ms(ac_cluster))
     rc: redis.RedisCluster = ac_cluster.redis  # type: ignore[assignment]
-    rules = [CapRule.fixed("campaign", "day", 2), CapRule.fixed("advertiser", "week", 2)]
+    rules = [
+        CapRule.fixed("campaign", "day", 2, offset_s=off),
+        CapRule.fixed("advertiser", "week", 2, offset_s=off),
+    ]
     cands = [Candidate(f"c{i}", rules, advertiser_id=f"a{i % 5}") for i in range(100)]
     ac_cluster.caps.record(uid, "i", cands[3])
     owner = rc.get_node_from_key(keys.freqcap(uid))
@@ -583,10 +612,11 @@ def test_batch_check_of_100_is_one_fcall_on_the_owning_node(ac_cluster: AdCache,
 
 
 def test_users_spread_over_shards(ac_cluster: AdCache, uid: str) -> None:
+    off = calm_offset(server_ms(ac_cluster))
     rc: redis.RedisCluster = ac_cluster.redis  # type: ignore[assignment]
     users = [f"{uid}-{i}" for i in range(30)]
     assert len({rc.get_node_from_key(keys.freqcap(u)).name for u in users}) == 3
-    cand = Candidate("c", [CapRule.fixed("campaign", "day", 1)])
+    cand = Candidate("c", [CapRule.fixed("campaign", "day", 1, offset_s=off)])
     for u in users:
         assert ac_cluster.caps.record(u, "i", cand).admitted
     assert all(not ac_cluster.caps.check(u, [cand])[0].allowed for u in users)

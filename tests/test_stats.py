@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 import redis
+from clock import calm_offset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,16 @@ from adcache.stats import Event, StatsConfig, record_call, summary_call
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_bucket_boundaries() -> None:
+    """Start every test at least 3 s after and 3 s before the hour and half-hour marks (bucket
+    boundaries with whole- and half-hour offsets): a test that records and then reads the current
+    hour or day then never straddles a boundary, whatever the time it runs at. Waits < 4 s."""
+    since = time.time() % 1800  # seconds since the last mark
+    if since < 3 or since > 1797:
+        time.sleep((3 - since) if since < 3 else (1800 - since + 3))
 
 
 def server_ms(r: redis.Redis) -> int:
@@ -391,6 +402,8 @@ def test_summary_matches_a_model(
     import uuid
 
     cid = f"prop-{uuid.uuid4().hex[:12]}"
+    # Examples run over several seconds: keep the day boundary (the summary's) away from now.
+    ac.stats.config = StatsConfig(offset_s=calm_offset(server_ms(ac.redis), ("day",)))
     batch = [Event(i, c, v, co, rv, u or None, e or None) for i, c, v, co, rv, u, e in events]
     ac.stats.record(cid, batch[: len(batch) // 2])
     ac.stats.record(cid, batch[len(batch) // 2 :])
