@@ -216,7 +216,12 @@ def test_day_lengths_of_the_changes() -> None:
 
 
 def test_zone_table_matches_tzdata() -> None:
-    table = zones.read_table(project_paths().lua / "zones.txt")
+    import tzdata  # type: ignore[import-untyped]
+
+    path = project_paths().lua / "zones.txt"
+    if f"tzdata {tzdata.IANA_VERSION} " not in path.read_text().splitlines()[0]:
+        pytest.skip(f"lua/zones.txt was built from another tzdata than {tzdata.IANA_VERSION}")
+    table = zones.read_table(path)
     rules = zones.zone_rules()
     named = {n: rule for rule, names in table for n in zones.expand(names)}
     assert named == rules
