@@ -65,14 +65,16 @@ def render(check: bool) -> None:
 
 
 @main.command()
-def zones() -> None:
-    """Rewrite lua/zones.txt (the time zones the library knows by name) from the tzdata package;
-    then render."""
+@click.option("--all", "every", is_flag=True, help="Every zone (about 8 KB of library).")
+@click.argument("names", nargs=-1)
+def zones(every: bool, names: tuple[str, ...]) -> None:
+    """Rewrite lua/zones.txt (the time zones the library knows by name) from the tzdata package:
+    NAMES, or by default every zone with daylight saving or a 30/45-minute offset; then render."""
     from adcache_loader.paths import project_paths
     from adcache_loader.zones import table_text
 
     path = project_paths().lua / "zones.txt"
-    path.write_text(table_text())
+    path.write_text(table_text(list(names) or None, every=every))
     console.print(f"wrote {path}")
 
 

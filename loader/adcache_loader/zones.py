@@ -1,5 +1,7 @@
 """The IANA time zones the library knows by name: each zone's current rule as a POSIX TZ string
-(the footer of its TZif file, e.g. `EST5EDT,M3.2.0,M11.1.0`), from the `tzdata` package.
+(the footer of its TZif file, e.g. `EST5EDT,M3.2.0,M11.1.0`), from the `tzdata` package. By
+default the zones that are more than a whole-hour offset (daylight saving, or 30/45 minutes off);
+the Python client sends any other zone as its rule (see adcache.zones).
 
 `lua/zones.txt` is generated from here (`adcache zones`) and committed, so a render does not
 depend on the machine's tz database. Each line is a rule, a tab, then the names that follow it;
@@ -86,12 +88,21 @@ def zone_rules() -> dict[str, str]:
     return out
 
 
-def table_text() -> str:
+def needs_name(rule: str) -> bool:
+    """Whether a zone is more than a whole-hour offset: it changes (daylight saving) or sits 30
+    or 45 minutes off the hour. These are the zones the library knows by name by default."""
+    return "," in rule or ":" in rule
+
+
+def table_text(names: list[str] | None = None, *, every: bool = False) -> str:
+    """lua/zones.txt for the given zones (default: every zone that `needs_name`; `every`: all of
+    them, about 8 KB of library, which the 128 KiB limit may not leave room for)."""
     import tzdata  # type: ignore[import-untyped]
 
     groups: dict[str, list[str]] = defaultdict(list)
     for name, rule in zone_rules().items():
-        groups[rule].append(name)
+        if every or (name in names if names else needs_name(rule)):
+            groups[rule].append(name)
     lines = [f"# IANA time zones by POSIX TZ rule, tzdata {tzdata.IANA_VERSION} (adcache zones)"]
     for rule in sorted(groups):
         words, folder = [], ""

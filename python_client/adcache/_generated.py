@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.3.0'
-LIBRARY_SHA256 = '0bd42d5d0e30e0abfa0b2586a6304524cd281905a02373b410ec7c277653799f'
+LIBRARY_SHA256 = '0532cc168ff669e4d457bf75d06b6224c3db245d5fc59a99dfe382a0dc473e6d'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
