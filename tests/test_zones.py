@@ -224,9 +224,10 @@ def test_zone_table_matches_tzdata() -> None:
     table = zones.read_table(path)
     rules = zones.zone_rules()
     named = {n: rule for rule, names in table for n in zones.expand(names)}
-    assert named == rules
-    for name in [*ZONES, "UTC", "Asia/Kolkata", "Asia/Calcutta", "US/Eastern", "EST5EDT"]:
+    assert named == {n: r for n, r in rules.items() if zones.needs_name(n, r)}
+    for name in [*ZONES, "Asia/Kolkata", "Asia/Calcutta", "Europe/Amsterdam", "Asia/Tehran"]:
         assert name in named
+    assert "Asia/Tokyo" not in named and "US/Eastern" not in named  # sent as rules by Python
     # Morocco's Ramadan changes are listed one by one: its footer rule would be wrong.
     assert "Africa/Casablanca" not in named
 
@@ -496,3 +497,35 @@ def test_named_zones_on_every_api(ac: AdCache, uid: str) -> None:
     cht = ZoneInfo("Pacific/Chatham")
     assert r.day == ref_period(cht, server_ms(ac), "day")[2]
     assert r.hour == ref_period(cht, server_ms(ac), "hour")[2]
+
+
+def test_python_sends_other_zones_as_their_rule(ac: AdCache, uid: str) -> None:
+    from adcache.caps import Candidate, CapRule
+    from adcache.stats import Event, StatsConfig
+    from adcache.zones import wire
+
+    assert wire("America/New_York") == "America/New_York"  # the library knows it
+    assert wire("Asia/Tokyo") == "JST-9" and wire("US/Eastern") == "EST5EDT,M3.2.0,M11.1.0"
+    assert wire("EST5EDT,M3.2.0,M11.1.0") == "EST5EDT,M3.2.0,M11.1.0"
+    assert wire("Africa/Casablanca") == "Africa/Casablanca"  # its rule would be wrong: refused
+    for name in ("Asia/Tokyo", "US/Eastern"):
+        z = ZoneInfo(name)
+        cand = Candidate(uid, (CapRule("campaign", "week", 1, zone=name),))
+        assert ac.caps.record(uid, f"{uid}-{name}", cand).admitted
+        d = ac.caps.check(uid, [cand])[0]
+        assert d.frees_at_ms == ref_period(z, server_ms(ac), "week")[1]
+        ac.stats.config = StatsConfig(zone=name)
+        assert (
+            ac.stats.record(uid, [Event(impressions=1)]).day
+            == ref_period(z, server_ms(ac), "day")[2]
+        )
+    ac.campaigns.create(uid, spec(uid, daily_budget_micros=50_000, day_zone="Asia/Tokyo"))
+    c = ac.campaigns.get(uid)
+    assert c is not None and c.spec.day_zone == "JST-9"  # stored as the rule it was sent as
+    st = ac.budgets.state(uid)
+    assert (st.day_start_ms, st.day_end_ms) == ref_period(ZoneInfo("Asia/Tokyo"), st.now_ms, "day")[
+        :2
+    ]
+    ac.stats.config = StatsConfig(zone="Africa/Casablanca")
+    with pytest.raises(BadArgumentError):
+        ac.stats.record(uid, [Event(impressions=1)])

@@ -22,7 +22,7 @@ import jinja2
 import yaml
 
 from adcache_loader.paths import project_paths
-from adcache_loader.zones import read_table
+from adcache_loader.zones import expand, read_table
 
 SHA_PLACEHOLDER = "0" * 64
 FUNCTION_NAME = re.compile(r"^ac_[a-z]+(_[a-z0-9]+)*$")
@@ -280,6 +280,7 @@ def render(lua_dir: Path | None = None) -> Rendered:
     version = (lua_dir / "VERSION").read_text().strip()
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise RenderError(f"lua/VERSION must be MAJOR.MINOR.PATCH, got {version!r}")
+    zones = read_table(lua_dir / "zones.txt") if (lua_dir / "zones.txt").exists() else []
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(lua_dir)),
         undefined=jinja2.StrictUndefined,
@@ -293,7 +294,7 @@ def render(lua_dir: Path | None = None) -> Rendered:
         "errors": errors,
         "version": version,
         "sha_placeholder": SHA_PLACEHOLDER,
-        "zones": read_table(lua_dir / "zones.txt") if (lua_dir / "zones.txt").exists() else [],
+        "zones": zones,
     }
     helpers, domains = _scan(lua_dir)
     # Every helper is checked, even one no domain includes yet.
@@ -347,7 +348,7 @@ def render(lua_dir: Path | None = None) -> Rendered:
         source=source,
         sha256=sha,
         functions=contracts,
-        python=_render_python(keyspace, errors, contracts, version, sha),
+        python=_render_python(keyspace, errors, contracts, version, sha, zone_names(zones)),
         docs=_render_docs(keyspace, errors, contracts, version),
         keyspace=keyspace,
     )
@@ -361,12 +362,29 @@ def source_sha256(source: str) -> str:
     return hashlib.sha256(source.replace(m.group(1), SHA_PLACEHOLDER, 1).encode()).hexdigest()
 
 
+def zone_names(table: list[tuple[str, str]]) -> list[str]:
+    return sorted(n for _, names in table for n in expand(names))
+
+
+def _wrap_names(names: list[str]) -> list[str]:
+    """A sorted name list as a Python string literal split over lines of at most ~95 columns."""
+    lines, cur = [], ""
+    for n in names:
+        if len(cur) + len(n) > 88:
+            lines.append(f'"{cur}"')
+            cur = ""
+        cur += n + " "
+    lines.append(f'"{cur.strip()}"')
+    return [*lines[:-1], lines[-1] + ".split()"]
+
+
 def _render_python(
     keyspace: dict[str, Any],
     errors: dict[str, dict[str, str]],
     contracts: list[FunctionContract],
     version: str,
     sha: str,
+    zones: list[str],
 ) -> str:
     out = [
         '"""Generated from lua/keyspace.yaml, lua/errors.yaml and the contract headers by `adcache render`.',
@@ -381,6 +399,11 @@ def _render_python(
         f"LIBRARY_NAME = {'adcache'!r}",
         f"LIBRARY_VERSION = {version!r}",
         f"LIBRARY_SHA256 = {sha!r}",
+        "# The time zones the library knows by name (lua/zones.txt); adcache.zones sends others",
+        "# as their POSIX TZ rule.",
+        "LIBRARY_ZONES = frozenset(",
+        *[f"    {line}" for line in _wrap_names(zones)],
+        ")",
         f"KEY_PREFIX = {keyspace['prefix']!r}",
         f"MAX_ID_BYTES = {keyspace['max_id_bytes']}",
         "ENTITY_TAGS = {"

@@ -13,26 +13,16 @@ Ramadan changes are listed one by one until 2087) is left out: the library would
 from __future__ import annotations
 
 import importlib.resources
-import io
 import struct
 import zoneinfo
 from collections import defaultdict
 from pathlib import Path
 
+from adcache.zones import rule_zone, tzif_from_rule
+
+__all__ = ["rule_zone", "tzif_from_rule"]
+
 SINCE_S = 1767225600  # 2026-01-01T00:00:00Z: rules must hold from here on
-
-
-def tzif_from_rule(rule: str) -> bytes:
-    """A TZif (version 2) file with no listed transitions and `rule` as its footer: what
-    `zoneinfo.ZoneInfo.from_file` needs to apply a POSIX TZ rule at every instant."""
-    v1 = b"TZif2" + bytes(15) + struct.pack(">6l", 0, 0, 0, 0, 1, 1) + struct.pack(">lBB", 0, 0, 0)
-    v1 += b"\0"
-    return v1 + v1 + b"\n" + rule.encode() + b"\n"
-
-
-def rule_zone(rule: str) -> zoneinfo.ZoneInfo:
-    """A ZoneInfo that applies the POSIX TZ `rule` at every instant."""
-    return zoneinfo.ZoneInfo.from_file(io.BytesIO(tzif_from_rule(rule)), key=rule)
 
 
 def _tzif(data: bytes) -> tuple[list[int], list[int], str]:
@@ -88,10 +78,16 @@ def zone_rules() -> dict[str, str]:
     return out
 
 
-def needs_name(rule: str) -> bool:
-    """Whether a zone is more than a whole-hour offset: it changes (daylight saving) or sits 30
-    or 45 minutes off the hour. These are the zones the library knows by name by default."""
-    return "," in rule or ":" in rule
+LEGACY = ("US/", "Canada/", "Chile/", "Mexico/", "Brazil/", "Etc/")
+
+
+def needs_name(name: str, rule: str) -> bool:
+    """Whether a zone is more than a whole-hour offset (it changes for daylight saving, or sits 30
+    or 45 minutes off the hour) and is not a legacy alias (`US/Eastern`, `GB`, `Australia/NSW`):
+    the zones the library knows by name by default."""
+    head, _, base = name.partition("/")
+    legacy = not base or name.startswith(LEGACY) or (head == "Australia" and base.isupper())
+    return ("," in rule or ":" in rule) and not legacy
 
 
 def table_text(names: list[str] | None = None, *, every: bool = False) -> str:
@@ -101,7 +97,7 @@ def table_text(names: list[str] | None = None, *, every: bool = False) -> str:
 
     groups: dict[str, list[str]] = defaultdict(list)
     for name, rule in zone_rules().items():
-        if every or (name in names if names else needs_name(rule)):
+        if every or (name in names if names else needs_name(name, rule)):
             groups[rule].append(name)
     lines = [f"# IANA time zones by POSIX TZ rule, tzdata {tzdata.IANA_VERSION} (adcache zones)"]
     for rule in sorted(groups):

@@ -8,8 +8,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
-LIBRARY_VERSION = '0.3.0'
-LIBRARY_SHA256 = '0532cc168ff669e4d457bf75d06b6224c3db245d5fc59a99dfe382a0dc473e6d'
+LIBRARY_VERSION = '0.4.0'
+LIBRARY_SHA256 = 'a74cd56f383ddb6c74039a4748125b24bdafcb4296479e89eb9e1899a7f01d00'
+# The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
+# as their POSIX TZ rule.
+LIBRARY_ZONES = frozenset(
+    "Africa/Cairo Africa/Ceuta America/Adak America/Anchorage America/Atka America/Boise "
+    "America/Cambridge_Bay America/Chicago America/Ciudad_Juarez America/Denver "
+    "America/Detroit America/Ensenada America/Fort_Wayne America/Glace_Bay America/Godthab "
+    "America/Goose_Bay America/Grand_Turk America/Halifax America/Havana "
+    "America/Indiana/Indianapolis America/Indiana/Knox America/Indiana/Marengo "
+    "America/Indiana/Petersburg America/Indiana/Tell_City America/Indiana/Vevay "
+    "America/Indiana/Vincennes America/Indiana/Winamac America/Indianapolis America/Iqaluit "
+    "America/Juneau America/Kentucky/Louisville America/Kentucky/Monticello America/Knox_IN "
+    "America/Los_Angeles America/Louisville America/Matamoros America/Menominee "
+    "America/Metlakatla America/Miquelon America/Moncton America/Montreal America/Nassau "
+    "America/New_York America/Nipigon America/Nome America/North_Dakota/Beulah "
+    "America/North_Dakota/Center America/North_Dakota/New_Salem America/Nuuk America/Ojinaga "
+    "America/Pangnirtung America/Port-au-Prince America/Rankin_Inlet America/Resolute "
+    "America/Santa_Isabel America/Santiago America/Scoresbysund America/Shiprock "
+    "America/Sitka America/St_Johns America/Thule America/Thunder_Bay America/Tijuana "
+    "America/Toronto America/Yakutat Antarctica/Macquarie Antarctica/McMurdo "
+    "Antarctica/South_Pole Antarctica/Troll Arctic/Longyearbyen Asia/Beirut Asia/Calcutta "
+    "Asia/Colombo Asia/Famagusta Asia/Jerusalem Asia/Kabul Asia/Kathmandu Asia/Katmandu "
+    "Asia/Kolkata Asia/Nicosia Asia/Rangoon Asia/Tehran Asia/Tel_Aviv Asia/Yangon "
+    "Atlantic/Azores Atlantic/Bermuda Atlantic/Canary Atlantic/Faeroe Atlantic/Faroe "
+    "Atlantic/Jan_Mayen Atlantic/Madeira Australia/Adelaide Australia/Broken_Hill "
+    "Australia/Canberra Australia/Currie Australia/Darwin Australia/Eucla Australia/Hobart "
+    "Australia/Lord_Howe Australia/Melbourne Australia/North Australia/South Australia/Sydney "
+    "Australia/Tasmania Australia/Victoria Australia/Yancowinna Europe/Amsterdam "
+    "Europe/Andorra Europe/Athens Europe/Belfast Europe/Belgrade Europe/Berlin "
+    "Europe/Bratislava Europe/Brussels Europe/Bucharest Europe/Budapest Europe/Busingen "
+    "Europe/Chisinau Europe/Copenhagen Europe/Dublin Europe/Gibraltar Europe/Guernsey "
+    "Europe/Helsinki Europe/Isle_of_Man Europe/Jersey Europe/Kiev Europe/Kyiv Europe/Lisbon "
+    "Europe/Ljubljana Europe/London Europe/Luxembourg Europe/Madrid Europe/Malta "
+    "Europe/Mariehamn Europe/Monaco Europe/Nicosia Europe/Oslo Europe/Paris Europe/Podgorica "
+    "Europe/Prague Europe/Riga Europe/Rome Europe/San_Marino Europe/Sarajevo Europe/Skopje "
+    "Europe/Sofia Europe/Stockholm Europe/Tallinn Europe/Tirane Europe/Tiraspol "
+    "Europe/Uzhgorod Europe/Vaduz Europe/Vatican Europe/Vienna Europe/Vilnius Europe/Warsaw "
+    "Europe/Zagreb Europe/Zaporozhye Europe/Zurich Indian/Cocos Pacific/Auckland "
+    "Pacific/Chatham Pacific/Easter Pacific/Marquesas Pacific/Norfolk".split()
+)
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -200,7 +239,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_auction_bid': FunctionSpec('ac_auction_bid', 'auction', False, ('auction', 'auction_bids'), "[seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]... ('' = absent)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_bill': FunctionSpec('ac_auction_bill', 'auction', False, ('auction', 'auction_bids'), 'seat bid_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
-    'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
+    'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [seat]... n_bseat [seat]... n_imps [imp_id floor_micros private(0|1) n_deals [deal_id deal_floor_micros deal_at(0 inherit|1|2|3 fixed) n_wseat [seat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS', 'ADCACHE_WRONGTYPE')),
     'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
     'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
@@ -209,13 +248,13 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_cache_fill': FunctionSpec('ac_cache_fill', 'cache', False, ('cache_value', 'cache_lock', 'cache_tag...'), 'token kind(value|negative) payload ttl_ms grace_ms load_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get': FunctionSpec('ac_cache_get', 'cache', False, ('cache_value', 'cache_lock'), 'token lock_ttl_ms refresh(0|1: take the lock even when the value is fresh)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get_many': FunctionSpec('ac_cache_get_many', 'cache', False, ('cache_value...', 'cache_lock...'), 'token lock_ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_invalidate': FunctionSpec('ac_cache_invalidate', 'cache', False, ('cache_value', 'cache_lock'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT')),
+    'ac_cache_invalidate': FunctionSpec('ac_cache_invalidate', 'cache', False, ('cache_value', 'cache_lock'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_invalidate_tag': FunctionSpec('ac_cache_invalidate_tag', 'cache', False, ('cache_tag',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_cache_set': FunctionSpec('ac_cache_set', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer', 'cache_tag...'), 'token kind(value|negative) payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_wb_ack': FunctionSpec('ac_cache_wb_ack', 'cache', False, ('cache_stream', 'cache_value...'), 'group id... (the first ids are those of the value keys, in KEYS order; then ids whose record is gone)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE', 'ADCACHE_NOTFOUND')),
     'ac_cache_wb_write': FunctionSpec('ac_cache_wb_write', 'cache', False, ('cache_value', 'cache_lock', 'cache_stream', 'cache_tag...'), 'op(set|del) payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_write_begin': FunctionSpec('ac_cache_write_begin', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer'), 'token ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_cache_write_begin': FunctionSpec('ac_cache_write_begin', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer'), 'token ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_campaign_get': FunctionSpec('ac_campaign_get', 'campaign', True, ('campaign', 'budget'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_campaign_patch': FunctionSpec('ac_campaign_patch', 'campaign', False, ('campaign', 'budget'), 'expected_version (-1 any, n) field value [field value]... (fields as for ac_campaign_set)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_campaign_remove': FunctionSpec('ac_campaign_remove', 'campaign', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'expected_version (-1 any, n)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
@@ -223,10 +262,10 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_freqcap_check': FunctionSpec('ac_freqcap_check', 'freqcap', True, ('freqcap',), 'n_candidates, then per candidate: campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_inspect': FunctionSpec('ac_freqcap_inspect', 'freqcap', True, ('freqcap',), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_record': FunctionSpec('ac_freqcap_record', 'freqcap', False, ('freqcap', 'freqcap_imps'), 'impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_freqcap_reset': FunctionSpec('ac_freqcap_reset', 'freqcap', False, ('freqcap', 'freqcap_imps'), '[scope entity_id]  (scope a, c or k; none: everything of the user)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_freqcap_reset': FunctionSpec('ac_freqcap_reset', 'freqcap', False, ('freqcap', 'freqcap_imps'), '[scope entity_id]  (scope a, c or k; none: everything of the user)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_monitor_counters': FunctionSpec('ac_monitor_counters', 'monitor', True, (), 'none', ('ADCACHE_ARITY',)),
     'ac_profile_activity': FunctionSpec('ac_profile_activity', 'profile', False, ('profile',), 'score_delta idle_ttl_ms missing -- score_delta in thousandths (may be negative or 0); idle_ttl_ms 0 keeps the stored idle TTL; missing is create (an unknown user gets a minimal profile: version 1, score = delta) or fail (ADCACHE_NOTFOUND)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
-    'ac_profile_get': FunctionSpec('ac_profile_get', 'profile', True, ('profile',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
+    'ac_profile_get': FunctionSpec('ac_profile_get', 'profile', True, ('profile',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_profile_patch': FunctionSpec('ac_profile_patch', 'profile', False, ('profile',), 'idle_ttl_ms expected_version [field value]... -- as for ac_profile_set; an empty value deletes the field', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_profile_set': FunctionSpec('ac_profile_set', 'profile', False, ('profile',), 'idle_ttl_ms expected_version [field value]... -- idle_ttl_ms 0 keeps the stored idle TTL (30 days for a new profile); expected_version \'-\' for any, 0 for "must not exist"; fields are score, last, segment, interests, d.<name>, x.<name>; an empty value leaves the field out', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_segment_add': FunctionSpec('ac_segment_add', 'segment', False, ('segment_members', 'segment_expiry'), 'user_id ttl_ms max_members -- the membership expires ttl_ms from now; max_members bounds the segment (up to 10,000,000); re-adding keeps the time added and sets the new expiry', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
@@ -236,9 +275,9 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_segment_of': FunctionSpec('ac_segment_of', 'segment', True, ('user_segments',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_segment_remove': FunctionSpec('ac_segment_remove', 'segment', False, ('segment_members', 'segment_expiry'), 'user_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_session_context': FunctionSpec('ac_session_context', 'session', True, ('session', 'session_history'), "half_life_ms top -- an entry of age a (ms) weighs floor(1000 * 2^(-a / half_life_ms)) thousandths (1000 when it is new, 500 one half-life later); a category's or keyword's weight is the sum over the history entries that carry it; the `top` (1..100) heaviest of each are returned, heaviest first (ties by name), tokens of weight 0 left out", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
-    'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session', 'session_history...'), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]... -- the history key is optional; given, a stale history of an earlier session with the same id is dropped', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
-    'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id] -- given, a session of another user is left alone (reply 0); the history key is optional', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG')),
-    'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
+    'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session', 'session_history...'), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]... -- the history key is optional; given, a stale history of an earlier session with the same id is dropped', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS', 'ADCACHE_WRONGTYPE')),
+    'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id] -- given, a session of another user is left alone (reply 0); the history key is optional', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_session_history': FunctionSpec('ac_session_history', 'session', True, ('session', 'session_history'), 'count -- 1..500', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), "session_cap campaign_id campaign_cap [impression_id] -- caps are counts, 0 for no cap; campaign_id '' for none (then campaign_cap is ignored); a session counts at most 256 distinct campaigns. With impression_id, a repeated call returns the first call's reply and counts nothing (the session remembers up to 1024 ids; past that, calls are counted without de-dup)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_session_index_add': FunctionSpec('ac_session_index_add', 'session', False, ('user_sessions',), "session_id max_lifetime_ms max_sessions -- the entry is kept until now + max_lifetime_ms + 5 s (an upper bound of the session's end; a retry only raises it); max_sessions bounds the user's live entries (up to 4096)", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
@@ -249,9 +288,9 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_stats_record': FunctionSpec('ac_stats_record', 'stats', False, ('stats_meta',), 'offset_s (seconds east of UTC, or a time-zone name) hour_retention_s day_retention_s dedup_s [impressions clicks conversions cost_micros revenue_micros user_id event_id]... (7 values per event, at most 1000 events; user_id and event_id may be empty strings)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_series': FunctionSpec('ac_stats_series', 'stats', False, ('stats_meta',), 'unit (hour|day) n (days <= 90, hours <= 168) offset_s (or a time-zone name)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_summary': FunctionSpec('ac_stats_summary', 'stats', False, ('stats_meta',), "unit (hour|day) n (days <= 90, hours <= 168) offset_s (or a time-zone name) [reach (1 default, 0 to skip the HyperLogLog count, most of the call's cost)]", ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms (0: no hold)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
-    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit (default and maximum 5000)] [campaign_id]... (at most 5000 candidates)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
-    'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id [campaign_id]... (at most 100)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
+    'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms (0: no hold)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit (default and maximum 5000)] [campaign_id]... (at most 5000 candidates)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id [campaign_id]... (at most 100)', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_version': FunctionSpec('ac_version', 'version', True, (), 'none', ()),
 }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from adcache import _generated as keys
+from adcache import zones
 from adcache._core import Call, pairs, text
 from adcache.targeting import Targeting, apply_calls
 
@@ -170,6 +171,8 @@ def _encode(name: str, value: Any) -> str:
             [[c.creative_id, c.width, c.height, c.mime, c.url] for c in value],
             separators=(",", ":"),
         )
+    if name == "day_zone":
+        return zones.wire(value)
     if isinstance(value, bool):
         raise TypeError(f"{name} cannot be a bool")
     return str(value)

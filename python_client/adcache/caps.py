@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from adcache import _generated as keys
+from adcache import zones
 from adcache._core import Arg, Call, positive_ms, text
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class CapRule:
         if self.window in ("rolling", "recency"):
             return f"{self.window}:{self.seconds}"
         if self.zone:
-            return f"{self.window}@{self.zone}"
+            return f"{self.window}@{zones.wire(self.zone)}"
         if self.offset_s:
             return f"{self.window}@{self.offset_s}"
         return self.window

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
+from adcache import zones
 from adcache._core import Call, pairs, text
 from adcache.money import from_micros
 
@@ -53,8 +54,8 @@ class StatsConfig:
 
     @property
     def tz(self) -> str | int:
-        """The zone as the library takes it: the name, or the offset."""
-        return self.zone or self.offset_s
+        """The zone as the library takes it (adcache.zones.wire), or the offset."""
+        return zones.wire(self.zone) if self.zone else self.offset_s
 
 
 DEFAULT_CONFIG = StatsConfig()
@@ -283,9 +284,7 @@ def series_call(
             )
         return Series(campaign_id, unit, tuple(pts))
 
-    return Call(
-        "ac_stats_series", (keys.stats_meta(campaign_id),), (unit, n, config.tz), parse
-    )
+    return Call("ac_stats_series", (keys.stats_meta(campaign_id),), (unit, n, config.tz), parse)
 
 
 def _chunks(campaign_id: str, events: Sequence[Event], config: StatsConfig) -> list[Call[Recorded]]:
