@@ -529,3 +529,19 @@ def test_python_sends_other_zones_as_their_rule(ac: AdCache, uid: str) -> None:
     ac.stats.config = StatsConfig(zone="Africa/Casablanca")
     with pytest.raises(BadArgumentError):
         ac.stats.record(uid, [Event(impressions=1)])
+
+
+def test_cli_stats_in_a_zone(lib_standalone: Standalone, ac: AdCache, uid: str) -> None:
+    from click.testing import CliRunner
+
+    from adcache.stats import Event, StatsConfig
+    from adcache_loader.cli import main
+
+    ac.stats.config = StatsConfig(zone="Asia/Kathmandu")
+    ac.stats.record(uid, [Event(impressions=4, clicks=1)])
+    args = ["stats", uid, "--url", lib_standalone.url, "--hours", "1", "--series"]
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*args, "--zone", "Asia/Kathmandu"])
+    assert res.exit_code == 0, res.output
+    assert "+0545" in res.output  # the hour bucket's label carries the zone's offset
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*args, "--zone", "Mars/Olympus"])
+    assert res.exit_code != 0
