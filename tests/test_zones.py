@@ -545,3 +545,20 @@ def test_cli_stats_in_a_zone(lib_standalone: Standalone, ac: AdCache, uid: str) 
     assert "+0545" in res.output  # the hour bucket's label carries the zone's offset
     res = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*args, "--zone", "Mars/Olympus"])
     assert res.exit_code != 0
+
+
+def test_patch_moves_a_campaign_between_offset_and_zone(ac: AdCache, uid: str) -> None:
+    ac.campaigns.create(uid, spec(uid, daily_budget_micros=50_000, day_offset_s=3600))
+    ac.campaigns.patch(uid, day_zone="Australia/Lord_Howe")
+    c = ac.campaigns.get(uid)
+    assert c is not None and (c.spec.day_zone, c.spec.day_offset_s) == ("Australia/Lord_Howe", 0)
+    st = ac.budgets.state(uid)
+    lhi = ref_period(ZoneInfo("Australia/Lord_Howe"), st.now_ms, "day")
+    assert (st.day_start_ms, st.day_end_ms, st.day) == lhi
+    ac.campaigns.patch(uid, day_offset_s=-7200)
+    c = ac.campaigns.get(uid)
+    assert c is not None and (c.spec.day_zone, c.spec.day_offset_s) == ("", -7200)
+    with pytest.raises(BadArgumentError):
+        ac.campaigns.patch(uid, day_zone="Europe/Atlantis")
+    c = ac.campaigns.get(uid)
+    assert c is not None and c.spec.day_offset_s == -7200 and c.version == 3
