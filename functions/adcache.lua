@@ -68,6 +68,7 @@ end
 
 K.MAX_SEEN = 8192
 K.seen, K.nseen = {}, 0
+K.ONCE = {auction = true, auction_bids = true}
 
 local function check_one(key, name, i)
   local by = K.seen[name]
@@ -82,6 +83,7 @@ local function check_one(key, name, i)
     E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] id is longer than ' .. K.MAX_ID .. ' bytes')
   end
   tag = letter .. ':' .. id
+  if K.ONCE[name] then return tag end
   if K.nseen >= K.MAX_SEEN then K.seen, K.nseen = {}, 0 end
   by = K.seen[name]
   if not by then
@@ -108,13 +110,12 @@ function K.check(keys, names, rest, max_rest)
       E.fail('ADCACHE_CROSSSLOT', 'KEYS[' .. i .. '] is in {' .. t .. '}, not {' .. tag .. '}')
     end
   end
-  return tag, string.sub(tag, 3)
+  return tag
 end
 
 function K.check1(keys, name)
   if #keys ~= 1 then E.fail('ADCACHE_ARITY', 'expected 1 keys, got ' .. #keys) end
-  local tag = check_one(keys[1], name, 1)
-  return tag, string.sub(tag, 3)
+  return check_one(keys[1], name, 1)
 end
 
 function K.wrongtype(key, what)
@@ -482,17 +483,21 @@ function CS.today(now, tz)
   return label
 end
 
-CS.BUDGET_FIELDS = {'spent', 'day', 'dspent', 'reserved', 'swept', 'c_reserved', 'c_committed',
-  'c_released', 'c_reclaimed', 'c_late', 'n_refused'}
-function CS.budget(bkey, rec, now)
-  local v = K.read('HMGET', bkey, unpack(CS.BUDGET_FIELDS))
+function CS.budget(bkey, rec, now, extra)
+  local v
+  if extra then
+    v = K.read('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept', unpack(extra))
+  else
+    v = K.read('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
+  end
   local today = CS.today(now, tonumber(rec.tz))
   local i = CS.int
   local b = {spent = i(v[1], bkey), day = today, reserved = i(v[4], bkey), rolled = v[2] ~= today,
-    swept = i(v[5], bkey), c_reserved = i(v[6], bkey), c_committed = i(v[7], bkey),
-    c_released = i(v[8], bkey), c_reclaimed = i(v[9], bkey), c_late = i(v[10], bkey),
-    n_refused = i(v[11], bkey), dspent = 0}
+    swept = i(v[5], bkey), dspent = 0}
   if not b.rolled then b.dspent = i(v[3], bkey) end
+  if extra then
+    for j, f in ipairs(extra) do b[f] = i(v[5 + j], bkey) end
+  end
   return b
 end
 
@@ -987,6 +992,10 @@ local SWEEP = 100 -- most expired reservations reclaimed (and settled entries fo
 local SWEEP_EVERY_MS = 250
 local NAMES = {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
   'budget_settled_exp'}
+local RESERVE_C = {'c_reserved'}
+local COMMIT_C = {'c_committed', 'c_released'}
+local RELEASE_C = {'c_released'}
+local STATE_C = {'c_reserved', 'c_committed', 'c_released', 'c_reclaimed', 'c_late', 'n_refused'}
 local STATE_WORD = {c = 'committed', l = 'late', f = 'refused', r = 'released', x = 'expired'}
 
 local function parse_settled(v)
@@ -1002,8 +1011,8 @@ local function mark(b, f)
   end
 end
 
-local function hk_read(keys, rec, now, force)
-  local b = CS.budget(keys[2], rec, now)
+local function hk_read(keys, rec, now, extra, force)
+  local b = CS.budget(keys[2], rec, now, extra)
   b.w, b.marked = {}, {}
   if b.rolled then
     mark(b, 'day')
@@ -1050,9 +1059,9 @@ local function hk_write(keys, b, now, keep)
     redis.call('ZADD', keys[6], unpack(zs))
     redis.call('HDEL', keys[3], unpack(due))
     redis.call('ZREM', keys[4], unpack(due))
-    b.c_reclaimed = b.c_reclaimed + back
+    redis.call('HINCRBY', keys[2], 'c_reclaimed', back)
+    if b.c_reclaimed then b.c_reclaimed = b.c_reclaimed + back end
     b.reserved = b.reserved - back
-    mark(b, 'c_reclaimed')
     mark(b, 'reserved')
   end
 end
@@ -1095,7 +1104,7 @@ local function budget_reserve(keys, args)
   if have and tonumber(have) ~= amount then
     E.fail('ADCACHE_EXISTS', 'reservation ' .. rid .. ' holds ' .. have .. ', not ' .. amount)
   end
-  local b = hk_read(keys, rec, now)
+  local b = hk_read(keys, rec, now, RESERVE_C)
   hk_write(keys, b, now)
   local allowed = CS.pacing(rec, now)
   if have then
@@ -1120,8 +1129,7 @@ local function budget_reserve(keys, args)
     end
   end
   if reason ~= '' then
-    b.n_refused = b.n_refused + 1
-    mark(b, 'n_refused')
+    redis.call('HINCRBY', keys[2], 'n_refused', 1)
     finish(keys, rec, now, b)
     C.incr('budget_refused_' .. reason)
     return reserve_reply('refused', reason, amount, 0, b, allowed, 0)
@@ -1174,7 +1182,7 @@ local function budget_commit(keys, args)
   if amount > held then
     E.fail('ADCACHE_BADARG', 'amount ' .. amount .. ' is above the reservation ' .. held)
   end
-  local b = hk_read(keys, rec, now)
+  local b = hk_read(keys, rec, now, COMMIT_C)
   K.read('ZADD', keys[6], now + KEEP_MS, rid)
   hk_write(keys, b, now, rid) -- reclaims this reservation too when it is late
   if b.gone and b.gone[rid] then have = nil end
@@ -1184,9 +1192,8 @@ local function budget_commit(keys, args)
     if have then
       redis.call('HDEL', keys[3], rid)
       redis.call('ZREM', keys[4], rid)
-      b.c_reclaimed = b.c_reclaimed + held
+      redis.call('HINCRBY', keys[2], 'c_reclaimed', held)
       b.reserved = b.reserved - held
-      mark(b, 'c_reclaimed')
       mark(b, 'reserved')
     end
     local daily = tonumber(rec.daily)
@@ -1195,8 +1202,7 @@ local function budget_commit(keys, args)
       st, amount = 'f', 0
     else
       st = 'l'
-      b.c_late = b.c_late + amount
-      mark(b, 'c_late')
+      redis.call('HINCRBY', keys[2], 'c_late', amount)
     end
   else
     redis.call('HDEL', keys[3], rid)
@@ -1230,7 +1236,7 @@ local function budget_release(keys, args)
   local now = T.now_ms()
   local have = K.read('HGET', keys[3], rid)
   if have then K.read('ZSCORE', keys[4], rid) end
-  local b = hk_read(keys, rec, now)
+  local b = hk_read(keys, rec, now, RELEASE_C)
   if have then K.read('ZADD', keys[6], now + KEEP_MS, rid) end
   hk_write(keys, b, now, have and rid)
   if b.gone and b.gone[rid] then
@@ -1262,7 +1268,7 @@ local function budget_state(keys, args)
   V.nargs(args, 0, 0)
   local rec = CS.require_core(keys[1])
   local now = T.now_ms()
-  local b = hk_read(keys, rec, now, true)
+  local b = hk_read(keys, rec, now, STATE_C, true)
   local outstanding = K.read('HLEN', keys[3])
   K.read('HLEN', keys[5]) -- the sweep writes it: check its type before the first write
   hk_write(keys, b, now)
@@ -1306,7 +1312,10 @@ C.BOOL = {['0'] = true, ['1'] = true}
 C.KINDS = {value = true, negative = true}
 C.OPS = {set = true, del = true}
 
+C.pairs, C.npairs = {}, 0
 function C.same_key(keys, n)
+  local hit = C.pairs[keys[1]]
+  if hit and (n or 2) == 2 and hit[1] == keys[2] then return hit[2] end
   local _, _, vs = K.split(keys[1])
   local k = string.sub(vs, 3)
   for i = 2, n or 2 do
@@ -1315,6 +1324,9 @@ function C.same_key(keys, n)
       E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must belong to ' .. k .. ', got ' .. keys[i])
     end
   end
+  if C.npairs >= K.MAX_SEEN then C.pairs, C.npairs = {}, 0 end
+  C.pairs[keys[1]] = {keys[2], k}
+  C.npairs = C.npairs + 1
   return k
 end
 
@@ -1900,7 +1912,11 @@ function FC.candidate(args, i, c)
       field = w.suffix and (pre .. w.suffix), label = FC.SCOPES[scope] .. ' ' .. tok}
     i = i + 3
   end
-  return {campaign = campaign, rules = rules, n = n}, i
+  local fixed = false
+  for _, rule in ipairs(rules) do
+    if rule.kind == 'fixed' then fixed = true end
+  end
+  return {campaign = campaign, rules = rules, n = n, fixed = fixed, vs = 1, ve = 0}, i
 end
 
 function FC.get(args, i, c, now)
@@ -1918,7 +1934,18 @@ function FC.get(args, i, c, now)
     end
   end
   if not cand then cand, j = FC.candidate(args, i, c) end
-  for _, rule in ipairs(cand.rules) do FC.bind(rule, now) end
+  if cand.fixed and (now < cand.vs or now >= cand.ve) then
+    local vs, ve = nil, nil
+    for _, rule in ipairs(cand.rules) do
+      FC.bind(rule, now)
+      local p = rule.fp
+      if p then
+        if not vs or p[1] > vs then vs = p[1] end
+        if not ve or p[2] < ve then ve = p[2] end
+      end
+    end
+    cand.vs, cand.ve = vs, ve
+  end
   return cand, j
 end
 
@@ -2194,7 +2221,9 @@ local function freqcap_record(keys, args)
   local ndue = FC.sweep(keys[2], '~n', tonumber(seen[2]), now, FC.imp_stale)
   if not ndue or forget < ndue then ndue = forget end
   redis.call('HSET', keys[2], imp, FC.fmt(forget) .. '|' .. outcome, '~n', FC.fmt(ndue))
-  FC.extend(keys[2], forget)
+  if redis.call('PEXPIREAT', keys[2], forget, 'GT') == 0 then
+    redis.call('PEXPIREAT', keys[2], forget, 'NX')
+  end
   return FC.outcome_reply(outcome, 0)
 end
 
@@ -3337,7 +3366,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.4.0'
-local LIBRARY_SHA256 = '879995f7f44f99d063a3bc20da16e1d0ce39c1708c453a7ff2db150da9ed9213'
+local LIBRARY_SHA256 = '66724858a5306637cc1c2c8dc7d312a41adb2a7c837f606ab14ee8bd4aafef3c'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.4.0'
-LIBRARY_SHA256 = '879995f7f44f99d063a3bc20da16e1d0ce39c1708c453a7ff2db150da9ed9213'
+LIBRARY_SHA256 = '66724858a5306637cc1c2c8dc7d312a41adb2a7c837f606ab14ee8bd4aafef3c'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
