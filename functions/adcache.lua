@@ -68,6 +68,7 @@ end
 
 K.MAX_SEEN = 8192
 K.seen, K.nseen = {}, 0
+K.ONCE = {auction = true, auction_bids = true}
 
 local function check_one(key, name, i)
   local by = K.seen[name]
@@ -82,6 +83,7 @@ local function check_one(key, name, i)
     E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] id is longer than ' .. K.MAX_ID .. ' bytes')
   end
   tag = letter .. ':' .. id
+  if K.ONCE[name] then return tag end
   if K.nseen >= K.MAX_SEEN then K.seen, K.nseen = {}, 0 end
   by = K.seen[name]
   if not by then
@@ -108,13 +110,12 @@ function K.check(keys, names, rest, max_rest)
       E.fail('ADCACHE_CROSSSLOT', 'KEYS[' .. i .. '] is in {' .. t .. '}, not {' .. tag .. '}')
     end
   end
-  return tag, string.sub(tag, 3)
+  return tag
 end
 
 function K.check1(keys, name)
   if #keys ~= 1 then E.fail('ADCACHE_ARITY', 'expected 1 keys, got ' .. #keys) end
-  local tag = check_one(keys[1], name, 1)
-  return tag, string.sub(tag, 3)
+  return check_one(keys[1], name, 1)
 end
 
 function K.wrongtype(key, what)
@@ -389,40 +390,40 @@ T.ZONES = {
   '<+0330>-3:30 Asia/Tehran',
   '<+0430>-4:30 Asia/Kabul',
   '<+0530>-5:30 Asia/Colombo',
-  '<+0545>-5:45 Asia/Kathmandu Katmandu',
-  '<+0630>-6:30 Asia/Rangoon Yangon Indian/Cocos',
+  '<+0545>-5:45 Asia/Kathmandu',
+  '<+0630>-6:30 Asia/Yangon',
   '<+0845>-8:45 Australia/Eucla',
   '<+1030>-10:30<+11>-11,M10.1.0,M4.1.0 Australia/Lord_Howe',
   '<+11>-11<+12>,M10.1.0,M4.1.0/3 Pacific/Norfolk',
   '<+1245>-12:45<+1345>,M9.5.0/2:45,M4.1.0/3:45 Pacific/Chatham',
   '<-01>1<+00>,M3.5.0/0,M10.5.0/1 Atlantic/Azores',
-  '<-02>2<-01>,M3.5.0/-1,M10.5.0/0 America/Godthab Nuuk Scoresbysund',
+  '<-02>2<-01>,M3.5.0/-1,M10.5.0/0 America/Nuuk Scoresbysund',
   '<-03>3<-02>,M3.2.0,M11.1.0 America/Miquelon',
   '<-04>4<-03>,M9.1.6/24,M4.1.6/24 America/Santiago',
   '<-06>6<-05>,M9.1.6/22,M4.1.6/22 Pacific/Easter',
   '<-0930>9:30 Pacific/Marquesas',
-  'ACST-9:30 Australia/Darwin North',
-  'ACST-9:30ACDT,M10.1.0,M4.1.0/3 Australia/Adelaide Broken_Hill South Yancowinna',
-  'AEST-10AEDT,M10.1.0,M4.1.0/3 Antarctica/Macquarie Australia/Canberra Currie Hobart Melbourne Sydney Tasmania Victoria',
+  'ACST-9:30 Australia/Darwin',
+  'ACST-9:30ACDT,M10.1.0,M4.1.0/3 Australia/Adelaide Broken_Hill',
+  'AEST-10AEDT,M10.1.0,M4.1.0/3 Antarctica/Macquarie Australia/Hobart Melbourne Sydney',
   'AKST9AKDT,M3.2.0,M11.1.0 America/Anchorage Juneau Metlakatla Nome Sitka Yakutat',
   'AST4ADT,M3.2.0,M11.1.0 America/Glace_Bay Goose_Bay Halifax Moncton Thule Atlantic/Bermuda',
-  'CET-1CEST,M3.5.0,M10.5.0/3 Africa/Ceuta Arctic/Longyearbyen Atlantic/Jan_Mayen Europe/Amsterdam Andorra Belgrade Berlin Bratislava Brussels Budapest Busingen Copenhagen Gibraltar Ljubljana Luxembourg Madrid Malta Monaco Oslo Paris Podgorica Prague Rome San_Marino Sarajevo Skopje Stockholm Tirane Vaduz Vatican Vienna Warsaw Zagreb Zurich',
+  'CET-1CEST,M3.5.0,M10.5.0/3 Africa/Ceuta Europe/Andorra Belgrade Berlin Brussels Budapest Gibraltar Madrid Malta Paris Prague Rome Tirane Vienna Warsaw Zurich',
   'CST5CDT,M3.2.0/0,M11.1.0/1 America/Havana',
-  'CST6CDT,M3.2.0,M11.1.0 America/Chicago America/Indiana/Knox Tell_City America/Knox_IN Matamoros Menominee America/North_Dakota/Beulah Center New_Salem America/Ojinaga Rankin_Inlet Resolute',
+  'CST6CDT,M3.2.0,M11.1.0 America/Chicago America/Indiana/Knox Tell_City America/Matamoros Menominee America/North_Dakota/Beulah Center New_Salem America/Ojinaga Rankin_Inlet Resolute /CST6CDT',
   'EET-2EEST,M3.5.0/0,M10.5.0/0 Asia/Beirut',
-  'EET-2EEST,M3.5.0/3,M10.5.0/4 Asia/Famagusta Nicosia Europe/Athens Bucharest Chisinau Helsinki Kiev Kyiv Mariehamn Nicosia Riga Sofia Tallinn Tiraspol Uzhgorod Vilnius Zaporozhye',
+  'EET-2EEST,M3.5.0/3,M10.5.0/4 Asia/Famagusta Nicosia Europe/Athens Bucharest Chisinau Helsinki Kyiv Riga Sofia Tallinn Vilnius',
   'EET-2EEST,M4.5.5/0,M10.5.4/24 Africa/Cairo',
-  'EST5EDT,M3.2.0,M11.1.0 America/Detroit Fort_Wayne Grand_Turk America/Indiana/Indianapolis Marengo Petersburg Vevay Vincennes Winamac America/Indianapolis Iqaluit America/Kentucky/Louisville Monticello America/Louisville Montreal Nassau New_York Nipigon Pangnirtung Port-au-Prince Thunder_Bay Toronto',
-  'GMT0BST,M3.5.0/1,M10.5.0 Europe/Belfast Guernsey Isle_of_Man Jersey London',
-  'HST10HDT,M3.2.0,M11.1.0 America/Adak Atka',
+  'EST5EDT,M3.2.0,M11.1.0 America/Detroit Grand_Turk America/Indiana/Indianapolis Marengo Petersburg Vevay Vincennes Winamac America/Iqaluit America/Kentucky/Louisville Monticello America/New_York Port-au-Prince Toronto /EST5EDT',
+  'GMT0BST,M3.5.0/1,M10.5.0 Europe/London',
+  'HST10HDT,M3.2.0,M11.1.0 America/Adak',
   'IST-1GMT0,M10.5.0,M3.5.0/1 Europe/Dublin',
-  'IST-2IDT,M3.4.4/26,M10.5.0 Asia/Jerusalem Tel_Aviv',
-  'IST-5:30 Asia/Calcutta Kolkata',
-  'MST7MDT,M3.2.0,M11.1.0 America/Boise Cambridge_Bay Ciudad_Juarez Denver Shiprock',
+  'IST-2IDT,M3.4.4/26,M10.5.0 Asia/Jerusalem',
+  'IST-5:30 Asia/Kolkata',
+  'MST7MDT,M3.2.0,M11.1.0 America/Boise Cambridge_Bay Ciudad_Juarez Denver /MST7MDT',
   'NST3:30NDT,M3.2.0,M11.1.0 America/St_Johns',
-  'NZST-12NZDT,M9.5.0,M4.1.0/3 Antarctica/McMurdo South_Pole Pacific/Auckland',
-  'PST8PDT,M3.2.0,M11.1.0 America/Ensenada Los_Angeles Santa_Isabel Tijuana',
-  'WET0WEST,M3.5.0/1,M10.5.0 Atlantic/Canary Faeroe Faroe Madeira Europe/Lisbon',
+  'NZST-12NZDT,M9.5.0,M4.1.0/3 Pacific/Auckland',
+  'PST8PDT,M3.2.0,M11.1.0 America/Los_Angeles Tijuana /PST8PDT',
+  'WET0WEST,M3.5.0/1,M10.5.0 Atlantic/Canary Faroe Madeira Europe/Lisbon',
 }
 T.ZMAX = 1000
 T.zc, T.zn = {}, 0
@@ -681,17 +682,21 @@ function CS.today(now, tz)
   return label
 end
 
-CS.BUDGET_FIELDS = {'spent', 'day', 'dspent', 'reserved', 'swept', 'c_reserved', 'c_committed',
-  'c_released', 'c_reclaimed', 'c_late', 'n_refused'}
-function CS.budget(bkey, rec, now)
-  local v = K.read('HMGET', bkey, unpack(CS.BUDGET_FIELDS))
+function CS.budget(bkey, rec, now, extra)
+  local v
+  if extra then
+    v = K.read('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept', unpack(extra))
+  else
+    v = K.read('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
+  end
   local today = CS.today(now, T.tz(rec.tz))
   local i = CS.int
   local b = {spent = i(v[1], bkey), day = today, reserved = i(v[4], bkey), rolled = v[2] ~= today,
-    swept = i(v[5], bkey), c_reserved = i(v[6], bkey), c_committed = i(v[7], bkey),
-    c_released = i(v[8], bkey), c_reclaimed = i(v[9], bkey), c_late = i(v[10], bkey),
-    n_refused = i(v[11], bkey), dspent = 0}
+    swept = i(v[5], bkey), dspent = 0}
   if not b.rolled then b.dspent = i(v[3], bkey) end
+  if extra then
+    for j, f in ipairs(extra) do b[f] = i(v[5 + j], bkey) end
+  end
   return b
 end
 
@@ -1189,6 +1194,10 @@ local SWEEP = 100 -- most expired reservations reclaimed (and settled entries fo
 local SWEEP_EVERY_MS = 250
 local NAMES = {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
   'budget_settled_exp'}
+local RESERVE_C = {'c_reserved'}
+local COMMIT_C = {'c_committed', 'c_released'}
+local RELEASE_C = {'c_released'}
+local STATE_C = {'c_reserved', 'c_committed', 'c_released', 'c_reclaimed', 'c_late', 'n_refused'}
 local STATE_WORD = {c = 'committed', l = 'late', f = 'refused', r = 'released', x = 'expired'}
 
 local function parse_settled(v)
@@ -1204,8 +1213,8 @@ local function mark(b, f)
   end
 end
 
-local function hk_read(keys, rec, now, force)
-  local b = CS.budget(keys[2], rec, now)
+local function hk_read(keys, rec, now, extra, force)
+  local b = CS.budget(keys[2], rec, now, extra)
   b.w, b.marked = {}, {}
   if b.rolled then
     mark(b, 'day')
@@ -1252,9 +1261,9 @@ local function hk_write(keys, b, now, keep)
     redis.call('ZADD', keys[6], unpack(zs))
     redis.call('HDEL', keys[3], unpack(due))
     redis.call('ZREM', keys[4], unpack(due))
-    b.c_reclaimed = b.c_reclaimed + back
+    redis.call('HINCRBY', keys[2], 'c_reclaimed', back)
+    if b.c_reclaimed then b.c_reclaimed = b.c_reclaimed + back end
     b.reserved = b.reserved - back
-    mark(b, 'c_reclaimed')
     mark(b, 'reserved')
   end
 end
@@ -1297,7 +1306,7 @@ local function budget_reserve(keys, args)
   if have and tonumber(have) ~= amount then
     E.fail('ADCACHE_EXISTS', 'reservation ' .. rid .. ' holds ' .. have .. ', not ' .. amount)
   end
-  local b = hk_read(keys, rec, now)
+  local b = hk_read(keys, rec, now, RESERVE_C)
   hk_write(keys, b, now)
   local allowed = CS.pacing(rec, now)
   if have then
@@ -1322,8 +1331,7 @@ local function budget_reserve(keys, args)
     end
   end
   if reason ~= '' then
-    b.n_refused = b.n_refused + 1
-    mark(b, 'n_refused')
+    redis.call('HINCRBY', keys[2], 'n_refused', 1)
     finish(keys, rec, now, b)
     C.incr('budget_refused_' .. reason)
     return reserve_reply('refused', reason, amount, 0, b, allowed, 0)
@@ -1376,7 +1384,7 @@ local function budget_commit(keys, args)
   if amount > held then
     E.fail('ADCACHE_BADARG', 'amount ' .. amount .. ' is above the reservation ' .. held)
   end
-  local b = hk_read(keys, rec, now)
+  local b = hk_read(keys, rec, now, COMMIT_C)
   K.read('ZADD', keys[6], now + KEEP_MS, rid)
   hk_write(keys, b, now, rid) -- reclaims this reservation too when it is late
   if b.gone and b.gone[rid] then have = nil end
@@ -1386,9 +1394,8 @@ local function budget_commit(keys, args)
     if have then
       redis.call('HDEL', keys[3], rid)
       redis.call('ZREM', keys[4], rid)
-      b.c_reclaimed = b.c_reclaimed + held
+      redis.call('HINCRBY', keys[2], 'c_reclaimed', held)
       b.reserved = b.reserved - held
-      mark(b, 'c_reclaimed')
       mark(b, 'reserved')
     end
     local daily = tonumber(rec.daily)
@@ -1397,8 +1404,7 @@ local function budget_commit(keys, args)
       st, amount = 'f', 0
     else
       st = 'l'
-      b.c_late = b.c_late + amount
-      mark(b, 'c_late')
+      redis.call('HINCRBY', keys[2], 'c_late', amount)
     end
   else
     redis.call('HDEL', keys[3], rid)
@@ -1432,7 +1438,7 @@ local function budget_release(keys, args)
   local now = T.now_ms()
   local have = K.read('HGET', keys[3], rid)
   if have then K.read('ZSCORE', keys[4], rid) end
-  local b = hk_read(keys, rec, now)
+  local b = hk_read(keys, rec, now, RELEASE_C)
   if have then K.read('ZADD', keys[6], now + KEEP_MS, rid) end
   hk_write(keys, b, now, have and rid)
   if b.gone and b.gone[rid] then
@@ -1464,7 +1470,7 @@ local function budget_state(keys, args)
   V.nargs(args, 0, 0)
   local rec = CS.require_core(keys[1])
   local now = T.now_ms()
-  local b = hk_read(keys, rec, now, true)
+  local b = hk_read(keys, rec, now, STATE_C, true)
   local outstanding = K.read('HLEN', keys[3])
   K.read('HLEN', keys[5]) -- the sweep writes it: check its type before the first write
   hk_write(keys, b, now)
@@ -1508,7 +1514,10 @@ C.BOOL = {['0'] = true, ['1'] = true}
 C.KINDS = {value = true, negative = true}
 C.OPS = {set = true, del = true}
 
+C.pairs, C.npairs = {}, 0
 function C.same_key(keys, n)
+  local hit = C.pairs[keys[1]]
+  if hit and (n or 2) == 2 and hit[1] == keys[2] then return hit[2] end
   local _, _, vs = K.split(keys[1])
   local k = string.sub(vs, 3)
   for i = 2, n or 2 do
@@ -1517,6 +1526,9 @@ function C.same_key(keys, n)
       E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must belong to ' .. k .. ', got ' .. keys[i])
     end
   end
+  if C.npairs >= K.MAX_SEEN then C.pairs, C.npairs = {}, 0 end
+  C.pairs[keys[1]] = {keys[2], k}
+  C.npairs = C.npairs + 1
   return k
 end
 
@@ -2102,7 +2114,11 @@ function FC.candidate(args, i, c)
       field = w.suffix and (pre .. w.suffix), label = FC.SCOPES[scope] .. ' ' .. tok}
     i = i + 3
   end
-  return {campaign = campaign, rules = rules, n = n}, i
+  local fixed = false
+  for _, rule in ipairs(rules) do
+    if rule.kind == 'fixed' then fixed = true end
+  end
+  return {campaign = campaign, rules = rules, n = n, fixed = fixed, vs = 1, ve = 0}, i
 end
 
 function FC.get(args, i, c, now)
@@ -2120,7 +2136,18 @@ function FC.get(args, i, c, now)
     end
   end
   if not cand then cand, j = FC.candidate(args, i, c) end
-  for _, rule in ipairs(cand.rules) do FC.bind(rule, now) end
+  if cand.fixed and (now < cand.vs or now >= cand.ve) then
+    local vs, ve = nil, nil
+    for _, rule in ipairs(cand.rules) do
+      FC.bind(rule, now)
+      local p = rule.fp
+      if p then
+        if not vs or p[1] > vs then vs = p[1] end
+        if not ve or p[2] < ve then ve = p[2] end
+      end
+    end
+    cand.vs, cand.ve = vs, ve
+  end
   return cand, j
 end
 
@@ -2396,7 +2423,9 @@ local function freqcap_record(keys, args)
   local ndue = FC.sweep(keys[2], '~n', tonumber(seen[2]), now, FC.imp_stale)
   if not ndue or forget < ndue then ndue = forget end
   redis.call('HSET', keys[2], imp, FC.fmt(forget) .. '|' .. outcome, '~n', FC.fmt(ndue))
-  FC.extend(keys[2], forget)
+  if redis.call('PEXPIREAT', keys[2], forget, 'GT') == 0 then
+    redis.call('PEXPIREAT', keys[2], forget, 'NX')
+  end
   return FC.outcome_reply(outcome, 0)
 end
 
@@ -3551,7 +3580,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.4.0'
-local LIBRARY_SHA256 = 'a74cd56f383ddb6c74039a4748125b24bdafcb4296479e89eb9e1899a7f01d00'
+local LIBRARY_SHA256 = 'f90e5af82e5777d9e685e26e87b3d377d99d509fa06468391707c01086230e8e'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

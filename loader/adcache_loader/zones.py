@@ -16,11 +16,8 @@ import importlib.resources
 import struct
 import zoneinfo
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
-
-from adcache.zones import rule_zone, tzif_from_rule
-
-__all__ = ["rule_zone", "tzif_from_rule"]
 
 SINCE_S = 1767225600  # 2026-01-01T00:00:00Z: rules must hold from here on
 
@@ -46,6 +43,8 @@ def _footer_holds(times: list[int], offsets: list[int], rule: str) -> bool:
     """Whether the rule gives the listed offsets around every listed transition from SINCE_S on
     (from the first such transition: a rule that took effect in 2026 still counts)."""
     from datetime import UTC, datetime
+
+    from adcache.zones import rule_zone  # not at import: render runs before _generated exists
 
     z = rule_zone(rule)
     first = True
@@ -78,16 +77,18 @@ def zone_rules() -> dict[str, str]:
     return out
 
 
-LEGACY = ("US/", "Canada/", "Chile/", "Mexico/", "Brazil/", "Etc/")
+@cache
+def canonical() -> frozenset[str]:
+    """The zones tzdata defines (not its links: `Europe/Amsterdam` -> `Europe/Brussels`,
+    `US/Eastern` -> `America/New_York`)."""
+    zi = importlib.resources.files("tzdata.zoneinfo").joinpath("tzdata.zi").read_text()
+    return frozenset(line.split()[1] for line in zi.splitlines() if line.startswith("Z "))
 
 
 def needs_name(name: str, rule: str) -> bool:
-    """Whether a zone is more than a whole-hour offset (it changes for daylight saving, or sits 30
-    or 45 minutes off the hour) and is not a legacy alias (`US/Eastern`, `GB`, `Australia/NSW`):
-    the zones the library knows by name by default."""
-    head, _, base = name.partition("/")
-    legacy = not base or name.startswith(LEGACY) or (head == "Australia" and base.isupper())
-    return ("," in rule or ":" in rule) and not legacy
+    """Whether a zone is one the library knows by name by default: a zone of its own (no link)
+    that is more than a whole-hour offset (daylight saving, or 30/45 minutes off the hour)."""
+    return ("," in rule or ":" in rule) and name in canonical()
 
 
 def table_text(names: list[str] | None = None, *, every: bool = False) -> str:

@@ -9,45 +9,34 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.4.0'
-LIBRARY_SHA256 = 'a74cd56f383ddb6c74039a4748125b24bdafcb4296479e89eb9e1899a7f01d00'
+LIBRARY_SHA256 = 'f90e5af82e5777d9e685e26e87b3d377d99d509fa06468391707c01086230e8e'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(
-    "Africa/Cairo Africa/Ceuta America/Adak America/Anchorage America/Atka America/Boise "
+    "Africa/Cairo Africa/Ceuta America/Adak America/Anchorage America/Boise "
     "America/Cambridge_Bay America/Chicago America/Ciudad_Juarez America/Denver "
-    "America/Detroit America/Ensenada America/Fort_Wayne America/Glace_Bay America/Godthab "
-    "America/Goose_Bay America/Grand_Turk America/Halifax America/Havana "
-    "America/Indiana/Indianapolis America/Indiana/Knox America/Indiana/Marengo "
+    "America/Detroit America/Glace_Bay America/Goose_Bay America/Grand_Turk America/Halifax "
+    "America/Havana America/Indiana/Indianapolis America/Indiana/Knox America/Indiana/Marengo "
     "America/Indiana/Petersburg America/Indiana/Tell_City America/Indiana/Vevay "
-    "America/Indiana/Vincennes America/Indiana/Winamac America/Indianapolis America/Iqaluit "
-    "America/Juneau America/Kentucky/Louisville America/Kentucky/Monticello America/Knox_IN "
-    "America/Los_Angeles America/Louisville America/Matamoros America/Menominee "
-    "America/Metlakatla America/Miquelon America/Moncton America/Montreal America/Nassau "
-    "America/New_York America/Nipigon America/Nome America/North_Dakota/Beulah "
-    "America/North_Dakota/Center America/North_Dakota/New_Salem America/Nuuk America/Ojinaga "
-    "America/Pangnirtung America/Port-au-Prince America/Rankin_Inlet America/Resolute "
-    "America/Santa_Isabel America/Santiago America/Scoresbysund America/Shiprock "
-    "America/Sitka America/St_Johns America/Thule America/Thunder_Bay America/Tijuana "
-    "America/Toronto America/Yakutat Antarctica/Macquarie Antarctica/McMurdo "
-    "Antarctica/South_Pole Antarctica/Troll Arctic/Longyearbyen Asia/Beirut Asia/Calcutta "
-    "Asia/Colombo Asia/Famagusta Asia/Jerusalem Asia/Kabul Asia/Kathmandu Asia/Katmandu "
-    "Asia/Kolkata Asia/Nicosia Asia/Rangoon Asia/Tehran Asia/Tel_Aviv Asia/Yangon "
-    "Atlantic/Azores Atlantic/Bermuda Atlantic/Canary Atlantic/Faeroe Atlantic/Faroe "
-    "Atlantic/Jan_Mayen Atlantic/Madeira Australia/Adelaide Australia/Broken_Hill "
-    "Australia/Canberra Australia/Currie Australia/Darwin Australia/Eucla Australia/Hobart "
-    "Australia/Lord_Howe Australia/Melbourne Australia/North Australia/South Australia/Sydney "
-    "Australia/Tasmania Australia/Victoria Australia/Yancowinna Europe/Amsterdam "
-    "Europe/Andorra Europe/Athens Europe/Belfast Europe/Belgrade Europe/Berlin "
-    "Europe/Bratislava Europe/Brussels Europe/Bucharest Europe/Budapest Europe/Busingen "
-    "Europe/Chisinau Europe/Copenhagen Europe/Dublin Europe/Gibraltar Europe/Guernsey "
-    "Europe/Helsinki Europe/Isle_of_Man Europe/Jersey Europe/Kiev Europe/Kyiv Europe/Lisbon "
-    "Europe/Ljubljana Europe/London Europe/Luxembourg Europe/Madrid Europe/Malta "
-    "Europe/Mariehamn Europe/Monaco Europe/Nicosia Europe/Oslo Europe/Paris Europe/Podgorica "
-    "Europe/Prague Europe/Riga Europe/Rome Europe/San_Marino Europe/Sarajevo Europe/Skopje "
-    "Europe/Sofia Europe/Stockholm Europe/Tallinn Europe/Tirane Europe/Tiraspol "
-    "Europe/Uzhgorod Europe/Vaduz Europe/Vatican Europe/Vienna Europe/Vilnius Europe/Warsaw "
-    "Europe/Zagreb Europe/Zaporozhye Europe/Zurich Indian/Cocos Pacific/Auckland "
-    "Pacific/Chatham Pacific/Easter Pacific/Marquesas Pacific/Norfolk".split()
+    "America/Indiana/Vincennes America/Indiana/Winamac America/Iqaluit America/Juneau "
+    "America/Kentucky/Louisville America/Kentucky/Monticello America/Los_Angeles "
+    "America/Matamoros America/Menominee America/Metlakatla America/Miquelon America/Moncton "
+    "America/New_York America/Nome America/North_Dakota/Beulah America/North_Dakota/Center "
+    "America/North_Dakota/New_Salem America/Nuuk America/Ojinaga America/Port-au-Prince "
+    "America/Rankin_Inlet America/Resolute America/Santiago America/Scoresbysund "
+    "America/Sitka America/St_Johns America/Thule America/Tijuana America/Toronto "
+    "America/Yakutat Antarctica/Macquarie Antarctica/Troll Asia/Beirut Asia/Colombo "
+    "Asia/Famagusta Asia/Jerusalem Asia/Kabul Asia/Kathmandu Asia/Kolkata Asia/Nicosia "
+    "Asia/Tehran Asia/Yangon Atlantic/Azores Atlantic/Bermuda Atlantic/Canary Atlantic/Faroe "
+    "Atlantic/Madeira Australia/Adelaide Australia/Broken_Hill Australia/Darwin "
+    "Australia/Eucla Australia/Hobart Australia/Lord_Howe Australia/Melbourne "
+    "Australia/Sydney CST6CDT EST5EDT Europe/Andorra Europe/Athens Europe/Belgrade "
+    "Europe/Berlin Europe/Brussels Europe/Bucharest Europe/Budapest Europe/Chisinau "
+    "Europe/Dublin Europe/Gibraltar Europe/Helsinki Europe/Kyiv Europe/Lisbon Europe/London "
+    "Europe/Madrid Europe/Malta Europe/Paris Europe/Prague Europe/Riga Europe/Rome "
+    "Europe/Sofia Europe/Tallinn Europe/Tirane Europe/Vienna Europe/Vilnius Europe/Warsaw "
+    "Europe/Zurich MST7MDT PST8PDT Pacific/Auckland Pacific/Chatham Pacific/Easter "
+    "Pacific/Marquesas Pacific/Norfolk".split()
 )
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128

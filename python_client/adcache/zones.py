@@ -14,7 +14,7 @@ import zoneinfo
 from datetime import UTC, datetime
 from functools import cache
 
-from adcache._generated import LIBRARY_ZONES
+from adcache import _generated
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
 
@@ -61,7 +61,7 @@ def wire(zone: str) -> str:
     name of the local tz database: a POSIX TZ rule goes as it is), else the zone's rule, once it
     is checked to give the zone's offsets over the next three years (a zone whose changes tzdata
     lists one by one, like Morocco's, is sent by name and refused)."""
-    if zone in LIBRARY_ZONES or not _NAME.fullmatch(zone) or ".." in zone:
+    if zone in _generated.LIBRARY_ZONES or not _NAME.fullmatch(zone) or ".." in zone:
         return zone
     rule = _footer(zone)
     if not rule:
