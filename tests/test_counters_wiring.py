@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+from clock import calm_offset
+
 from adcache import AdCache
 from adcache.caps import Candidate, CapRule
 
@@ -32,7 +34,8 @@ def test_auction_bid_and_close_counters(ac: AdCache, uid: str) -> None:
 
 
 def test_caps_blocked_counter(ac: AdCache, uid: str) -> None:
-    cand = Candidate(campaign_id=f"{uid}-c", rules=(CapRule("campaign", "day", 1),))
+    off = calm_offset(int(time.time() * 1000), ("day",))  # no midnight between the two records
+    cand = Candidate(campaign_id=f"{uid}-c", rules=(CapRule("campaign", "day", 1, offset_s=off),))
     before = _counters(ac).get("caps_blocked", 0)
     assert ac.caps.record(uid, f"{uid}-i1", cand).admitted
     assert not ac.caps.record(uid, f"{uid}-i2", cand).admitted
