@@ -46,8 +46,9 @@ class CapRule:
 
     window: "minute" | "hour" | "day" | "week" (from Monday) | "month": calendar windows in a zone
     `offset_s` seconds east of UTC, or in the named time zone `zone` ("America/New_York", or a
-    POSIX TZ rule) with its daylight-saving changes (docs/freqcap.md); "rolling": the last `seconds` seconds, exact; "recency": at
-    least `seconds` seconds between two impressions (limit is 1); "lifetime".
+    POSIX TZ rule) with its daylight-saving changes (docs/timezones.md); "rolling": the last
+    `seconds` seconds, exact; "recency": at least `seconds` seconds between two impressions
+    (limit is 1); "lifetime".
     """
 
     scope: Scope
