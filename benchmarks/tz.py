@@ -2,7 +2,8 @@
 
     python -m benchmarks.tz [--calls 2000] [--rounds 3] [--url redis://127.0.0.1:6379]
 
-Starts its own throwaway server unless given --url (the library is deployed there). For each case
+Starts its own throwaway server unless given --url (the library is deployed there; --library FILE
+deploys another rendered library, e.g. the one before zones, and runs the offset rows only). For each case
 it runs the same call with an offset and with a zone, interleaved round by round (every other
 round backwards), and reads the
 server's µs per call from INFO commandstats (fcall + fcall_ro), next to the no-op ac_version.
@@ -14,6 +15,7 @@ import argparse
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from adcache import AdCache
@@ -35,7 +37,7 @@ def _fcall_stats(ac: AdCache) -> tuple[int, int]:
     return calls, usec
 
 
-def cases(ac: AdCache) -> dict[str, Callable[[int], object]]:
+def cases(ac: AdCache, zones: bool = True) -> dict[str, Callable[[int], object]]:
     run = uuid.uuid4().hex[:8]
 
     def caps(tz: str | int) -> tuple[Candidate, str]:
@@ -65,7 +67,7 @@ def cases(ac: AdCache) -> dict[str, Callable[[int], object]]:
     out: dict[str, Callable[[int], object]] = {
         "ac_version (no-op)": lambda i: ac.redis.fcall_ro("ac_version", 0)  # type: ignore[no-untyped-call]
     }
-    for label, tz in (("offset", OFFSET), ("zone", ZONE)):
+    for label, tz in (("offset", OFFSET), ("zone", ZONE))[: 2 if zones else 1]:
         cand, user = caps(tz)
         cid = campaign(tz)
         stats = StatsConfig(zone=tz) if isinstance(tz, str) else StatsConfig(offset_s=tz)
@@ -90,8 +92,8 @@ def cases(ac: AdCache) -> dict[str, Callable[[int], object]]:
     return out
 
 
-def measure(ac: AdCache, calls: int, rounds: int) -> dict[str, float]:
-    todo = cases(ac)
+def measure(ac: AdCache, calls: int, rounds: int, zones: bool = True) -> dict[str, float]:
+    todo = cases(ac, zones)
     usec: dict[str, int] = dict.fromkeys(todo, 0)
     n: dict[str, int] = dict.fromkeys(todo, 0)
     for r in range(rounds):
@@ -111,6 +113,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--url", default=None)
+    ap.add_argument(
+        "--library",
+        default=None,
+        help="Deploy this rendered library file instead (offset rows only).",
+    )
     args = ap.parse_args()
     from adcache_loader.deploy import deploy
     from adcache_loader.servers import RedisServer
@@ -121,11 +128,12 @@ def main() -> None:
         server = RedisServer().start()
         url = server.url
     try:
-        deploy(url)
+        source = Path(args.library).read_text() if args.library else None
+        deploy(url, source=source)
         import redis
 
         ac = AdCache(redis.Redis.from_url(url))
-        res = measure(ac, args.calls, args.rounds)
+        res = measure(ac, args.calls, args.rounds, zones=not args.library)
         noop = res["ac_version (no-op)"]
         print(f"{'call':<52} {'server µs':>10} {'× no-op':>8}")
         for name, us in res.items():
