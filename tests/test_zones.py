@@ -564,3 +564,19 @@ def test_patch_moves_a_campaign_between_offset_and_zone(ac: AdCache, uid: str) -
         ac.campaigns.patch(uid, day_zone="Europe/Atlantis")
     c = ac.campaigns.get(uid)
     assert c is not None and c.spec.day_offset_s == -7200 and c.version == 3
+
+
+def test_hour_cap_frees_when_the_clock_goes_back(ac: AdCache, uid: str) -> None:
+    """The first 1 a.m. hour of a fall back ends at the change; the repeated one is a new window."""
+    from adcache.caps import Candidate, CapRule
+
+    at = soon_s(ac)
+    rule = zone_with_fall_back(at)
+    cand = Candidate(uid, (CapRule("campaign", "hour", 1, zone=rule),))
+    assert ac.caps.record(uid, f"{uid}-1", cand).admitted
+    d = ac.caps.check(uid, [cand])[0]
+    assert not d.allowed and d.frees_at_ms == at * 1000
+    sleep_until(ac, at * 1000)
+    assert ac.caps.record(uid, f"{uid}-2", cand).admitted
+    d = ac.caps.check(uid, [cand])[0]
+    assert d.frees_at_ms == at * 1000 + 3_600_000  # the repeated hour: a full hour
