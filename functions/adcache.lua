@@ -518,9 +518,8 @@ function T.zbounds(z, ms, unit, nokeep)
     s, e = math.max(s, from), math.min(e, to)
     if unit == 'hour' then
       local a = math.abs(off)
-      label = T.ymdh(ms, off) .. (off < 0 and '-' or '+') .. string.format('%02d%02d',
-        math.floor(a / 3600), math.floor(a % 3600 / 60))
-        .. (a % 60 > 0 and string.format('%02d', a % 60) or '')
+      label = string.format('%s%s%02d%02d', T.ymdh(ms, off), off < 0 and '-' or '+',
+        a / 3600, a % 3600 / 60) .. (a % 60 > 0 and string.format('%02d', a % 60) or '')
     end
   else
     local s1, e1 = s + (off - before) * 1000, e + (off - after) * 1000
@@ -535,13 +534,7 @@ end
 function T.zone(v, what, max)
   local z = T.zc[v]
   if z then return z end
-  local n = type(v) == 'string' and #v <= 16 and string.match(v, '^%-?%d+$') and tonumber(v)
-  if n then
-    if n < -max or n > max then
-      E.fail('ADCACHE_BADARG', what .. ' must be within +-' .. max .. ', got ' .. v)
-    end
-    return n
-  end
+  if type(v) == 'string' and string.match(v, '^%-?%d+$') then return V.int(v, what, -max, max) end
   if not T.byname then
     T.byname = {}
     for _, line in ipairs(T.ZONES) do
@@ -3580,7 +3573,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.4.0'
-local LIBRARY_SHA256 = 'f90e5af82e5777d9e685e26e87b3d377d99d509fa06468391707c01086230e8e'
+local LIBRARY_SHA256 = 'c29fbe893336c2f74e1627e9777b6614f3eb7112b3944f3b317b74de935870c1'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.4.0'
-LIBRARY_SHA256 = 'f90e5af82e5777d9e685e26e87b3d377d99d509fa06468391707c01086230e8e'
+LIBRARY_SHA256 = 'c29fbe893336c2f74e1627e9777b6614f3eb7112b3944f3b317b74de935870c1'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(
