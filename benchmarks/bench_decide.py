@@ -1,6 +1,13 @@
 """The ad decision on the 3-primary cluster: `cache.decide` against the same path done the
 predecessor's way (plain redis-py commands, client-side read-modify-write, one round trip per
-step, float money), and the no-op FCALL_RO, in one interleaved run."""
+step, float money), and the no-op FCALL_RO, in one interleaved run.
+
+`python benchmarks/bench_decide.py --server-cost [--baseline DIR]` measures what a decision costs
+the server instead: function calls, server µs (`INFO commandstats`, `fcall` + `fcall_ro`) and
+rounds per decision, and the no-op `FCALL_RO ac_version 0` in the same run. With `--baseline`
+(a checkout of another commit) both codes drive the same population, in alternating chunks
+against one server, each in its own process (see `server_cost`).
+"""
 
 from __future__ import annotations
 
@@ -151,3 +158,163 @@ def run(env: BenchEnv) -> list[Result]:
     ac.close()
     rc.close()
     return list(res.values())
+
+
+# ---- server cost per decision (`--server-cost`) ----
+#
+# A worker process per code version (PYTHONPATH of that checkout) generates the same population
+# under its own prefix, sets it up and warms its record cache; then the driver asks each in turn
+# for a chunk of decisions, resetting the server's statistics before each chunk and reading them
+# after, so both versions are measured on one server in one run, chunks interleaved. The worker
+# only uses the public API (`AdCache`, `decide`, `simulate`), so it runs any version.
+
+WORKER = r"""
+import json, sys
+from collections import Counter
+from adcache import AdCache
+from adcache_loader import simulate as sim
+
+url, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = Counter()
+
+class Counting(AdCache):
+    def run_many(self, cs, *, raise_on_error=True):
+        calls.update(c.function for c in cs)
+        return super().run_many(cs, raise_on_error=raise_on_error)
+
+pop = sim.generate(prefix, n_users=400, n_campaigns=60, n_requests=n, seed=13, budget_scale=50.0)
+cache = Counting.from_url(url)
+sim.setup(cache, pop)
+reqs = iter(pop.requests)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    k = int(line)
+    calls.clear()
+    ds = [cache.decide.decide(next(reqs)) for _ in range(k)]
+    print(json.dumps({"calls": dict(calls), "rounds": sum(d.rounds for d in ds),
+                      "served": sum(d.served for d in ds), "n": k}), flush=True)
+"""
+
+
+def _fcall_stats(r: Any) -> tuple[int, int]:
+    st = r.info("commandstats")
+    calls = usec = 0
+    for k in ("cmdstat_fcall", "cmdstat_fcall_ro"):
+        calls += int(st.get(k, {}).get("calls", 0))
+        usec += int(st.get(k, {}).get("usec", 0))
+    return calls, usec
+
+
+def server_cost(
+    url: str, codes: dict[str, str], *, warmup: int = 300, chunk: int = 200, chunks: int = 5
+) -> dict[str, dict[str, float]]:
+    """{version: figures} for each code checkout (name -> repo dir), interleaved on one server."""
+    import subprocess
+    import sys
+
+    import redis
+
+    r = redis.Redis.from_url(url)
+    n = warmup + chunk * chunks + 10
+    procs: dict[str, subprocess.Popen[str]] = {}
+    for name, root in codes.items():
+        env = {"PYTHONPATH": f"{root}/python_client:{root}/loader", "PATH": "/usr/bin:/bin"}
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", WORKER, url, f"sc{uuid.uuid4().hex[:6]}", str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    for p in procs.values():
+        assert p.stdout is not None and json.loads(p.stdout.readline())["ready"]
+
+    def ask(p: subprocess.Popen[str], k: int) -> dict[str, Any]:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(f"{k}\n")
+        p.stdin.flush()
+        return json.loads(p.stdout.readline())  # type: ignore[no-any-return]
+
+    for p in procs.values():
+        ask(p, warmup)
+    tot: dict[str, dict[str, float]] = {
+        name: {"decisions": 0, "fcalls": 0, "usec": 0, "rounds": 0, "served": 0} for name in codes
+    }
+    by_fn: dict[str, dict[str, int]] = {name: {} for name in codes}
+    noop = [0, 0]
+    for _ in range(chunks):
+        for name, p in procs.items():
+            r.config_resetstat()
+            got = ask(p, chunk)
+            calls, usec = _fcall_stats(r)
+            t = tot[name]
+            t["decisions"] += got["n"]
+            t["fcalls"] += calls
+            t["usec"] += usec
+            t["rounds"] += got["rounds"]
+            t["served"] += got["served"]
+            for fn, c in got["calls"].items():
+                by_fn[name][fn] = by_fn[name].get(fn, 0) + c
+        r.config_resetstat()
+        for _ in range(500):
+            r.execute_command("FCALL_RO", "ac_version", 0)
+        calls, usec = _fcall_stats(r)
+        noop[0] += calls
+        noop[1] += usec
+    for p in procs.values():
+        assert p.stdin is not None
+        p.stdin.close()
+        p.wait()
+    noop_us = noop[1] / max(1, noop[0])
+    out: dict[str, dict[str, float]] = {}
+    for name, t in tot.items():
+        d = t["decisions"]
+        out[name] = {
+            "fcalls_per_decision": t["fcalls"] / d,
+            "server_us_per_decision": t["usec"] / d,
+            "noop_server_us": noop_us,
+            "ratio_to_noop": t["usec"] / d / noop_us,
+            "rounds_per_decision": t["rounds"] / d,
+            "served": t["served"] / d,
+            **{f"calls:{fn}": c / d for fn, c in sorted(by_fn[name].items())},
+        }
+    return out
+
+
+def _main() -> None:
+    import argparse
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--server-cost", action="store_true", required=True)
+    ap.add_argument("--baseline", help="a checkout of the commit to compare with")
+    ap.add_argument("--url", help="a standalone server with the library (default: throwaway)")
+    ap.add_argument("--chunk", type=int, default=200)
+    ap.add_argument("--chunks", type=int, default=5)
+    a = ap.parse_args()
+    here = str(Path(__file__).resolve().parent.parent)
+    codes = {"this": here}
+    if a.baseline:
+        codes = {"baseline": a.baseline, "this": here}
+    server = None
+    url = a.url
+    if url is None:
+        from adcache_loader.deploy import deploy
+        from adcache_loader.servers import RedisServer
+
+        server = RedisServer().start()
+        url = server.url
+        deploy(url)
+    try:
+        res = server_cost(url, codes, chunk=a.chunk, chunks=a.chunks)
+    finally:
+        if server is not None:
+            server.stop()
+    keys = sorted({k for v in res.values() for k in v}, key=lambda k: (k.startswith("calls:"), k))
+    print(f"{'per decision':36}" + "".join(f"{n:>14}" for n in res))
+    for k in keys:
+        print(f"{k:36}" + "".join(f"{res[n].get(k, 0):14.2f}" for n in res))
+
+
+if __name__ == "__main__":
+    _main()
