@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -417,6 +418,20 @@ class _Attempt:
     def rid(self) -> str:
         return self.req.request_id
 
+    def bidding(self, eligible: list[_Cand]) -> list[_Cand]:
+        """The bids that can change an outcome: per imp the best two (the winner, and the
+        runner-up that sets the second price); a lower bid could neither win nor move the
+        price. On a retry every eligible candidate bids (the stored bids may outrank some)."""
+        if self.existing is not None:
+            return eligible
+        seen: Counter[str] = Counter()
+        out: list[_Cand] = []
+        for c in eligible:  # by price, best first
+            seen[c.imp_id] += 1
+            if seen[c.imp_id] <= 2:
+                out.append(c)
+        return out
+
     def decision(
         self,
         placements: Sequence[Placement] = (),
@@ -513,7 +528,7 @@ class Engine:
         late = time.monotonic() - a.t_reserved > self.config.reservation_ttl / 2
         return (
             yield from self._settle(
-                a, wins, release, unfilled, len(eligible), False, late or not a.creator
+                a, wins, release, unfilled, len(a.bidding(eligible)), False, late or not a.creator
             )
         )
 
@@ -720,7 +735,7 @@ class Engine:
         rnd = _Round()
         close = -1
         if eligible:
-            rnd.add(auc.bid_many_call(rid, [c.bid() for c in eligible]))
+            rnd.add(auc.bid_many_call(rid, [c.bid() for c in a.bidding(eligible)]))
             close = rnd.add(auc.close_call(rid))
         slots = _AuctionSlots(
             close,
