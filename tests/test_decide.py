@@ -467,3 +467,54 @@ def test_reservations_only_where_a_bid_can_win(lib_standalone: Standalone, uid: 
     finally:
         cache.close()
         admin.close()
+
+
+def test_shard_members_are_kept_for_index_ttl(lib_standalone: Standalone, uid: str) -> None:
+    """A request queries only the targeting shards it does not hold fresh; index_ttl=0 queries
+    every time; a campaign added to the index shows once the shard's entry is older than
+    index_ttl."""
+    from adcache.campaigns import CampaignSpec
+    from adcache.targeting import Targeting
+
+    admin = AdCache(lib_standalone.client())
+    cache = CallLog(lib_standalone.client())
+    try:
+        now = int(time.time() * 1000)
+
+        def campaign(name: str) -> str:
+            cid = f"{uid}{name}"
+            admin.campaigns.set(
+                cid,
+                CampaignSpec(
+                    advertiser_id=f"{uid}a",
+                    bid_cpm_micros=1_000_000,
+                    budget_micros=1_000_000,
+                    start_ms=now - 1000,
+                    end_ms=now + 3_600_000,
+                    targeting=Targeting.of([f"{uid}x"]),
+                ),
+            )
+            return cid
+
+        campaign("c1")
+        cache.decide.config = DecideConfig(cold_records="fetch", index_ttl=0.5)
+
+        def decide(n: int) -> Decision:
+            cache.log.clear()
+            return cache.decide.decide(
+                AdRequest(f"{uid}r{n}", f"{uid}u", (AdImp("1"),), categories=(f"{uid}x",))
+            )
+
+        assert decide(1).candidates == 1 and cache.count("ac_targeting_query") == 4
+        campaign("c2")
+        d = decide(2)  # the shards are held: no query, the new campaign is not seen yet
+        assert d.candidates == 1 and cache.count("ac_targeting_query") == 0
+        time.sleep(0.6)
+        d = decide(3)
+        assert d.candidates == 2 and cache.count("ac_targeting_query") == 4
+        cache.decide.config = DecideConfig(cold_records="fetch", index_ttl=0)
+        decide(4)
+        assert cache.count("ac_targeting_query") == 4
+    finally:
+        cache.close()
+        admin.close()

@@ -145,7 +145,9 @@ class DecideConfig:
     has never seen costs: "skip" (default) leaves it out of this one request and fetches its
     record alongside round 2, so no request takes more than four rounds; "fetch" reads it first
     (one more round for that request). refusal_ttl: seconds a campaign refused a reservation
-    (budget, pacing, state) is left out of this client's requests (0: never)."""
+    (budget, pacing, state), or whose commit exhausted a budget, is left out of this client's
+    requests (0: never). index_ttl: seconds a targeting shard's members are kept in process
+    (0: every request queries its shards)."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -159,6 +161,7 @@ class DecideConfig:
     expand_interests: bool = False
     cold_records: Literal["skip", "fetch"] = "skip"
     refusal_ttl: float = 5.0
+    index_ttl: float = 1.0
     relevance: RelevanceRule = field(default_factory=RelevanceRule)
 
 
@@ -279,6 +282,48 @@ class CampaignCache:
     def hit_rate(self) -> float | None:
         total = self.hits + self.misses
         return self.hits / total if total else None
+
+
+class ShardCache:
+    """Targeting shard members by shard name, kept in process for `ttl` seconds: a request
+    queries only the shards it does not hold fresh. Money and caps do not depend on it (the
+    server checks them); what may lag by up to `ttl` is a change of the index (a campaign added,
+    re-targeted, paused or taken out)."""
+
+    MAX = 4096  # shard names held at most (names come from requests)
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._d: dict[str, tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, names: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+        """(fresh members by shard, shards to query)."""
+        if self.ttl <= 0:
+            return {}, list(names)
+        now = time.monotonic()
+        fresh: dict[str, list[str]] = {}
+        missing: list[str] = []
+        with self._lock:
+            for n in names:
+                got = self._d.get(n)
+                if got is not None and now - got[0] <= self.ttl:
+                    fresh[n] = got[1]
+                else:
+                    missing.append(n)
+        return fresh, missing
+
+    def store(self, members: dict[str, list[str]]) -> None:
+        if self.ttl <= 0 or not members:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._d) + len(members) > self.MAX:
+                self._d = {n: v for n, v in self._d.items() if now - v[0] <= self.ttl}
+                if len(self._d) + len(members) > self.MAX:
+                    self._d.clear()
+            for n, ids in members.items():
+                self._d[n] = (now, ids)
 
 
 # ---- the path ----
@@ -472,6 +517,7 @@ class Engine:
         self._c = cache
         self.config = config or DecideConfig()
         self.records = CampaignCache(self.config.record_ttl, self.config.record_max_stale)
+        self.shards = ShardCache(self.config.index_ttl)
         self._pending: list[Call[Any]] = []
         self._refresh: set[str] = set()
         self._refused: dict[str, float] = {}
@@ -480,6 +526,7 @@ class Engine:
     def configure(self, config: DecideConfig) -> None:
         self.config = config
         self.records.ttl, self.records.max_stale = config.record_ttl, config.record_max_stale
+        self.shards.ttl = config.index_ttl
 
     def _take_pending(self) -> tuple[list[Call[Any]], list[str]]:
         with self._lock:
@@ -497,6 +544,18 @@ class Engine:
         if stale:
             with self._lock:
                 self._refresh.update(stale)
+
+    def _leave_out(self, cid: str) -> None:
+        """Leave a campaign out of this client's requests for refusal_ttl (it was refused a
+        reservation, or a commit exhausted its budget)."""
+        ttl = self.config.refusal_ttl
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refused) > 10_000:
+                self._refused = {k: t for k, t in self._refused.items() if t > now}
+            self._refused[cid] = now + ttl
 
     def _stats_config(self) -> st.StatsConfig:
         facade = getattr(self._c, "stats", None)
@@ -559,7 +618,8 @@ class Engine:
         per_dim: dict[str, list[str]] = {}
         if not cfg.expand_interests:
             per_dim = _shards(req, _tokens(req.categories)[:MAX_INTERESTS])
-        queries = rnd.by((s, query_call(s)) for s in _names(per_dim))
+        members, missing = self.shards.lookup(_names(per_dim))
+        queries = rnd.by((s, query_call(s)) for s in missing)
         pending, refresh = self._take_pending()
         slots = _SignalSlots(
             profile,
@@ -591,16 +651,22 @@ class Engine:
             _ok(r[slots.create])
         if cfg.expand_interests:
             return None
-        return combine(per_dim, {s: _ok(r[i]) for s, i in slots.queries.items()})
+        got = {s: _ok(r[i]) for s, i in slots.queries.items()}
+        self.shards.store(got)
+        return combine(per_dim, {**members, **got})
 
     def _expanded_query(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str]]:
-        """One more round (expand_interests): the query with the profile's and the session's
-        interests added to the page's."""
+        """expand_interests: the query with the profile's and the session's interests added to
+        the page's; one more round unless every shard is held fresh."""
         interests = _tokens([*a.req.categories, *a.profile_interests, *a.weights])
         per_dim = _shards(a.req, interests[:MAX_INTERESTS])
-        names = _names(per_dim)
-        r = yield from _send(a, [query_call(s) for s in names])
-        return combine(per_dim, {s: _ok(x) for s, x in zip(names, r, strict=True)})
+        members, missing = self.shards.lookup(_names(per_dim))
+        if missing:
+            r = yield from _send(a, [query_call(s) for s in missing])
+            got = {s: _ok(x) for s, x in zip(missing, r, strict=True)}
+            self.shards.store(got)
+            members.update(got)
+        return combine(per_dim, members)
 
     def _records(
         self, a: _Attempt, ids: list[str]
@@ -699,12 +765,8 @@ class Engine:
         res: bud.Reservation = _ok(reply)
         if not res.ok:
             a.refused += 1
-            if res.reason in _REFUSALS and self.config.refusal_ttl > 0:
-                with self._lock:
-                    if len(self._refused) > 10_000:
-                        now = time.monotonic()
-                        self._refused = {k: t for k, t in self._refused.items() if t > now}
-                    self._refused[c.cid] = time.monotonic() + self.config.refusal_ttl
+            if res.reason in _REFUSALS:
+                self._leave_out(c.cid)
             return False
         a.held[c.cid] = c
         return True
@@ -842,7 +904,9 @@ class Engine:
             yield from _send(a, records)
         placements: list[Placement] = []
         for (c, imp), cost, (status, index) in zip(wins, costs, done, strict=True):
-            self._add_pending(index)
+            if index:  # the commit exhausted the budget: the index updates go with the next
+                self._add_pending(index)  # request; meanwhile this client leaves it out
+                self._leave_out(c.cid)
             if status in _CHARGED:
                 placements.append(
                     Placement(
@@ -1041,4 +1105,5 @@ __all__ = [
     "Decisions",
     "Placement",
     "RelevanceRule",
+    "ShardCache",
 ]
