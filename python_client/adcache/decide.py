@@ -1,9 +1,10 @@
 """The ad decision: one ad request served end to end by composing the domains.
 
 `cache.decide.decide(AdRequest(...)) -> Decision` reads the user's signals, queries the targeting
-index, filters by frequency caps, servability, budget and pacing, prices the candidates by a
-relevance rule, runs the auction with a budget reservation behind every bid, and settles the
-winners (commit at the clearing price, release the rest, cap, session and stats records).
+index, prices the candidates by a relevance rule, checks their frequency caps, reserves budget
+for each imp's likely winner (servability, budget and pacing are checked by the reservation),
+runs the auction, and settles the winners (cap record, commit at the clearing price, session and
+stats records). Only a winner is charged, and only against a reservation.
 
 A request costs four sequential network rounds (see docs/decide.md); each round is one
 `run_many`, so calls to different nodes go out together. The path is written once, as a
@@ -186,9 +187,10 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one request. unfilled: (imp id, reason) with reason no_bid (no eligible
-    candidate fits), capped (the winner's cap was reached meanwhile), refused (the commit was
-    refused: a late retry with no budget left), mismatch (a retry whose earlier bids won
-    instead of the predicted one), removed (a retry whose winning campaign is gone).
+    candidate fits), capped (the winner's cap was reached meanwhile), refused (the winner was
+    refused its reservation, or its commit: a late retry with no budget left), mismatch (a retry
+    whose earlier bids won instead of the predicted one), removed (a retry whose winning campaign
+    is gone).
     candidates: campaigns the targeting query matched; capped / refused: candidates left out by
     the cap check / refused a reservation; bids: bids in the auction. replay: the auction of an
     earlier attempt was settled. rounds: sequential network rounds used."""
@@ -757,9 +759,10 @@ class Engine:
 
     def _held(self, a: _Attempt, c: _Cand, reply: Any) -> bool:
         """Whether a reservation reply leaves this attempt holding the candidate's reservation."""
-        if isinstance(reply, (AlreadyExistsError, InvalidStateError)):
+        if isinstance(reply, (AlreadyExistsError, InvalidStateError, NotFoundError)):
             # A retry whose price moved (the earlier attempt's reservation stands: that attempt's
-            # to settle, or it expires), or one an earlier attempt already settled.
+            # to settle, or it expires), one an earlier attempt already settled, or a campaign
+            # deleted since its record was cached.
             a.refused += 1
             return False
         res: bud.Reservation = _ok(reply)
@@ -778,9 +781,9 @@ class Engine:
         Replies,
         tuple[auc.AuctionResult, dict[str, _Cand], dict[str, fc.Impression]] | None,
     ]:
-        """Round 3: all eligible bids and the close (one pipeline on the auction's node); each
-        imp's predicted winner's cap recorded, and reserved if round 2 did not; the reservations
-        of capped candidates released. Returns (the closed auction, the predicted winners and
+        """Round 3: the bids that can change an outcome (`_Attempt.bidding`) and the close (one
+        pipeline on the auction's node); each imp's predicted winner's cap recorded, and
+        reserved if round 2 did not; the reservations of capped candidates released. Returns (the closed auction, the predicted winners and
         their cap records by imp), or None when nothing bid."""
         cfg, rid = self.config, a.rid
         # The auction holds only this request's bids (and on a retry the earlier attempt's, at
@@ -821,8 +824,8 @@ class Engine:
         )
         if a.creator:
             # a capped candidate's reservation (round 2) is not needed
-            bidding = {c.cid for c in eligible}
-            for cid in [cid for cid in a.held if cid not in bidding]:
+            ok = {c.cid for c in eligible}
+            for cid in [cid for cid in a.held if cid not in ok]:
                 rnd.add(bud.release_call(cid, rid))
                 del a.held[cid]
         if not rnd.calls:
