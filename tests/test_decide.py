@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,12 +25,18 @@ def _cluster_cache(lib_cluster: Any) -> AdCache:
 
 
 class CountingCache(AdCache):
-    """Counts sequential network rounds: every run_many and every single run is one."""
+    """Counts sequential network rounds (every run_many and every single run is one) and the
+    calls of each function."""
 
     rounds = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.functions: Counter[str] = Counter()  # calls per function
+
     def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
         self.rounds += 1
+        self.functions.update(c.function for c in calls)
         return super().run_many(calls, raise_on_error=raise_on_error)
 
     def run(self, call: Call[Any]) -> Any:
@@ -134,9 +141,17 @@ def test_never_more_than_four_rounds(lib_standalone: Standalone, uid: str) -> No
         counts = []
         for req in pop.requests[20:]:
             before = cache.rounds
+            cache.functions = Counter()
             d = cache.decide.decide(req)
             counts.append(cache.rounds - before)
             assert d.rounds == cache.rounds - before
+            # budget calls only where a bid can win: each imp's top candidate, and a fallback
+            # winner when the top one is capped or refused; one commit per placement
+            f = cache.functions
+            assert f["ac_budget_reserve"] <= 2 * len(req.imps)
+            assert f["ac_budget_commit"] == len(d.placements)
+            assert f["ac_budget_release"] <= f["ac_budget_reserve"] - f["ac_budget_commit"]
+            assert f["ac_auction_bid"] <= 1 and d.bids <= 2 * len(req.imps)
         assert max(counts) <= 4
         assert counts.count(4) > 10  # most requests go the whole way
         # the FCALLs of those requests all went through those rounds (several per round)
