@@ -595,8 +595,9 @@ class Engine:
 
     def _signals(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str] | None]:
         """Round 1: profile, session context (+ track), the auction's create and result, the
-        context's targeting query, and what earlier requests left to send. Returns the matched
-        campaign ids (None with expand_interests: the query waits for the signals)."""
+        query of each of the context's targeting shards not held fresh (`ShardCache`), and what
+        earlier requests left to send. Returns the matched campaign ids (None with
+        expand_interests: the query waits for the signals)."""
         cfg, req = self.config, a.req
         rnd = _Round()
         profile = rnd.add(prof.get_call(req.user_id))
