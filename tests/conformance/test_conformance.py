@@ -102,6 +102,8 @@ def _run_node(url: str, cluster: bool) -> dict[str, Any]:
     assert result["failed"] == [], f"node runner failures: {result['failed'][:20]}"
     assert result["passed"] == len(CASES), (result["passed"], len(CASES))
     assert p.returncode == 0, p.stderr[-2000:]
+    # The example of docs/clients.md ran too: it read the version and met an unknown campaign.
+    assert result["example"] == {"version": contracts()["version"], "reserve": "ADCACHE_NOTFOUND"}
     return result
 
 
@@ -111,3 +113,14 @@ def test_node_runner_standalone(lib_standalone: Standalone) -> None:
 
 def test_node_runner_cluster(lib_cluster: LocalCluster | ExternalCluster) -> None:
     _run_node(lib_cluster.seed_url, cluster=True)
+
+
+def test_clients_doc_examples_are_the_runners_code() -> None:
+    import snippets
+
+    text = snippets.DOC.read_text()
+    assert snippets.render(text) == text, (
+        "docs/clients.md is stale: run tests/conformance/snippets.py"
+    )
+    for name in ("connect", "fcall", "example"):
+        assert snippets.js_region(name) in text

@@ -44,6 +44,30 @@ function errorCode(err) {
 }
 // docs:end fcall
 
+// docs:begin example
+// Keys are `ad:{<letter>:<id>}:<suffix>` (lua/keyspace.yaml): every key of one call carries the
+// same {tag}, here the campaign's. Argument and reply formats: docs/FUNCTIONS.md.
+function budgetKeys(campaignId) {
+  const tag = `{c:${campaignId}}`;
+  return ['camp', 'budget', 'resv', 'resvx', 'settled', 'settledx'].map((s) => `ad:${tag}:${s}`);
+}
+
+async function example(client, campaignId) {
+  // What is deployed: a field/value array [name, adcache, version, x.y.z, sha256, <hex>].
+  const v = await fcall(client, 'ac_version', [], [], true);
+  const version = v[v.indexOf('version') + 1];
+  try {
+    // Reserve 1.50 (micros) for 60 s under reservation id r1: a retry with the same id and
+    // amount is answered again, so it is safe after a timeout.
+    await fcall(client, 'ac_budget_reserve', budgetKeys(campaignId), ['r1', '1500000', '60000'],
+      false);
+    return { version, reserve: 'ok' };
+  } catch (err) {
+    return { version, reserve: errorCode(err) }; // ADCACHE_NOTFOUND: no such campaign
+  }
+}
+// docs:end example
+
 const READ = new Set(['EXISTS', 'PTTL', 'TTL', 'HGET', 'HLEN', 'TYPE', 'ZCARD', 'ZSCORE', 'LLEN',
   'SCARD', 'XLEN', 'GET', 'HEXISTS', 'PFCOUNT', 'SISMEMBER']);
 const SETUP = new Set(['SET', 'HSET', 'RPUSH', 'SADD', 'ZADD', 'PEXPIRE', 'DEL', 'XADD', 'XGROUP',
@@ -277,7 +301,9 @@ async function main() {
   const client = connect(opts.url, opts.cluster);
   const failed = [];
   let passed = 0;
+  let ex;
   try {
+    ex = await example(client, `n${crypto.randomBytes(6).toString('hex')}`);
     for (const c of cases) {
       try {
         await runCase(client, functions, c, opts.cluster);
@@ -291,7 +317,7 @@ async function main() {
     client.disconnect();
   }
   const summary = { runner: 'node', ioredis: require('ioredis/package.json').version,
-    cluster: opts.cluster, passed, failed };
+    cluster: opts.cluster, example: ex, passed, failed };
   if (!opts.json) console.log(`${passed} passed, ${failed.length} failed`);
   console.log(JSON.stringify(summary));
   process.exitCode = failed.length ? 1 : 0;
