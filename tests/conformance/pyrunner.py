@@ -235,6 +235,11 @@ class Runner:
                 env.update(step["vars"])
                 continue
             step = self._sub(step, env)
+            if "call" in step and not (step.get("expect") or {}).get("error"):
+                # a call expected to succeed must fit its typed contract
+                problems = check_args(step["call"], [str(a) for a in step.get("args", [])])
+                if problems:
+                    raise Mismatch(f"{where}: the arguments break the contract: {problems}")
             if "call" in step:
                 reply, err = self.call(step["call"], [str(k) for k in step.get("keys", [])],
                                        [str(a) for a in step.get("args", [])])  # fmt: skip
@@ -355,3 +360,81 @@ def check(
         lo, hi = (int(x) for x in expect["between"])
         if not isinstance(reply, int) or not lo <= reply <= hi:
             raise Mismatch(f"{where}: expected an integer in [{lo}, {hi}], got {reply!r}")
+
+
+# ---- the typed contracts as a checker of argument lists ----
+
+_INT = re.compile(r"-?\d+")
+
+
+def _value_errors(spec: dict[str, Any], v: str) -> str | None:
+    t, name = spec["type"], spec["name"]
+    if t in ("int", "uint", "count"):
+        if not _INT.fullmatch(v):
+            return f"{name} must be an integer, got {v!r}"
+        n = int(v)
+        if ("min" in spec and n < spec["min"]) or ("max" in spec and n > spec["max"]):
+            return f"{name} must be in {spec.get('min', '')}..{spec.get('max', '')}, got {n}"
+    elif t == "bool" and v not in ("0", "1"):
+        return f"{name} must be 0 or 1, got {v!r}"
+    elif t == "enum" and v not in spec["values"]:
+        return f"{name} must be one of {spec['values']}, got {v!r}"
+    elif (
+        t == "id"
+        and not (v == "" and spec.get("empty"))
+        and (not v or "{" in v or "}" in v or len(v.encode()) > 128)
+    ):
+        return f"{name} must be an id (1 to 128 bytes, no braces), got {v!r:.40}"
+    if "max_bytes" in spec and len(v.encode()) > spec["max_bytes"]:
+        return f"{name} is longer than {spec['max_bytes']} bytes"
+    return None
+
+
+def _min_len(items: list[dict[str, Any]]) -> int:
+    return sum(1 for i in items if "group" not in i)
+
+
+def _first(item: dict[str, Any]) -> str:
+    return str(item["name"]) if "group" not in item else _first(item["group"][0])
+
+
+def check_args(function: str, args: list[str]) -> list[str]:
+    """Where `args` do not fit the typed contract of `function` (empty when they do)."""
+    tree: list[dict[str, Any]] = contracts()["functions"][function]["args"]
+    errors: list[str] = []
+    counts: dict[str, int] = {}
+
+    def seq(items: list[dict[str, Any]], pos: int, end: int) -> int:
+        for k, item in enumerate(items):
+            rest = _min_len(items[k + 1 :])
+            if "group" not in item:
+                n = counts.pop(item["name"], None) if item["repeat"] else 1
+                if n is None:  # name...: one or more, as many as the rest leaves
+                    n = max(1, end - pos - rest)
+                for _ in range(n):
+                    if pos >= end:
+                        errors.append(f"{item['name']} is missing")
+                        return pos
+                    err = _value_errors(item, args[pos])
+                    if err:
+                        errors.append(err)
+                    elif item["type"] == "count":
+                        counts[item["of"]] = int(args[pos])
+                    pos += 1
+                continue
+            width = _min_len(item["group"])
+            fixed = counts.pop(_first(item), None) if item["repeat"] else None
+            if fixed is not None:
+                for _ in range(fixed):
+                    pos = seq(item["group"], pos, end)
+            elif item["repeat"]:
+                while end - pos - rest >= max(width, 1):
+                    pos = seq(item["group"], pos, end)
+            elif end - pos - rest > 0:
+                pos = seq(item["group"], pos, end)
+        return pos
+
+    used = seq(tree, 0, len(args))
+    if used < len(args) and not errors:
+        errors.append(f"{len(args) - used} argument(s) beyond the contract")
+    return errors
