@@ -3,8 +3,10 @@
 Inputs: `lua/keyspace.yaml` (every key pattern), `lua/errors.yaml` (every error code), `lua/VERSION`,
 helper templates `lua/_<name>.lua.j2` (include-only) and domain templates `lua/<domain>.lua.j2`.
 Outputs: `functions/adcache.lua` (what Redis runs), `python_client/adcache/_generated.py` (key
-builders, function table and exception classes for the client) and `docs/FUNCTIONS.md` (the
-reference, built from the contract headers). All three are committed; a test checks they are fresh.
+builders, function table and exception classes for the client), `docs/FUNCTIONS.md` (the
+reference, built from the contract headers) and `functions/adcache.contracts.json` (the typed
+contracts as data, for clients in any language and the conformance runners). All are committed; a
+test checks they are fresh. The typed header syntax (@arg, @field) is described above ARG_TYPES.
 
 Templates declare their includes on a line `--@include a b c`. Includes resolve at render time, each
 helper is emitted once, before everything that includes it; a cycle or a missing helper fails.
