@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -68,25 +69,69 @@ def _status_table(statuses: list[deploy_mod.NodeStatus]) -> Table:
     table = Table(title="adcache library per node")
     for col in ("node", "role", "state", "version", "sha256", "detail"):
         table.add_column(col)
-    colors = {"ok": "green", "stale": "yellow", "missing": "red", "error": "red"}
+    colors = {"ok": "green", "stale": "yellow", "loading": "yellow", "flagged": "yellow"}
     for s in statuses:
-        table.add_row(
-            s.node, s.role, f"[{colors[s.state]}]{s.state}[/]", s.version, s.sha256[:12], s.detail
-        )
+        color = colors.get(s.state, "red")
+        table.add_row(s.node, s.role, f"[{color}]{s.state}[/]", s.version, s.sha256[:12], s.detail)
     return table
+
+
+def _explain(statuses: list[deploy_mod.NodeStatus]) -> None:
+    """One line per kind of problem, saying what to do about it."""
+    states = {s.state for s in statuses}
+    if "unreachable" in states:
+        console.print(
+            "[red]unreachable:[/] a node the cluster knows does not answer; its slots are not "
+            "served until it is back (or failed over); then run `adcache deploy`"
+        )
+    if "flagged" in states:
+        console.print(
+            "[yellow]flagged:[/] the cluster still marks a node as failed; wait for it to clear "
+            "(a few node timeouts), then run `adcache verify` again"
+        )
+    if "loading" in states:
+        console.print("[yellow]loading:[/] a node is still loading its dataset; run it again")
+    if states & {"missing", "stale", "error"}:
+        console.print("[red]drift:[/] run `adcache deploy` to bring every node in line")
+
+
+def _connect_failure(url: str, e: Exception) -> None:
+    console.print(f"[red]cannot reach {url}:[/] {type(e).__name__}: {e}")
+    sys.exit(1)
 
 
 @main.command()
 @url_option
 @cluster_option
-def deploy(url: str, cluster: bool | None) -> None:
-    """Load the library on the server or on every primary of the cluster, then verify."""
-    with console.status("deploying adcache..."):
-        statuses = deploy_mod.deploy(
-            url, cluster, progress=lambda n: console.print(f"loaded on {n}")
-        )
+@click.option(
+    "--save",
+    is_flag=True,
+    help="BGSAVE on every primary after loading, so an RDB-only server keeps the library.",
+)
+@click.option(
+    "--loading-wait",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to keep retrying a primary that is loading its dataset.",
+)
+def deploy(url: str, cluster: bool | None, save: bool, loading_wait: float) -> None:
+    """Load the library on the server or on every primary of the cluster, then verify.
+
+    Exit 1 unless every node the cluster knows serves the library."""
+    try:
+        with console.status("deploying adcache..."):
+            statuses = deploy_mod.deploy(
+                url, cluster, save=save, loading_wait_s=loading_wait, progress=console.print
+            )
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _connect_failure(url, e)
     console.print(_status_table(statuses))
+    for s in statuses:
+        if s.warning:
+            console.print(f"[yellow]warning:[/] {s.node}: {s.warning}")
     if not all(s.in_sync for s in statuses):
+        _explain(statuses)
         sys.exit(1)
 
 
@@ -94,11 +139,15 @@ def deploy(url: str, cluster: bool | None) -> None:
 @url_option
 @cluster_option
 def verify(url: str, cluster: bool | None) -> None:
-    """Report per node whether the deployed library is ok, stale or missing (exit 1 on drift)."""
-    statuses = deploy_mod.verify(url, cluster)
+    """Report per node whether the deployed library is ok, stale, missing, loading, flagged
+    (failed in the cluster's view) or unreachable; exit 1 unless every node is ok."""
+    try:
+        statuses = deploy_mod.verify(url, cluster)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _connect_failure(url, e)
     console.print(_status_table(statuses))
     if not all(s.in_sync for s in statuses):
-        console.print("[red]drift:[/] run `adcache deploy` to bring every node in line")
+        _explain(statuses)
         sys.exit(1)
 
 
@@ -108,7 +157,11 @@ def verify(url: str, cluster: bool | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def dump(url: str, cluster: bool | None, path: Path) -> None:
     """Back up the deployed functions (FUNCTION DUMP) to PATH."""
-    payload = deploy_mod.dump(url, cluster)
+    try:
+        payload = deploy_mod.dump(url, cluster)
+    except RuntimeError as e:
+        console.print(f"[red]dump failed:[/] {e}")
+        sys.exit(1)
     path.write_bytes(payload)
     console.print(f"wrote {len(payload)} bytes to {path}")
 
@@ -125,7 +178,11 @@ def dump(url: str, cluster: bool | None, path: Path) -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def restore(url: str, cluster: bool | None, policy: str, path: Path) -> None:
     """Restore functions from a FUNCTION DUMP file on every primary."""
-    done = deploy_mod.restore(url, path.read_bytes(), cluster, policy)
+    try:
+        done = deploy_mod.restore(url, path.read_bytes(), cluster, policy)
+    except RuntimeError as e:
+        console.print(f"[red]restore incomplete:[/] {e}")
+        sys.exit(1)
     console.print(f"restored on {', '.join(done)}")
 
 
