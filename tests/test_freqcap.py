@@ -268,7 +268,11 @@ def test_hierarchy_most_restrictive_level_blocks(acs: AdCache, uid: str) -> None
 
 def test_blocked_by_the_rule_that_frees_last(ac: AdCache, uid: str) -> None:
     hour = CapRule.fixed("campaign", "hour", 1)
-    week = CapRule.fixed("advertiser", "week", 1)
+    # In the last hour of a UTC week, the week and the hour end together: shift the week then.
+    week_ms = 7 * 86_400_000
+    monday_ms = 4 * 86_400_000  # 1970-01-01 was a Thursday; the first Monday is 4 days later
+    last_hour = (server_ms(ac) - monday_ms) % week_ms >= week_ms - 3_700_000
+    week = CapRule.fixed("advertiser", "week", 1, offset_s=7200 if last_hour else 0)
     life = CapRule.lifetime("creative", 1)
     assert ac.caps.record(uid, "i", Candidate("c", [hour, week, life], "a", "k")).admitted
     d = ac.caps.check(

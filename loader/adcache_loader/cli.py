@@ -206,42 +206,113 @@ def demo(url: str | None) -> None:
     default=None,
     help="Treat the URL as a cluster seed (default: detect).",
 )
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    help="A role to create as user adcache-<role>: a preset (reader, tracker, bidder, campaigns, "
+    "users, cache, app) or NAME=DOMAIN[,DOMAIN...] (domains, or `read` for read-only access to "
+    "all). Repeatable. Default: app.",
+)
+@click.option(
+    "--password",
+    "passwords",
+    multiple=True,
+    metavar="ROLE=SECRET",
+    help="Password of a role's user (else $ADCACHE_<ROLE>_PASSWORD). Repeatable.",
+)
 @click.option("--app-user", default="adcache-app", show_default=True)
 @click.option("--app-password", envvar="ADCACHE_APP_PASSWORD", default=None)
 @click.option("--deploy-user", default="adcache-deploy", show_default=True)
 @click.option("--deploy-password", envvar="ADCACHE_DEPLOY_PASSWORD", default=None)
+@click.option(
+    "--allow-open-default",
+    is_flag=True,
+    help="Apply even though the `default` user is open (nopass, every command).",
+)
 def acl(
     url: str | None,
     cluster: bool | None,
+    roles: tuple[str, ...],
+    passwords: tuple[str, ...],
     app_user: str,
     app_password: str | None,
     deploy_user: str,
     deploy_password: str | None,
+    allow_open_default: bool,
 ) -> None:
-    """Least-privilege ACL users (app: FCALL and the library's inner commands on ad:*; deploy:
-    FUNCTION LOAD and inspection). Prints the ACL SETUSER lines, or applies them on every node
-    with --url and both passwords."""
+    """ACL users derived from the library: the deploy user (FUNCTION LOAD and inspection) and one
+    user per role (the commands its functions run, on its domains' key patterns only). Prints the
+    ACL SETUSER lines, or applies them on every node with --url and every password.
+
+    A user that may call a function also holds the commands that function runs, on those keys,
+    directly (Redis checks them against the caller): see docs/security.md."""
     from adcache_loader import acl as acl_mod
 
-    users = [
-        (acl_mod.app_user(app_user), app_password),
-        (acl_mod.deploy_user(deploy_user), deploy_password),
-    ]
+    given: dict[str, str] = {}
+    for item in passwords:
+        role, sep, secret = item.partition("=")
+        if not sep or not role:
+            raise click.UsageError(f"--password wants ROLE=SECRET, got {item!r}")
+        given[role] = secret
+    users: list[tuple[acl_mod.AclUser, str | None]] = []
+    for spec in roles or ("app",):
+        try:
+            role, domains = acl_mod.parse_role(spec)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from e
+        if role == "app":
+            name, password = app_user, app_password or given.get("app")
+        else:
+            name = f"adcache-{role}"
+            env = f"ADCACHE_{role.upper().replace('-', '_')}_PASSWORD"
+            password = given.get(role) or os.environ.get(env)
+        users.append((acl_mod.role_user(name, domains), password))
+    users.append((acl_mod.deploy_user(deploy_user), deploy_password or given.get("deploy")))
     if url is None:
         for user, _ in users:
             console.print(user.command_text(), soft_wrap=True, highlight=False)
+        console.print(
+            f"# roles: {', '.join(acl_mod.ROLES)}; "
+            "keep the default user closed: ACL SETUSER default off (or give it a password)",
+            soft_wrap=True,
+            highlight=False,
+        )
         return
-    if app_password is None or deploy_password is None:
-        raise click.UsageError("--app-password and --deploy-password are needed to apply")
-    with deploy_mod.nodes(url, cluster) as ns:
-        for n in ns:
-            for user, password in users:
-                dropped = acl_mod.apply_user(n.client, user, password or "")
-                if dropped:
-                    console.print(
-                        f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
-                    )
-            console.print(f"ACL users set on {n.name}")
+    missing = [u.name for u, p in users if p is None]
+    if missing:
+        raise click.UsageError(f"passwords are needed to apply: {', '.join(missing)}")
+    try:
+        with deploy_mod.nodes(url, cluster) as ns:
+            down = [n.name for n in ns if n.problem]
+            if down:
+                console.print(f"[red]unreachable:[/] {', '.join(down)}; nothing applied")
+                sys.exit(1)
+            open_on = [n.name for n in ns if acl_mod.default_user_open(n.client)]
+            if open_on and not allow_open_default:
+                console.print(
+                    f"[red]refused:[/] the `default` user is open (on, nopass, +@all) on "
+                    f"{', '.join(open_on)}: anyone who reaches the port has every command, so "
+                    "these users would restrict nothing. Close it first (ACL SETUSER default "
+                    "off, or give it a password: ACL SETUSER default >secret), or pass "
+                    "--allow-open-default to apply anyway.",
+                    soft_wrap=True,
+                )
+                sys.exit(1)
+            for n in ns:
+                for user, password in users:
+                    dropped = acl_mod.apply_user(n.client, user, password or "")
+                    if dropped:
+                        console.print(
+                            f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
+                        )
+                console.print(f"ACL users set on {n.name}")
+            if open_on:
+                console.print(
+                    f"[yellow]warning:[/] the `default` user is still open on {', '.join(open_on)}"
+                )
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _connect_failure(url, e)
 
 
 def _cache(url: str, cluster: bool | None) -> Any:
