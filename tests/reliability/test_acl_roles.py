@@ -16,7 +16,7 @@ from adcache import AdCache, AdCacheError
 from adcache import _generated as keys
 from adcache.auctions import Bid, Imp
 from adcache.caches import Space
-from adcache.campaigns import CampaignSpec
+from adcache.campaigns import CampaignSpec, set_call
 from adcache.caps import Candidate, CapRule
 from adcache.stats import Event
 from adcache.targeting import Targeting
@@ -136,6 +136,9 @@ def test_bidder_runs_auctions_and_budgets_and_reads_all(
     # The budget functions take the campaign record as a key, so the bidder holds HSET on it:
     # the documented limit (docs/security.md) that a separate campaigns user does not remove.
     b.redis.hset(keys.campaign(uid), "stray", "1")
+    # ... and it may run ac_campaign_set (the record and the budget), though not the index puts.
+    assert b.run(set_call(uid, _spec(uid))).version >= 2
+    _denied(lambda: b.campaigns.set(uid, _spec(uid)))
 
 
 def test_reader_reads_and_cannot_write(roles_server: RedisServer, uid: str) -> None:
