@@ -132,6 +132,10 @@ def _commands_of(unit: _Unit) -> set[str]:
 @cache
 def _analyse(source: str) -> dict[str, tuple[str, bool, frozenset[str]]]:
     """function name -> (domain, readonly, commands it can run, helpers included)."""
+    # Every command must be spelled `redis.call('X'` (or pcall): an alias (`local call =
+    # redis.call`) or a computed name would hide commands from the roles.
+    if len(re.findall(r"redis\.p?call\b", source)) != len(_CALL.findall(source)):
+        raise LibraryParseError("a command is run other than as redis.call('NAME', ...)")
     helpers: dict[str, list[_Unit]] = {}
     domains: list[tuple[str, list[_Unit], str]] = []
     for kind, name, lines in _sections(source):

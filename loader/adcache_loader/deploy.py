@@ -332,7 +332,7 @@ def deploy(
             warning = _persistence_warning(n, save, save_wait_s)
             if warning:
                 warnings[n.name] = warning
-                log.warning("%s: %s", n.name, warning)
+                log.info("%s: %s", n.name, warning)
         deadline = time.monotonic() + replica_wait_s
         while True:
             statuses = [node_status(n, expected) for n in ns]

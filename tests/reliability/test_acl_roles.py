@@ -23,6 +23,7 @@ from adcache.targeting import Targeting
 from adcache_loader import acl as acl_mod
 from adcache_loader.cli import main
 from adcache_loader.deploy import deploy
+from adcache_loader.paths import library_source
 from adcache_loader.servers import RedisServer
 
 ROLES = ("reader", "tracker", "bidder", "campaigns", "users", "cache", "app")
@@ -202,3 +203,28 @@ def test_error_replies_from_roles_are_permission_errors_not_adcache_errors(
     with pytest.raises(NoPermissionError) as e:
         t.budgets.reserve(uid, "r1", 1_000, 10)
     assert not isinstance(e.value, AdCacheError)
+
+
+def test_acl_prints_roles_and_rejects_unknown_ones() -> None:
+    runner = CliRunner()
+    r = runner.invoke(main, ["acl", "--role", "tracker", "--role", "audit=stats,read"])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("ACL SETUSER")]
+    assert [x.split()[2] for x in lines] == ["adcache-tracker", "adcache-audit", "adcache-deploy"]
+    tracker, audit = lines[0].split(), lines[1].split()
+    assert "~ad:{u:*}:fc" in tracker and "~ad:{c:*}:st:h:*" in tracker and "+pfadd" in tracker
+    assert not any(w.startswith("~ad:{c:*}:budget") for w in tracker)
+    assert "%R~ad:*" in audit and "%R~ad:*" not in tracker
+    assert "default" in r.output  # the reminder to keep the default user closed
+    r = runner.invoke(main, ["acl", "--role", "nope"])
+    assert r.exit_code == 2 and "unknown role" in r.output
+    r = runner.invoke(main, ["acl", "--role", "x=nodomain"])
+    assert r.exit_code == 2
+
+
+def test_a_command_the_analysis_cannot_see_is_refused() -> None:
+    src = library_source()
+    with pytest.raises(acl_mod.LibraryParseError):
+        acl_mod.function_access(src.replace("redis.call('HSET'", "redis.call(cmd_hset", 1))
+    with pytest.raises(acl_mod.LibraryParseError):
+        acl_mod.function_access(src.replace("redis.call('HSET', ", "(redis.call)('HSET', ", 1))
