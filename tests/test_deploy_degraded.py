@@ -85,6 +85,12 @@ def test_failed_primary_is_listed_and_fails_the_exit_code_until_it_serves_again(
     victim.start()
     r = runner.invoke(main, ["verify", "--url", seed])
     assert r.exit_code == 1, r.output
+    r = runner.invoke(main, ["deploy", "--url", seed])  # at once: it loads the restarted node too
+    assert _serves_library(victim), r.output
+    if r.exit_code == 0:
+        assert _every_primary_serves(cl), r.output
+    else:
+        assert "flagged" in r.output or "unreachable" in r.output, r.output
     seen: list[str] = []
     deadline = time.monotonic() + 60
     while True:
