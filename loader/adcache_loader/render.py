@@ -29,7 +29,10 @@ _INCLUDE = re.compile(r"^--@include\s+(.*)$", re.MULTILINE)
 _HEADER = re.compile(r"^--- @(\w+)\s*(.*)$")
 _CALLBACK = re.compile(r"^local function (\w+)\(keys, args\)")
 _PLACEHOLDER = re.compile(r"<(\w+)>")
-_KNOWN_TAGS = {"function", "flags", "summary", "keys", "argv", "reply", "errors"}
+_KNOWN_TAGS = {"function", "flags", "summary", "keys", "argv", "reply", "errors", "idempotent"}
+# `--- @idempotent always` or `--- @idempotent with <argument>`: safe to send again (the client
+# retries it through a failover); `with`: only when that optional argument is given.
+_IDEMPOTENT = re.compile(r"^(?:always\b.*|with (\w+)\b.*)$")
 _KNOWN_FLAGS = {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
 
 
@@ -50,6 +53,7 @@ class FunctionContract:
     argv: str
     reply: str
     errors: tuple[str, ...]
+    idempotent: str = ""  # "always", the argument it depends on, or "" (not safe to repeat)
 
     @property
     def readonly(self) -> bool:
@@ -220,6 +224,12 @@ def _parse_contracts(
                 raise RenderError(
                     f"{name}: @errors names {code}, which lua/errors.yaml does not define"
                 )
+        idempotent = ""
+        if "idempotent" in fields:
+            im = _IDEMPOTENT.match(fields["idempotent"])
+            if not im:
+                raise RenderError(f"{name}: @idempotent takes 'always' or 'with <argument>'")
+            idempotent = im.group(1) or "always"
         contracts.append(
             FunctionContract(
                 name=name,
@@ -231,6 +241,7 @@ def _parse_contracts(
                 argv=fields["argv"],
                 reply=fields["reply"],
                 errors=codes,
+                idempotent=idempotent,
             )
         )
     return contracts
@@ -412,6 +423,15 @@ def _render_python(
     out += [
         "",
         "",
+        "# name, tag letter, suffix (<param> placeholders), Redis type, TTL policy",
+        "KEYSPACE: tuple[tuple[str, str, str, str, str], ...] = (",
+        *[
+            f"    ({n!r}, {k['letter']!r}, {k['suffix']!r}, {str(k['type'])!r}, {str(k['ttl'])!r}),"
+            for n, k in keyspace["keys"].items()
+        ],
+        ")",
+        "",
+        "",
         "def tag_of(entity: str, entity_id: str) -> str:",
         '    """The hash tag (with braces) of an entity id: every key of that entity contains it."""',
         '    return "{" + ENTITY_TAGS[entity] + ":" + entity_id + "}"',
@@ -428,6 +448,7 @@ def _render_python(
         "    keys: tuple[str, ...]",
         "    argv: str",
         "    errors: tuple[str, ...]",
+        '    idempotent: str = ""  # safe to repeat: "always", when this argument is given, or ""',
         "",
         "",
         "FUNCTIONS: dict[str, FunctionSpec] = {",
@@ -435,7 +456,9 @@ def _render_python(
     for c in contracts:
         out.append(
             f"    {c.name!r}: FunctionSpec({c.name!r}, {c.domain!r}, {c.readonly!r}, "
-            f"{c.keys!r}, {c.argv!r}, {c.errors!r}),"
+            f"{c.keys!r}, {c.argv!r}, {c.errors!r}"
+            + (f", {c.idempotent!r}" if c.idempotent else "")
+            + "),"
         )
     out += [
         "}",
@@ -537,7 +560,13 @@ def write(check: bool = False) -> list[Path]:
     """Write the rendered outputs; with `check`, write nothing and return the stale ones."""
     paths = project_paths()
     r = render(paths.lua)
-    outputs = {paths.library: r.source, paths.generated_python: r.python, paths.docs: r.docs}
+    outputs = {
+        paths.library: r.source,
+        paths.generated_python: r.python,
+        paths.docs: r.docs,
+        # The client ships the library as package data (auto_deploy): it never imports the loader.
+        paths.generated_python.parent / "_library" / "adcache.lua": r.source,
+    }
     stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     if not check:
         for p in stale:
