@@ -15,7 +15,7 @@ pruned when its bound (the session's latest possible end) passes. Both calls are
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
@@ -27,23 +27,144 @@ if TYPE_CHECKING:
     from adcache.client import AdCache
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    """A session record. Times are epoch milliseconds of the server clock."""
+_SESSION_FIELDS = (
+    "session_id",
+    "user_id",
+    "created_ms",
+    "touched_ms",
+    "idle_ttl_ms",
+    "deadline_ms",
+    "ttl_ms",
+    "attributes",
+    "impressions",
+)
 
+
+class Session:
+    """A session record (read-only). Times are epoch milliseconds of the server clock.
+
+    Read from the server, it keeps the reply and decodes it when a field is first read: a caller
+    that only asks whether the session exists pays for no parsing."""
+
+    __slots__ = ("_d", "_reply", "session_id")
     session_id: str
-    user_id: str
-    created_ms: int
-    touched_ms: int
-    idle_ttl_ms: int
-    deadline_ms: int
-    ttl_ms: int
-    attributes: dict[str, str] = field(default_factory=dict)
-    impressions: int = 0
+    _d: dict[str, Any] | None
+    _reply: Any
+
+    def __init__(
+        self,
+        session_id: str,
+        user_id: str,
+        created_ms: int,
+        touched_ms: int,
+        idle_ttl_ms: int,
+        deadline_ms: int,
+        ttl_ms: int,
+        attributes: dict[str, str] | None = None,
+        impressions: int = 0,
+    ) -> None:
+        d = dict(
+            zip(
+                _SESSION_FIELDS[1:],
+                (
+                    user_id,
+                    created_ms,
+                    touched_ms,
+                    idle_ttl_ms,
+                    deadline_ms,
+                    ttl_ms,
+                    attributes or {},
+                    impressions,
+                ),
+                strict=True,
+            )
+        )
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "_reply", None)
+        object.__setattr__(self, "_d", d)
+
+    @classmethod
+    def from_reply(cls, session_id: str, reply: Any) -> Session:
+        s = object.__new__(cls)
+        object.__setattr__(s, "session_id", session_id)
+        object.__setattr__(s, "_reply", reply)
+        object.__setattr__(s, "_d", None)
+        return s
+
+    def _fields(self) -> dict[str, Any]:
+        d = self._d
+        if d is None:
+            f = pairs(self._reply)
+            d = {
+                "user_id": text(f["user"]),
+                "created_ms": int(f["created"]),
+                "touched_ms": int(f["touched"]),
+                "idle_ttl_ms": int(f["idle"]),
+                "deadline_ms": int(f["deadline"]),
+                "ttl_ms": int(f["pttl"]),
+                "attributes": {k[2:]: text(v) for k, v in f.items() if k.startswith("a.")},
+                "impressions": int(f.get("imps", 0)),
+            }
+            object.__setattr__(self, "_d", d)
+        return d
+
+    @property
+    def user_id(self) -> str:
+        return self._fields()["user_id"]  # type: ignore[no-any-return]
+
+    @property
+    def created_ms(self) -> int:
+        return self._fields()["created_ms"]  # type: ignore[no-any-return]
+
+    @property
+    def touched_ms(self) -> int:
+        return self._fields()["touched_ms"]  # type: ignore[no-any-return]
+
+    @property
+    def idle_ttl_ms(self) -> int:
+        return self._fields()["idle_ttl_ms"]  # type: ignore[no-any-return]
+
+    @property
+    def deadline_ms(self) -> int:
+        return self._fields()["deadline_ms"]  # type: ignore[no-any-return]
+
+    @property
+    def ttl_ms(self) -> int:
+        return self._fields()["ttl_ms"]  # type: ignore[no-any-return]
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return self._fields()["attributes"]  # type: ignore[no-any-return]
+
+    @property
+    def impressions(self) -> int:
+        return self._fields()["impressions"]  # type: ignore[no-any-return]
 
     @property
     def expires_at_ms(self) -> int:
         return min(self.touched_ms + self.idle_ttl_ms, self.deadline_ms)
+
+    def _astuple(self) -> tuple[Any, ...]:
+        d = self._fields()
+        return (self.session_id, *(d[k] for k in _SESSION_FIELDS[1:]))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Session is read-only (cannot set {name})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Session):
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self) -> int:
+        d = self._fields()
+        return hash((self.session_id, d["user_id"], d["created_ms"], d["touched_ms"]))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(
+            f"{k}={v!r}" for k, v in zip(_SESSION_FIELDS, self._astuple(), strict=True)
+        )
+        return f"Session({inner})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +175,7 @@ class Touch:
 
 def _record(session_id: str) -> Callable[[Any], Session | None]:
     def parse(reply: Any) -> Session | None:
-        if not reply:
-            return None
-        f = pairs(reply)
-        return Session(
-            session_id=session_id,
-            user_id=text(f["user"]),
-            created_ms=int(f["created"]),
-            touched_ms=int(f["touched"]),
-            idle_ttl_ms=int(f["idle"]),
-            deadline_ms=int(f["deadline"]),
-            ttl_ms=int(f["pttl"]),
-            attributes={k[2:]: text(v) for k, v in f.items() if k.startswith("a.")},
-            impressions=int(f.get("imps", 0)),
-        )
+        return Session.from_reply(session_id, reply) if reply else None
 
     return parse
 
