@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - hiredis is a dependency, this is a fal
 
 __all__ = [
     "async_node_connection",
+    "async_node_release",
     "async_pool_connection",
     "async_refresh",
     "node_address",
@@ -78,7 +79,7 @@ async def async_node_connection(node: AsyncClusterNode) -> Any:
     try:
         await conn.connect()
     except BaseException:
-        node.release(conn)
+        async_node_release(node, conn)
         raise
     return conn
 
@@ -91,6 +92,15 @@ def reader(conn: Any) -> Any:
     caller handles socket errors (redis-py's ConnectionError/TimeoutError, or a bare OSError) by
     disconnecting the connection."""
     return conn._parser.read_response
+
+
+def async_node_release(node: AsyncClusterNode, conn: Any) -> None:
+    """Give a connection back to an asyncio cluster node (redis-py < 5.1 has no `release`)."""
+    release = getattr(node, "release", None)
+    if release is not None:
+        release(conn)
+    else:
+        node._free.append(conn)
 
 
 def node_address(error: Any) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import itertools
 import logging
 import random
@@ -64,6 +65,7 @@ from adcache._redispy import (
     adopt,
     async_ensure_initialized,
     async_node_connection,
+    async_node_release,
     async_pool_connection,
     async_refresh,
     node_address,
@@ -291,7 +293,7 @@ class AdCache(AsyncFacades):
             release: Any = pool.release
         else:
             conn = await async_node_connection(node)
-            release = node.release
+            release = functools.partial(async_node_release, node)
         link = self._links[name] = _Link(conn, _released(release))
         return link
 
