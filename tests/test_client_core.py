@@ -180,3 +180,65 @@ async def test_async_keys_of_two_slots_raise_cross_slot_error(
     )
     with pytest.raises(CrossSlotError):
         await aac_cluster.run(call)
+
+
+# ---- typed errors at the edge ----
+
+
+@pytest.mark.parametrize("bad", ["abc", float("nan"), float("inf"), "NaN", True, None])
+def test_a_bad_money_amount_is_a_bad_argument(ac: AdCache, uid: str, bad: object) -> None:
+    from adcache import BadArgumentError
+    from adcache.auctions import Bid, Imp
+
+    with pytest.raises(BadArgumentError):
+        ac.auctions.create(uid, [Imp("1", floor=bad)], tmax_ms=60_000)  # type: ignore[arg-type]
+    assert ac.redis.exists(keys.auction(uid)) == 0  # nothing was sent
+    ac.auctions.create(uid, [Imp("1", floor="0.5")], tmax_ms=60_000)
+    with pytest.raises(BadArgumentError):
+        ac.auctions.bid(uid, Bid(bid_id="b", imp_id="1", seat="s", price=bad))  # type: ignore[arg-type]
+    assert ac.redis.exists(keys.auction_bids(uid)) == 0
+
+
+def test_money_amounts_raise_adcache_errors_not_value_errors() -> None:
+    from adcache import AdCacheError
+    from adcache.money import to_micros
+    from adcache.profiles import score_from_points
+
+    for bad in ("x", float("nan"), "1e999999999999"):
+        with pytest.raises(AdCacheError):
+            to_micros(bad)
+    with pytest.raises(AdCacheError):
+        score_from_points("x")
+
+
+def _no_function_load_user(server: RedisServer) -> redis.Redis:
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "nofl", "on", ">pw", "~*", "+@all", "-function|load")
+    admin.close()
+    return server.client(username="nofl", password="pw")
+
+
+def test_auto_deploy_without_the_right_to_load_names_node_and_command(
+    bare_server: RedisServer, uid: str
+) -> None:
+    cache = AdCache(_no_function_load_user(bare_server), auto_deploy=True)
+    with pytest.raises(LibraryMissingError) as e:
+        cache.sessions.get(uid)
+    assert str(bare_server.port) in str(e.value) and "adcache deploy" in str(e.value)
+    assert e.value.node is not None and str(bare_server.port) in e.value.node
+
+
+async def test_async_auto_deploy_without_the_right_to_load(
+    bare_server: RedisServer, uid: str
+) -> None:
+    import redis.asyncio as aredis
+
+    _no_function_load_user(bare_server).close()
+    cache = aio.AdCache(
+        aredis.Redis(port=bare_server.port, username="nofl", password="pw"), auto_deploy=True
+    )
+    try:
+        with pytest.raises(LibraryMissingError, match="adcache deploy"):
+            await cache.sessions.get(uid)
+    finally:
+        await cache.aclose()

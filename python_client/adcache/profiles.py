@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
@@ -27,7 +27,12 @@ ANY = "-"
 
 def score_from_points(points: Decimal | int | str) -> int:
     """Points (e.g. Decimal('75.5')) to thousandths; refuses values finer than 0.001."""
-    d = Decimal(points) * SCORE_SCALE
+    try:
+        d = Decimal(points) * SCORE_SCALE
+    except (InvalidOperation, ValueError, TypeError) as e:
+        raise BadArgumentError(f"score {points!r} is not a number") from e
+    if not d.is_finite():
+        raise BadArgumentError(f"score {points!r} is not finite")
     if d != d.to_integral_value():
         raise BadArgumentError(f"score {points} has more than 3 decimals")
     return int(d)
