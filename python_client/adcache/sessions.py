@@ -362,7 +362,9 @@ def impression_call(
     args: tuple[str | int, ...] = (int(cap), campaign_id or "", int(campaign_cap))
     if impression_id is not None:
         args += (impression_id,)
-    return Call("ac_session_impression", (keys.session(session_id),), args, parse)
+    # With the id a repeated call counts nothing: safe to send again through a failover.
+    retry = impression_id is not None
+    return Call("ac_session_impression", (keys.session(session_id),), args, parse, retry)
 
 
 # ---- the user's index ({u:<id>}) ----

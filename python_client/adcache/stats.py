@@ -210,7 +210,9 @@ def record_call(
     def parse(r: Any) -> Recorded:
         return Recorded(int(r[0]), int(r[1]), text(r[2]), text(r[3]))
 
-    return Call("ac_stats_record", (keys.stats_meta(campaign_id),), tuple(args), parse)
+    # Safe to send again (through a failover) only when every event carries its id.
+    retry = config.dedup_s > 0 and all(e.event_id for e in events)
+    return Call("ac_stats_record", (keys.stats_meta(campaign_id),), tuple(args), parse, retry)
 
 
 def summary_call(
