@@ -204,6 +204,8 @@ class _Link(asyncio.Protocol):
 class AdCache(AsyncFacades):
     """Asyncio twin of `adcache.AdCache`; see that class for the options."""
 
+    is_async = True
+
     def __init__(
         self,
         client: aredis.Redis | RedisCluster,

@@ -249,7 +249,7 @@ def wb_ack_call(
 
 
 class Caches:
-    """Cache primitives on a synchronous `AdCache` (`cache.caches`)."""
+    """Cache primitives on the sync or asyncio `AdCache` (`cache.caches`)."""
 
     def __init__(self, cache: AdCache) -> None:
         self._c = cache

@@ -188,6 +188,8 @@ class AdCache(SyncFacades):
     by a failover, so retry it (the money path is idempotent). 0 (default) does not wait.
     """
 
+    is_async = False
+
     def __init__(
         self,
         client: redis.Redis | RedisCluster,

@@ -301,7 +301,7 @@ MATCH = f"{KEY_PREFIX}:*"
 
 
 class Monitor:
-    """Health, counters and audit on a synchronous `AdCache` (`cache.monitor`)."""
+    """Health, counters and audit on the sync or asyncio `AdCache` (`cache.monitor`)."""
 
     def __init__(self, cache: AdCache) -> None:
         self._c = cache

@@ -226,7 +226,7 @@ def response_id(response: Document) -> str:
 
 
 class OpenRTB:
-    """OpenRTB on a synchronous `AdCache`: `OpenRTB(cache).create(request)`, `.submit(response)`."""
+    """OpenRTB on the sync or asyncio `AdCache`: `OpenRTB(cache).create(request)`, `.submit(response)`."""
 
     def __init__(self, cache: AdCache, *, currency: str = "USD") -> None:
         self._c = cache

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, positive_ms, text
+from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 
 _SESSION_FIELDS = (
@@ -395,12 +395,10 @@ def _live_of(user_id: str, got: list[Session | None]) -> list[Session]:
     return [s for s in got if s is not None and s.user_id == user_id]
 
 
-class Sessions:
-    """Session calls on a synchronous `AdCache` (`cache.sessions`)."""
+class Sessions(Facade[M]):
+    """Session calls on the sync or asyncio `AdCache` (`cache.sessions`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @plan
     def create(
         self,
         session_id: str,
@@ -411,50 +409,49 @@ class Sessions:
         attributes: Mapping[str, str] | None = None,
         index: bool = True,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
-    ) -> Session:
+    ) -> Plan[Session]:
         """Create a session (one call); AlreadyExistsError when the id is taken.
 
         With index=True it is first added to its user's index (one more call, see the module
         doc), so `list` and `revoke_all` know it; LimitExceededError when the user has
         `max_sessions` live sessions."""
         if index:
-            self._c.run(
-                index_add_call(
-                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
-                )
+            add = index_add_call(
+                user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
             )
-        return self._c.run(
-            create_call(
-                session_id,
-                user_id,
-                idle_ttl=idle_ttl,
-                max_lifetime=max_lifetime,
-                attributes=attributes,
-            )
+            yield from one(add)
+        create = create_call(
+            session_id, user_id, idle_ttl=idle_ttl, max_lifetime=max_lifetime, attributes=attributes
         )
+        return (yield from one(create))
 
-    def get(self, session_id: str) -> Session | None:
+    @call
+    def get(self, session_id: str) -> Call[Session | None]:
         """The session, or None when unknown or expired (FCALL_RO)."""
-        return self._c.run(get_call(session_id))
+        return get_call(session_id)
 
-    def get_many(self, session_ids: list[str]) -> list[Session | None]:
+    @plan
+    def get_many(self, session_ids: list[str]) -> Plan[list[Session | None]]:
         """Many sessions, one pipelined round per node."""
-        return self._c.run_many([get_call(s) for s in session_ids])
+        return (yield from many([get_call(s) for s in session_ids]))
 
-    def touch(self, session_id: str) -> Touch:
+    @call
+    def touch(self, session_id: str) -> Call[Touch]:
         """Slide the idle TTL from now, never past the lifetime; NotFoundError if expired."""
-        return self._c.run(touch_call(session_id))
+        return touch_call(session_id)
 
-    def delete(self, session_id: str, user_id: str | None = None) -> bool:
+    @plan
+    def delete(self, session_id: str, user_id: str | None = None) -> Plan[bool]:
         """Delete the session and its history (one call). With user_id, only a session of that
         user, and then its entry in the user's index too (one more call). Without it the index
         entry, if any, is skipped by `list` and pruned when its bound passes."""
         if user_id is None:
-            return self._c.run(delete_call(session_id))
-        deleted = self._c.run(delete_call(session_id, user_id))
-        self._c.run(index_remove_call(user_id, [session_id]))
+            return (yield from one(delete_call(session_id)))
+        deleted = yield from one(delete_call(session_id, user_id))
+        (yield from one(index_remove_call(user_id, [session_id])))
         return deleted
 
+    @call
     def track(
         self,
         session_id: str,
@@ -464,31 +461,32 @@ class Sessions:
         keywords: Iterable[str] = (),
         referrer: str = "",
         max_history: int = DEFAULT_MAX_HISTORY,
-    ) -> Track:
+    ) -> Call[Track]:
         """A page view or ad request: append its context and slide the idle TTL (one call)."""
-        return self._c.run(
-            track_call(
-                session_id,
-                kind=kind,
-                categories=categories,
-                keywords=keywords,
-                referrer=referrer,
-                max_history=max_history,
-            )
+        return track_call(
+            session_id,
+            kind=kind,
+            categories=categories,
+            keywords=keywords,
+            referrer=referrer,
+            max_history=max_history,
         )
 
+    @call
     def history(
         self, session_id: str, count: int = DEFAULT_MAX_HISTORY
-    ) -> list[ContextEntry] | None:
+    ) -> Call[list[ContextEntry] | None]:
         """The newest context entries, newest first; None when the session is gone."""
-        return self._c.run(history_call(session_id, count))
+        return history_call(session_id, count)
 
+    @call
     def context(
         self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
-    ) -> SessionContext | None:
+    ) -> Call[SessionContext | None]:
         """Weighted interests for targeting (FCALL_RO); None when the session is gone."""
-        return self._c.run(context_call(session_id, half_life=half_life, top=top))
+        return context_call(session_id, half_life=half_life, top=top)
 
+    @call
     def record_impression(
         self,
         session_id: str,
@@ -497,145 +495,34 @@ class Sessions:
         campaign_id: str | None = None,
         campaign_cap: int = 0,
         impression_id: str | None = None,
-    ) -> Impression:
+    ) -> Call[Impression]:
         """Count an impression unless a cap is reached (a refusal is a reply, not an error);
         with impression_id, a retry returns the first reply and counts nothing."""
-        return self._c.run(
-            impression_call(
-                session_id,
-                cap=cap,
-                campaign_id=campaign_id,
-                campaign_cap=campaign_cap,
-                impression_id=impression_id,
-            )
+        return impression_call(
+            session_id,
+            cap=cap,
+            campaign_id=campaign_id,
+            campaign_cap=campaign_cap,
+            impression_id=impression_id,
         )
 
-    def list(self, user_id: str) -> list[Session]:
+    @plan
+    def list(self, user_id: str) -> Plan[list[Session]]:
         """The user's live sessions (two rounds: the index, then the sessions pipelined)."""
-        ids = self._c.run(index_list_call(user_id))
-        return _live_of(user_id, self._c.run_many([get_call(s) for s in ids])) if ids else []
+        ids = yield from one(index_list_call(user_id))
+        return _live_of(user_id, (yield from many([get_call(s) for s in ids]))) if ids else []
 
-    def revoke_all(self, user_id: str) -> int:
+    @plan
+    def revoke_all(self, user_id: str) -> Plan[int]:
         """Delete every session of the user, then their index entries; returns how many
         sessions were deleted. Only the entries listed are removed, so a session created
         meanwhile stays indexed."""
-        ids = self._c.run(index_list_call(user_id))
+        ids = yield from one(index_list_call(user_id))
         if not ids:
             return 0
-        done = self._c.run_many([delete_call(s, user_id) for s in ids])
-        self._c.run(index_remove_call(user_id, ids))
+        done = yield from many([delete_call(s, user_id) for s in ids])
+        (yield from one(index_remove_call(user_id, ids)))
         return sum(1 for d in done if d)
 
 
-class AsyncSessions:
-    """Session calls on an asyncio `AdCache` (`cache.sessions`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def create(
-        self,
-        session_id: str,
-        user_id: str,
-        *,
-        idle_ttl: float,
-        max_lifetime: float,
-        attributes: Mapping[str, str] | None = None,
-        index: bool = True,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
-    ) -> Session:
-        if index:
-            await self._c.run(
-                index_add_call(
-                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
-                )
-            )
-        return await self._c.run(
-            create_call(
-                session_id,
-                user_id,
-                idle_ttl=idle_ttl,
-                max_lifetime=max_lifetime,
-                attributes=attributes,
-            )
-        )
-
-    async def get(self, session_id: str) -> Session | None:
-        return await self._c.run(get_call(session_id))
-
-    async def get_many(self, session_ids: list[str]) -> list[Session | None]:
-        return await self._c.run_many([get_call(s) for s in session_ids])
-
-    async def touch(self, session_id: str) -> Touch:
-        return await self._c.run(touch_call(session_id))
-
-    async def delete(self, session_id: str, user_id: str | None = None) -> bool:
-        if user_id is None:
-            return await self._c.run(delete_call(session_id))
-        deleted = await self._c.run(delete_call(session_id, user_id))
-        await self._c.run(index_remove_call(user_id, [session_id]))
-        return deleted
-
-    async def track(
-        self,
-        session_id: str,
-        *,
-        kind: Literal["view", "request"] = "view",
-        categories: Iterable[str] = (),
-        keywords: Iterable[str] = (),
-        referrer: str = "",
-        max_history: int = DEFAULT_MAX_HISTORY,
-    ) -> Track:
-        return await self._c.run(
-            track_call(
-                session_id,
-                kind=kind,
-                categories=categories,
-                keywords=keywords,
-                referrer=referrer,
-                max_history=max_history,
-            )
-        )
-
-    async def history(
-        self, session_id: str, count: int = DEFAULT_MAX_HISTORY
-    ) -> list[ContextEntry] | None:
-        return await self._c.run(history_call(session_id, count))
-
-    async def context(
-        self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
-    ) -> SessionContext | None:
-        return await self._c.run(context_call(session_id, half_life=half_life, top=top))
-
-    async def record_impression(
-        self,
-        session_id: str,
-        *,
-        cap: int = 0,
-        campaign_id: str | None = None,
-        campaign_cap: int = 0,
-        impression_id: str | None = None,
-    ) -> Impression:
-        return await self._c.run(
-            impression_call(
-                session_id,
-                cap=cap,
-                campaign_id=campaign_id,
-                campaign_cap=campaign_cap,
-                impression_id=impression_id,
-            )
-        )
-
-    async def list(self, user_id: str) -> list[Session]:
-        ids = await self._c.run(index_list_call(user_id))
-        if not ids:
-            return []
-        return _live_of(user_id, await self._c.run_many([get_call(s) for s in ids]))
-
-    async def revoke_all(self, user_id: str) -> int:
-        ids = await self._c.run(index_list_call(user_id))
-        if not ids:
-            return 0
-        done = await self._c.run_many([delete_call(s, user_id) for s in ids])
-        await self._c.run(index_remove_call(user_id, ids))
-        return sum(1 for d in done if d)
+AsyncSessions = Sessions  # the same class: on an asyncio client its methods return awaitables
