@@ -67,7 +67,7 @@ class SyncFacades:
     targeting: TargetingIndex[Sync]
     stats: Stats[Sync]
     monitor: Monitor
-    caches: Caches
+    caches: Caches[Sync]
     decide: Decisions
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
@@ -86,7 +86,7 @@ class AsyncFacades:
     targeting: TargetingIndex[Async]
     stats: Stats[Async]
     monitor: AsyncMonitor
-    caches: AsyncCaches
+    caches: Caches[Async]
     decide: AsyncDecisions
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
