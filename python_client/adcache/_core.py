@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterCrossSlotError,
+    ClusterDownError,
     MovedError,
     ResponseError,
     TryAgainError,
@@ -167,10 +168,12 @@ def translate_error(exc: ResponseError, node: str) -> Exception:
     return exc
 
 
-def needs_retry(e: ResponseError, node: str) -> bool:
-    """An error reply the retry loop deals with (a redirect, a missing library), not the
-    caller."""
-    if isinstance(e, (MovedError, AskError, TryAgainError)):
+def needs_retry(e: Exception, node: str) -> bool:
+    """An error reply the retry loop deals with (a redirect, a cluster or server not ready, a
+    missing library), not the caller."""
+    if isinstance(e, (MovedError, AskError, TryAgainError, ClusterDownError)):
+        return True
+    if not isinstance(e, ResponseError):  # LOADING and the like: not run, try again
         return True
     return isinstance(translate_error(e, node), LibraryMissingError)
 

@@ -392,9 +392,9 @@ class AdCache(AsyncFacades):
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     pass
                 else:
-                    if not isinstance(reply, ResponseError):
+                    if not isinstance(reply, Exception):
                         return reply
-                    if not needs_retry(reply, name):
+                    if isinstance(reply, ResponseError) and not needs_retry(reply, name):
                         raise translate_error(reply, name) from reply
         return await self._fcall(call, payload)
 
