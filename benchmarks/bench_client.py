@@ -62,6 +62,12 @@ def measure(url: str, calls: int = 20000, rounds: int = 10) -> dict[str, float]:
         for i in range(n):
             get(ids[i % N_IDS])
 
+    def ours_read(n: int) -> None:
+        get = cache.sessions.get
+        for i in range(n):
+            s = get(ids[i % N_IDS])
+            assert s is not None and s.user_id  # decodes the record
+
     async def _aours(n: int) -> None:
         get = acache.sessions.get
         for i in range(n):
@@ -75,6 +81,13 @@ def measure(url: str, calls: int = 20000, rounds: int = 10) -> dict[str, float]:
             p = pipe_client.pipeline(transaction=False)
             for _ in range(100):
                 p.ping()
+            p.execute()
+
+    def fcall100(n: int) -> None:
+        for _ in range(n):
+            p = pipe_client.pipeline(transaction=False)
+            for k in keys_:
+                p.execute_command("FCALL_RO", "ac_session_get", 1, k)
             p.execute()
 
     def many_parsed(n: int) -> None:
@@ -95,10 +108,12 @@ def measure(url: str, calls: int = 20000, rounds: int = 10) -> dict[str, float]:
     single: dict[str, Callable[[int], None]] = {
         "raw FCALL_RO, fixed connection, raw reply": raw_fcall,
         "cache.sessions.get": ours,
+        "cache.sessions.get, reading a field": ours_read,
         "aio cache.sessions.get": aours,
     }
     batched: dict[str, Callable[[int], None]] = {
         "redis-py pipeline of 100 PING": ping100,
+        "redis-py pipeline of 100 FCALL_RO ac_session_get (raw)": fcall100,
         "run_many 100 sessions.get, parsed": many_parsed,
         "run_many 100 sessions.get, raw": many_raw,
         "aio run_many 100 sessions.get, parsed": amany_parsed,
@@ -128,12 +143,18 @@ def ratios(t: dict[str, float]) -> dict[str, float]:
     ping = t["redis-py pipeline of 100 PING"]
     return {
         "sessions.get / raw FCALL_RO (target <= 1.15)": t["cache.sessions.get"] / raw_us,
+        "sessions.get reading a field / raw FCALL_RO": t["cache.sessions.get, reading a field"]
+        / raw_us,
         "aio sessions.get / sync sessions.get (target <= 1.10)": t["aio cache.sessions.get"]
         / t["cache.sessions.get"],
         "run_many parsed throughput / 100 PINGs (target >= 0.6)": ping
         / t["run_many 100 sessions.get, parsed"],
         "run_many raw throughput / 100 PINGs (target >= 0.8)": ping
         / t["run_many 100 sessions.get, raw"],
+        "run_many parsed throughput / redis-py pipeline of the same 100 FCALL_RO": t[
+            "redis-py pipeline of 100 FCALL_RO ac_session_get (raw)"
+        ]
+        / t["run_many 100 sessions.get, parsed"],
         "aio run_many parsed / sync run_many parsed (time)": t[
             "aio run_many 100 sessions.get, parsed"
         ]

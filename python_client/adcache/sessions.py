@@ -40,6 +40,11 @@ _SESSION_FIELDS = (
 )
 
 
+# The record's field names on the wire, in the reply's encoding (bytes, or str when decoded).
+_WIRE_S = ("user", "created", "touched", "idle", "deadline", "pttl", "imps", "a.")
+_WIRE_B = tuple(w.encode() for w in _WIRE_S)
+
+
 class Session:
     """A session record (read-only). Times are epoch milliseconds of the server clock.
 
@@ -94,16 +99,21 @@ class Session:
     def _fields(self) -> dict[str, Any]:
         d = self._d
         if d is None:
-            f = pairs(self._reply)
+            r = self._reply
+            it = iter(r)
+            f = dict(zip(it, it, strict=True))  # names as they came (bytes, or str)
+            raw = type(r[0]) is bytes
+            n = _WIRE_B if raw else _WIRE_S
+            user = f[n[0]]
             d = {
-                "user_id": text(f["user"]),
-                "created_ms": int(f["created"]),
-                "touched_ms": int(f["touched"]),
-                "idle_ttl_ms": int(f["idle"]),
-                "deadline_ms": int(f["deadline"]),
-                "ttl_ms": int(f["pttl"]),
-                "attributes": {k[2:]: text(v) for k, v in f.items() if k.startswith("a.")},
-                "impressions": int(f.get("imps", 0)),
+                "user_id": user.decode() if raw else user,
+                "created_ms": int(f[n[1]]),
+                "touched_ms": int(f[n[2]]),
+                "idle_ttl_ms": int(f[n[3]]),
+                "deadline_ms": int(f[n[4]]),
+                "ttl_ms": int(f[n[5]]),
+                "attributes": {text(k)[2:]: text(v) for k, v in f.items() if k[:2] == n[7]},
+                "impressions": int(f.get(n[6], 0)),
             }
             object.__setattr__(self, "_d", d)
         return d
