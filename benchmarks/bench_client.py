@@ -39,7 +39,7 @@ def _ids(cache: AdCache) -> list[str]:
     return ids
 
 
-def measure(url: str, calls: int = 20000, rounds: int = 10) -> dict[str, float]:
+def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
     """µs per call (per batch for the batched cases), the best round of each case."""
     cache = AdCache(redis.Redis.from_url(url))
     ids = _ids(cache)
@@ -120,7 +120,7 @@ def measure(url: str, calls: int = 20000, rounds: int = 10) -> dict[str, float]:
     }
     best: dict[str, float] = {}
     per_round = max(1, calls // rounds)
-    per_round_batched = max(1, per_round // 50)
+    per_round_batched = max(1, per_round // 40)
     for fns, n in ((single, per_round), (batched, per_round_batched)):
         for fn in fns.values():
             fn(max(1, n // 10))  # warm up

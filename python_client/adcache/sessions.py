@@ -48,13 +48,13 @@ _WIRE_B = tuple(w.encode() for w in _WIRE_S)
 class Session:
     """A session record (read-only). Times are epoch milliseconds of the server clock.
 
-    Read from the server, it keeps the reply and decodes it when a field is first read: a caller
-    that only asks whether the session exists pays for no parsing."""
+    Read from the server, it keeps the reply's field/value pairs and converts a field when it is
+    read: a caller that only asks whether the session exists, or reads one field, parses no more."""
 
-    __slots__ = ("_d", "_reply", "session_id")
+    __slots__ = ("_f", "_n", "session_id")
     session_id: str
-    _d: dict[str, Any] | None
-    _reply: Any
+    _f: dict[Any, Any]  # wire field name -> value, as the reply gave them
+    _n: tuple[Any, ...]  # the wire names in the reply's encoding (_WIRE_B or _WIRE_S)
 
     def __init__(
         self,
@@ -68,95 +68,61 @@ class Session:
         attributes: dict[str, str] | None = None,
         impressions: int = 0,
     ) -> None:
-        d = dict(
-            zip(
-                _SESSION_FIELDS[1:],
-                (
-                    user_id,
-                    created_ms,
-                    touched_ms,
-                    idle_ttl_ms,
-                    deadline_ms,
-                    ttl_ms,
-                    attributes or {},
-                    impressions,
-                ),
-                strict=True,
-            )
-        )
+        values = (user_id, created_ms, touched_ms, idle_ttl_ms, deadline_ms, ttl_ms, impressions)
+        f: dict[Any, Any] = dict(zip(_WIRE_S, values, strict=False))
+        f.update({"a." + k: v for k, v in (attributes or {}).items()})
         object.__setattr__(self, "session_id", session_id)
-        object.__setattr__(self, "_reply", None)
-        object.__setattr__(self, "_d", d)
+        object.__setattr__(self, "_f", f)
+        object.__setattr__(self, "_n", _WIRE_S)
 
     @classmethod
     def from_reply(cls, session_id: str, reply: Any) -> Session:
         s = object.__new__(cls)
+        it = iter(reply)
         object.__setattr__(s, "session_id", session_id)
-        object.__setattr__(s, "_reply", reply)
-        object.__setattr__(s, "_d", None)
+        object.__setattr__(s, "_f", dict(zip(it, it, strict=True)))
+        object.__setattr__(s, "_n", _WIRE_B if type(reply[0]) is bytes else _WIRE_S)
         return s
-
-    def _fields(self) -> dict[str, Any]:
-        d = self._d
-        if d is None:
-            r = self._reply
-            it = iter(r)
-            f = dict(zip(it, it, strict=True))  # names as they came (bytes, or str)
-            raw = type(r[0]) is bytes
-            n = _WIRE_B if raw else _WIRE_S
-            user = f[n[0]]
-            d = {
-                "user_id": user.decode() if raw else user,
-                "created_ms": int(f[n[1]]),
-                "touched_ms": int(f[n[2]]),
-                "idle_ttl_ms": int(f[n[3]]),
-                "deadline_ms": int(f[n[4]]),
-                "ttl_ms": int(f[n[5]]),
-                "attributes": {text(k)[2:]: text(v) for k, v in f.items() if k[:2] == n[7]},
-                "impressions": int(f.get(n[6], 0)),
-            }
-            object.__setattr__(self, "_d", d)
-        return d
 
     @property
     def user_id(self) -> str:
-        return self._fields()["user_id"]  # type: ignore[no-any-return]
+        return text(self._f[self._n[0]])
 
     @property
     def created_ms(self) -> int:
-        return self._fields()["created_ms"]  # type: ignore[no-any-return]
+        return int(self._f[self._n[1]])
 
     @property
     def touched_ms(self) -> int:
-        return self._fields()["touched_ms"]  # type: ignore[no-any-return]
+        return int(self._f[self._n[2]])
 
     @property
     def idle_ttl_ms(self) -> int:
-        return self._fields()["idle_ttl_ms"]  # type: ignore[no-any-return]
+        return int(self._f[self._n[3]])
 
     @property
     def deadline_ms(self) -> int:
-        return self._fields()["deadline_ms"]  # type: ignore[no-any-return]
+        return int(self._f[self._n[4]])
 
     @property
     def ttl_ms(self) -> int:
-        return self._fields()["ttl_ms"]  # type: ignore[no-any-return]
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        return self._fields()["attributes"]  # type: ignore[no-any-return]
+        return int(self._f[self._n[5]])
 
     @property
     def impressions(self) -> int:
-        return self._fields()["impressions"]  # type: ignore[no-any-return]
+        return int(self._f.get(self._n[6], 0))
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        prefix = self._n[7]
+        return {text(k)[2:]: text(v) for k, v in self._f.items() if k[:2] == prefix}
 
     @property
     def expires_at_ms(self) -> int:
         return min(self.touched_ms + self.idle_ttl_ms, self.deadline_ms)
 
     def _astuple(self) -> tuple[Any, ...]:
-        d = self._fields()
-        return (self.session_id, *(d[k] for k in _SESSION_FIELDS[1:]))
+        return tuple(getattr(self, k) for k in _SESSION_FIELDS)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Session is read-only (cannot set {name})")
@@ -167,13 +133,10 @@ class Session:
         return self._astuple() == other._astuple()
 
     def __hash__(self) -> int:
-        d = self._fields()
-        return hash((self.session_id, d["user_id"], d["created_ms"], d["touched_ms"]))
+        return hash((self.session_id, self.user_id, self.created_ms, self.touched_ms))
 
     def __repr__(self) -> str:
-        inner = ", ".join(
-            f"{k}={v!r}" for k, v in zip(_SESSION_FIELDS, self._astuple(), strict=True)
-        )
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in _SESSION_FIELDS)
         return f"Session({inner})"
 
 
