@@ -51,9 +51,10 @@ class Session:
     Read from the server, it keeps the reply's field/value pairs and converts a field when it is
     read: a caller that only asks whether the session exists, or reads one field, parses no more."""
 
-    __slots__ = ("_f", "_n", "session_id")
+    __slots__ = ("_f", "_n", "_r", "session_id")
     session_id: str
-    _f: dict[Any, Any]  # wire field name -> value, as the reply gave them
+    _r: Any  # the reply, until a field is read
+    _f: dict[Any, Any] | None  # wire field name -> value, as the reply gave them
     _n: tuple[Any, ...]  # the wire names in the reply's encoding (_WIRE_B or _WIRE_S)
 
     def __init__(
@@ -72,50 +73,61 @@ class Session:
         f: dict[Any, Any] = dict(zip(_WIRE_S, values, strict=False))
         f.update({"a." + k: v for k, v in (attributes or {}).items()})
         object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "_r", None)
         object.__setattr__(self, "_f", f)
         object.__setattr__(self, "_n", _WIRE_S)
 
     @classmethod
     def from_reply(cls, session_id: str, reply: Any) -> Session:
         s = object.__new__(cls)
-        it = iter(reply)
         object.__setattr__(s, "session_id", session_id)
-        object.__setattr__(s, "_f", dict(zip(it, it, strict=True)))
-        object.__setattr__(s, "_n", _WIRE_B if type(reply[0]) is bytes else _WIRE_S)
+        object.__setattr__(s, "_r", reply)
+        object.__setattr__(s, "_f", None)
         return s
+
+    def _m(self) -> dict[Any, Any]:
+        f = self._f
+        if f is None:
+            r = self._r
+            it = iter(r)
+            f = dict(zip(it, it, strict=True))
+            object.__setattr__(self, "_n", _WIRE_B if type(r[0]) is bytes else _WIRE_S)
+            object.__setattr__(self, "_f", f)
+        return f
 
     @property
     def user_id(self) -> str:
-        return text(self._f[self._n[0]])
+        return text(self._m()[self._n[0]])
 
     @property
     def created_ms(self) -> int:
-        return int(self._f[self._n[1]])
+        return int(self._m()[self._n[1]])
 
     @property
     def touched_ms(self) -> int:
-        return int(self._f[self._n[2]])
+        return int(self._m()[self._n[2]])
 
     @property
     def idle_ttl_ms(self) -> int:
-        return int(self._f[self._n[3]])
+        return int(self._m()[self._n[3]])
 
     @property
     def deadline_ms(self) -> int:
-        return int(self._f[self._n[4]])
+        return int(self._m()[self._n[4]])
 
     @property
     def ttl_ms(self) -> int:
-        return int(self._f[self._n[5]])
+        return int(self._m()[self._n[5]])
 
     @property
     def impressions(self) -> int:
-        return int(self._f.get(self._n[6], 0))
+        return int(self._m().get(self._n[6], 0))
 
     @property
     def attributes(self) -> dict[str, str]:
+        f = self._m()
         prefix = self._n[7]
-        return {text(k)[2:]: text(v) for k, v in self._f.items() if k[:2] == prefix}
+        return {text(k)[2:]: text(v) for k, v in f.items() if k[:2] == prefix}
 
     @property
     def expires_at_ms(self) -> int:
