@@ -804,7 +804,7 @@ def _decision(
 
 
 class Decisions:
-    """The ad decision on the sync or asyncio `AdCache` (`cache.decide`)."""
+    """The ad decision on a synchronous `AdCache` (`cache.decide`)."""
 
     def __init__(self, cache: AdCache, config: DecideConfig | None = None) -> None:
         self._c = cache
