@@ -623,7 +623,7 @@ def test_python_edge_converts_prices_exactly(ac: AdCache, uid: str) -> None:
     assert res.bid("b").price_micros == 300_000  # half-even to the micro: a tie, "a" came first
     w = res.winner("1")
     assert w is not None and w.bid_id == "a" and res.imp("1").clearing_micros == 300_000
-    with pytest.raises(ValueError):
+    with pytest.raises(BadArgumentError):
         ac.auctions.bid(uid, _bid("c", "abc"))
 
 

@@ -31,8 +31,11 @@ _INCLUDE = re.compile(r"^--@include\s+(.*)$", re.MULTILINE)
 _HEADER = re.compile(r"^--- @(\w+)\s*(.*)$")
 _CALLBACK = re.compile(r"^local function (\w+)\(keys, args\)")
 _PLACEHOLDER = re.compile(r"<(\w+)>")
-_KNOWN_TAGS = {"function", "flags", "summary", "keys", "argv", "reply", "errors"}
+_KNOWN_TAGS = {"function", "flags", "summary", "keys", "argv", "reply", "errors", "idempotent"}
 _LIST_TAGS = {"arg", "field"}  # typed lines, one per argument / reply field (see below)
+# `--- @idempotent always` or `--- @idempotent with <argument>`: safe to send again (the client
+# retries it through a failover); `with`: only when that optional argument is given.
+_IDEMPOTENT = re.compile(r"^(?:always\b.*|with (\w+)\b.*)$")
 _KNOWN_FLAGS = {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
 
 
@@ -55,6 +58,7 @@ class FunctionContract:
     errors: tuple[str, ...]
     arg_tree: list[dict[str, Any]] = field(default_factory=list, compare=False)
     reply_spec: dict[str, Any] = field(default_factory=dict, compare=False)
+    idempotent: str = ""  # "always", the argument it depends on, or "" (not safe to repeat)
 
     @property
     def readonly(self) -> bool:
@@ -235,6 +239,12 @@ def _parse_contracts(
                 )
         arg_tree, _ = typed_arguments(name, fields["argv"], lists["arg"])
         reply_spec = typed_reply(name, fields["reply"], lists["field"])
+        idempotent = ""
+        if "idempotent" in fields:
+            im = _IDEMPOTENT.match(fields["idempotent"])
+            if not im:
+                raise RenderError(f"{name}: @idempotent takes 'always' or 'with <argument>'")
+            idempotent = im.group(1) or "always"
         contracts.append(
             FunctionContract(
                 name=name,
@@ -248,6 +258,7 @@ def _parse_contracts(
                 errors=codes,
                 arg_tree=arg_tree,
                 reply_spec=reply_spec,
+                idempotent=idempotent,
             )
         )
     return contracts
@@ -722,6 +733,15 @@ def _render_python(
     out += [
         "",
         "",
+        "# name, tag letter, suffix (<param> placeholders), Redis type, TTL policy",
+        "KEYSPACE: tuple[tuple[str, str, str, str, str], ...] = (",
+        *[
+            f"    ({n!r}, {k['letter']!r}, {k['suffix']!r}, {str(k['type'])!r}, {str(k['ttl'])!r}),"
+            for n, k in keyspace["keys"].items()
+        ],
+        ")",
+        "",
+        "",
         "def tag_of(entity: str, entity_id: str) -> str:",
         '    """The hash tag (with braces) of an entity id: every key of that entity contains it."""',
         '    return "{" + ENTITY_TAGS[entity] + ":" + entity_id + "}"',
@@ -738,6 +758,7 @@ def _render_python(
         "    keys: tuple[str, ...]",
         "    argv: str",
         "    errors: tuple[str, ...]",
+        '    idempotent: str = ""  # safe to repeat: "always", when this argument is given, or ""',
         "",
         "",
         "FUNCTIONS: dict[str, FunctionSpec] = {",
@@ -745,7 +766,9 @@ def _render_python(
     for c in contracts:
         out.append(
             f"    {c.name!r}: FunctionSpec({c.name!r}, {c.domain!r}, {c.readonly!r}, "
-            f"{c.keys!r}, {c.argv!r}, {c.errors!r}),"
+            f"{c.keys!r}, {c.argv!r}, {c.errors!r}"
+            + (f", {c.idempotent!r}" if c.idempotent else "")
+            + "),"
         )
     out += [
         "}",
@@ -833,11 +856,23 @@ def contracts_json(version: str, contracts: list[FunctionContract]) -> str:
                 "args": c.arg_tree,
                 "reply": c.reply_spec,
                 "errors": list(c.errors),
+                "idempotent": c.idempotent or None,
             }
             for c in contracts
         },
     }
     return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+def _retry_doc(c: FunctionContract) -> str:
+    """Whether the Python client re-sends the call after a lost reply (the `@idempotent` tag)."""
+    if c.readonly:
+        return "yes (a read)"
+    if c.idempotent == "always":
+        return "yes (the same under its ids)"
+    if c.idempotent:
+        return f"yes when `{c.idempotent}` is given"
+    return "no (a lost reply is raised; docs/clients.md lists what a caller may still retry)"
 
 
 def _md(s: str) -> str:
@@ -887,6 +922,7 @@ def _render_docs(
             f"- keys: {', '.join(f'`{k}`' for k in c.keys) or 'none'}",
             f"- errors: {', '.join(f'`{e}`' for e in c.errors) or 'none'}",
             f"- flags: {', '.join(c.flags) or 'none'}",
+            f"- retried by the Python client through a failover: {_retry_doc(c)}",
             "",
         ]
         args = _flat_args(c.arg_tree)
@@ -945,6 +981,8 @@ def write(check: bool = False) -> list[Path]:
         paths.generated_python: r.python,
         paths.docs: r.docs,
         contracts_path(): r.contracts,
+        # The client ships the library as package data (auto_deploy): it never imports the loader.
+        paths.generated_python.parent / "_library" / "adcache.lua": r.source,
     }
     stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     if not check:

@@ -178,6 +178,41 @@ def cache_stream(cache_id: str) -> str:
     return f"ad:{{k:{_id(cache_id, 'cache_id')}}}:wb"
 
 
+# name, tag letter, suffix (<param> placeholders), Redis type, TTL policy
+KEYSPACE: tuple[tuple[str, str, str, str, str], ...] = (
+    ('session', 's', 'sess', 'hash', 'idle TTL given at create, slid forward by touch, never past the absolute lifetime'),
+    ('session_history', 's', 'hist', 'list', 'same PEXPIREAT as the session record (set by create, track and touch); deleted with it'),
+    ('user_sessions', 'u', 'sessions', 'zset', 'PEXPIREAT the latest member score; members past their score are pruned on add'),
+    ('auction', 'a', 'auc', 'hash', 'PEXPIREAT created + ttl_ms, set at create (ttl_ms >= tmax + billing window)'),
+    ('auction_bids', 'a', 'bids', 'hash', 'the same PEXPIREAT as the auction meta, set on every write'),
+    ('freqcap', 'u', 'fc', 'hash', 'PEXPIREAT the end of the longest window counted in it (fixed: calendar end; rolling: last impression + N s; lifetime: last impression + 400 days); only ever moved later; stale fields removed lazily on record'),
+    ('freqcap_imps', 'u', 'fcimp', 'hash', 'PEXPIREAT the latest dedupe deadline of the impression ids it holds; expired ids removed lazily on record'),
+    ('campaign', 'c', 'camp', 'hash', "owned by ac_campaign_remove; also expires 30 days after the campaign's end (re-armed by every set/patch)"),
+    ('budget', 'c', 'budget', 'hash', 'same expiry as the campaign record (re-armed on every budget write); deleted by ac_campaign_remove'),
+    ('budget_resv', 'c', 'resv', 'hash', 'entries leave on commit, release or reclaim after their expiry; key as the campaign record'),
+    ('budget_resv_exp', 'c', 'resvx', 'zset', 'mirrors budget_resv (members leave with their reservation); key as the campaign record'),
+    ('budget_settled', 'c', 'settled', 'hash', 'entries forgotten 1 hour after settling (lazy prune); key as the campaign record'),
+    ('budget_settled_exp', 'c', 'settledx', 'zset', 'mirrors budget_settled; key as the campaign record'),
+    ('targeting_index', 't', 'idx', 'zset', "members removed by ac_targeting_remove or pruned once ended; the key expires at its latest member's end"),
+    ('targeting_hold', 't', 'hold', 'zset', 'as targeting_index; members pruned once their hold has passed'),
+    ('profile', 'u', 'prof', 'hash', 'idle TTL (field idle, ms) from the last set, patch or activity'),
+    ('user_segments', 'u', 'segs', 'zset', 'PEXPIREAT the latest membership expiry; expired members pruned on every write'),
+    ('segment_members', 'g', 'members', 'zset', "PEXPIREAT the latest member expiry (kept equal to segment_expiry's)"),
+    ('segment_expiry', 'g', 'expiry', 'zset', 'PEXPIREAT the latest member expiry; expired members pruned (both zsets) on every write'),
+    ('stats_meta', 'c', 'st', 'hash', 'set at every record to the end of the current day + the day retention: it outlives every daily bucket'),
+    ('stats_hour', 'c', 'st:h:<hour>', 'hash', 'anchored: end of the hour + the hour retention (default 48 h); set by every record, never extended'),
+    ('stats_day', 'c', 'st:d:<day>', 'hash', 'anchored: end of the day + the day retention (default 90 days); set by every record, never extended'),
+    ('stats_reach_hour', 'c', 'st:rh:<hour>', 'hyperloglog', 'as stats_hour'),
+    ('stats_reach_day', 'c', 'st:rd:<day>', 'hyperloglog', 'as stats_day'),
+    ('stats_dedup', 'c', 'st:ev:<hour>', 'set', 'anchored: end of the hour + the de-dup window'),
+    ('cache_value', 'k', 'v:<key>', 'hash', 'logical TTL (with jitter) plus the stale grace, set by every fill or write; none while dirty (a write-back not flushed yet), given back by ac_cache_wb_ack'),
+    ('cache_lock', 'k', 'l:<key>', 'string', 'the loader lock TTL; deleted by the fill of its owner and by every write or invalidation'),
+    ('cache_writer', 'k', 'w:<key>', 'string', 'the lock TTL; deleted by the cache write of its owner'),
+    ('cache_tag', 'k', 't:<name>', 'set', 'extended to the longest TTL of its members at each fill; deleted by tag invalidation'),
+    ('cache_stream', 'k', 'wb', 'stream', 'owner: the write-back flusher deletes each entry once its change is committed'),
+)
+
+
 def tag_of(entity: str, entity_id: str) -> str:
     """The hash tag (with braces) of an entity id: every key of that entity contains it."""
     return "{" + ENTITY_TAGS[entity] + ":" + entity_id + "}"
@@ -194,6 +229,7 @@ class FunctionSpec:
     keys: tuple[str, ...]
     argv: str
     errors: tuple[str, ...]
+    idempotent: str = ""  # safe to repeat: "always", when this argument is given, or ""
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
@@ -202,10 +238,10 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [wseat]... n_bseat [bseat]... n_imps [imp_id floor_micros private n_deals [deal_id deal_floor_micros deal_at n_deal_wseat [deal_wseat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
     'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
-    'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
-    'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
-    'ac_budget_reserve': FunctionSpec('ac_budget_reserve', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_EXISTS', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE')),
-    'ac_budget_state': FunctionSpec('ac_budget_state', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE'), 'always'),
+    'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'always'),
+    'ac_budget_reserve': FunctionSpec('ac_budget_reserve', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_EXISTS', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE'), 'always'),
+    'ac_budget_state': FunctionSpec('ac_budget_state', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'always'),
     'ac_cache_fill': FunctionSpec('ac_cache_fill', 'cache', False, ('cache_value', 'cache_lock', 'cache_tag...'), 'token kind payload ttl_ms grace_ms load_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get': FunctionSpec('ac_cache_get', 'cache', False, ('cache_value', 'cache_lock'), 'token lock_ttl_ms refresh', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get_many': FunctionSpec('ac_cache_get_many', 'cache', False, ('cache_value...', 'cache_lock...'), 'token lock_ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
@@ -222,7 +258,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_campaign_set': FunctionSpec('ac_campaign_set', 'campaign', False, ('campaign', 'budget'), 'expected_version [field value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_check': FunctionSpec('ac_freqcap_check', 'freqcap', True, ('freqcap',), 'n_candidates [campaign_id advertiser_id creative_id n_rules [scope window limit]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_inspect': FunctionSpec('ac_freqcap_inspect', 'freqcap', True, ('freqcap',), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
-    'ac_freqcap_record': FunctionSpec('ac_freqcap_record', 'freqcap', False, ('freqcap', 'freqcap_imps'), 'impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_freqcap_record': FunctionSpec('ac_freqcap_record', 'freqcap', False, ('freqcap', 'freqcap_imps'), 'impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE'), 'always'),
     'ac_freqcap_reset': FunctionSpec('ac_freqcap_reset', 'freqcap', False, ('freqcap', 'freqcap_imps'), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
     'ac_monitor_counters': FunctionSpec('ac_monitor_counters', 'monitor', True, (), 'none', ('ADCACHE_ARITY',)),
     'ac_profile_activity': FunctionSpec('ac_profile_activity', 'profile', False, ('profile',), 'score_delta idle_ttl_ms missing', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
@@ -240,13 +276,13 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG')),
     'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
     'ac_session_history': FunctionSpec('ac_session_history', 'session', True, ('session', 'session_history'), 'count', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
-    'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), 'session_cap campaign_id campaign_cap [impression_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), 'session_cap campaign_id campaign_cap [impression_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'impression_id'),
     'ac_session_index_add': FunctionSpec('ac_session_index_add', 'session', False, ('user_sessions',), 'session_id max_lifetime_ms max_sessions', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_session_index_list': FunctionSpec('ac_session_index_list', 'session', True, ('user_sessions',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_session_index_remove': FunctionSpec('ac_session_index_remove', 'session', False, ('user_sessions',), 'session_id...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_session_touch': FunctionSpec('ac_session_touch', 'session', False, ('session', 'session_history...'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_session_track': FunctionSpec('ac_session_track', 'session', False, ('session', 'session_history'), 'kind max_history referrer n_categories [category]... [keyword]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
-    'ac_stats_record': FunctionSpec('ac_stats_record', 'stats', False, ('stats_meta',), 'offset_s hour_retention_s day_retention_s dedup_s [impressions clicks conversions cost_micros revenue_micros user_id event_id]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_stats_record': FunctionSpec('ac_stats_record', 'stats', False, ('stats_meta',), 'offset_s hour_retention_s day_retention_s dedup_s [impressions clicks conversions cost_micros revenue_micros user_id event_id]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE'), 'event_id'),
     'ac_stats_series': FunctionSpec('ac_stats_series', 'stats', False, ('stats_meta',), 'unit n offset_s', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_summary': FunctionSpec('ac_stats_summary', 'stats', False, ('stats_meta',), 'unit n offset_s [reach]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
