@@ -103,7 +103,7 @@ def parse_monitor_line(line: str) -> tuple[str, Command]:
 def capture(url: str, r: redis.Redis, world: World, hc: HotCall) -> list[Command]:
     """The commands one call of `hc` runs inside the server, as MONITOR shows them."""
     send_all(r, hc.before(world, CAPTURE_INDEX))
-    watcher = redis.Redis.from_url(url)
+    watcher = redis.Redis.from_url(url, socket_timeout=30)  # never wait forever on MONITOR
     try:
         with watcher.monitor() as m:
             r.execute_command(*hc.command(world, CAPTURE_INDEX))

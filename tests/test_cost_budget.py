@@ -132,3 +132,15 @@ def test_a_foreign_call_during_the_count_is_detected(
         ac.close()
         other.close()
         r.close()
+
+
+def test_monitor_lines_are_parsed_back_to_the_exact_arguments() -> None:
+    from benchmarks.cost_measure import parse_monitor_line
+
+    line = r'1764456000.123456 [0 lua] "HSET" "ad:{u:x}:fc" "a \"b\"" "\x00\xff\\" ""'
+    assert parse_monitor_line(line) == (
+        "lua",
+        (b"HSET", b"ad:{u:x}:fc", b'a "b"', b"\x00\xff\\", b""),
+    )
+    source, _ = parse_monitor_line('1764456000.1 [0 127.0.0.1:5000] "ECHO" "x"')
+    assert source == "127.0.0.1:5000"
