@@ -231,7 +231,7 @@ def main(
             budget = cost_budget.measure(target)
             cost_budget.write(budget)
             for name, b in budget.items():
-                console.print(f"{name:18} {b['function']:20} {_inner(b['commands'])}")
+                console.print(f"{name:22} {b['function']:20} {_inner(b['commands'])}")
             console.print(f"wrote {cost_budget.PATH}")
             return
         r = redis.Redis.from_url(target)

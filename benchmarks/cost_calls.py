@@ -159,12 +159,13 @@ def seed(ac: AdCache, world: World) -> None:
             r.expire(rk, 86400 * 2)
 
 
-def _pin_sweep(world: World, i: int) -> Command:
-    """Budget calls reclaim expired reservations at most every 250 ms per campaign (a sweep that a
-    busy campaign pays once in hundreds of calls). Setting the budget's `swept` mark ahead keeps
-    that sweep out of the measured calls, so every measured call takes the same path."""
-    ahead = int(time.time() * 1000) + 3_600_000
-    return ("HSET", keys.budget(world.campaign(i)), "swept", ahead)
+def _pin_sweep(world: World, i: int, *, sweep: bool = False) -> Command:
+    """Budget writes reclaim expired reservations at most every 250 ms per campaign: a busy
+    campaign pays that sweep once in hundreds of calls, a quiet one on nearly every call. Setting
+    the budget's `swept` mark ahead keeps the sweep out of the measured call; setting it to 0 makes
+    the call sweep (`budget reserve, sweeping`). Either way every measured call takes one path."""
+    mark = 0 if sweep else int(time.time() * 1000) + 3_600_000
+    return ("HSET", keys.budget(world.campaign(i)), "swept", mark)
 
 
 Build = Callable[[World, int], Any]  # -> a Call of the client
@@ -180,7 +181,7 @@ class HotCall:
     build: Build
     prepare: Prepare | None = None
     # for redis-benchmark: the call with `__rand_int__` in the ids that must differ per call;
-    # None when a call needs a previous call's state (a commit needs its reservation)
+    # None when each call needs a setup of its own (a commit needs its reservation)
     bench: Build | None = None
 
     def command(self, world: World, i: int) -> Command:
@@ -292,6 +293,14 @@ HOT_CALLS: tuple[HotCall, ...] = (
         lambda w, i: _reserve(w, i, w.fresh("r", i)),
         prepare=lambda w, i: [_pin_sweep(w, i)],
         bench=lambda w, i: _reserve(w, i, f"r{RAND}"),
+    ),
+    HotCall(
+        "budget_reserve_sweep",
+        "budget reserve, sweeping",
+        "ac_budget_reserve",
+        3,
+        lambda w, i: _reserve(w, i, w.fresh("rs", i)),
+        prepare=lambda w, i: [_pin_sweep(w, i, sweep=True)],
     ),
     HotCall(
         "budget_commit",

@@ -68,7 +68,7 @@ def ceilings(rows: list[dict[str, Any]]) -> str:
         ops = r.get("ops_per_s")
         bound = r.get("server_bound_ops_per_s")
         out.append(
-            f"| {r['label']} | {f'{ops:,}' if ops else 'n/a (needs a prior call)'} "
+            f"| {r['label']} | {f'{ops:,}' if ops else 'n/a (needs a setup per call)'} "
             f"| {f'{bound:,}' if bound else ''} |"
         )
     return "\n".join(out)

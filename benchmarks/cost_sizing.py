@@ -83,7 +83,7 @@ def ceilings(
                 row["server_bound_ops_per_s"] = round(1e6 / us)
             if hc.bench is None:
                 row["ops_per_s"] = None
-                row["note"] = "needs a previous call's state per call: not repeatable alone"
+                row["note"] = "each call needs a setup of its own: not repeatable alone"
             else:
                 send_all(r, hc.before(world, 0))
                 cmd = tuple(hc.bench(world, 0).command())
