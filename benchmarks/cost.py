@@ -99,8 +99,8 @@ def table(rows: list[dict[str, Any]]) -> Table:
             _inner(r["inner_commands"]),
             f"{r['raw_us']:.1f}",
             f"{r['lua_overhead_us']:.1f}",
-            f"{r['throughput_ratio']:.2f}×",
-            _met(r["throughput_met"]),
+            "n/a" if r["throughput_ratio"] is None else f"{r['throughput_ratio']:.2f}×",
+            "" if r["throughput_met"] is None else _met(r["throughput_met"]),
         )
     return t
 

@@ -22,6 +22,12 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _tput(r: dict[str, Any]) -> str:
+    if r["throughput_ratio"] is None:
+        return "n/a (setup in each round trip)"
+    return f"{r['throughput_ratio']:.2f}×" + ("" if r["throughput_met"] else " (missed)")
+
+
 def functions(rows: list[dict[str, Any]]) -> str:
     out = [
         "| function | server µs | no-op µs | ratio | target | | inner commands per call "
@@ -33,7 +39,7 @@ def functions(rows: list[dict[str, Any]]) -> str:
             f"| {r['label']} | {r['server_us']:.1f} | {r['noop_server_us']:.1f} "
             f"| {r['ratio']:.1f}× | ≤ {r['target']:g}× | {_met(r['met'])} "
             f"| {_inner(r['inner_commands'])} | {r['raw_us']:.1f} | {r['lua_overhead_us']:.1f} "
-            f"| {r['throughput_ratio']:.2f}× {'' if r['throughput_met'] else '(missed)'} |"
+            f"| {_tput(r)} |"
         )
     return "\n".join(out)
 
