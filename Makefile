@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-valkey test-oldredis test-one lint render check-render bench soak clean redis deps
+.PHONY: demo test test-valkey test-oldredis test-one lint render check-render bench cost soak clean redis deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -99,11 +99,18 @@ render: $(STAMP)
 check-render: $(STAMP)
 	$(BIN)/adcache render --check
 
-# Every benchmark module, then the multi-process and scaling phases; results in benchmarks/results/.
-# BENCH_ARGS=--quick for a run of a few minutes; see benchmarks/README.md.
+# Every benchmark module, then the multi-process and scaling phases, then the cost ledger; results
+# in benchmarks/results/. BENCH_ARGS=--quick for a run of a few minutes; see benchmarks/README.md.
 BENCH_ARGS ?=
 bench: $(STAMP) redis
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.cost $(filter --quick,$(BENCH_ARGS)) --json benchmarks/results/cost.json
+
+# The cost ledger alone: server µs and inner commands per hot-path call, the ad decision, and the
+# sizing table (COST_ARGS=--quick for a short run; --url to use a running server).
+COST_ARGS ?= --sizing
+cost: $(STAMP) redis
+	$(BIN)/python -m benchmarks.cost $(COST_ARGS) --json benchmarks/results/cost.json
 
 # The soak of tests/reliability for ten minutes (10 s in `make test`).
 soak: $(STAMP) redis
