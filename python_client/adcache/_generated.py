@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.4.0'
-LIBRARY_SHA256 = '66724858a5306637cc1c2c8dc7d312a41adb2a7c837f606ab14ee8bd4aafef3c'
+LIBRARY_SHA256 = 'b1d318cca1a37e4c2285d96614f90f3b54dc5e25d4209d0edc55727002c5ca9d'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
