@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
-LIBRARY_VERSION = '0.3.0'
-LIBRARY_SHA256 = '65ac5ad5c46f21da38768d08032f0f07d836144cb8b9cf1c12e0f0b6dad3f12d'
+LIBRARY_VERSION = '0.4.0'
+LIBRARY_SHA256 = 'b1d318cca1a37e4c2285d96614f90f3b54dc5e25d4209d0edc55727002c5ca9d'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
@@ -236,7 +236,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_auction_bid': FunctionSpec('ac_auction_bid', 'auction', False, ('auction', 'auction_bids'), '[seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_bill': FunctionSpec('ac_auction_bill', 'auction', False, ('auction', 'auction_bids'), 'seat bid_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
-    'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [wseat]... n_bseat [bseat]... n_imps [imp_id floor_micros private n_deals [deal_id deal_floor_micros deal_at n_deal_wseat [deal_wseat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
+    'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [wseat]... n_bseat [bseat]... n_imps [imp_id floor_micros private n_deals [deal_id deal_floor_micros deal_at n_deal_wseat [deal_wseat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS', 'ADCACHE_WRONGTYPE')),
     'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE'), 'always'),
     'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'always'),
@@ -245,13 +245,13 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_cache_fill': FunctionSpec('ac_cache_fill', 'cache', False, ('cache_value', 'cache_lock', 'cache_tag...'), 'token kind payload ttl_ms grace_ms load_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get': FunctionSpec('ac_cache_get', 'cache', False, ('cache_value', 'cache_lock'), 'token lock_ttl_ms refresh', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_cache_get_many': FunctionSpec('ac_cache_get_many', 'cache', False, ('cache_value...', 'cache_lock...'), 'token lock_ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_invalidate': FunctionSpec('ac_cache_invalidate', 'cache', False, ('cache_value', 'cache_lock'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT')),
+    'ac_cache_invalidate': FunctionSpec('ac_cache_invalidate', 'cache', False, ('cache_value', 'cache_lock'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_invalidate_tag': FunctionSpec('ac_cache_invalidate_tag', 'cache', False, ('cache_tag',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_cache_release': FunctionSpec('ac_cache_release', 'cache', False, ('cache_value', 'cache_lock'), 'token', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_cache_set': FunctionSpec('ac_cache_set', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer', 'cache_tag...'), 'token kind payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_cache_wb_ack': FunctionSpec('ac_cache_wb_ack', 'cache', False, ('cache_stream', 'cache_value...'), 'group id...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE', 'ADCACHE_NOTFOUND')),
     'ac_cache_wb_write': FunctionSpec('ac_cache_wb_write', 'cache', False, ('cache_value', 'cache_lock', 'cache_stream', 'cache_tag...'), 'op payload ttl_ms grace_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_cache_write_begin': FunctionSpec('ac_cache_write_begin', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer'), 'token ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_cache_write_begin': FunctionSpec('ac_cache_write_begin', 'cache', False, ('cache_value', 'cache_lock', 'cache_writer'), 'token ttl_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_campaign_get': FunctionSpec('ac_campaign_get', 'campaign', True, ('campaign', 'budget'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_campaign_patch': FunctionSpec('ac_campaign_patch', 'campaign', False, ('campaign', 'budget'), 'expected_version field value [field value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_campaign_remove': FunctionSpec('ac_campaign_remove', 'campaign', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'expected_version', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
@@ -259,10 +259,10 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_freqcap_check': FunctionSpec('ac_freqcap_check', 'freqcap', True, ('freqcap',), 'n_candidates [campaign_id advertiser_id creative_id n_rules [scope window limit]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_inspect': FunctionSpec('ac_freqcap_inspect', 'freqcap', True, ('freqcap',), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_freqcap_record': FunctionSpec('ac_freqcap_record', 'freqcap', False, ('freqcap', 'freqcap_imps'), 'impression_id dedupe_ttl_ms campaign_id advertiser_id creative_id n_rules [scope window limit]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE'), 'always'),
-    'ac_freqcap_reset': FunctionSpec('ac_freqcap_reset', 'freqcap', False, ('freqcap', 'freqcap_imps'), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
+    'ac_freqcap_reset': FunctionSpec('ac_freqcap_reset', 'freqcap', False, ('freqcap', 'freqcap_imps'), '[scope entity_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_monitor_counters': FunctionSpec('ac_monitor_counters', 'monitor', True, (), 'none', ('ADCACHE_ARITY',)),
     'ac_profile_activity': FunctionSpec('ac_profile_activity', 'profile', False, ('profile',), 'score_delta idle_ttl_ms missing', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
-    'ac_profile_get': FunctionSpec('ac_profile_get', 'profile', True, ('profile',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
+    'ac_profile_get': FunctionSpec('ac_profile_get', 'profile', True, ('profile',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_profile_patch': FunctionSpec('ac_profile_patch', 'profile', False, ('profile',), 'idle_ttl_ms expected_version [field value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_profile_set': FunctionSpec('ac_profile_set', 'profile', False, ('profile',), 'idle_ttl_ms expected_version [field value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_CONFLICT', 'ADCACHE_WRONGTYPE')),
     'ac_segment_add': FunctionSpec('ac_segment_add', 'segment', False, ('segment_members', 'segment_expiry'), 'user_id ttl_ms max_members', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
@@ -272,9 +272,9 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_segment_of': FunctionSpec('ac_segment_of', 'segment', True, ('user_segments',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_segment_remove': FunctionSpec('ac_segment_remove', 'segment', False, ('segment_members', 'segment_expiry'), 'user_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_session_context': FunctionSpec('ac_session_context', 'session', True, ('session', 'session_history'), 'half_life_ms top', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
-    'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session', 'session_history...'), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS')),
-    'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG')),
-    'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY')),
+    'ac_session_create': FunctionSpec('ac_session_create', 'session', False, ('session', 'session_history...'), 'user_id idle_ttl_ms max_lifetime_ms [attr_name attr_value]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS', 'ADCACHE_WRONGTYPE')),
+    'ac_session_delete': FunctionSpec('ac_session_delete', 'session', False, ('session', 'session_history...'), '[user_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_session_get': FunctionSpec('ac_session_get', 'session', True, ('session',), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_WRONGTYPE')),
     'ac_session_history': FunctionSpec('ac_session_history', 'session', True, ('session', 'session_history'), 'count', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
     'ac_session_impression': FunctionSpec('ac_session_impression', 'session', False, ('session',), 'session_cap campaign_id campaign_cap [impression_id]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'impression_id'),
     'ac_session_index_add': FunctionSpec('ac_session_index_add', 'session', False, ('user_sessions',), 'session_id max_lifetime_ms max_sessions', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
@@ -285,9 +285,9 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_stats_record': FunctionSpec('ac_stats_record', 'stats', False, ('stats_meta',), 'offset_s hour_retention_s day_retention_s dedup_s [impressions clicks conversions cost_micros revenue_micros user_id event_id]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE'), 'event_id'),
     'ac_stats_series': FunctionSpec('ac_stats_series', 'stats', False, ('stats_meta',), 'unit n offset_s', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_stats_summary': FunctionSpec('ac_stats_summary', 'stats', False, ('stats_meta',), 'unit n offset_s [reach]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
-    'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG')),
-    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit [campaign_id]...]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
-    'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT')),
+    'ac_targeting_put': FunctionSpec('ac_targeting_put', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id end_ms not_before_ms', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_WRONGTYPE')),
+    'ac_targeting_query': FunctionSpec('ac_targeting_query', 'targeting', True, ('targeting_index', 'targeting_hold'), '[limit [campaign_id]...]', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
+    'ac_targeting_remove': FunctionSpec('ac_targeting_remove', 'targeting', False, ('targeting_index', 'targeting_hold'), 'campaign_id...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_version': FunctionSpec('ac_version', 'version', True, (), 'none', ()),
 }
 

@@ -50,13 +50,14 @@ def test_every_call_the_client_sends_fits_its_contract(monkeypatch: pytest.Monke
         _ENTITY_OF.setdefault(letter, set()).add(name)
 
     seen: list[tuple[str, tuple[str, ...], tuple[Any, ...]]] = []
-    original = _core.Call.command
+    original = _core.Call.packed
 
-    def recording(self: _core.Call[Any]) -> tuple[Any, ...]:
+    # Every call goes on the wire through packed() (single calls and run_many batches alike).
+    def recording(self: _core.Call[Any]) -> bytes:
         seen.append((self.function, self.keys, self.args))
         return original(self)
 
-    monkeypatch.setattr(_core.Call, "command", recording)
+    monkeypatch.setattr(_core.Call, "packed", recording)
     assert run_demo(None, Console(file=io.StringIO())) == 0
     functions = {f for f, _, _ in seen}
     assert len(functions) >= 25, sorted(functions)  # the demo goes through every domain

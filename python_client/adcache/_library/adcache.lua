@@ -1,5 +1,5 @@
 #!lua name=adcache
--- adcache 0.3.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- adcache 0.4.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 -- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
@@ -66,7 +66,14 @@ function K.split(key)
   return string.match(key, '^ad:{(%a):([^{}]+)}:(.+)$')
 end
 
+K.MAX_SEEN = 8192
+K.seen, K.nseen = {}, 0
+K.ONCE = {auction = true, auction_bids = true}
+
 local function check_one(key, name, i)
+  local by = K.seen[name]
+  local tag = by and by[key]
+  if tag then return tag end
   local spec = K.SPEC[name]
   local letter, id, suffix = K.split(key)
   if not letter or letter ~= spec[1] or not string.match(suffix, spec[2]) then
@@ -75,27 +82,53 @@ local function check_one(key, name, i)
   if #id > K.MAX_ID then
     E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] id is longer than ' .. K.MAX_ID .. ' bytes')
   end
-  return letter .. ':' .. id, id
+  tag = letter .. ':' .. id
+  if K.ONCE[name] then return tag end
+  if K.nseen >= K.MAX_SEEN then K.seen, K.nseen = {}, 0 end
+  by = K.seen[name]
+  if not by then
+    by = {}
+    K.seen[name] = by
+  end
+  by[key] = tag
+  K.nseen = K.nseen + 1
+  return tag
 end
 
 function K.check(keys, names, rest, max_rest)
-  local n = #names
-  if #keys < n or (not rest and #keys ~= n) then
-    E.fail('ADCACHE_ARITY', 'expected ' .. n .. (rest and ' or more' or '') .. ' keys, got ' .. #keys)
+  local n, nk = #names, #keys
+  if nk < n or (not rest and nk ~= n) then
+    E.fail('ADCACHE_ARITY', 'expected ' .. n .. (rest and ' or more' or '') .. ' keys, got ' .. nk)
   end
-  if rest and max_rest and #keys - n > max_rest then
+  if rest and max_rest and nk - n > max_rest then
     E.fail('ADCACHE_LIMIT', 'at most ' .. max_rest .. ' ' .. rest .. ' keys per call')
   end
-  local tag, id = nil, nil
-  for i = 1, #keys do
-    local t, kid = check_one(keys[i], names[i] or rest, i)
-    if tag == nil then
-      tag, id = t, kid
-    elseif t ~= tag then
+  local tag = check_one(keys[1], names[1] or rest, 1)
+  for i = 2, nk do
+    local t = check_one(keys[i], names[i] or rest, i)
+    if t ~= tag then
       E.fail('ADCACHE_CROSSSLOT', 'KEYS[' .. i .. '] is in {' .. t .. '}, not {' .. tag .. '}')
     end
   end
-  return tag, id
+  return tag
+end
+
+function K.check1(keys, name)
+  if #keys ~= 1 then E.fail('ADCACHE_ARITY', 'expected 1 keys, got ' .. #keys) end
+  return check_one(keys[1], name, 1)
+end
+
+function K.wrongtype(key, what)
+  E.fail('ADCACHE_WRONGTYPE', key .. ' holds another Redis type' .. (what and (', not ' .. what) or ''))
+end
+
+function K.read(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'WRONGTYPE', 1, true) then K.wrongtype(key) end
+    error(r, 0)
+  end
+  return r
 end
 
 function K.expect_type(key, want)
@@ -103,6 +136,11 @@ function K.expect_type(key, want)
   if t ~= 'none' and t ~= want then
     E.fail('ADCACHE_WRONGTYPE', key .. ' holds a ' .. t .. ', not a ' .. want)
   end
+end
+
+function K.expect_hll(key)
+  local h = K.read('GETRANGE', key, 0, 3)
+  if h ~= '' and h ~= 'HYLL' then K.wrongtype(key, 'a HyperLogLog') end
 end
 
 function K.session(tag)
@@ -377,7 +415,7 @@ CS.RETAIN_MS = 30 * T.DAY
 CS.DIMS = {interest = true, geo = true, device = true}
 
 function CS.load(key)
-  local flat = redis.call('HGETALL', key)
+  local flat = K.read('HGETALL', key)
   if #flat == 0 then return false end
   local r = {}
   for i = 1, #flat, 2 do r[flat[i]] = flat[i + 1] end
@@ -396,7 +434,7 @@ end
 CS.CORE = {'version', 'status', 'bid', 'budget', 'daily', 'start', 'end', 'tz', 'pacing',
   'tol_bp', 'floor', 'shards'}
 function CS.require_core(key)
-  local v = redis.call('HMGET', key, unpack(CS.CORE))
+  local v = K.read('HMGET', key, unpack(CS.CORE))
   for i = 1, #CS.CORE do
     if not v[i] then
       if i == 1 and redis.call('EXISTS', key) == 0 then
@@ -419,13 +457,57 @@ function CS.min_cost(rec)
   return c
 end
 
-function CS.budget(bkey, rec, now)
-  local v = redis.call('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
-  local today = T.ymd(now, tonumber(rec.tz))
-  local b = {spent = M.stored(v[1]), day = today, reserved = M.stored(v[4]), rolled = v[2] ~= today,
-    swept = M.stored(v[5])}
-  b.dspent = b.rolled and 0 or M.stored(v[3])
+function CS.int(v, bkey)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if not n then E.fail('ADCACHE_WRONGTYPE', bkey .. ' holds a non-integer counter: ' .. v) end
+  return n
+end
+
+CS.days, CS.ndays = {}, 0
+function CS.today(now, tz)
+  local off = (tz or 0) * 1000
+  local start = (now + off) - (now + off) % T.DAY
+  local by = CS.days[tz]
+  local label = by and by[start]
+  if label then return label end
+  label = T.ymd(now, tz)
+  if CS.ndays >= 1024 then CS.days, CS.ndays = {}, 0 end
+  by = CS.days[tz]
+  if not by then
+    by = {}
+    CS.days[tz] = by
+  end
+  by[start] = label
+  CS.ndays = CS.ndays + 1
+  return label
+end
+
+function CS.budget(bkey, rec, now, extra)
+  local v
+  if extra then
+    v = K.read('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept', unpack(extra))
+  else
+    v = K.read('HMGET', bkey, 'spent', 'day', 'dspent', 'reserved', 'swept')
+  end
+  local today = CS.today(now, tonumber(rec.tz))
+  local i = CS.int
+  local b = {spent = i(v[1], bkey), day = today, reserved = i(v[4], bkey), rolled = v[2] ~= today,
+    swept = i(v[5], bkey), dspent = 0}
+  if not b.rolled then b.dspent = i(v[3], bkey) end
+  if extra then
+    for j, f in ipairs(extra) do b[f] = i(v[5 + j], bkey) end
+  end
   return b
+end
+
+function CS.flush(bkey, b, names)
+  local out = {}
+  for _, f in ipairs(names) do
+    out[#out + 1] = f
+    out[#out + 1] = b[f]
+  end
+  if #out > 0 then redis.call('HSET', bkey, unpack(out)) end
 end
 
 function CS.assess(rec, b, now)
@@ -474,6 +556,7 @@ AU.MAX_ADOMAIN = 1024
 AU.BID_FIELDS = 11
 AU.WON, AU.EXPIRED, AU.BAD_DEAL = 0, 2, 4
 AU.BELOW_FLOOR, AU.BELOW_DEAL_FLOOR, AU.OUTBID, AU.SEAT_BLOCKED = 100, 101, 102, 104
+AU.PAIR = {'auction', 'auction_bids'}
 
 function AU.take(r, what)
   local v = r.args[r.i]
@@ -514,9 +597,12 @@ function AU.missing(key)
   E.fail('ADCACHE_NOTFOUND', 'auction ' .. key .. ' is unknown or expired')
 end
 
-function AU.load(key)
-  local flat = redis.call('HGETALL', key)
-  if #flat == 0 then AU.missing(key) end
+function AU.load(key, optional)
+  local flat = K.read('HGETALL', key)
+  if #flat == 0 then
+    if optional then return false end
+    AU.missing(key)
+  end
   local m = {}
   for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
   if not m.state or not m.imps or not m.deadline then
@@ -535,7 +621,7 @@ function AU.unpack(v, what)
 end
 
 function AU.load_bids(bids_key)
-  local flat = redis.call('HGETALL', bids_key)
+  local flat = K.read('HGETALL', bids_key)
   local list = {}
   for i = 1, #flat, 2 do
     local rec = AU.unpack(flat[i + 1], 'bid ' .. flat[i])
@@ -659,7 +745,7 @@ function AU.result_reply(m, list, now)
 end
 
 local function auction_create(keys, args)
-  K.check(keys, {'auction'})
+  K.check1(keys, 'auction')
   V.nargs(args, 8)
   local r = {args = args, i = 1}
   local at = V.int(AU.take(r, 'at'), 'at', 1, 2)
@@ -703,9 +789,9 @@ local function auction_create(keys, args)
   if r.i <= #args then
     E.fail('ADCACHE_ARITY', 'unexpected argument ' .. r.i .. ' after the last imp')
   end
-  if redis.call('EXISTS', keys[1]) == 1 then
-    E.fail('ADCACHE_EXISTS', 'auction ' .. keys[1] .. ' exists')
-  end
+  local t = redis.call('TYPE', keys[1])['ok']
+  if t == 'hash' then E.fail('ADCACHE_EXISTS', 'auction ' .. keys[1] .. ' exists') end
+  if t ~= 'none' then K.wrongtype(keys[1], 'a hash') end
   local now = T.now_ms()
   local deadline, expires = now + tmax, now + ttl
   local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
@@ -729,7 +815,7 @@ local function auction_create(keys, args)
 end
 
 local function auction_bid(keys, args)
-  K.check(keys, {'auction', 'auction_bids'})
+  K.check(keys, AU.PAIR)
   local F = AU.BID_FIELDS
   if #args == 0 or #args % F ~= 0 then
     E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
@@ -763,7 +849,7 @@ local function auction_bid(keys, args)
       imp_at[b.i] = #fields
     end
   end
-  local vals = redis.call('HMGET', keys[1], unpack(fields))
+  local vals = K.read('HMGET', keys[1], unpack(fields))
   if not vals[1] then AU.missing(keys[1]) end
   local cfg = {}
   for imp, n in pairs(imp_at) do
@@ -778,7 +864,7 @@ local function auction_bid(keys, args)
   if not (deadline and expires and seq) then
     E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
   end
-  local stored = redis.call('HMGET', keys[2], unpack(ids))
+  local stored = K.read('HMGET', keys[2], unpack(ids))
   local fresh, seen = 0, {}
   for k, b in ipairs(bids) do
     if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
@@ -848,7 +934,7 @@ local function auction_bid(keys, args)
 end
 
 local function auction_close(keys, args)
-  K.check(keys, {'auction', 'auction_bids'})
+  K.check(keys, AU.PAIR)
   V.nargs(args, 0, 0)
   local m = AU.load(keys[1])
   local list = AU.load_bids(keys[2])
@@ -858,20 +944,21 @@ local function auction_close(keys, args)
 end
 
 local function auction_result(keys, args)
-  K.check(keys, {'auction', 'auction_bids'})
+  K.check(keys, AU.PAIR)
   V.nargs(args, 0, 0)
-  if redis.call('EXISTS', keys[1]) == 0 then return false end
-  return AU.result_reply(AU.load(keys[1]), AU.load_bids(keys[2]), T.now_ms())
+  local m = AU.load(keys[1], true)
+  if not m then return false end
+  return AU.result_reply(m, AU.load_bids(keys[2]), T.now_ms())
 end
 
 local function auction_bill(keys, args)
-  K.check(keys, {'auction', 'auction_bids'})
+  K.check(keys, AU.PAIR)
   V.nargs(args, 2, 2)
   local seat = V.id(args[1], 'seat')
   local bid_id = V.id(args[2], 'bid id')
   local key = AU.bid_key(seat, bid_id)
   local m = AU.load(keys[1])
-  local stored = redis.call('HGET', keys[2], key)
+  local stored = K.read('HGET', keys[2], key)
   if not stored then return {'unknown_bid', 0, ''} end
   local imp = AU.unpack(stored, 'bid ' .. bid_id).i
   local now = T.now_ms()
@@ -905,6 +992,10 @@ local SWEEP = 100 -- most expired reservations reclaimed (and settled entries fo
 local SWEEP_EVERY_MS = 250
 local NAMES = {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
   'budget_settled_exp'}
+local RESERVE_C = {'c_reserved'}
+local COMMIT_C = {'c_committed', 'c_released'}
+local RELEASE_C = {'c_released'}
+local STATE_C = {'c_reserved', 'c_committed', 'c_released', 'c_reclaimed', 'c_late', 'n_refused'}
 local STATE_WORD = {c = 'committed', l = 'late', f = 'refused', r = 'released', x = 'expired'}
 
 local function parse_settled(v)
@@ -913,34 +1004,74 @@ local function parse_settled(v)
   return st, tonumber(charged), tonumber(released)
 end
 
-local function housekeep(keys, rec, now, force)
-  local b = CS.budget(keys[2], rec, now)
-  if b.rolled then redis.call('HSET', keys[2], 'day', b.day, 'dspent', 0) end
-  if not force and now < b.swept + SWEEP_EVERY_MS then return b end
-  redis.call('HSET', keys[2], 'swept', now)
-  local old = redis.call('ZRANGEBYSCORE', keys[6], '-inf', now, 'LIMIT', 0, SWEEP)
+local function mark(b, f)
+  if not b.marked[f] then
+    b.marked[f] = true
+    b.w[#b.w + 1] = f
+  end
+end
+
+local function hk_read(keys, rec, now, extra, force)
+  local b = CS.budget(keys[2], rec, now, extra)
+  b.w, b.marked = {}, {}
+  if b.rolled then
+    mark(b, 'day')
+    mark(b, 'dspent')
+  end
+  if force or now >= b.swept + SWEEP_EVERY_MS then
+    b.old = K.read('ZRANGEBYSCORE', keys[6], '-inf', now, 'LIMIT', 0, SWEEP)
+    b.due = K.read('ZRANGEBYSCORE', keys[4], '-inf', now, 'LIMIT', 0, SWEEP)
+    if #b.due > 0 then b.amounts = K.read('HMGET', keys[3], unpack(b.due)) end
+  end
+  return b
+end
+
+local function hk_write(keys, b, now, keep)
+  if not b.old then return end
+  b.swept = now
+  mark(b, 'swept')
+  local old = b.old
+  if keep then
+    local kept = {}
+    for _, rid in ipairs(old) do
+      if rid ~= keep then kept[#kept + 1] = rid end
+    end
+    old = kept
+  end
   if #old > 0 then
     redis.call('HDEL', keys[5], unpack(old))
     redis.call('ZREM', keys[6], unpack(old))
   end
-  local due = redis.call('ZRANGEBYSCORE', keys[4], '-inf', now, 'LIMIT', 0, SWEEP)
+  local due = b.due
   if #due > 0 then
-    local back = 0
-    local amounts = redis.call('HMGET', keys[3], unpack(due))
+    local back, hs, zs = 0, {}, {}
+    b.gone = {}
     for i, rid in ipairs(due) do
-      local amt = M.stored(amounts[i])
+      local amt = M.stored(b.amounts[i])
       back = back + amt
-      redis.call('HSET', keys[5], rid, 'x:' .. amt .. ':0')
-      redis.call('ZADD', keys[6], now + KEEP_MS, rid)
+      hs[#hs + 1] = rid
+      hs[#hs + 1] = 'x:' .. amt .. ':0'
+      zs[#zs + 1] = now + KEEP_MS
+      zs[#zs + 1] = rid
+      b.gone[rid] = true
     end
+    redis.call('HSET', keys[5], unpack(hs))
+    redis.call('ZADD', keys[6], unpack(zs))
     redis.call('HDEL', keys[3], unpack(due))
     redis.call('ZREM', keys[4], unpack(due))
     redis.call('HINCRBY', keys[2], 'c_reclaimed', back)
-    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -back)
+    if b.c_reclaimed then b.c_reclaimed = b.c_reclaimed + back end
+    b.reserved = b.reserved - back
+    mark(b, 'reserved')
   end
-  local at = CS.expire_at(rec, now)
-  for i = 2, 6 do redis.call('PEXPIREAT', keys[i], at) end
-  return b
+end
+
+local function finish(keys, rec, now, b)
+  CS.flush(keys[2], b, b.w)
+  if b.old then
+    local at = CS.expire_at(rec, now)
+    for i = 2, 6 do redis.call('PEXPIREAT', keys[i], at) end
+  end
 end
 
 local function arm(keys, i, rec, now)
@@ -951,36 +1082,35 @@ local function arm(keys, i, rec, now)
   end
 end
 
-local function open(keys)
-  K.check(keys, NAMES)
+local function reserve_reply(status, reason, amount, expires, b, allowed, replay)
+  return {'status', status, 'reason', reason, 'amount', amount, 'expires_at', expires,
+    'spent', b.spent, 'day_spent', b.dspent, 'reserved', b.reserved,
+    'pacing_allowed', allowed, 'replay', replay}
 end
 
 local function budget_reserve(keys, args)
-  open(keys)
-  V.nargs(args, 3, 3)
+  K.check(keys, NAMES)
+  if #args ~= 3 then V.nargs(args, 3, 3) end
   local rid = V.id(args[1], 'reservation_id')
   local amount = M.positive(args[2], 'amount')
   local ttl = V.pos(args[3], 'ttl_ms', MAX_TTL_MS)
   local rec = CS.require_core(keys[1])
-  if redis.call('HEXISTS', keys[5], rid) == 1 then
+  if K.read('HEXISTS', keys[5], rid) == 1 then
     E.fail('ADCACHE_STATE', 'reservation ' .. rid .. ' is already settled')
   end
   local now = T.now_ms()
-  local have = redis.call('HGET', keys[3], rid)
-  local exp = tonumber(redis.call('ZSCORE', keys[4], rid) or 0)
+  local have = K.read('HGET', keys[3], rid)
+  local exp = tonumber(K.read('ZSCORE', keys[4], rid) or 0)
   if have and tonumber(have) ~= amount then
     E.fail('ADCACHE_EXISTS', 'reservation ' .. rid .. ' holds ' .. have .. ', not ' .. amount)
   end
-  local b = housekeep(keys, rec, now)
+  local b = hk_read(keys, rec, now, RESERVE_C)
+  hk_write(keys, b, now)
   local allowed = CS.pacing(rec, now)
-  local function reply(status, reason, expires, replay)
-    return {'status', status, 'reason', reason, 'amount', amount, 'expires_at', expires,
-      'spent', b.spent, 'day_spent', b.dspent, 'reserved', b.reserved,
-      'pacing_allowed', allowed, 'replay', replay}
-  end
   if have then
-    if exp > now then return reply('reserved', '', exp, 1) end
-    return reply('refused', 'expired', exp, 1) -- reclaimed by the next sweep
+    finish(keys, rec, now, b)
+    if exp > now then return reserve_reply('reserved', '', amount, exp, b, allowed, 1) end
+    return reserve_reply('refused', 'expired', amount, exp, b, allowed, 1) -- reclaimed by the next sweep
   end
   local reason = CS.assess(rec, b, now)
   local after = b.reserved + amount
@@ -1000,15 +1130,19 @@ local function budget_reserve(keys, args)
   end
   if reason ~= '' then
     redis.call('HINCRBY', keys[2], 'n_refused', 1)
+    finish(keys, rec, now, b)
     C.incr('budget_refused_' .. reason)
-    return reply('refused', reason, 0, 0)
+    return reserve_reply('refused', reason, amount, 0, b, allowed, 0)
   end
   redis.call('HSET', keys[3], rid, amount)
   redis.call('ZADD', keys[4], now + ttl, rid)
   arm(keys, 3, rec, now)
-  redis.call('HINCRBY', keys[2], 'c_reserved', amount)
-  b.reserved = redis.call('HINCRBY', keys[2], 'reserved', amount)
-  return reply('reserved', '', now + ttl, 0)
+  b.c_reserved = b.c_reserved + amount
+  b.reserved = b.reserved + amount
+  mark(b, 'c_reserved')
+  mark(b, 'reserved')
+  finish(keys, rec, now, b)
+  return reserve_reply('reserved', '', amount, now + ttl, b, allowed, 0)
 end
 
 local function commit_reply(rec, b, now, st, charged, released, replay)
@@ -1022,14 +1156,14 @@ local function commit_reply(rec, b, now, st, charged, released, replay)
 end
 
 local function budget_commit(keys, args)
-  open(keys)
-  V.nargs(args, 2, 2)
+  K.check(keys, NAMES)
+  if #args ~= 2 then V.nargs(args, 2, 2) end
   local rid = V.id(args[1], 'reservation_id')
   local amount = M.amount(args[2], 'amount')
   local rec = CS.require_core(keys[1])
   local now = T.now_ms()
-  local late, held = false, 0
-  local settled = redis.call('HGET', keys[5], rid)
+  local late, held, have = false, 0, nil
+  local settled = K.read('HGET', keys[5], rid)
   if settled then
     local st, charged, released = parse_settled(settled)
     if st == 'r' then E.fail('ADCACHE_STATE', 'reservation ' .. rid .. ' was released') end
@@ -1037,24 +1171,30 @@ local function budget_commit(keys, args)
       return commit_reply(rec, CS.budget(keys[2], rec, now), now, st, charged, released, 1)
     end
     late, held = true, charged
+    have = K.read('HGET', keys[3], rid)
+    K.read('ZSCORE', keys[4], rid)
   else
-    local have = redis.call('HGET', keys[3], rid)
+    have = K.read('HGET', keys[3], rid)
     if not have then E.fail('ADCACHE_NOTFOUND', 'no reservation ' .. rid) end
     held = tonumber(have)
-    late = tonumber(redis.call('ZSCORE', keys[4], rid) or 0) <= now
+    late = tonumber(K.read('ZSCORE', keys[4], rid) or 0) <= now
   end
   if amount > held then
     E.fail('ADCACHE_BADARG', 'amount ' .. amount .. ' is above the reservation ' .. held)
   end
-  local b = housekeep(keys, rec, now) -- reclaims this reservation too when it is late
+  local b = hk_read(keys, rec, now, COMMIT_C)
+  K.read('ZADD', keys[6], now + KEEP_MS, rid)
+  hk_write(keys, b, now, rid) -- reclaims this reservation too when it is late
+  if b.gone and b.gone[rid] then have = nil end
   local st, released = 'c', held - amount
   if late then
     released = 0
-    if redis.call('HEXISTS', keys[3], rid) == 1 then
+    if have then
       redis.call('HDEL', keys[3], rid)
       redis.call('ZREM', keys[4], rid)
       redis.call('HINCRBY', keys[2], 'c_reclaimed', held)
-      b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -held)
+      b.reserved = b.reserved - held
+      mark(b, 'reserved')
     end
     local daily = tonumber(rec.daily)
     local after = b.reserved + amount
@@ -1067,42 +1207,55 @@ local function budget_commit(keys, args)
   else
     redis.call('HDEL', keys[3], rid)
     redis.call('ZREM', keys[4], rid)
-    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -held)
-    redis.call('HINCRBY', keys[2], 'c_committed', amount)
-    redis.call('HINCRBY', keys[2], 'c_released', released)
+    b.reserved = b.reserved - held
+    b.c_committed = b.c_committed + amount
+    b.c_released = b.c_released + released
+    mark(b, 'reserved')
+    mark(b, 'c_committed')
+    mark(b, 'c_released')
   end
   if amount > 0 then
-    b.spent = redis.call('HINCRBY', keys[2], 'spent', amount)
-    b.dspent = redis.call('HINCRBY', keys[2], 'dspent', amount)
+    b.spent = b.spent + amount
+    b.dspent = b.dspent + amount
+    mark(b, 'spent')
+    mark(b, 'dspent')
   end
   redis.call('HSET', keys[5], rid, st .. ':' .. amount .. ':' .. released)
-  redis.call('ZADD', keys[6], now + KEEP_MS, rid)
   arm(keys, 5, rec, now)
+  finish(keys, rec, now, b)
   return commit_reply(rec, b, now, st, amount, released, 0)
 end
 
 local function budget_release(keys, args)
-  open(keys)
+  K.check(keys, NAMES)
   V.nargs(args, 1, 1)
   local rid = V.id(args[1], 'reservation_id')
   local rec = CS.require_core(keys[1])
-  local settled = redis.call('HGET', keys[5], rid)
+  local settled = K.read('HGET', keys[5], rid)
   if settled then parse_settled(settled) end
   local now = T.now_ms()
-  local b = housekeep(keys, rec, now)
-  local have = redis.call('HGET', keys[3], rid)
+  local have = K.read('HGET', keys[3], rid)
+  if have then K.read('ZSCORE', keys[4], rid) end
+  local b = hk_read(keys, rec, now, RELEASE_C)
+  if have then K.read('ZADD', keys[6], now + KEEP_MS, rid) end
+  hk_write(keys, b, now, have and rid)
+  if b.gone and b.gone[rid] then
+    have, settled = nil, 'x:' .. M.stored(have) .. ':0'
+  end
   if have then
     local amt = tonumber(have)
     redis.call('HDEL', keys[3], rid)
     redis.call('ZREM', keys[4], rid)
-    redis.call('HINCRBY', keys[2], 'c_released', amt)
-    b.reserved = redis.call('HINCRBY', keys[2], 'reserved', -amt)
+    b.c_released = b.c_released + amt
+    b.reserved = b.reserved - amt
+    mark(b, 'c_released')
+    mark(b, 'reserved')
     redis.call('HSET', keys[5], rid, 'r:0:' .. amt)
-    redis.call('ZADD', keys[6], now + KEEP_MS, rid)
     arm(keys, 5, rec, now)
+    finish(keys, rec, now, b)
     return {'status', 'released', 'amount', amt, 'reserved', b.reserved, 'replay', 0}
   end
-  settled = redis.call('HGET', keys[5], rid)
+  finish(keys, rec, now, b)
   if settled then
     local st = parse_settled(settled)
     return {'status', STATE_WORD[st], 'amount', 0, 'reserved', b.reserved, 'replay', 1}
@@ -1111,21 +1264,26 @@ local function budget_release(keys, args)
 end
 
 local function budget_state(keys, args)
-  open(keys)
+  K.check(keys, NAMES)
   V.nargs(args, 0, 0)
   local rec = CS.require_core(keys[1])
   local now = T.now_ms()
-  local b = housekeep(keys, rec, now, true)
-  local c = redis.call('HMGET', keys[2], 'c_reserved', 'c_committed', 'c_released', 'c_reclaimed',
-    'c_late', 'n_refused')
+  local b = hk_read(keys, rec, now, STATE_C, true)
+  local outstanding = K.read('HLEN', keys[3])
+  K.read('HLEN', keys[5]) -- the sweep writes it: check its type before the first write
+  hk_write(keys, b, now)
+  finish(keys, rec, now, b)
+  for i = 1, #b.due do
+    if b.amounts[i] then outstanding = outstanding - 1 end
+  end
   local allowed, ppm = CS.pacing(rec, now)
   local tz = tonumber(rec.tz)
   local reason = CS.assess(rec, b, now)
   return {'budget', tonumber(rec.budget), 'daily', tonumber(rec.daily), 'spent', b.spent,
     'day', b.day, 'day_spent', b.dspent, 'reserved', b.reserved,
-    'outstanding', redis.call('HLEN', keys[3]),
-    'c_reserved', M.stored(c[1]), 'c_committed', M.stored(c[2]), 'c_released', M.stored(c[3]),
-    'c_reclaimed', M.stored(c[4]), 'c_late', M.stored(c[5]), 'n_refused', M.stored(c[6]),
+    'outstanding', outstanding,
+    'c_reserved', b.c_reserved, 'c_committed', b.c_committed, 'c_released', b.c_released,
+    'c_reclaimed', b.c_reclaimed, 'c_late', b.c_late, 'n_refused', b.n_refused,
     'pacing', rec.pacing, 'pacing_allowed', allowed, 'elapsed_ppm', ppm,
     'day_start', T.period_start(now, 'day', tz), 'day_end', T.period_end(now, 'day', tz),
     'servable', reason == '' and 1 or 0, 'reason', reason, 'now', now}
@@ -1147,8 +1305,17 @@ C.MAX_PAYLOAD = 4 * 1024 * 1024
 C.MAX_TAGS = 32
 C.MAX_ACK = 1000
 C.MAX_BATCH = 500
+C.PAIR = {'cache_value', 'cache_lock'}
+C.TRIPLE = {'cache_value', 'cache_lock', 'cache_writer'}
+C.WB = {'cache_value', 'cache_lock', 'cache_stream'}
+C.BOOL = {['0'] = true, ['1'] = true}
+C.KINDS = {value = true, negative = true}
+C.OPS = {set = true, del = true}
 
+C.pairs, C.npairs = {}, 0
 function C.same_key(keys, n)
+  local hit = C.pairs[keys[1]]
+  if hit and (n or 2) == 2 and hit[1] == keys[2] then return hit[2] end
   local _, _, vs = K.split(keys[1])
   local k = string.sub(vs, 3)
   for i = 2, n or 2 do
@@ -1157,19 +1324,23 @@ function C.same_key(keys, n)
       E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must belong to ' .. k .. ', got ' .. keys[i])
     end
   end
+  if C.npairs >= K.MAX_SEEN then C.pairs, C.npairs = {}, 0 end
+  C.pairs[keys[1]] = {keys[2], k}
+  C.npairs = C.npairs + 1
   return k
 end
 
-function C.is_hash(key)
-  return redis.call('TYPE', key)['ok'] == 'hash'
+function C.dirty(vkey)
+  return K.read('HEXISTS', vkey, 'w') == 1
 end
 
-function C.dirty(vkey)
-  return C.is_hash(vkey) and redis.call('HEXISTS', vkey, 'w') == 1
+function C.token(key)
+  return K.read('GET', key)
 end
 
 function C.check_types(keys, first_tag, stream)
   K.expect_type(keys[1], 'hash')
+  K.expect_type(keys[2], 'string')
   if stream then K.expect_type(stream, 'stream') end
   for i = first_tag, #keys do K.expect_type(keys[i], 'set') end
 end
@@ -1188,11 +1359,14 @@ function C.store(keys, member, first_tag, payload, negative, ttl, grace, delta, 
 end
 
 function C.lock(key, token, ms)
-  return redis.call('SET', key, token, 'NX', 'PX', ms) or redis.call('GET', key) == token
+  return redis.call('SET', key, token, 'NX', 'PX', ms) or C.token(key) == token
 end
 
-function C.lookup(vkey, lkey, token, lock_ms, refresh, now)
-  local v = redis.call('HMGET', vkey, 'p', 'x', 'd', 'n', 'w')
+function C.read(vkey)
+  return K.read('HMGET', vkey, 'p', 'x', 'd', 'n', 'w')
+end
+
+function C.lookup(v, lkey, token, lock_ms, refresh, now)
   if v[2] then
     local remaining = tonumber(v[2]) - now
     local delta = tonumber(v[3]) or 0
@@ -1218,14 +1392,14 @@ function C.lookup(vkey, lkey, token, lock_ms, refresh, now)
 end
 
 local function cache_get(keys, args)
-  K.check(keys, {'cache_value', 'cache_lock'})
+  K.check(keys, C.PAIR)
   C.same_key(keys)
-  V.nargs(args, 3, 3)
+  if #args ~= 3 then V.nargs(args, 3, 3) end
   local token = V.id(args[1], 'token')
   local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
-  local refresh = V.enum(args[3], 'refresh', {['0'] = true, ['1'] = true}) == '1'
-  K.expect_type(keys[1], 'hash')
-  return C.lookup(keys[1], keys[2], token, lock_ms, refresh, T.now_ms())
+  local refresh = V.enum(args[3], 'refresh', C.BOOL) == '1'
+  local v = C.read(keys[1])
+  return C.lookup(v, keys[2], token, lock_ms, refresh, T.now_ms())
 end
 
 local function cache_get_many(keys, args)
@@ -1241,11 +1415,15 @@ local function cache_get_many(keys, args)
   V.nargs(args, 2, 2)
   local token = V.id(args[1], 'token')
   local lock_ms = V.pos(args[2], 'lock_ttl_ms', C.MAX_LOCK_MS)
-  for i = 1, n do K.expect_type(keys[i], 'hash') end
+  local vals = {}
+  for i = 1, n do
+    vals[i] = C.read(keys[i])
+    K.expect_type(keys[n + i], 'string')
+  end
   local now = T.now_ms()
   local out = {}
   for i = 1, n do
-    local r = C.lookup(keys[i], keys[n + i], token, lock_ms, false, now)
+    local r = C.lookup(vals[i], keys[n + i], token, lock_ms, false, now)
     for j = 1, 4 do out[#out + 1] = r[j] end
   end
   return out
@@ -1256,23 +1434,23 @@ local function cache_fill(keys, args)
   local member = C.same_key(keys)
   V.nargs(args, 6, 6)
   local token = V.id(args[1], 'token')
-  local negative = V.enum(args[2], 'kind', {value = true, negative = true}) == 'negative'
+  local negative = V.enum(args[2], 'kind', C.KINDS) == 'negative'
   local payload = V.str(args[3], 'payload', C.MAX_PAYLOAD)
   local ttl = V.pos(args[4], 'ttl_ms', C.MAX_TTL_MS)
   local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
   local delta = V.uint(args[6], 'load_ms', C.MAX_LOCK_MS)
   C.check_types(keys, 3)
-  if redis.call('GET', keys[2]) ~= token then return 0 end
+  if C.token(keys[2]) ~= token then return 0 end
   C.store(keys, member, 3, payload, negative, ttl, grace, delta, T.now_ms())
   return 1
 end
 
 local function cache_release(keys, args)
-  K.check(keys, {'cache_value', 'cache_lock'})
+  K.check(keys, C.PAIR)
   C.same_key(keys)
   V.nargs(args, 1, 1)
   local token = V.id(args[1], 'token')
-  if redis.call('GET', keys[2]) ~= token then return 0 end
+  if C.token(keys[2]) ~= token then return 0 end
   return redis.call('DEL', keys[2])
 end
 
@@ -1282,6 +1460,8 @@ local function cache_write_begin(keys, args)
   V.nargs(args, 2, 2)
   local token = V.id(args[1], 'token')
   local ttl = V.pos(args[2], 'ttl_ms', C.MAX_LOCK_MS)
+  K.expect_type(keys[2], 'string')
+  K.expect_type(keys[3], 'string')
   redis.call('DEL', keys[2])
   redis.call('SET', keys[3], token, 'PX', ttl)
   return 1
@@ -1292,12 +1472,12 @@ local function cache_set(keys, args)
   local member = C.same_key(keys, 3)
   V.nargs(args, 5, 5)
   local token = V.id(args[1], 'token')
-  local negative = V.enum(args[2], 'kind', {value = true, negative = true}) == 'negative'
+  local negative = V.enum(args[2], 'kind', C.KINDS) == 'negative'
   local payload = V.str(args[3], 'payload', C.MAX_PAYLOAD)
   local ttl = V.pos(args[4], 'ttl_ms', C.MAX_TTL_MS)
   local grace = V.uint(args[5], 'grace_ms', C.MAX_TTL_MS)
   C.check_types(keys, 4)
-  if redis.call('GET', keys[3]) ~= token then
+  if C.token(keys[3]) ~= token then
     redis.call('DEL', keys[1], keys[2], keys[3])
     return 0
   end
@@ -1308,11 +1488,13 @@ local function cache_set(keys, args)
 end
 
 local function cache_invalidate(keys, args)
-  K.check(keys, {'cache_value', 'cache_lock'})
+  K.check(keys, C.PAIR)
   C.same_key(keys)
   V.nargs(args, 0, 0)
+  local dirty = C.dirty(keys[1])
+  K.expect_type(keys[2], 'string')
   local n = 0
-  if not C.dirty(keys[1]) then n = redis.call('DEL', keys[1]) end
+  if not dirty then n = redis.call('DEL', keys[1]) end
   redis.call('DEL', keys[2])
   return n
 end
@@ -1320,12 +1502,16 @@ end
 local function cache_invalidate_tag(keys, args)
   local tag = K.check(keys, {'cache_tag'})
   V.nargs(args, 0, 0)
-  K.expect_type(keys[1], 'set')
+  local members = K.read('SMEMBERS', keys[1])
+  local dirty = {}
+  for i, m in ipairs(members) do
+    dirty[i] = C.dirty(K.cache_value(tag, m))
+    K.expect_type(K.cache_lock(tag, m), 'string')
+  end
   local n = 0
-  for _, m in ipairs(redis.call('SMEMBERS', keys[1])) do
-    local vkey = K.cache_value(tag, m)
-    if not C.dirty(vkey) then
-      n = n + redis.call('DEL', vkey)
+  for i, m in ipairs(members) do
+    if not dirty[i] then
+      n = n + redis.call('DEL', K.cache_value(tag, m))
       redis.call('SREM', keys[1], m)  -- a dirty member keeps its tag
     end
     redis.call('DEL', K.cache_lock(tag, m))
@@ -1337,7 +1523,7 @@ local function cache_wb_write(keys, args)
   K.check(keys, {'cache_value', 'cache_lock', 'cache_stream'}, 'cache_tag', C.MAX_TAGS)
   local member = C.same_key(keys)
   V.nargs(args, 4, 4)
-  local op = V.enum(args[1], 'op', {set = true, del = true})
+  local op = V.enum(args[1], 'op', C.OPS)
   local payload = V.str(args[2], 'payload', C.MAX_PAYLOAD)
   local ttl = V.pos(args[3], 'ttl_ms', C.MAX_TTL_MS)
   local grace = V.uint(args[4], 'grace_ms', C.MAX_TTL_MS)
@@ -1415,6 +1601,10 @@ local PACING = {off = true, even = true}
 local DEFAULTS = {daily = '0', tz = '0', pacing = 'off', tol_bp = '1000', floor = '0',
   fcap = '[]', creatives = '[]'}
 local REQUIRED = {'advertiser', 'status', 'bid', 'budget', 'start', 'end', 'shards'}
+local PAIR = {'campaign', 'budget'}
+local ALL = {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
+  'budget_settled_exp'}
+local ALL_TYPES = {'hash', 'hash', 'zset', 'hash', 'zset'}
 
 local function check_shards(v)
   V.str(v, 'shards', 8192)
@@ -1517,7 +1707,7 @@ local function write(keys, rec, old, now)
 end
 
 local function campaign_set(keys, args)
-  K.check(keys, {'campaign', 'budget'})
+  K.check(keys, PAIR)
   V.nargs(args, 1)
   local expected = V.int(args[1], 'expected_version', -1)
   local rec = read_fields(args, {})
@@ -1529,16 +1719,18 @@ local function campaign_set(keys, args)
   end
   check_record(rec)
   local old = CS.load(keys[1])
+  K.expect_type(keys[2], 'hash')
   check_version(old, expected, keys[1])
   return write(keys, rec, old, T.now_ms())
 end
 
 local function campaign_patch(keys, args)
-  K.check(keys, {'campaign', 'budget'})
+  K.check(keys, PAIR)
   V.nargs(args, 3)
   local expected = V.int(args[1], 'expected_version', -1)
   local changes = read_fields(args, {})
   local old = CS.require(keys[1])
+  K.expect_type(keys[2], 'hash')
   check_version(old, expected, keys[1])
   local rec = {}
   for k, v in pairs(old) do rec[k] = v end
@@ -1548,7 +1740,7 @@ local function campaign_patch(keys, args)
 end
 
 local function campaign_get(keys, args)
-  K.check(keys, {'campaign', 'budget'})
+  K.check(keys, PAIR)
   V.nargs(args, 0, 0)
   local rec = CS.load(keys[1])
   if not rec then return false end
@@ -1567,11 +1759,11 @@ local function campaign_get(keys, args)
 end
 
 local function campaign_remove(keys, args)
-  K.check(keys, {'campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled',
-    'budget_settled_exp'})
+  K.check(keys, ALL)
   V.nargs(args, 1, 1)
   local expected = V.int(args[1], 'expected_version', -1)
   local old = CS.load(keys[1])
+  for i = 2, 6 do K.expect_type(keys[i], ALL_TYPES[i - 1]) end
   if not old then
     if expected > 0 then check_version(old, expected, keys[1]) end
     return {'removed', 0, 'remove', ''}
@@ -1603,11 +1795,27 @@ FC.CHUNK = 1000
 FC.UNIT_LETTER = {minute = 'm', hour = 'h', day = 'd', week = 'w', month = 'M'}
 FC.LETTER_UNIT = {m = 'minute', h = 'hour', d = 'day', w = 'week', M = 'month'}
 FC.SCOPES = {a = 'advertiser', c = 'campaign', k = 'creative'}
+FC.PAIR = {'freqcap', 'freqcap_imps'}
 
 function FC.fmt(n) return string.format('%d', n) end
 
-function FC.window(ctx, tok, what)
-  local w = ctx.win[tok]
+FC.MAX_MEMO = 4096
+FC.memo = {win = {}, lim = {}, cand = {}, n = 0}
+FC.NRULES = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6, ['7'] = 7, ['8'] = 8, ['9'] = 9, ['10'] = 10, ['11'] = 11, ['12'] = 12, ['13'] = 13, ['14'] = 14, ['15'] = 15, ['16'] = 16, ['17'] = 17, ['18'] = 18, ['19'] = 19, ['20'] = 20, ['21'] = 21, ['22'] = 22, ['23'] = 23, ['24'] = 24, ['25'] = 25, ['26'] = 26, ['27'] = 27, ['28'] = 28, ['29'] = 29, ['30'] = 30, ['31'] = 31, ['32'] = 32}
+
+function FC.remember(kind, key, value)
+  local m = FC.memo
+  if m.n >= FC.MAX_MEMO then
+    m = {win = {}, lim = {}, cand = {}, n = 0}
+    FC.memo = m
+  end
+  m[kind][key] = value
+  m.n = m.n + 1
+  return value
+end
+
+function FC.window(tok, what)
+  local w = FC.memo.win[tok]
   if w then return w end
   if type(tok) ~= 'string' then E.fail('ADCACHE_BADARG', what() .. ' window is missing') end
   w = {}
@@ -1615,10 +1823,8 @@ function FC.window(ctx, tok, what)
   if not unit then unit = tok end
   local kind, n = string.match(tok, '^(%l+):(%d+)$')
   if FC.UNIT_LETTER[unit] then
-    w.kind, w.unit = 'fixed', unit
+    w.kind, w.unit, w.letter = 'fixed', unit, FC.UNIT_LETTER[unit]
     w.off = off and V.int(off, what() .. ' window offset', -FC.MAX_OFFSET, FC.MAX_OFFSET) or 0
-    w.ends = T.period_end(ctx.now, unit, w.off)
-    w.suffix = '|' .. FC.UNIT_LETTER[unit] .. FC.fmt(w.ends / 1000)
   elseif kind == 'rolling' or kind == 'recency' then
     w.kind, w.recency = 'rolling', kind == 'recency'
     w.n = V.pos(n, what() .. ' window seconds', FC.MAX_SECONDS)
@@ -1629,8 +1835,24 @@ function FC.window(ctx, tok, what)
     E.fail('ADCACHE_BADARG', what() .. ' has an unknown window ' .. tok .. ' (expected minute,'
       .. ' hour, day, week, month[@offset_s], rolling:<s>, recency:<s> or lifetime)')
   end
-  ctx.win[tok] = w
-  return w
+  return FC.remember('win', tok, w)
+end
+
+function FC.period(w, now)
+  local p = w.p
+  if p and now >= p[1] and now < p[2] then return p end
+  local ends = T.period_end(now, w.unit, w.off)
+  p = {T.period_start(now, w.unit, w.off), ends, '|' .. w.letter .. FC.fmt(ends / 1000)}
+  w.p = p
+  return p
+end
+
+function FC.bind(rule, now)
+  local w = rule.w
+  if w.kind ~= 'fixed' then return end
+  local p = w.p
+  if not p or now < p[1] or now >= p[2] then p = FC.period(w, now) end
+  if rule.fp ~= p then rule.fp, rule.ends, rule.field = p, p[2], rule.pre .. p[3] end
 end
 
 function FC.what(c, r)
@@ -1645,25 +1867,20 @@ function FC.id(v, c, name, optional)
   return V.id(v, FC.what(c) .. ' ' .. name)
 end
 
-function FC.uint(ctx, tok, c, r, name)
-  local n = ctx.lim[tok]
+function FC.uint(tok, c, r, name)
+  local n = FC.memo.lim[tok]
   if n then return n end
   n = V.uint(tok, FC.what(c, r) .. ' ' .. name, FC.MAX_LIMIT)
-  ctx.lim[tok] = n
-  return n
+  return FC.remember('lim', tok, n)
 end
 
-function FC.ctx(now)
-  return {now = now, win = {}, lim = {}}
-end
-
-function FC.candidate(args, i, c, ctx)
+function FC.candidate(args, i, c)
   local nargs = #args
   if nargs < i + 3 then E.fail('ADCACHE_ARITY', 'the arguments end inside ' .. FC.what(c)) end
   local campaign = FC.id(args[i], c, 'campaign_id', false)
   local adv = FC.id(args[i + 1], c, 'advertiser_id', true)
   local crv = FC.id(args[i + 2], c, 'creative_id', true)
-  local n = FC.uint(ctx, args[i + 3], c, nil, 'rule count')
+  local n = FC.uint(args[i + 3], c, nil, 'rule count')
   if n > FC.MAX_RULES then
     E.fail('ADCACHE_LIMIT', FC.what(c) .. ' has ' .. n .. ' rules, at most ' .. FC.MAX_RULES)
   end
@@ -1682,23 +1899,58 @@ function FC.candidate(args, i, c, ctx)
       E.fail('ADCACHE_BADARG', FC.what(c, r) .. ' is at ' .. FC.SCOPES[scope] .. ' level but the'
         .. ' candidate has no ' .. FC.SCOPES[scope] .. ' id')
     end
-    local w = ctx.win[tok] or FC.window(ctx, tok, function() return FC.what(c, r) end)
-    local limit = FC.uint(ctx, args[i + 2], c, r, 'limit')
+    local w = FC.window(tok, function() return FC.what(c, r) end)
+    local limit = FC.uint(args[i + 2], c, r, 'limit')
     if w.kind == 'rolling' and (limit > FC.MAX_ROLLING_LIMIT or (w.recency and limit ~= 1)) then
       E.fail('ADCACHE_BADARG', FC.what(c, r) .. (w.recency
         and ' is a recency rule: its limit must be 1'
         or (' limit must be at most ' .. FC.MAX_ROLLING_LIMIT .. ' for a rolling window (it keeps'
           .. ' one time per impression), got ' .. limit)))
     end
-    rules[r] = {scope = scope, token = tok, kind = w.kind, n = w.n, ends = w.ends, limit = limit,
-      field = scope .. ':' .. id .. w.suffix}
+    local pre = scope .. ':' .. id
+    rules[r] = {scope = scope, token = tok, kind = w.kind, n = w.n, limit = limit, w = w, pre = pre,
+      field = w.suffix and (pre .. w.suffix), label = FC.SCOPES[scope] .. ' ' .. tok}
     i = i + 3
   end
-  return {campaign = campaign, rules = rules}, i
+  local fixed = false
+  for _, rule in ipairs(rules) do
+    if rule.kind == 'fixed' then fixed = true end
+  end
+  return {campaign = campaign, rules = rules, n = n, fixed = fixed, vs = 1, ve = 0}, i
+end
+
+function FC.get(args, i, c, now)
+  local n = FC.NRULES[args[i + 3]]
+  local cand, j
+  if n then
+    j = i + 4 + 3 * n
+    if j - 1 <= #args then
+      local key = table.concat(args, '{', i, j - 1)
+      cand = FC.memo.cand[key]
+      if not cand or cand.n ~= n then
+        cand, j = FC.candidate(args, i, c)
+        FC.remember('cand', key, cand)
+      end
+    end
+  end
+  if not cand then cand, j = FC.candidate(args, i, c) end
+  if cand.fixed and (now < cand.vs or now >= cand.ve) then
+    local vs, ve = nil, nil
+    for _, rule in ipairs(cand.rules) do
+      FC.bind(rule, now)
+      local p = rule.fp
+      if p then
+        if not vs or p[1] > vs then vs = p[1] end
+        if not ve or p[2] < ve then ve = p[2] end
+      end
+    end
+    cand.vs, cand.ve = vs, ve
+  end
+  return cand, j
 end
 
 function FC.label(rule)
-  return FC.SCOPES[rule.scope] .. ' ' .. rule.token
+  return rule.label
 end
 
 function FC.fields(cands)
@@ -1716,10 +1968,18 @@ end
 
 function FC.fetch(key, fields)
   local vals = {}
+  if #fields <= FC.CHUNK then
+    if #fields == 0 then return vals end
+    local got = K.read('HMGET', key, unpack(fields))
+    for j = 1, #fields do
+      if got[j] then vals[fields[j]] = got[j] end
+    end
+    return vals
+  end
   for s = 1, #fields, FC.CHUNK do
     local part = {}
     for j = s, math.min(#fields, s + FC.CHUNK - 1) do part[#part + 1] = fields[j] end
-    local got = redis.call('HMGET', key, unpack(part))
+    local got = K.read('HMGET', key, unpack(part))
     for j = 1, #part do
       if got[j] then vals[part[j]] = got[j] end
     end
@@ -1897,46 +2157,44 @@ function FC.outcome_reply(s, duplicate)
 end
 
 local function freqcap_check(keys, args)
-  K.check(keys, {'freqcap'})
-  V.nargs(args, 1)
+  K.check1(keys, 'freqcap')
+  if #args < 1 then V.nargs(args, 1) end
   local n = V.uint(args[1], 'n_candidates')
   if n > FC.MAX_CANDIDATES then
     E.fail('ADCACHE_LIMIT', 'at most ' .. FC.MAX_CANDIDATES .. ' candidates per check, got ' .. n)
   end
-  local ctx = FC.ctx(T.now_ms())
-  local now = ctx.now
+  local now = T.now_ms()
   local cands, i = {}, 2
   for c = 1, n do
-    cands[c], i = FC.candidate(args, i, c, ctx)
+    cands[c], i = FC.get(args, i, c, now)
   end
   if i ~= #args + 1 then
     E.fail('ADCACHE_ARITY', n .. ' candidates take ' .. (i - 1) .. ' arguments, got ' .. #args)
   end
   local vals = FC.fetch(keys[1], FC.fields(cands))
-  local out = {}
-  for _, cand in ipairs(cands) do
+  local out, k = {}, 0
+  for c = 1, n do
+    local cand = cands[c]
     local ok, rem, idx, frees = FC.decide(cand, vals, now)
-    out[#out + 1] = ok
-    out[#out + 1] = rem
-    out[#out + 1] = idx
-    out[#out + 1] = idx > 0 and FC.label(cand.rules[idx]) or ''
-    out[#out + 1] = frees
+    out[k + 1], out[k + 2], out[k + 3], out[k + 5] = ok, rem, idx, frees
+    out[k + 4] = idx > 0 and cand.rules[idx].label or ''
+    k = k + 5
   end
   return out
 end
 
 local function freqcap_record(keys, args)
-  K.check(keys, {'freqcap', 'freqcap_imps'})
-  V.nargs(args, 6)
+  K.check(keys, FC.PAIR)
+  if #args < 6 then V.nargs(args, 6) end
   local imp = V.id(args[1], 'impression_id')
   local dedupe = V.pos(args[2], 'dedupe_ttl_ms', FC.MAX_DEDUPE_MS)
   local now = T.now_ms()
-  local cand, i = FC.candidate(args, 3, 1, FC.ctx(now))
+  local cand, i = FC.get(args, 3, 1, now)
   if i ~= #args + 1 then
     E.fail('ADCACHE_ARITY', 'the candidate takes ' .. (i - 3) .. ' arguments after dedupe_ttl_ms, got '
       .. (#args - 2))
   end
-  local seen = redis.call('HMGET', keys[2], imp, '~n')
+  local seen = K.read('HMGET', keys[2], imp, '~n')
   if seen[1] then
     local outcome = string.match(seen[1], '^%d+|(.*)$')
     return FC.outcome_reply(outcome or seen[1], 1)
@@ -1957,14 +2215,16 @@ local function freqcap_record(keys, args)
       redis.call('HDEL', keys[1], '~s')
     end
   end
-  local outcome = table.concat({ok, rem, idx, FC.fmt(frees),
-    idx > 0 and FC.label(cand.rules[idx]) or ''}, '|')
+  local label = idx > 0 and cand.rules[idx].label or ''
+  local outcome = ok .. '|' .. rem .. '|' .. idx .. '|' .. FC.fmt(frees) .. '|' .. label
   local forget = now + dedupe
   local ndue = FC.sweep(keys[2], '~n', tonumber(seen[2]), now, FC.imp_stale)
   if not ndue or forget < ndue then ndue = forget end
   redis.call('HSET', keys[2], imp, FC.fmt(forget) .. '|' .. outcome, '~n', FC.fmt(ndue))
-  FC.extend(keys[2], forget)
-  return FC.outcome_reply(outcome, 0)
+  if redis.call('PEXPIREAT', keys[2], forget, 'GT') == 0 then
+    redis.call('PEXPIREAT', keys[2], forget, 'NX')
+  end
+  return {ok, rem, idx, label, frees, 0}
 end
 
 function FC.split(field)
@@ -1972,7 +2232,7 @@ function FC.split(field)
 end
 
 local function freqcap_reset(keys, args)
-  K.check(keys, {'freqcap', 'freqcap_imps'})
+  K.check(keys, FC.PAIR)
   V.nargs(args, 0, 2)
   if #args == 1 then E.fail('ADCACHE_ARITY', 'give both scope and entity_id, or neither') end
   local ent = nil
@@ -1983,7 +2243,9 @@ local function freqcap_reset(keys, args)
     ent = args[1] .. ':' .. V.id(args[2], 'entity_id')
   end
   local dead = {}
-  for _, f in ipairs(redis.call('HKEYS', keys[1])) do
+  local names = K.read('HKEYS', keys[1])
+  if ent == nil then K.expect_type(keys[2], 'hash') end
+  for _, f in ipairs(names) do
     local e = FC.split(f)
     if e and (ent == nil or e == ent) then dead[#dead + 1] = f end
   end
@@ -1996,7 +2258,7 @@ local function freqcap_reset(keys, args)
 end
 
 local function freqcap_inspect(keys, args)
-  K.check(keys, {'freqcap'})
+  K.check1(keys, 'freqcap')
   V.nargs(args, 0, 2)
   if #args == 1 then E.fail('ADCACHE_ARITY', 'give both scope and entity_id, or neither') end
   local ent = nil
@@ -2007,7 +2269,7 @@ local function freqcap_inspect(keys, args)
     ent = args[1] .. ':' .. V.id(args[2], 'entity_id')
   end
   local now = T.now_ms()
-  local flat = redis.call('HGETALL', keys[1])
+  local flat = K.read('HGETALL', keys[1])
   local rows = {}
   for j = 1, #flat, 2 do
     local e, win = FC.split(flat[j])
@@ -2078,6 +2340,8 @@ local MAX_TOKEN = 64
 local MAX_DELTA = 1000000000000
 
 local P = {}
+local MISSING = {create = true, fail = true}
+local PROFILE = 'profile'
 
 function P.interests(v)
   if v == '' then return '' end
@@ -2133,7 +2397,7 @@ function P.fields(args, first)
 end
 
 function P.version(key)
-  local v = redis.call('HGET', key, 'v')
+  local v = K.read('HGET', key, 'v')
   if v then return tonumber(v) end
   if redis.call('EXISTS', key) == 1 then
     E.fail('ADCACHE_WRONGTYPE', key .. ' is not a profile record')
@@ -2182,9 +2446,9 @@ function P.write(key, version, now, idle, fields, replace)
 end
 
 local function profile_get(keys, args)
-  K.check(keys, {'profile'})
-  V.nargs(args, 0, 0)
-  local flat = redis.call('HGETALL', keys[1])
+  K.check1(keys, PROFILE)
+  if #args ~= 0 then V.nargs(args, 0, 0) end
+  local flat = K.read('HGETALL', keys[1])
   if #flat == 0 then return false end
   flat[#flat + 1] = 'pttl'
   flat[#flat + 1] = redis.call('PTTL', keys[1])
@@ -2192,7 +2456,7 @@ local function profile_get(keys, args)
 end
 
 local function profile_set(keys, args)
-  K.check(keys, {'profile'})
+  K.check1(keys, PROFILE)
   V.nargs(args, 2)
   local fields = P.fields(args, 3)
   local current = P.version(keys[1])
@@ -2202,7 +2466,7 @@ local function profile_set(keys, args)
 end
 
 local function profile_patch(keys, args)
-  K.check(keys, {'profile'})
+  K.check1(keys, PROFILE)
   V.nargs(args, 2)
   local fields = P.fields(args, 3)
   local current = P.version(keys[1])
@@ -2212,12 +2476,12 @@ local function profile_patch(keys, args)
 end
 
 local function profile_activity(keys, args)
-  K.check(keys, {'profile'})
-  V.nargs(args, 3, 3)
+  K.check1(keys, PROFILE)
+  if #args ~= 3 then V.nargs(args, 3, 3) end
   local delta = V.int(args[1], 'score_delta', -MAX_DELTA, MAX_DELTA)
   local want_idle = V.uint(args[2], 'idle_ttl_ms', MAX_IDLE_MS)
-  local missing = V.enum(args[3], 'missing', {create = true, fail = true})
-  local v = redis.call('HMGET', keys[1], 'v', 'idle', 'score')
+  local missing = V.enum(args[3], 'missing', MISSING)
+  local v = K.read('HMGET', keys[1], 'v', 'idle', 'score')
   local current = tonumber(v[1]) or 0
   if current == 0 and redis.call('EXISTS', keys[1]) == 1 then
     E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not a profile record')
@@ -2260,6 +2524,8 @@ local PRUNE_BATCH = 100
 local MAX_PAGE = 1000
 
 local S = {}
+local SIDE = {'segment_members', 'segment_expiry'}
+local USER_SEGMENTS = 'user_segments'
 
 function S.expire_at_max(key)
   local top = redis.call('ZRANGE', key, 0, 0, 'REV', 'WITHSCORES')
@@ -2283,15 +2549,14 @@ function S.sync_ttl(members, expiry)
 end
 
 local function segment_add(keys, args)
-  K.check(keys, {'segment_members', 'segment_expiry'})
+  K.check(keys, SIDE)
   V.nargs(args, 3, 3)
   local user = V.id(args[1], 'user_id')
   local ttl = V.pos(args[2], 'ttl_ms', MAX_TTL_MS)
   local max = V.pos(args[3], 'max_members', HARD_MAX_MEMBERS)
-  K.expect_type(keys[1], 'zset')
-  K.expect_type(keys[2], 'zset')
   local now = T.now_ms()
-  local old = tonumber(redis.call('ZSCORE', keys[2], user))
+  local old = tonumber(K.read('ZSCORE', keys[2], user))
+  K.read('ZSCORE', keys[1], user) -- the members key is written below: check its type first
   local is_new = not old or old <= now
   if is_new then
     local live = redis.call('ZCOUNT', keys[2], '(' .. now, '+inf')
@@ -2312,14 +2577,12 @@ local function segment_add(keys, args)
 end
 
 local function segment_remove(keys, args)
-  K.check(keys, {'segment_members', 'segment_expiry'})
+  K.check(keys, SIDE)
   V.nargs(args, 1, 1)
   local user = V.id(args[1], 'user_id')
-  K.expect_type(keys[1], 'zset')
-  K.expect_type(keys[2], 'zset')
   local now = T.now_ms()
-  local exp = tonumber(redis.call('ZSCORE', keys[2], user))
-  redis.call('ZREM', keys[1], user)
+  local exp = tonumber(K.read('ZSCORE', keys[2], user))
+  K.read('ZREM', keys[1], user)
   redis.call('ZREM', keys[2], user)
   S.prune_segment(keys[1], keys[2], now, PRUNE_BATCH)
   S.sync_ttl(keys[1], keys[2])
@@ -2327,7 +2590,7 @@ local function segment_remove(keys, args)
 end
 
 local function segment_members(keys, args)
-  K.check(keys, {'segment_members', 'segment_expiry'})
+  K.check(keys, SIDE)
   V.nargs(args, 2, 2)
   local cursor = V.str(args[1], 'cursor', 160)
   local count = V.pos(args[2], 'count', MAX_PAGE)
@@ -2335,7 +2598,7 @@ local function segment_members(keys, args)
   if cursor ~= '' then
     local s, u = string.match(cursor, '^(%d+):(.+)$')
     if not s then E.fail('ADCACHE_BADARG', 'cursor is malformed: ' .. cursor) end
-    rank = redis.call('ZCOUNT', keys[1], '(' .. s, '+inf')
+    rank = K.read('ZCOUNT', keys[1], '(' .. s, '+inf')
     for _, m in ipairs(redis.call('ZRANGE', keys[1], s, s, 'BYSCORE')) do
       if m >= u then rank = rank + 1 end  -- equal scores run in reverse lexical order
     end
@@ -2345,11 +2608,11 @@ local function segment_members(keys, args)
   local last_user, last_score = nil, nil
   local scanned = 0
   while #out - 1 < count * 3 and scanned < count * 10 do
-    local batch = redis.call('ZRANGE', keys[1], rank, rank + count - 1, 'REV', 'WITHSCORES')
+    local batch = K.read('ZRANGE', keys[1], rank, rank + count - 1, 'REV', 'WITHSCORES')
     if #batch == 0 then break end
     local users = {}
     for i = 1, #batch, 2 do users[#users + 1] = batch[i] end
-    local exps = redis.call('ZMSCORE', keys[2], unpack(users))
+    local exps = K.read('ZMSCORE', keys[2], unpack(users))
     for i = 1, #users do
       rank = rank + 1
       scanned = scanned + 1
@@ -2371,18 +2634,17 @@ local function segment_members(keys, args)
 end
 
 local function segment_join(keys, args)
-  K.check(keys, {'user_segments'})
+  K.check1(keys, USER_SEGMENTS)
   V.nargs(args, 3, 3)
   local seg = V.id(args[1], 'segment_id')
   local expires = V.pos(args[2], 'expires_at_ms')
   local max = V.pos(args[3], 'max_segments', HARD_MAX_SEGMENTS)
-  K.expect_type(keys[1], 'zset')
   local now = T.now_ms()
   if expires > now + MAX_TTL_MS then
     E.fail('ADCACHE_BADARG', 'expires_at_ms is more than 400 days ahead')
   end
-  if expires <= now then return {-1, redis.call('ZCOUNT', keys[1], '(' .. now, '+inf')} end
-  local old = tonumber(redis.call('ZSCORE', keys[1], seg))
+  if expires <= now then return {-1, K.read('ZCOUNT', keys[1], '(' .. now, '+inf')} end
+  local old = tonumber(K.read('ZSCORE', keys[1], seg))
   local is_new = not old or old <= now
   if is_new then
     local live = redis.call('ZCOUNT', keys[1], '(' .. now, '+inf')
@@ -2397,12 +2659,11 @@ local function segment_join(keys, args)
 end
 
 local function segment_leave(keys, args)
-  K.check(keys, {'user_segments'})
+  K.check1(keys, USER_SEGMENTS)
   V.nargs(args, 1, 1)
   local seg = V.id(args[1], 'segment_id')
-  K.expect_type(keys[1], 'zset')
   local now = T.now_ms()
-  local old = tonumber(redis.call('ZSCORE', keys[1], seg))
+  local old = tonumber(K.read('ZSCORE', keys[1], seg))
   redis.call('ZREM', keys[1], seg)
   redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now)
   S.expire_at_max(keys[1])
@@ -2410,10 +2671,9 @@ local function segment_leave(keys, args)
 end
 
 local function segment_of(keys, args)
-  K.check(keys, {'user_segments'})
-  V.nargs(args, 0, 0)
-  local flat = redis.call('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
-  return flat
+  K.check1(keys, USER_SEGMENTS)
+  if #args ~= 0 then V.nargs(args, 0, 0) end
+  return K.read('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
 end
 
 
@@ -2443,9 +2703,12 @@ local HARD_MAX_SESSIONS = 4096
 local MAX_REMOVE = 1000
 
 local SS = {}
+local KINDS = {view = true, request = true}
+local SESSION, HISTORY, USER_SESSIONS = 'session', 'session_history', 'user_sessions'
+local BOTH = {'session', 'session_history'}
 
 function SS.live(key)
-  local v = redis.call('HMGET', key, 'idle', 'deadline')
+  local v = K.read('HMGET', key, 'idle', 'deadline')
   if not v[1] then
     if redis.call('EXISTS', key) == 1 then
       E.fail('ADCACHE_WRONGTYPE', key .. ' is not a session record')
@@ -2455,17 +2718,24 @@ function SS.live(key)
   return tonumber(v[1]), tonumber(v[2])
 end
 
+function SS.token(v, what)
+  local t = V.str(v, what)
+  if t == '' or #t > MAX_TOKEN or string.find(t, '[%c,]') then
+    E.fail('ADCACHE_BADARG', what .. ' must be 1 to ' .. MAX_TOKEN
+      .. ' bytes without commas or control characters, got ' .. t)
+  end
+  return t
+end
+
 function SS.tokens(args, first, last, what)
   if last - first + 1 > MAX_TOKENS then
     E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_TOKENS .. ' ' .. what .. ' per entry')
   end
+  if last < first then return '' end
+  if last == first then return SS.token(args[first], what) end
   local out, seen = {}, {}
   for i = first, last do
-    local t = V.str(args[i], what)
-    if t == '' or #t > MAX_TOKEN or string.find(t, '[%c,]') then
-      E.fail('ADCACHE_BADARG', what .. ' must be 1 to ' .. MAX_TOKEN
-        .. ' bytes without commas or control characters, got ' .. t)
-    end
+    local t = SS.token(args[i], what)
     if not seen[t] then
       seen[t] = true
       out[#out + 1] = t
@@ -2497,7 +2767,7 @@ function SS.top(weights, top)
 end
 
 local function record_reply(key)
-  local flat = redis.call('HGETALL', key)
+  local flat = K.read('HGETALL', key)
   if #flat == 0 then return false end
   flat[#flat + 1] = 'pttl'
   flat[#flat + 1] = redis.call('PTTL', key)
@@ -2511,9 +2781,10 @@ local function session_create(keys, args)
   local idle = V.pos(args[2], 'idle_ttl_ms', MAX_TTL_MS)
   local life = V.pos(args[3], 'max_lifetime_ms', MAX_TTL_MS)
   local attrs = V.pairs(args, 4, 'attribute', MAX_ATTRS, MAX_ATTR_VALUE)
-  if redis.call('EXISTS', keys[1]) == 1 then
-    E.fail('ADCACHE_EXISTS', 'session ' .. keys[1] .. ' exists')
-  end
+  if keys[2] then K.expect_type(keys[2], 'list') end
+  local t = redis.call('TYPE', keys[1])['ok']
+  if t == 'hash' then E.fail('ADCACHE_EXISTS', 'session ' .. keys[1] .. ' exists') end
+  if t ~= 'none' then K.wrongtype(keys[1], 'a hash') end
   local now = T.now_ms()
   local deadline = now + life
   local fields = {'user', user, 'created', now, 'touched', now, 'idle', idle, 'deadline', deadline}
@@ -2528,8 +2799,8 @@ local function session_create(keys, args)
 end
 
 local function session_get(keys, args)
-  K.check(keys, {'session'})
-  V.nargs(args, 0, 0)
+  K.check1(keys, SESSION)
+  if #args ~= 0 then V.nargs(args, 0, 0) end
   return record_reply(keys[1])
 end
 
@@ -2537,6 +2808,7 @@ local function session_touch(keys, args)
   K.check(keys, {'session'}, 'session_history', 1)
   V.nargs(args, 0, 0)
   local idle, deadline = SS.live(keys[1])
+  if keys[2] then K.expect_type(keys[2], 'list') end
   local now = T.now_ms()
   local expires = math.min(now + idle, deadline)
   redis.call('HSET', keys[1], 'touched', now)
@@ -2548,21 +2820,20 @@ end
 local function session_delete(keys, args)
   K.check(keys, {'session'}, 'session_history', 1)
   V.nargs(args, 0, 1)
-  if args[1] then
-    local user = V.id(args[1], 'user_id')
-    if redis.call('TYPE', keys[1])['ok'] == 'hash' and redis.call('HGET', keys[1], 'user') ~= user then
-      return 0
-    end
-  end
+  local user = args[1] and V.id(args[1], 'user_id')
+  if keys[2] then K.expect_type(keys[2], 'list') end
+  local t = redis.call('TYPE', keys[1])['ok']
+  if t ~= 'hash' and t ~= 'none' then K.wrongtype(keys[1], 'a hash') end
+  if user and t == 'hash' and redis.call('HGET', keys[1], 'user') ~= user then return 0 end
   local n = redis.call('DEL', keys[1])
   if keys[2] then redis.call('DEL', keys[2]) end
   return n
 end
 
 local function session_track(keys, args)
-  K.check(keys, {'session', 'session_history'})
+  K.check(keys, BOTH)
   V.nargs(args, 4)
-  local kind = V.enum(args[1], 'kind', {view = true, request = true})
+  local kind = V.enum(args[1], 'kind', KINDS)
   local max_history = V.pos(args[2], 'max_history', MAX_HISTORY)
   local ref = V.str(args[3], 'referrer', MAX_REFERRER)
   if string.find(ref, '%c') then E.fail('ADCACHE_BADARG', 'referrer has a control character') end
@@ -2570,25 +2841,27 @@ local function session_track(keys, args)
   local cats = SS.tokens(args, 5, 4 + ncat, 'category')
   local kws = SS.tokens(args, 5 + ncat, #args, 'keyword')
   local idle, deadline = SS.live(keys[1])
-  K.expect_type(keys[2], 'list')
   local now = T.now_ms()
   local expires = math.min(now + idle, deadline)
-  redis.call('LPUSH', keys[2], table.concat({string.format('%d', now), kind, cats, kws, ref}, '\t'))
-  redis.call('LTRIM', keys[2], 0, max_history - 1)
+  local len = K.read('LPUSH', keys[2], now .. '\t' .. kind .. '\t' .. cats .. '\t' .. kws .. '\t' .. ref)
+  if len > max_history then
+    redis.call('LTRIM', keys[2], 0, max_history - 1)
+    len = max_history
+  end
   redis.call('HSET', keys[1], 'touched', now)
   redis.call('PEXPIREAT', keys[1], expires)
   redis.call('PEXPIREAT', keys[2], expires)
-  return {expires, deadline, redis.call('LLEN', keys[2])}
+  return {expires, deadline, len}
 end
 
 local function session_history(keys, args)
-  K.check(keys, {'session', 'session_history'})
+  K.check(keys, BOTH)
   V.nargs(args, 1, 1)
   local count = V.pos(args[1], 'count', MAX_HISTORY)
-  K.expect_type(keys[2], 'list')
-  if redis.call('EXISTS', keys[1]) == 0 then return false end
+  local entries = K.read('LRANGE', keys[2], 0, count - 1)
+  if K.read('HLEN', keys[1]) == 0 then return false end
   local out = {}
-  for _, e in ipairs(redis.call('LRANGE', keys[2], 0, count - 1)) do
+  for _, e in ipairs(entries) do
     local ms, kind, cats, kws, ref = SS.parse_entry(e)
     if ms then out[#out + 1] = {ms, kind, cats, kws, ref} end
   end
@@ -2596,17 +2869,18 @@ local function session_history(keys, args)
 end
 
 local function session_context(keys, args)
-  K.check(keys, {'session', 'session_history'})
+  K.check(keys, BOTH)
   V.nargs(args, 2, 2)
   local half = V.pos(args[1], 'half_life_ms', MAX_TTL_MS)
   local top = V.pos(args[2], 'top', MAX_TOP)
-  K.expect_type(keys[2], 'list')
-  if redis.call('EXISTS', keys[1]) == 0 then return false end
-  local imps = tonumber(redis.call('HGET', keys[1], 'imps')) or 0
+  local v = K.read('HMGET', keys[1], 'imps', 'idle')
+  if not v[2] and redis.call('EXISTS', keys[1]) == 0 then return false end
+  local history = K.read('LRANGE', keys[2], 0, MAX_HISTORY - 1)
+  local imps = tonumber(v[1]) or 0
   local now = T.now_ms()
   local catw, kww = {}, {}
   local entries, referrer = 0, ''
-  for _, e in ipairs(redis.call('LRANGE', keys[2], 0, MAX_HISTORY - 1)) do
+  for _, e in ipairs(history) do
     local ms, _, cats, kws, ref = SS.parse_entry(e)
     if ms then
       entries = entries + 1
@@ -2622,7 +2896,7 @@ local function session_context(keys, args)
 end
 
 local function session_impression(keys, args)
-  K.check(keys, {'session'})
+  K.check1(keys, SESSION)
   V.nargs(args, 3, 4)
   local cap = V.uint(args[1], 'session_cap')
   local campaign = args[2]
@@ -2659,14 +2933,13 @@ local function session_impression(keys, args)
 end
 
 local function session_index_add(keys, args)
-  K.check(keys, {'user_sessions'})
+  K.check1(keys, USER_SESSIONS)
   V.nargs(args, 3, 3)
   local sid = V.id(args[1], 'session_id')
   local life = V.pos(args[2], 'max_lifetime_ms', MAX_TTL_MS)
   local max = V.pos(args[3], 'max_sessions', HARD_MAX_SESSIONS)
-  K.expect_type(keys[1], 'zset')
   local now = T.now_ms()
-  local old = tonumber(redis.call('ZSCORE', keys[1], sid))
+  local old = tonumber(K.read('ZSCORE', keys[1], sid))
   if not old or old <= now then
     local live = redis.call('ZCOUNT', keys[1], '(' .. now, '+inf')
     if live >= max then
@@ -2682,19 +2955,17 @@ local function session_index_add(keys, args)
 end
 
 local function session_index_remove(keys, args)
-  K.check(keys, {'user_sessions'})
+  K.check1(keys, USER_SESSIONS)
   V.nargs(args, 1)
   if #args > MAX_REMOVE then E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_REMOVE .. ' ids per call') end
   for i = 1, #args do V.id(args[i], 'session_id') end
-  K.expect_type(keys[1], 'zset')
-  return redis.call('ZREM', keys[1], unpack(args))
+  return K.read('ZREM', keys[1], unpack(args))
 end
 
 local function session_index_list(keys, args)
-  K.check(keys, {'user_sessions'})
+  K.check1(keys, USER_SESSIONS)
   V.nargs(args, 0, 0)
-  K.expect_type(keys[1], 'zset')
-  return redis.call('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
+  return K.read('ZRANGE', keys[1], '(' .. T.now_ms(), '+inf', 'BYSCORE', 'WITHSCORES')
 end
 
 
@@ -2723,8 +2994,24 @@ local MAX_DAYS = 90
 local MAX_HOURS = 168
 local LIMB = 1000000000
 local UNITS = {hour = true, day = true}
+local REACH = {['0'] = true, ['1'] = true}
 
 local S = {}
+
+S.MAX_MEMO = 4096
+S.memo, S.nmemo = {}, 0
+
+function S.remember(key, value)
+  if S.nmemo >= S.MAX_MEMO then S.memo, S.nmemo = {}, 0 end
+  S.memo[key] = value
+  S.nmemo = S.nmemo + 1
+  return value
+end
+
+function S.utc_hour(h)
+  local key = 'u' .. h
+  return S.memo[key] or S.remember(key, T.ymdh(h, 0))
+end
 
 function S.offset(v)
   return V.int(v, 'offset_s', -MAX_OFFSET_S, MAX_OFFSET_S)
@@ -2736,6 +3023,9 @@ function S.bucket(unit, ms, off)
 end
 
 function S.range(tag, unit, n, now, off)
+  local key = tag .. '{' .. unit .. '{' .. n .. '{' .. off
+  local hit = S.memo[key]
+  if hit and now >= hit[1] and now < hit[2] then return hit[3] end
   local step = unit == 'hour' and T.HOUR or T.DAY
   local start = S.bucket(unit, now, off)
   local out = {}
@@ -2747,7 +3037,19 @@ function S.range(tag, unit, n, now, off)
       out[#out + 1] = {label, K.stats_day(tag, label), K.stats_reach_day(tag, label)}
     end
   end
+  S.remember(key, {start, T.period_end(now, unit, off), out})
   return out
+end
+
+function S.current(tag, now, off)
+  local key = tag .. '{' .. off
+  local hit = S.memo[key]
+  if hit and now >= hit[1] and now < hit[2] then return hit end
+  local hour_start, hour = S.bucket('hour', now, off)
+  local _, day = S.bucket('day', now, off)
+  return S.remember(key, {hour_start, hour_start + T.HOUR, hour, day, K.stats_hour(tag, hour),
+    K.stats_day(tag, day), K.stats_reach_hour(tag, hour), K.stats_reach_day(tag, day),
+    T.period_end(now, 'day', off)})
 end
 
 function S.range_args(args, extra)
@@ -2786,7 +3088,7 @@ function S.sum_str(acc)
 end
 
 local function stats_record(keys, args)
-  local tag = K.check(keys, {'stats_meta'})
+  local tag = K.check1(keys, 'stats_meta')
   V.nargs(args, 4)
   local off = S.offset(args[1])
   local hour_ttl = V.pos(args[2], 'hour_retention_s', MAX_RETENTION_S) * 1000
@@ -2821,41 +3123,65 @@ local function stats_record(keys, args)
   end
 
   local now = T.now_ms()
-  local hour_start, hour = S.bucket('hour', now, off)
-  local _, day = S.bucket('day', now, off)
-  local hkey, dkey = K.stats_hour(tag, hour), K.stats_day(tag, day)
-  local rhkey, rdkey = K.stats_reach_hour(tag, hour), K.stats_reach_day(tag, day)
-  K.expect_type(keys[1], 'hash')
-  K.expect_type(hkey, 'hash')
-  K.expect_type(dkey, 'hash')
-  K.expect_type(rhkey, 'string')
-  K.expect_type(rdkey, 'string')
+  local cur = S.current(tag, now, off)
+  local hour_start, hour, day = cur[1], cur[3], cur[4]
+  local hkey, dkey, rhkey, rdkey = cur[5], cur[6], cur[7], cur[8]
+  local meta = K.read('HMGET', keys[1], 'first_ms', 'events', 'duplicates')
+  local events_n, dups_n = tonumber(meta[2] or 0), tonumber(meta[3] or 0)
+  if not events_n or not dups_n then
+    E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' holds a non-integer counter')
+  end
 
-  local seen_keys = {}
+  local ids, seen = {}, {}
   local cur_ev
   if dedup > 0 then
-    local first = T.period_start(now - dedup, 'hour', 0)
-    local last = T.period_start(now, 'hour', 0)
-    for h = first, last - T.HOUR, T.HOUR do
-      seen_keys[#seen_keys + 1] = K.stats_dedup(tag, T.ymdh(h, 0))
+    for _, ev in ipairs(events) do
+      if ev.id ~= '' then ids[#ids + 1] = ev.id end
     end
-    cur_ev = K.stats_dedup(tag, T.ymdh(now, 0))
-    for _, k in ipairs(seen_keys) do K.expect_type(k, 'set') end
-    K.expect_type(cur_ev, 'set')
+    if #ids > 0 then
+      local first = T.period_start(now - dedup, 'hour', 0)
+      local last = T.period_start(now, 'hour', 0)
+      for h = first, last - T.HOUR, T.HOUR do
+        local found = K.read('SMISMEMBER', K.stats_dedup(tag, S.utc_hour(h)), unpack(ids))
+        for j = 1, #ids do
+          if found[j] == 1 then seen[ids[j]] = true end
+        end
+      end
+      cur_ev = K.stats_dedup(tag, S.utc_hour(last))
+    end
   end
 
   local sums = {0, 0, 0, 0, 0}
   local users = {}
   local recorded, dups, added = 0, 0, 0
+  local kept = {}
   for _, ev in ipairs(events) do
+    if cur_ev and ev.id ~= '' and seen[ev.id] then
+      dups = dups + 1
+    else
+      kept[#kept + 1] = ev
+    end
+  end
+  local wrote, any_user = false, false
+  for _, ev in ipairs(kept) do
+    for f = 1, 5 do
+      if ev[f] > 0 then wrote = true end
+    end
+    if ev.user ~= '' then any_user = true end
+  end
+  if wrote then
+    K.expect_type(hkey, 'hash')
+    K.expect_type(dkey, 'hash')
+  end
+  if any_user then
+    K.expect_hll(rhkey)
+    K.expect_hll(rdkey)
+  end
+  for _, ev in ipairs(kept) do
     local dup = false
-    if dedup > 0 and ev.id ~= '' then
-      for _, k in ipairs(seen_keys) do
-        if redis.call('SISMEMBER', k, ev.id) == 1 then dup = true break end
-      end
-      if not dup then
-        if redis.call('SADD', cur_ev, ev.id) == 0 then dup = true else added = added + 1 end
-      end
+    if cur_ev and ev.id ~= '' then
+      local fresh = added == 0 and K.read('SADD', cur_ev, ev.id) or redis.call('SADD', cur_ev, ev.id)
+      if fresh == 0 then dup = true else added = added + 1 end
     end
     if dup then
       dups = dups + 1
@@ -2870,8 +3196,8 @@ local function stats_record(keys, args)
   end
 
   local hour_exp = hour_start + T.HOUR + hour_ttl
-  local day_exp = T.period_end(now, 'day', off) + day_ttl
-  local wrote = false
+  local day_exp = cur[9] + day_ttl
+  wrote = false
   for f = 1, 5 do
     if sums[f] > 0 then
       local by = string.format('%d', sums[f])
@@ -2891,10 +3217,8 @@ local function stats_record(keys, args)
     redis.call('PEXPIREAT', rdkey, day_exp)
   end
   if recorded + dups > 0 then
-    redis.call('HSETNX', keys[1], 'first_ms', now)
-    redis.call('HSET', keys[1], 'last_ms', now)
-    redis.call('HINCRBY', keys[1], 'events', recorded)
-    redis.call('HINCRBY', keys[1], 'duplicates', dups)
+    redis.call('HSET', keys[1], 'first_ms', meta[1] or now, 'last_ms', now,
+      'events', events_n + recorded, 'duplicates', dups_n + dups)
     redis.call('PEXPIREAT', keys[1], day_exp)
   end
   C.incr('stats_events', recorded)
@@ -2903,21 +3227,21 @@ local function stats_record(keys, args)
 end
 
 local function stats_summary(keys, args)
-  local tag = K.check(keys, {'stats_meta'})
+  local tag = K.check1(keys, 'stats_meta')
   local unit, n, off = S.range_args(args, 1)
-  local want_reach = args[4] == nil or V.enum(args[4], 'reach', {['0'] = true, ['1'] = true}) == '1'
+  local want_reach = args[4] == nil or V.enum(args[4], 'reach', REACH) == '1'
   local now = T.now_ms()
   local range = S.range(tag, unit, n, now, off)
   local acc = {}
   for f = 1, 5 do acc[f] = S.sum_new() end
   local reach_keys = {}
   for _, b in ipairs(range) do
-    local v = redis.call('HMGET', b[2], unpack(FIELDS))
+    local v = K.read('HMGET', b[2], unpack(FIELDS))
     for f = 1, 5 do S.sum_add(acc[f], S.stored(v[f], b[2])) end
     reach_keys[#reach_keys + 1] = b[3]
   end
-  local reach = want_reach and redis.call('PFCOUNT', unpack(reach_keys)) or -1
-  local last = redis.call('HGET', keys[1], 'last_ms')
+  local reach = want_reach and K.read('PFCOUNT', unpack(reach_keys)) or -1
+  local last = K.read('HGET', keys[1], 'last_ms')
   local out = {'unit', unit, 'from', range[1][1], 'to', range[#range][1], 'buckets', n}
   for f = 1, 5 do
     out[#out + 1] = FIELDS[f]
@@ -2933,15 +3257,15 @@ local function stats_summary(keys, args)
 end
 
 local function stats_series(keys, args)
-  local tag = K.check(keys, {'stats_meta'})
+  local tag = K.check1(keys, 'stats_meta')
   local unit, n, off = S.range_args(args)
   local range = S.range(tag, unit, n, T.now_ms(), off)
   local out = {}
   for _, b in ipairs(range) do
-    local v = redis.call('HMGET', b[2], unpack(FIELDS))
+    local v = K.read('HMGET', b[2], unpack(FIELDS))
     out[#out + 1] = b[1]
     for f = 1, 5 do out[#out + 1] = S.stored(v[f], b[2]) end
-    out[#out + 1] = redis.call('PFCOUNT', b[3])
+    out[#out + 1] = K.read('PFCOUNT', b[3])
   end
   return out
 end
@@ -2976,6 +3300,8 @@ local function targeting_put(keys, args)
   local id = V.id(args[1], 'campaign_id')
   local ends = V.pos(args[2], 'end_ms')
   local nb = V.uint(args[3], 'not_before_ms')
+  K.expect_type(keys[1], 'zset')
+  K.expect_type(keys[2], 'zset')
   local now = T.now_ms()
   local indexed = 0
   if ends > now then
@@ -2999,7 +3325,8 @@ local function targeting_remove(keys, args)
   V.nargs(args, 1)
   if #args > MAX_IDS then E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_IDS .. ' ids per call') end
   for i = 1, #args do V.id(args[i], 'campaign_id') end
-  local n = redis.call('ZREM', keys[1], unpack(args))
+  K.expect_type(keys[2], 'zset')
+  local n = K.read('ZREM', keys[1], unpack(args))
   redis.call('ZREM', keys[2], unpack(args))
   prune(keys, T.now_ms())
   return n
@@ -3014,8 +3341,8 @@ local function targeting_query(keys, args)
   local now = T.now_ms()
   if #args > 1 then
     local ids = {unpack(args, 2)}
-    local ends = redis.call('ZMSCORE', keys[1], unpack(ids))
-    local holds = redis.call('ZMSCORE', keys[2], unpack(ids))
+    local ends = K.read('ZMSCORE', keys[1], unpack(ids))
+    local holds = K.read('ZMSCORE', keys[2], unpack(ids))
     local out = {}
     for i, id in ipairs(ids) do
       if ends[i] and tonumber(ends[i]) > now and not (holds[i] and tonumber(holds[i]) > now) then
@@ -3025,8 +3352,8 @@ local function targeting_query(keys, args)
     end
     return out
   end
-  local ids = redis.call('ZRANGEBYSCORE', keys[1], '(' .. now, '+inf', 'LIMIT', 0, limit)
-  local held = redis.call('ZRANGEBYSCORE', keys[2], '(' .. now, '+inf')
+  local ids = K.read('ZRANGEBYSCORE', keys[1], '(' .. now, '+inf', 'LIMIT', 0, limit)
+  local held = K.read('ZRANGEBYSCORE', keys[2], '(' .. now, '+inf')
   if #held == 0 then return ids end
   local skip = {}
   for _, id in ipairs(held) do skip[id] = true end
@@ -3045,8 +3372,8 @@ end
 
 -- ==== domain: version (lua/version.lua.j2) ====
 do
-local LIBRARY_VERSION = '0.3.0'
-local LIBRARY_SHA256 = '65ac5ad5c46f21da38768d08032f0f07d836144cb8b9cf1c12e0f0b6dad3f12d'
+local LIBRARY_VERSION = '0.4.0'
+local LIBRARY_SHA256 = 'b1d318cca1a37e4c2285d96614f90f3b54dc5e25d4209d0edc55727002c5ca9d'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}
