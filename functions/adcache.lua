@@ -2410,8 +2410,8 @@ local function freqcap_record(keys, args)
       redis.call('HDEL', keys[1], '~s')
     end
   end
-  local outcome = table.concat({ok, rem, idx, FC.fmt(frees),
-    idx > 0 and FC.label(cand.rules[idx]) or ''}, '|')
+  local label = idx > 0 and cand.rules[idx].label or ''
+  local outcome = ok .. '|' .. rem .. '|' .. idx .. '|' .. FC.fmt(frees) .. '|' .. label
   local forget = now + dedupe
   local ndue = FC.sweep(keys[2], '~n', tonumber(seen[2]), now, FC.imp_stale)
   if not ndue or forget < ndue then ndue = forget end
@@ -2419,7 +2419,7 @@ local function freqcap_record(keys, args)
   if redis.call('PEXPIREAT', keys[2], forget, 'GT') == 0 then
     redis.call('PEXPIREAT', keys[2], forget, 'NX')
   end
-  return FC.outcome_reply(outcome, 0)
+  return {ok, rem, idx, label, frees, 0}
 end
 
 function FC.split(field)
@@ -2913,17 +2913,24 @@ function SS.live(key)
   return tonumber(v[1]), tonumber(v[2])
 end
 
+function SS.token(v, what)
+  local t = V.str(v, what)
+  if t == '' or #t > MAX_TOKEN or string.find(t, '[%c,]') then
+    E.fail('ADCACHE_BADARG', what .. ' must be 1 to ' .. MAX_TOKEN
+      .. ' bytes without commas or control characters, got ' .. t)
+  end
+  return t
+end
+
 function SS.tokens(args, first, last, what)
   if last - first + 1 > MAX_TOKENS then
     E.fail('ADCACHE_LIMIT', 'at most ' .. MAX_TOKENS .. ' ' .. what .. ' per entry')
   end
+  if last < first then return '' end
+  if last == first then return SS.token(args[first], what) end
   local out, seen = {}, {}
   for i = first, last do
-    local t = V.str(args[i], what)
-    if t == '' or #t > MAX_TOKEN or string.find(t, '[%c,]') then
-      E.fail('ADCACHE_BADARG', what .. ' must be 1 to ' .. MAX_TOKEN
-        .. ' bytes without commas or control characters, got ' .. t)
-    end
+    local t = SS.token(args[i], what)
     if not seen[t] then
       seen[t] = true
       out[#out + 1] = t
@@ -3573,7 +3580,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.4.0'
-local LIBRARY_SHA256 = 'c29fbe893336c2f74e1627e9777b6614f3eb7112b3944f3b317b74de935870c1'
+local LIBRARY_SHA256 = 'accd737b95ae637610fb6940999ccc751aaaa7d76c104f24e4957d2b36d683ac'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

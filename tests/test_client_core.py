@@ -180,3 +180,141 @@ async def test_async_keys_of_two_slots_raise_cross_slot_error(
     )
     with pytest.raises(CrossSlotError):
         await aac_cluster.run(call)
+
+
+# ---- typed errors at the edge ----
+
+
+@pytest.mark.parametrize("bad", ["abc", float("nan"), float("inf"), "NaN", True, None])
+def test_a_bad_money_amount_is_a_bad_argument(ac: AdCache, uid: str, bad: object) -> None:
+    from adcache import BadArgumentError
+    from adcache.auctions import Bid, Imp
+
+    with pytest.raises(BadArgumentError):
+        ac.auctions.create(uid, [Imp("1", floor=bad)], tmax_ms=60_000)  # type: ignore[arg-type]
+    assert ac.redis.exists(keys.auction(uid)) == 0  # nothing was sent
+    ac.auctions.create(uid, [Imp("1", floor="0.5")], tmax_ms=60_000)
+    with pytest.raises(BadArgumentError):
+        ac.auctions.bid(uid, Bid(bid_id="b", imp_id="1", seat="s", price=bad))  # type: ignore[arg-type]
+    assert ac.redis.exists(keys.auction_bids(uid)) == 0
+
+
+def test_money_amounts_raise_adcache_errors_not_value_errors() -> None:
+    from adcache import AdCacheError
+    from adcache.money import to_micros
+    from adcache.profiles import score_from_points
+
+    for bad in ("x", float("nan"), "1e999999999999"):
+        with pytest.raises(AdCacheError):
+            to_micros(bad)
+    with pytest.raises(AdCacheError):
+        score_from_points("x")
+
+
+def _no_function_load_user(server: RedisServer) -> redis.Redis:
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "nofl", "on", ">pw", "~*", "+@all", "-function|load")
+    admin.close()
+    return server.client(username="nofl", password="pw")
+
+
+def test_auto_deploy_without_the_right_to_load_names_node_and_command(
+    bare_server: RedisServer, uid: str
+) -> None:
+    cache = AdCache(_no_function_load_user(bare_server), auto_deploy=True)
+    with pytest.raises(LibraryMissingError) as e:
+        cache.sessions.get(uid)
+    assert str(bare_server.port) in str(e.value) and "adcache deploy" in str(e.value)
+    assert e.value.node is not None and str(bare_server.port) in e.value.node
+
+
+async def test_async_auto_deploy_without_the_right_to_load(
+    bare_server: RedisServer, uid: str
+) -> None:
+    import redis.asyncio as aredis
+
+    _no_function_load_user(bare_server).close()
+    cache = aio.AdCache(
+        aredis.Redis(port=bare_server.port, username="nofl", password="pw"), auto_deploy=True
+    )
+    try:
+        with pytest.raises(LibraryMissingError, match="adcache deploy"):
+            await cache.sessions.get(uid)
+    finally:
+        await cache.aclose()
+
+
+# ---- kept connections and pipelined links ----
+
+
+def test_threads_sharing_a_client_get_their_own_replies(ac: AdCache, uid: str) -> None:
+    import threading
+
+    ids = [f"{uid}-{i}" for i in range(16)]
+    for i, sid in enumerate(ids):
+        ac.sessions.create(sid, f"user{i}", idle_ttl=60, max_lifetime=60, index=False)
+    wrong: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(100):
+            s = ac.sessions.get(ids[i])
+            if s is None or s.user_id != f"user{i}":
+                wrong.append(f"{i}: {s!r}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ids))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+async def test_a_cancelled_async_call_leaves_the_link_in_step(
+    lib_standalone: object, uid: str
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    url = lib_standalone.url  # type: ignore[attr-defined]
+    cache = aio.AdCache(aredis.Redis.from_url(url))
+    admin = redis.Redis.from_url(url)
+    try:
+        await cache.sessions.create(uid, "first", idle_ttl=60, max_lifetime=60, index=False)
+        await cache.sessions.create(f"{uid}-2", "second", idle_ttl=60, max_lifetime=60)
+        admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        pending = asyncio.ensure_future(cache.sessions.get(uid))
+        await asyncio.sleep(0.05)
+        pending.cancel()  # its reply arrives later and must go nowhere
+        got = await cache.sessions.get(f"{uid}-2")
+        assert got is not None and got.user_id == "second"
+        again = await cache.sessions.get(uid)
+        assert again is not None and again.user_id == "first"
+    finally:
+        admin.close()
+        await cache.aclose()
+
+
+async def test_an_async_write_without_reply_in_time_is_not_sent_again(
+    bare_server: RedisServer, uid: str
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    bare_server.client().function_load(library_source(), replace=True)
+    cache = aio.AdCache(aredis.Redis(port=bare_server.port, socket_timeout=0.2))
+    admin = bare_server.client()
+    try:
+        assert await cache.sessions.get(uid) is None  # link open, library checked
+        admin.execute_command("CLIENT", "PAUSE", "600", "WRITE")
+        with pytest.raises(redis.TimeoutError):
+            await cache.sessions.create(uid, "u", idle_ttl=60, max_lifetime=60, index=False)
+        await asyncio.sleep(0.7)
+        # The timed-out link was closed (the server dropped the paused command with it) and the
+        # client did not send the write again: had it retried, the session would exist now. A
+        # read goes through on a new link.
+        assert await cache.sessions.get(uid) is None
+    finally:
+        admin.close()
+        await cache.aclose()

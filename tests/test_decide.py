@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,12 +25,18 @@ def _cluster_cache(lib_cluster: Any) -> AdCache:
 
 
 class CountingCache(AdCache):
-    """Counts sequential network rounds: every run_many and every single run is one."""
+    """Counts sequential network rounds (every run_many and every single run is one) and the
+    calls of each function."""
 
     rounds = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.functions: Counter[str] = Counter()  # calls per function
+
     def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
         self.rounds += 1
+        self.functions.update(c.function for c in calls)
         return super().run_many(calls, raise_on_error=raise_on_error)
 
     def run(self, call: Call[Any]) -> Any:
@@ -134,9 +141,17 @@ def test_never_more_than_four_rounds(lib_standalone: Standalone, uid: str) -> No
         counts = []
         for req in pop.requests[20:]:
             before = cache.rounds
+            cache.functions = Counter()
             d = cache.decide.decide(req)
             counts.append(cache.rounds - before)
             assert d.rounds == cache.rounds - before
+            # budget calls only where a bid can win: each imp's top candidate, and a fallback
+            # winner when the top one is capped or refused; one commit per placement
+            f = cache.functions
+            assert f["ac_budget_reserve"] <= 2 * len(req.imps)
+            assert f["ac_budget_commit"] == len(d.placements)
+            assert f["ac_budget_release"] <= f["ac_budget_reserve"] - f["ac_budget_commit"]
+            assert f["ac_auction_bid"] <= 1 and d.bids <= 2 * len(req.imps)
         assert max(counts) <= 4
         assert counts.count(4) > 10  # most requests go the whole way
         # the FCALLs of those requests all went through those rounds (several per round)
@@ -379,4 +394,142 @@ def test_the_same_request_sent_by_several_clients_at_once_is_charged_once(
         a = sim.audit(admin, pop, final)
         assert a.ok, a
     finally:
+        admin.close()
+
+
+class CallLog(AdCache):
+    """Records the function of every call, per round."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[list[str]] = []
+
+    def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
+        self.log.append([c.function for c in calls])
+        return super().run_many(calls, raise_on_error=raise_on_error)
+
+    def count(self, function: str) -> int:
+        return sum(r.count(function) for r in self.log)
+
+
+def test_reservations_only_where_a_bid_can_win(lib_standalone: Standalone, uid: str) -> None:
+    """Round 2 reserves only each imp's top candidate; a capped top is released and the next
+    one reserved with the bids (round 3); a campaign refused a reservation is left out of the
+    next requests for refusal_ttl."""
+    from adcache.campaigns import CampaignSpec, FrequencyCapRule
+    from adcache.targeting import Targeting
+
+    admin = AdCache(lib_standalone.client())
+    cache = CallLog(lib_standalone.client())
+    try:
+        now = int(time.time() * 1000)
+
+        def campaign(name: str, bid: int, budget: int, cap: int) -> str:
+            cid = f"{uid}{name}"
+            admin.campaigns.set(
+                cid,
+                CampaignSpec(
+                    advertiser_id=f"{uid}adv{name}",
+                    bid_cpm_micros=bid,
+                    budget_micros=budget,
+                    start_ms=now - 1000,
+                    end_ms=now + 3_600_000,
+                    targeting=Targeting.of([f"{uid}x"]),
+                    frequency_caps=(FrequencyCapRule(cap, "month"),),
+                ),
+            )
+            return cid
+
+        high = campaign("h", 4_000_000, 1_000_000, 1)  # wins first, then capped for the user
+        # servable (its budget pays one impression at its bid, 3,000), but the profile lifts its
+        # price by 20 %: the reservation (3,600) is over its budget
+        mid = campaign("m", 3_000_000, 3_000, 5)
+        low = campaign("l", 1_000_000, 1_000_000, 5)
+        admin.profiles.set(f"{uid}u", interests=[f"{uid}x"])
+        cache.decide.config = DecideConfig(cold_records="fetch", refusal_ttl=60.0)
+
+        def decide(n: int) -> Decision:
+            cache.log.clear()
+            return cache.decide.decide(
+                AdRequest(f"{uid}r{n}", f"{uid}u", (AdImp("1"),), categories=(f"{uid}x",))
+            )
+
+        d = decide(1)  # round 2 reserves for `high` only: it wins
+        assert [p.campaign_id for p in d.placements] == [high]
+        assert d.rounds == 5  # +1: the records were fetched first
+        assert d.bids == 2  # `low` could neither win nor set the price: it does not bid
+        assert cache.count("ac_budget_reserve") == 1 and cache.count("ac_budget_release") == 0
+        assert cache.count("ac_budget_commit") == 1
+        assert d.placements[0].clearing_micros == 3_610_000  # second price: `mid` bids 3.60
+
+        d = decide(2)  # `high` is capped: released; `mid` is refused at round 3; nothing served
+        assert d.capped == 1 and d.refused == 1 and d.unfilled == (("1", "refused"),)
+        assert d.rounds == 3  # nothing to settle
+        assert [r.count("ac_budget_reserve") for r in cache.log] == [0, 1, 1]
+        assert [r.count("ac_budget_release") for r in cache.log] == [0, 0, 1]
+        assert cache.count("ac_budget_commit") == 0
+        # `mid` is left out from now on; `low` bids alone and wins at the floor
+        d = decide(3)
+        assert [p.campaign_id for p in d.placements] == [low]
+        assert d.capped == 1 and d.refused == 0 and d.bids == 1
+        assert cache.count("ac_budget_reserve") == 2  # `high` (top, capped) and `low` (round 3)
+        assert cache.count("ac_budget_release") == 1
+        states = {c: admin.budgets.state(c) for c in (high, mid, low)}
+        assert states[mid].spent_micros == 0 and states[mid].refusals == 1
+        assert all(s.outstanding == 0 and s.reserved_micros == 0 for s in states.values())
+        assert states[high].spent_micros == 3_610
+        assert states[low].spent_micros == d.placements[0].cost_micros > 0
+    finally:
+        cache.close()
+        admin.close()
+
+
+def test_shard_members_are_kept_for_index_ttl(lib_standalone: Standalone, uid: str) -> None:
+    """A request queries only the targeting shards it does not hold fresh; index_ttl=0 queries
+    every time; a campaign added to the index shows once the shard's entry is older than
+    index_ttl."""
+    from adcache.campaigns import CampaignSpec
+    from adcache.targeting import Targeting
+
+    admin = AdCache(lib_standalone.client())
+    cache = CallLog(lib_standalone.client())
+    try:
+        now = int(time.time() * 1000)
+
+        def campaign(name: str) -> str:
+            cid = f"{uid}{name}"
+            admin.campaigns.set(
+                cid,
+                CampaignSpec(
+                    advertiser_id=f"{uid}a",
+                    bid_cpm_micros=1_000_000,
+                    budget_micros=1_000_000,
+                    start_ms=now - 1000,
+                    end_ms=now + 3_600_000,
+                    targeting=Targeting.of([f"{uid}x"]),
+                ),
+            )
+            return cid
+
+        campaign("c1")
+        cache.decide.config = DecideConfig(cold_records="fetch", index_ttl=0.5)
+
+        def decide(n: int) -> Decision:
+            cache.log.clear()
+            return cache.decide.decide(
+                AdRequest(f"{uid}r{n}", f"{uid}u", (AdImp("1"),), categories=(f"{uid}x",))
+            )
+
+        assert decide(1).candidates == 1 and cache.count("ac_targeting_query") == 4
+        campaign("c2")
+        d = decide(2)  # the shards are held: no query, the new campaign is not seen yet
+        assert d.candidates == 1 and cache.count("ac_targeting_query") == 0
+        time.sleep(0.6)
+        d = decide(3)
+        assert d.candidates == 2 and cache.count("ac_targeting_query") == 4
+        cache.decide.config = DecideConfig(cold_records="fetch", index_ttl=0)
+        decide(4)
+        assert cache.count("ac_targeting_query") == 4
+    finally:
+        cache.close()
         admin.close()

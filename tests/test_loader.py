@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from adcache import _generated
@@ -109,3 +110,30 @@ def test_cluster_deploy_drift_on_new_primary_and_redeploy(redis_binary: str) -> 
 def test_render_check_cli() -> None:
     r = CliRunner().invoke(main, ["render", "--check"])
     assert r.exit_code == 0, r.output
+
+
+def test_rdb_only_keeps_the_library_only_in_a_snapshot_taken_after_the_deploy(
+    bare: RedisServer,
+) -> None:
+    runner = CliRunner()
+    bare.client().save()  # a snapshot that predates the deploy
+    r = runner.invoke(main, ["deploy", "--url", bare.url])
+    assert r.exit_code == 0, r.output
+    assert "warning" in r.output and "no AOF" in r.output
+    bare.kill()
+    bare.start()  # back from the older snapshot: no library
+    assert d.verify(bare.url)[0].state == "missing"
+    with pytest.raises(redis.ResponseError, match="Function not found"):
+        bare.client().execute_command("FCALL_RO", "ac_version", 0)
+    r = runner.invoke(main, ["deploy", "--url", bare.url, "--save"])
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output
+    bare.kill()
+    bare.start()  # back from the snapshot taken by --save
+    assert d.verify(bare.url)[0].state == "ok"
+
+
+def test_deploy_on_aof_gives_no_persistence_warning(redis_binary: str) -> None:
+    with RedisServer(redis_binary, extra_args=["--appendonly", "yes"]) as s:
+        statuses = d.deploy(s.url)
+        assert [(x.state, x.warning) for x in statuses] == [("ok", "")]

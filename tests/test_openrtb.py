@@ -1,5 +1,6 @@
-"""The OpenRTB adapter: public bsm/openrtb samples (when the shared folder is present) and small
-fixtures of our own, read, sent to a real Redis, and decided."""
+"""The OpenRTB adapter: adcache's own OpenRTB 2.6 samples (tests/data/openrtb) and small fixtures,
+read, sent to a real Redis, and decided; plus the third-party samples of ../shared/data/openrtb
+through the same parse and create checks, when that folder is present."""
 
 from __future__ import annotations
 
@@ -24,43 +25,58 @@ from adcache.openrtb import (
     bids_from_response,
 )
 
+# Our own samples, in the repository (tests/data/openrtb/README.md): these tests never skip.
+SAMPLES = Path(__file__).resolve().parent / "data" / "openrtb"
+REQUESTS = ("breq.banner.json", "breq.exp.json", "breq.native.json", "breq.video.json")
+RESPONSES = ("bres.multi.json", "bres.pmp.json", "bres.single.json", "bres.vast.json")
+ROOT = Path(__file__).resolve().parents[1]
 
-def _samples_dir() -> Path | None:
-    """`shared/data/openrtb` next to the project or one of its parents (or $ADCACHE_OPENRTB_SAMPLES)."""
+
+def _shared_dir() -> Path | None:
+    """Third-party samples, read in place and never copied into the project: `shared/data/openrtb`
+    beside the repository root (`../shared/data/openrtb`) or beside one of its parents, or
+    $ADCACHE_OPENRTB_SAMPLES."""
     env = os.environ.get("ADCACHE_OPENRTB_SAMPLES")
     if env:
         return Path(env) if Path(env).is_dir() else None
-    for parent in Path(__file__).resolve().parents:
+    for parent in ROOT.parents:
         d = parent / "shared" / "data" / "openrtb"
         if d.is_dir():
             return d
     return None
 
 
-SAMPLES = _samples_dir()
-needs_samples = pytest.mark.skipif(
-    SAMPLES is None, reason="the OpenRTB samples folder (shared/data/openrtb) is not present"
+SHARED = _shared_dir()
+NO_SHARED = (
+    "no third-party OpenRTB samples folder (../shared/data/openrtb or $ADCACHE_OPENRTB_SAMPLES)"
 )
 
 
 def sample(name: str) -> dict[str, Any]:
-    assert SAMPLES is not None
-    text = (SAMPLES / name).read_text()
-    doc: dict[str, Any] = json.loads(text, parse_float=Decimal)
+    return read(SAMPLES / name)
+
+
+def read(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text(), parse_float=Decimal)
     return doc
+
+
+def _cases(pattern: str, own: tuple[str, ...]) -> list[Any]:
+    """Our samples (always), then every shared file matching the pattern (or one skipped case)."""
+    cases = [pytest.param(SAMPLES / n, id=f"own-{n}") for n in own]
+    if SHARED is None:
+        skip = pytest.mark.skip(reason=NO_SHARED)
+        return [*cases, pytest.param(None, id=f"shared-{pattern}", marks=skip)]
+    found = sorted(SHARED.glob(pattern))
+    if not found:
+        skip = pytest.mark.skip(reason=f"{SHARED} holds no {pattern}")
+        return [*cases, pytest.param(None, id=f"shared-{pattern}", marks=skip)]
+    return [*cases, *(pytest.param(p, id=f"shared-{p.name}") for p in found)]
 
 
 def _with_id(doc: dict[str, Any], aid: str) -> dict[str, Any]:
     d = copy.deepcopy(doc)
     d["id"] = aid
-    return d
-
-
-def _impids(doc: dict[str, Any], impid: str) -> dict[str, Any]:
-    d = copy.deepcopy(doc)
-    for sb in d["seatbid"]:
-        for b in sb["bid"]:
-            b["impid"] = impid
     return d
 
 
@@ -141,6 +157,10 @@ def test_request_is_read_exactly() -> None:
     assert to_micros(banner.floor) == 500_000 and not banner.private
     assert video.private and [d.deal_id for d in video.deals] == ["deal-a", "deal-b"]
     assert to_micros(video.deals[0].floor) == 3_250_000 and video.deals[0].wseat == ("dsp-1",)
+    # "wseats", as some exchanges spell the deal's seat list, reads the same
+    req = copy.deepcopy(REQUEST)
+    req["imp"][1]["pmp"]["deals"][0]["wseats"] = req["imp"][1]["pmp"]["deals"][0].pop("wseat")
+    assert auction_from_request(req).imps[1].deals[0].wseat == ("dsp-1",)
 
 
 def test_response_bids_are_read_exactly() -> None:
@@ -254,16 +274,16 @@ def test_bad_bid_in_a_response_refuses_the_whole_response(ac: AdCache, uid: str)
     assert rtb.submit({"id": uid, "seatbid": []}) == []
 
 
-# ---- the public samples ----
+# ---- the samples: ours (tests/data/openrtb), and the shared third-party ones when present ----
 
 
-@needs_samples
-@pytest.mark.parametrize(
-    "name", ["breq.banner.json", "breq.exp.json", "breq.native.json", "breq.video.json"]
-)
-def test_every_sample_request_creates_an_auction(ac: AdCache, uid: str, name: str) -> None:
-    req = sample(name)
+@pytest.mark.parametrize("path", _cases("breq.*.json", REQUESTS))
+def test_every_sample_request_creates_an_auction(ac: AdCache, uid: str, path: Path) -> None:
+    req = read(path)
     spec = auction_from_request(req)
+    # the same spec from the JSON text, its bytes and the parsed document
+    text = path.read_text()
+    assert auction_from_request(text) == spec == auction_from_request(text.encode())
     assert spec.auction_id == req["id"]
     assert [i.imp_id for i in spec.imps] == [i["id"] for i in req["imp"]]
     assert spec.at == req.get("at", 2)
@@ -273,84 +293,126 @@ def test_every_sample_request_creates_an_auction(ac: AdCache, uid: str, name: st
     assert res is not None and [i.imp_id for i in res.imps] == [i["id"] for i in req["imp"]]
 
 
-@needs_samples
+@pytest.mark.parametrize("path", _cases("bres.*.json", RESPONSES))
+def test_every_sample_response_is_read(path: Path) -> None:
+    doc = read(path)
+    bids = bids_from_response(doc)
+    text = path.read_text()
+    assert bids_from_response(text) == bids == bids_from_response(text.encode())
+    raws = [(sb.get("seat"), b) for sb in doc["seatbid"] for b in sb["bid"]]
+    assert len(bids) == len(raws) == sum(len(sb["bid"]) for sb in doc["seatbid"])
+    for b, (seat, raw) in zip(bids, raws, strict=True):
+        assert to_micros(b.price) == to_micros(raw["price"])
+        assert b.bid_id == raw["id"] and b.imp_id == raw["impid"]
+        assert b.seat == (seat or "default") and b.deal_id == raw.get("dealid")
+
+
 def test_video_sample_deals_and_private_auctions(ac: AdCache, uid: str) -> None:
     req = sample("breq.video.json")
     spec = auction_from_request(req)
     one, two, three = spec.imps
     assert one.private and two.private and not three.private
+    assert [(d.deal_id, to_micros(d.floor), d.at) for d in one.deals] == [
+        ("adc-pg-0101", 7_500_000, 1)
+    ]
     assert [(d.deal_id, to_micros(d.floor), d.wseat, d.at) for d in two.deals] == [
-        ("1452f.eadb4.7aaa", 3_500_000, (), 1),
-        ("1452f.eadb4.f9bc", 2_500_000, ("45", "165", "33"), 1),
+        ("adc-pmp-0201", 4_250_000, (), 1),
+        ("adc-pmp-0202", 2_750_000, ("dsp-alpha", "dsp-beta", "dsp-gamma"), 1),
     ]
     assert to_micros(three.floor) == 2_000_000
     rtb = OpenRTB(ac)
     rtb.create(_with_id(req, uid))
-    # bres.vast bids on imp "2" without a deal: a private auction refuses it
-    (vast,) = rtb.submit(sample("bres.vast.json"), auction_id=uid, default_seat="spotx")
-    assert (vast.bid_id, vast.accepted, vast.reason) == ("12345", False, 4)
-    # bres.pmp's bid (seat 512) on the seat-restricted deal: seat blocked; on the open deal: won
-    pmp = _impids(sample("bres.pmp.json"), "2")
-    pmp["seatbid"][0]["bid"][0]["dealid"] = "1452f.eadb4.f9bc"
-    (blocked,) = rtb.submit(pmp, auction_id=uid)
-    assert (blocked.accepted, blocked.reason) == (False, 104)
-    pmp["seatbid"][0]["bid"][0].update(id="2", dealid="1452f.eadb4.7aaa")
+    # bres.vast bids on imp "2" without a deal (and without a seat): a private auction refuses it
+    (vast,) = rtb.submit(sample("bres.vast.json"), auction_id=uid, default_seat="dsp-video")
+    assert (vast.bid_id, vast.accepted, vast.reason) == ("vast-7", False, 4)
+    # bres.pmp's bid (seat dsp-delta) on the seat-restricted deal: seat blocked; as sent, on the
+    # open deal: won
+    pmp = sample("bres.pmp.json")
+    blocked_doc = copy.deepcopy(pmp)
+    blocked_doc["seatbid"][0]["bid"][0].update(id="delta-0", dealid="adc-pmp-0202")
+    (blocked,) = rtb.submit(blocked_doc, auction_id=uid)
+    assert (blocked.bid_id, blocked.accepted, blocked.reason) == ("delta-0", False, 104)
     (ok,) = rtb.submit(pmp, auction_id=uid)
-    assert ok.accepted
+    assert (ok.bid_id, ok.accepted) == ("delta-1", True)
     res = ac.auctions.close(uid)
     w = res.winner("2")
-    assert w is not None and (w.bid_id, w.seat, w.cid, w.crid) == (
-        "2",
-        "512",
-        "campaign111",
-        "creative112",
+    assert w is not None and (w.bid_id, w.seat, w.deal_id, w.cid, w.crid) == (
+        "delta-1",
+        "dsp-delta",
+        "adc-pmp-0201",
+        "delta-c-15",
+        "delta-cr-15",
     )
-    assert res.imp("2").clearing_micros == to_micros("5.00")  # the deal's at=1: first price
-    assert res.bid("12345").status == "rejected"
+    assert res.imp("2").clearing_micros == to_micros("6.10")  # the deal's at=1: first price
+    assert res.bid("vast-7").status == "rejected"
+    (win,) = notices(res)
+    assert win.url == "https://win.dsp-delta.example/v?imp=2&cpm=6.1"
 
 
-@needs_samples
 def test_native_sample_first_price_with_seat_lists(ac: AdCache, uid: str) -> None:
     req = sample("breq.native.json")
     spec = auction_from_request(req)
-    assert spec.at == 1 and spec.wseat == ("771", "772") and spec.bseat == ("800", "773")
-    assert to_micros(spec.imps[0].floor) == 30_000
+    assert spec.at == 1 and spec.wseat == ("dsp-east", "dsp-west") and spec.bseat == ()
+    assert to_micros(spec.imps[0].floor) == 40_000
     rtb = OpenRTB(ac)
     rtb.create(_with_id(req, uid))
-    # bres.multi: seat 42 (not in wseat, and its deal is unknown) and seat 772 at 0.04958
-    replies = rtb.submit(_impids(sample("bres.multi.json"), "1"), auction_id=uid)
-    assert [(r.accepted, r.reason) for r in replies] == [(False, 104), (True, 0)]
+    # bres.multi: dsp-north (not in wseat, and its deal is unknown) at 0.09, dsp-east at 0.06375,
+    # dsp-west at 0.045
+    replies = rtb.submit(sample("bres.multi.json"), auction_id=uid)
+    assert [(r.bid_id, r.accepted, r.reason) for r in replies] == [
+        ("n-1", False, 104),
+        ("e-1", True, 0),
+        ("w-1", True, 0),
+    ]
     res = ac.auctions.close(uid)
     w = res.winner("1")
-    assert w is not None and w.seat == "772"
-    assert res.imp("1").clearing_micros == 49_580  # first price: the bid, to the micro
+    assert w is not None and (w.seat, w.bid_id) == ("dsp-east", "e-1")
+    assert res.imp("1").clearing_micros == 63_750  # first price: the bid, to the micro
     (win,) = [n for n in notices(res) if n.kind == "win"]
-    assert win.url == "http://ads.com/win/527c9fdd55314ba06815f25e?won=0.04958"
+    assert win.url == "https://win.dsp-east.example/n?imp=1&cpm=0.06375"
+    (loss,) = [n for n in notices(res) if n.kind == "loss"]
+    assert loss.url == "https://dsp-west.example/loss?reason=102&bid=w-1"
 
 
-@needs_samples
-def test_banner_sample_second_price_and_lowercase_macro(ac: AdCache, uid: str) -> None:
+def test_exp_sample_billing_window_blocked_seat_and_default_type(ac: AdCache, uid: str) -> None:
+    req = sample("breq.exp.json")
+    spec = auction_from_request(req)
+    assert "at" not in req and spec.at == 2 and spec.tmax_ms == 200
+    assert spec.exp_s == 1800.0  # the largest imp exp
+    assert spec.bseat == ("dsp-north",) and spec.wseat == ()
+    assert [to_micros(i.floor) for i in spec.imps] == [100_000, 0]
     rtb = OpenRTB(ac)
-    rtb.create(_with_id(sample("breq.banner.json"), uid))
-    (r,) = rtb.submit(_impids(sample("bres.single.json"), "1"), auction_id=uid)
+    rtb.create(_with_id(req, uid))
+    resp = {
+        "id": uid,
+        "cur": "USD",
+        "seatbid": [
+            {"seat": "dsp-north", "bid": [{"id": "x1", "impid": "1", "price": 2.5}]},
+            {"seat": "dsp-east", "bid": [{"id": "x2", "impid": "1", "price": 0.35}]},
+        ],
+    }
+    assert [(r.accepted, r.reason) for r in rtb.submit(resp)] == [(False, 104), (True, 0)]
+    res = ac.auctions.close(uid)
+    assert res.exp_ms == 1_800_000  # the billing window, from the largest imp exp
+    assert res.imp("1").clearing_micros == 110_000  # second price, alone: the floor + increment
+
+
+def test_banner_sample_second_price_and_lowercase_macro(ac: AdCache, uid: str) -> None:
+    req = sample("breq.banner.json")
+    spec = auction_from_request(req)
+    assert [(i.imp_id, to_micros(i.floor)) for i in spec.imps] == [("1", 50_000), ("2", 0)]
+    assert [f["w"] for f in req["imp"][0]["banner"]["format"]] == [300, 300]
+    rtb = OpenRTB(ac)
+    rtb.create(_with_id(req, uid))
+    (r,) = rtb.submit(sample("bres.single.json"), auction_id=uid)
     assert r.accepted
     res = ac.auctions.close(uid)
-    w = res.winner("1")
-    assert w is not None and w.price_micros == 65_445
-    assert res.imp("1").clearing_micros == 10_000  # no floor, alone: the increment
+    assert res.winner("1") is None
+    w = res.winner("2")
+    assert w is not None and w.price_micros == 72_315
+    assert res.imp("2").clearing_micros == 10_000  # no floor, alone: the increment
     (win,) = notices(res)
-    assert win.url == "http://ads.com/win/529833ce55314b19e8796116?won=0.01"
-
-
-@needs_samples
-def test_every_sample_response_is_read() -> None:
-    for name in ("bres.multi.json", "bres.pmp.json", "bres.single.json", "bres.vast.json"):
-        doc = sample(name)
-        bids = bids_from_response(doc)
-        assert len(bids) == sum(len(sb["bid"]) for sb in doc["seatbid"]), name
-        for b, raw in zip(bids, [b for sb in doc["seatbid"] for b in sb["bid"]], strict=True):
-            assert to_micros(b.price) == to_micros(raw["price"])
-            assert b.bid_id == raw["id"] and b.imp_id == raw["impid"]
+    assert win.url == "https://win.dsp-south.example/notify?imp=2&cpm=0.01"
 
 
 # ---- asyncio ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_undefined_template_variable_fails(lua_copy: Path) -> None:
 def test_contract_header_must_name_known_keys_and_errors(lua_copy: Path) -> None:
     body = (
         "--- @function ac_zz_get\n--- @summary s\n--- @keys nosuchkey\n--- @argv none\n"
-        "--- @reply nil\nlocal function zz_get(keys, args)\nend\n"
+        "--- @reply nil -- nothing\nlocal function zz_get(keys, args)\nend\n"
     )
     (lua_copy / "zz.lua.j2").write_text(body)
     with pytest.raises(RenderError, match="nosuchkey"):
@@ -109,3 +110,61 @@ def test_long_brackets_are_refused(lua_copy: Path) -> None:
     (lua_copy / "zz.lua.j2").write_text("local s = [[\n-- not a comment\n]]\n")
     with pytest.raises(RenderError, match="long brackets"):
         render(lua_copy)
+
+
+_TYPED_BODY = (
+    "--- @function ac_zz_put\n--- @summary s\n--- @keys session\n--- @argv a [b]...\n"
+    "--- @arg a:int[ms] range=1..10 -- how long\n"
+    "--- @arg b:enum values=x|y -- which\n"
+    "--- @reply int range=0..1 -- 1 when done\n"
+    "local function zz_put(keys, args)\nend\n"
+)
+
+
+def test_typed_contract_renders_into_json(lua_copy: Path) -> None:
+    (lua_copy / "zz.lua.j2").write_text(_TYPED_BODY)
+    r = render(lua_copy)
+    c = next(c for c in r.functions if c.name == "ac_zz_put")
+    assert c.arg_tree == [
+        {"name": "a", "type": "int", "unit": "ms", "min": 1, "max": 10, "doc": "how long",
+         "repeat": False},
+        {"group": [{"name": "b", "type": "enum", "values": ["x", "y"], "doc": "which",
+                    "repeat": False}], "optional": True, "repeat": True},
+    ]  # fmt: skip
+    assert c.reply_spec["shape"] == "int" and c.reply_spec["max"] == 1
+    assert '"ac_zz_put"' in r.contracts
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("a:int[ms]", "a:integer[ms]"), "unknown type"),
+        (("a:int[ms]", "a:int[fortnights]"), "unknown unit"),
+        (("values=x|y ", ""), "enum without values"),
+        ((" -- which", ""), "is not `name:type"),
+        (("--- @arg b:enum values=x|y -- which\n", ""), "without an @arg line"),
+        (("[b]...", "[b]... c"), "without an @arg line"),
+        (("--- @reply int", "--- @reply map"), "needs @field lines"),
+        (("range=1..10", "range=ten"), "range must be"),
+        (("range=1..10", "frobs=2"), "unknown attribute"),
+    ],
+)
+def test_typed_contract_errors_fail_the_render(
+    lua_copy: Path, change: tuple[str, str], message: str
+) -> None:
+    (lua_copy / "zz.lua.j2").write_text(_TYPED_BODY.replace(*change))
+    with pytest.raises(RenderError, match=message):
+        render(lua_copy)
+
+
+def test_every_argument_and_reply_field_is_typed_in_the_docs() -> None:
+    r = render()
+    for c in r.functions:
+        assert f"### `{c.name}`" in r.docs
+        for n in _names(c.arg_tree):
+            assert f"| `{n}`" in r.docs, (c.name, n)
+        assert c.reply_spec["shape"] in ("int", "str", "array", "map", "rows", "nil")
+
+
+def _names(tree: list[dict[str, Any]]) -> list[str]:
+    return [n for i in tree for n in (_names(i["group"]) if "group" in i else [i["name"]])]

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from clock import sleep_until
 
 from adcache import (
     AdCache,
@@ -60,18 +61,23 @@ def test_track_appends_bounded_recency_ordered_context(acs: AdCache, uid: str) -
 
 
 def test_track_slides_the_idle_ttl_and_touch_carries_the_history(ac: AdCache, uid: str) -> None:
-    ac.sessions.create(uid, "u", idle_ttl=0.5, max_lifetime=60)
-    ac.sessions.track(uid, categories=["a"])
-    time.sleep(0.35)
+    s = ac.sessions.create(uid, "u", idle_ttl=0.5, max_lifetime=60)
+    first = ac.sessions.track(uid, categories=["a"])
+    assert first.expires_at_ms >= s.expires_at_ms
+    time.sleep(0.05)
     t = ac.sessions.track(uid, categories=["b"])
-    time.sleep(0.3)  # 0.65 s after create: alive because track slid the idle TTL
-    assert ac.sessions.get(uid) is not None
+    assert t.expires_at_ms > first.expires_at_ms, "track slid the idle TTL"
     assert t.expires_at_ms == ac.redis.pexpiretime(keys.session(uid))
-    ac.sessions.touch(uid)
-    assert ac.redis.pexpiretime(keys.session_history(uid)) == ac.redis.pexpiretime(
-        keys.session(uid)
+    assert ac.redis.pexpiretime(keys.session_history(uid)) == t.expires_at_ms
+    time.sleep(0.05)
+    touched = ac.sessions.touch(uid)
+    assert touched.expires_at_ms > t.expires_at_ms
+    assert (
+        ac.redis.pexpiretime(keys.session_history(uid))
+        == ac.redis.pexpiretime(keys.session(uid))
+        == touched.expires_at_ms
     )
-    time.sleep(0.6)
+    sleep_until(ac, touched.expires_at_ms, margin_ms=300)
     assert ac.sessions.get(uid) is None
     assert ac.redis.exists(keys.session_history(uid)) == 0, "the history idles out with it"
     assert ac.sessions.context(uid) is None and ac.sessions.history(uid) is None

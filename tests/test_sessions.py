@@ -6,6 +6,7 @@ import time
 
 import pytest
 import redis
+from clock import sleep_until
 
 from adcache import (
     AdCache,
@@ -27,7 +28,7 @@ def test_create_get_touch_delete(acs: AdCache, uid: str) -> None:
     )
     assert s.user_id == "user-1" and s.attributes == {"site": "a.example"}
     assert s.idle_ttl_ms == 30_000 and s.deadline_ms == s.created_ms + 600_000
-    assert 29_000 <= s.ttl_ms <= 30_000
+    assert acs.redis.pexpiretime(keys.session(uid)) == s.expires_at_ms == s.created_ms + 30_000
     got = acs.sessions.get(uid)
     assert got is not None and got.user_id == "user-1" and got.attributes == {"site": "a.example"}
     t = acs.sessions.touch(uid)
@@ -38,25 +39,33 @@ def test_create_get_touch_delete(acs: AdCache, uid: str) -> None:
 
 
 def test_idle_ttl_slides_but_never_past_lifetime(ac: AdCache, uid: str) -> None:
-    ac.sessions.create(uid, "u", idle_ttl=0.6, max_lifetime=1.0)
-    time.sleep(0.4)
-    ac.sessions.touch(uid)  # slides: still alive after the first 0.6 s
-    time.sleep(0.35)
-    s = ac.sessions.get(uid)
-    assert s is not None, "touch must have slid the idle TTL"
+    # The deadlines themselves (PEXPIRETIME), not whether a key happens to live at some moment.
+    s = ac.sessions.create(uid, "u", idle_ttl=60, max_lifetime=60.5)
+    assert ac.redis.pexpiretime(keys.session(uid)) == s.created_ms + 60_000
+    assert s.deadline_ms == s.created_ms + 60_500
+    time.sleep(0.05)
+    t = ac.sessions.touch(uid)  # slides: now + idle TTL, within the lifetime
+    assert t.deadline_ms == s.deadline_ms
+    assert s.created_ms + 60_000 < t.expires_at_ms <= t.deadline_ms
+    assert ac.redis.pexpiretime(keys.session(uid)) == t.expires_at_ms
+    time.sleep(0.55)  # now + idle TTL lies past the lifetime: the lifetime caps it
     t = ac.sessions.touch(uid)
-    assert t.expires_at_ms == t.deadline_ms, "the lifetime caps the idle TTL"
-    assert 0 < ac.redis.pttl(keys.session(uid)) <= 300
-    time.sleep(0.4)
-    assert ac.sessions.get(uid) is None, "the absolute lifetime ended the session"
-    with pytest.raises(NotFoundError):
-        ac.sessions.touch(uid)
+    assert t.expires_at_ms == t.deadline_ms == ac.redis.pexpiretime(keys.session(uid))
 
 
-def test_idle_session_expires(ac: AdCache, uid: str) -> None:
-    ac.sessions.create(uid, "u", idle_ttl=0.2, max_lifetime=60)
-    time.sleep(0.35)
+def test_session_expires_for_real(ac: AdCache, uid: str) -> None:
+    """The one real-expiry test of sessions, with wide margins: idle, then lifetime."""
+    s = ac.sessions.create(uid, "u", idle_ttl=0.2, max_lifetime=60)
+    sleep_until(ac, s.expires_at_ms, margin_ms=300)
     assert ac.sessions.get(uid) is None
+    s = ac.sessions.create(f"{uid}-l", "u", idle_ttl=0.4, max_lifetime=0.6)
+    time.sleep(0.25)
+    t = ac.sessions.touch(f"{uid}-l")
+    assert t.expires_at_ms == t.deadline_ms
+    sleep_until(ac, t.deadline_ms, margin_ms=300)
+    assert ac.sessions.get(f"{uid}-l") is None, "the absolute lifetime ended the session"
+    with pytest.raises(NotFoundError):
+        ac.sessions.touch(f"{uid}-l")
 
 
 def test_create_twice_is_refused_and_keeps_the_first(ac: AdCache, uid: str) -> None:

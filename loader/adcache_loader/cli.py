@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -82,25 +83,69 @@ def _status_table(statuses: list[deploy_mod.NodeStatus]) -> Table:
     table = Table(title="adcache library per node")
     for col in ("node", "role", "state", "version", "sha256", "detail"):
         table.add_column(col)
-    colors = {"ok": "green", "stale": "yellow", "missing": "red", "error": "red"}
+    colors = {"ok": "green", "stale": "yellow", "loading": "yellow", "flagged": "yellow"}
     for s in statuses:
-        table.add_row(
-            s.node, s.role, f"[{colors[s.state]}]{s.state}[/]", s.version, s.sha256[:12], s.detail
-        )
+        color = colors.get(s.state, "red")
+        table.add_row(s.node, s.role, f"[{color}]{s.state}[/]", s.version, s.sha256[:12], s.detail)
     return table
+
+
+def _explain(statuses: list[deploy_mod.NodeStatus]) -> None:
+    """One line per kind of problem, saying what to do about it."""
+    states = {s.state for s in statuses}
+    if "unreachable" in states:
+        console.print(
+            "[red]unreachable:[/] a node the cluster knows does not answer; its slots are not "
+            "served until it is back (or failed over); then run `adcache deploy`"
+        )
+    if "flagged" in states:
+        console.print(
+            "[yellow]flagged:[/] the cluster still marks a node as failed; wait for it to clear "
+            "(a few node timeouts), then run `adcache verify` again"
+        )
+    if "loading" in states:
+        console.print("[yellow]loading:[/] a node is still loading its dataset; run it again")
+    if states & {"missing", "stale", "error"}:
+        console.print("[red]drift:[/] run `adcache deploy` to bring every node in line")
+
+
+def _connect_failure(url: str, e: Exception) -> None:
+    console.print(f"[red]cannot reach {url}:[/] {type(e).__name__}: {e}")
+    sys.exit(1)
 
 
 @main.command()
 @url_option
 @cluster_option
-def deploy(url: str, cluster: bool | None) -> None:
-    """Load the library on the server or on every primary of the cluster, then verify."""
-    with console.status("deploying adcache..."):
-        statuses = deploy_mod.deploy(
-            url, cluster, progress=lambda n: console.print(f"loaded on {n}")
-        )
+@click.option(
+    "--save",
+    is_flag=True,
+    help="BGSAVE on every primary after loading, so an RDB-only server keeps the library.",
+)
+@click.option(
+    "--loading-wait",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to keep retrying a primary that is loading its dataset.",
+)
+def deploy(url: str, cluster: bool | None, save: bool, loading_wait: float) -> None:
+    """Load the library on the server or on every primary of the cluster, then verify.
+
+    Exit 1 unless every node the cluster knows serves the library."""
+    try:
+        with console.status("deploying adcache..."):
+            statuses = deploy_mod.deploy(
+                url, cluster, save=save, loading_wait_s=loading_wait, progress=console.print
+            )
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _connect_failure(url, e)
     console.print(_status_table(statuses))
+    for s in statuses:
+        if s.warning:
+            console.print(f"[yellow]warning:[/] {s.node}: {s.warning}")
     if not all(s.in_sync for s in statuses):
+        _explain(statuses)
         sys.exit(1)
 
 
@@ -108,11 +153,15 @@ def deploy(url: str, cluster: bool | None) -> None:
 @url_option
 @cluster_option
 def verify(url: str, cluster: bool | None) -> None:
-    """Report per node whether the deployed library is ok, stale or missing (exit 1 on drift)."""
-    statuses = deploy_mod.verify(url, cluster)
+    """Report per node whether the deployed library is ok, stale, missing, loading, flagged
+    (failed in the cluster's view) or unreachable; exit 1 unless every node is ok."""
+    try:
+        statuses = deploy_mod.verify(url, cluster)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _connect_failure(url, e)
     console.print(_status_table(statuses))
     if not all(s.in_sync for s in statuses):
-        console.print("[red]drift:[/] run `adcache deploy` to bring every node in line")
+        _explain(statuses)
         sys.exit(1)
 
 
@@ -122,7 +171,11 @@ def verify(url: str, cluster: bool | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def dump(url: str, cluster: bool | None, path: Path) -> None:
     """Back up the deployed functions (FUNCTION DUMP) to PATH."""
-    payload = deploy_mod.dump(url, cluster)
+    try:
+        payload = deploy_mod.dump(url, cluster)
+    except RuntimeError as e:
+        console.print(f"[red]dump failed:[/] {e}")
+        sys.exit(1)
     path.write_bytes(payload)
     console.print(f"wrote {len(payload)} bytes to {path}")
 
@@ -139,7 +192,11 @@ def dump(url: str, cluster: bool | None, path: Path) -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def restore(url: str, cluster: bool | None, policy: str, path: Path) -> None:
     """Restore functions from a FUNCTION DUMP file on every primary."""
-    done = deploy_mod.restore(url, path.read_bytes(), cluster, policy)
+    try:
+        done = deploy_mod.restore(url, path.read_bytes(), cluster, policy)
+    except RuntimeError as e:
+        console.print(f"[red]restore incomplete:[/] {e}")
+        sys.exit(1)
     console.print(f"restored on {', '.join(done)}")
 
 
@@ -163,42 +220,113 @@ def demo(url: str | None) -> None:
     default=None,
     help="Treat the URL as a cluster seed (default: detect).",
 )
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    help="A role to create as user adcache-<role>: a preset (reader, tracker, bidder, campaigns, "
+    "users, cache, app) or NAME=DOMAIN[,DOMAIN...] (domains, or `read` for read-only access to "
+    "all). Repeatable. Default: app.",
+)
+@click.option(
+    "--password",
+    "passwords",
+    multiple=True,
+    metavar="ROLE=SECRET",
+    help="Password of a role's user (else $ADCACHE_<ROLE>_PASSWORD). Repeatable.",
+)
 @click.option("--app-user", default="adcache-app", show_default=True)
 @click.option("--app-password", envvar="ADCACHE_APP_PASSWORD", default=None)
 @click.option("--deploy-user", default="adcache-deploy", show_default=True)
 @click.option("--deploy-password", envvar="ADCACHE_DEPLOY_PASSWORD", default=None)
+@click.option(
+    "--allow-open-default",
+    is_flag=True,
+    help="Apply even though the `default` user is open (nopass, every command).",
+)
 def acl(
     url: str | None,
     cluster: bool | None,
+    roles: tuple[str, ...],
+    passwords: tuple[str, ...],
     app_user: str,
     app_password: str | None,
     deploy_user: str,
     deploy_password: str | None,
+    allow_open_default: bool,
 ) -> None:
-    """Least-privilege ACL users (app: FCALL and the library's inner commands on ad:*; deploy:
-    FUNCTION LOAD and inspection). Prints the ACL SETUSER lines, or applies them on every node
-    with --url and both passwords."""
+    """ACL users derived from the library: the deploy user (FUNCTION LOAD and inspection) and one
+    user per role (the commands its functions run, on its domains' key patterns only). Prints the
+    ACL SETUSER lines, or applies them on every node with --url and every password.
+
+    A user that may call a function also holds the commands that function runs, on those keys,
+    directly (Redis checks them against the caller): see docs/security.md."""
     from adcache_loader import acl as acl_mod
 
-    users = [
-        (acl_mod.app_user(app_user), app_password),
-        (acl_mod.deploy_user(deploy_user), deploy_password),
-    ]
+    given: dict[str, str] = {}
+    for item in passwords:
+        role, sep, secret = item.partition("=")
+        if not sep or not role:
+            raise click.UsageError(f"--password wants ROLE=SECRET, got {item!r}")
+        given[role] = secret
+    users: list[tuple[acl_mod.AclUser, str | None]] = []
+    for spec in roles or ("app",):
+        try:
+            role, domains = acl_mod.parse_role(spec)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from e
+        if role == "app":
+            name, password = app_user, app_password or given.get("app")
+        else:
+            name = f"adcache-{role}"
+            env = f"ADCACHE_{role.upper().replace('-', '_')}_PASSWORD"
+            password = given.get(role) or os.environ.get(env)
+        users.append((acl_mod.role_user(name, domains), password))
+    users.append((acl_mod.deploy_user(deploy_user), deploy_password or given.get("deploy")))
     if url is None:
         for user, _ in users:
             console.print(user.command_text(), soft_wrap=True, highlight=False)
+        console.print(
+            f"# roles: {', '.join(acl_mod.ROLES)}; "
+            "keep the default user closed: ACL SETUSER default off (or give it a password)",
+            soft_wrap=True,
+            highlight=False,
+        )
         return
-    if app_password is None or deploy_password is None:
-        raise click.UsageError("--app-password and --deploy-password are needed to apply")
-    with deploy_mod.nodes(url, cluster) as ns:
-        for n in ns:
-            for user, password in users:
-                dropped = acl_mod.apply_user(n.client, user, password or "")
-                if dropped:
-                    console.print(
-                        f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
-                    )
-            console.print(f"ACL users set on {n.name}")
+    missing = [u.name for u, p in users if p is None]
+    if missing:
+        raise click.UsageError(f"passwords are needed to apply: {', '.join(missing)}")
+    try:
+        with deploy_mod.nodes(url, cluster) as ns:
+            down = [n.name for n in ns if n.problem]
+            if down:
+                console.print(f"[red]unreachable:[/] {', '.join(down)}; nothing applied")
+                sys.exit(1)
+            open_on = [n.name for n in ns if acl_mod.default_user_open(n.client)]
+            if open_on and not allow_open_default:
+                console.print(
+                    f"[red]refused:[/] the `default` user is open (on, nopass, +@all) on "
+                    f"{', '.join(open_on)}: anyone who reaches the port has every command, so "
+                    "these users would restrict nothing. Close it first (ACL SETUSER default "
+                    "off, or give it a password: ACL SETUSER default >secret), or pass "
+                    "--allow-open-default to apply anyway.",
+                    soft_wrap=True,
+                )
+                sys.exit(1)
+            for n in ns:
+                for user, password in users:
+                    dropped = acl_mod.apply_user(n.client, user, password or "")
+                    if dropped:
+                        console.print(
+                            f"{n.name}: {user.name} without {' '.join(dropped)} (unknown there)"
+                        )
+                console.print(f"ACL users set on {n.name}")
+            if open_on:
+                console.print(
+                    f"[yellow]warning:[/] the `default` user is still open on {', '.join(open_on)}"
+                )
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _connect_failure(url, e)
 
 
 def _cache(url: str, cluster: bool | None) -> Any:

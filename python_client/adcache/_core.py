@@ -4,12 +4,22 @@ library-version checks and slot routing. No I/O happens here."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from functools import cache
+from importlib.resources import files
+from typing import Any, Generic, Protocol, TypeVar
 
 from redis.crc import key_slot
-from redis.exceptions import ClusterCrossSlotError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 
 from adcache._generated import (
     ERRORS,
@@ -19,9 +29,11 @@ from adcache._generated import (
     BadArgumentError,
     CorruptStateError,
     CrossSlotError,
+    DurabilityError,
     LibraryMissingError,
     LibraryVersionError,
 )
+from adcache._redispy import pack
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
@@ -32,20 +44,34 @@ _SCRIPT_SUFFIX = re.compile(r"\s+script: .*$", re.DOTALL)
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One FCALL: function, keys, arguments, and how to turn its reply into a typed value."""
+    """One FCALL: function, keys, arguments, and how to turn its reply into a typed value.
+
+    `retry`: the call builder vouches that this call is safe to send again (its function is
+    idempotent under an optional id argument, and the id is given); see `repeatable`."""
 
     function: str
     keys: tuple[str, ...]
     args: tuple[Arg, ...]
     parse: Callable[[Any], T]
+    retry: bool = False
 
     @property
     def readonly(self) -> bool:
-        return FUNCTIONS[self.function].readonly
+        return self.function in _READONLY
+
+    @property
+    def repeatable(self) -> bool:
+        """Safe to send again after a connection was lost with the call in flight: a read, a
+        function marked `@idempotent always`, or one marked `@idempotent with <arg>` whose call
+        builder set `retry` (the id is given)."""
+        return self.retry or self.function in _REPEATABLE
 
     def command(self) -> tuple[Arg, ...]:
-        verb = _VERB[self.function]
-        return (verb, self.function, len(self.keys), *self.keys, *self.args)
+        return (_VERB[self.function], self.function, len(self.keys), *self.keys, *self.args)
+
+    def packed(self) -> bytes:
+        """The command as RESP bytes."""
+        return pack((_VERB[self.function], self.function, len(self.keys), *self.keys, *self.args))
 
     @property
     def slot(self) -> int | None:
@@ -53,6 +79,8 @@ class Call(Generic[T]):
 
 
 _VERB = {name: "FCALL_RO" if spec.readonly else "FCALL" for name, spec in FUNCTIONS.items()}
+_READONLY = frozenset(name for name, spec in FUNCTIONS.items() if spec.readonly)
+_REPEATABLE = _READONLY | {n for n, spec in FUNCTIONS.items() if spec.idempotent == "always"}
 
 
 def raw(reply: Any) -> Any:
@@ -138,6 +166,82 @@ def translate_error(exc: ResponseError, node: str) -> Exception:
     if code == "CROSSSLOT":  # a cluster refuses keys of several slots before the function runs
         return CrossSlotError(f"the keys of one call must share one hash tag ({msg})", node=node)
     return exc
+
+
+def needs_retry(e: Exception, node: str) -> bool:
+    """An error reply the retry loop deals with (a redirect, a cluster or server not ready, a
+    missing library), not the caller."""
+    if isinstance(e, (MovedError, AskError, TryAgainError, ClusterDownError)):
+        return True
+    if not isinstance(e, ResponseError):  # LOADING and the like: not run, try again
+        return True
+    return isinstance(translate_error(e, node), LibraryMissingError)
+
+
+def missing_and_not_allowed(node: str, e: Exception) -> LibraryMissingError:
+    """auto_deploy found no library on `node` and its user may not load one."""
+    return LibraryMissingError(
+        f"the adcache library is not loaded on {node} and this user may not load it "
+        f"(auto_deploy: {e}); deploy it with `adcache deploy --url redis://{node}` as a user "
+        "allowed to run FUNCTION LOAD",
+        node=node,
+    )
+
+
+@cache
+def library_source() -> str:
+    """The rendered library this client was built with (package data; what auto_deploy loads)."""
+    return (files("adcache") / "_library" / "adcache.lua").read_text(encoding="utf-8")
+
+
+# ---- retry policy (the same for the sync and the asyncio client) ----
+
+
+class _Limits(Protocol):
+    max_attempts: int
+    retry_budget_s: float
+    durable_replicas: int
+    durable_timeout_ms: int
+
+
+def gives_up(c: _Limits, call: Call[Any], attempt: int, started: float) -> bool:
+    """A call stops after `max_attempts`; one safe to repeat keeps trying for `retry_budget_s`."""
+    if attempt < c.max_attempts - 1:
+        return False
+    return not (call.repeatable and time.monotonic() - started < c.retry_budget_s)
+
+
+def backoff_s(attempt: int) -> float:
+    """Pause before retry `attempt + 1`: 50 ms doubling, at most 0.5 s (a failover is noticed
+    within half a second of the promotion)."""
+    return float(min(0.05 * 2 ** min(attempt, 10), 0.5))
+
+
+def check_acked(c: _Limits, name: str, acked: Any) -> None:
+    if isinstance(acked, Exception) or int(acked) < c.durable_replicas:
+        raise DurabilityError(
+            f"{name}: {acked} of {c.durable_replicas} replicas acknowledged the write "
+            f"within {c.durable_timeout_ms} ms",
+            node=name,
+        )
+
+
+def durable_replies(
+    c: _Limits, name: str, calls: Sequence[Call[Any]], idxs: list[int], replies: list[Any]
+) -> list[Any]:
+    """A batch's replies with its trailing WAIT reply checked: when the replicas did not confirm,
+    every write of the batch gets the DurabilityError in its place."""
+    try:
+        check_acked(c, name, replies.pop())
+    except DurabilityError as e:
+        return [
+            r if calls[i].readonly or isinstance(r, Exception) else e
+            for i, r in zip(idxs, replies, strict=True)
+        ]
+    return replies
+
+
+_REDO: Any = object()  # a batched call whose node failed as a whole: retried on its own
 
 
 def parse_version(v: str) -> tuple[int, int, int]:

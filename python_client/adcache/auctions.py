@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from adcache import _generated as keys
 from adcache._core import Call, pairs, text
+from adcache._facade import Facade, M, Plan, call, one, plan
 from adcache.money import Amount, from_micros, to_micros
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 FIRST_PRICE = 1
 SECOND_PRICE = 2
@@ -439,12 +439,10 @@ def notices(result: AuctionResult, currency: str = "USD") -> list[Notice]:
 # ---- facades ----
 
 
-class Auctions:
-    """Auction calls on a synchronous `AdCache` (`cache.auctions`)."""
+class Auctions(Facade[M]):
+    """Auction calls on the sync or asyncio `AdCache` (`cache.auctions`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @call
     def create(
         self,
         auction_id: str,
@@ -457,95 +455,49 @@ class Auctions:
         increment: Amount = DEFAULT_INCREMENT,
         wseat: Iterable[str] = (),
         bseat: Iterable[str] = (),
-    ) -> Created:
+    ) -> Call[Created]:
         """Create the auction; AlreadyExistsError when the request id is taken."""
-        return self._c.run(
-            create_call(
-                auction_id,
-                imps,
-                at=at,
-                tmax_ms=tmax_ms,
-                exp=exp,
-                ttl=ttl,
-                increment=increment,
-                wseat=wseat,
-                bseat=bseat,
-            )
+        return create_call(
+            auction_id,
+            imps,
+            at=at,
+            tmax_ms=tmax_ms,
+            exp=exp,
+            ttl=ttl,
+            increment=increment,
+            wseat=wseat,
+            bseat=bseat,
         )
 
-    def bid(self, auction_id: str, bid: Bid) -> BidReply:
-        return self._c.run(bid_call(auction_id, bid))
+    @call
+    def bid(self, auction_id: str, bid: Bid) -> Call[BidReply]:
+        return bid_call(auction_id, bid)
 
-    def bid_many(self, auction_id: str, bids: Sequence[Bid]) -> list[BidReply]:
+    @call
+    def bid_many(self, auction_id: str, bids: Sequence[Bid]) -> Call[list[BidReply]]:
         """Many bids in one FCALL (one round trip), decided in the given order."""
-        return self._c.run(bid_many_call(auction_id, bids))
+        return bid_many_call(auction_id, bids)
 
-    def close(self, auction_id: str) -> AuctionResult:
+    @call
+    def close(self, auction_id: str) -> Call[AuctionResult]:
         """Close (idempotent) and return the recorded result."""
-        return self._c.run(close_call(auction_id))
+        return close_call(auction_id)
 
-    def result(self, auction_id: str, *, settle: bool = True) -> AuctionResult | None:
+    @plan
+    def result(self, auction_id: str, *, settle: bool = True) -> Plan[AuctionResult | None]:
         """Read the result (FCALL_RO). With settle, a 'due' auction is closed (one more call)."""
-        r = self._c.run(result_call(auction_id))
+        r = yield from one(result_call(auction_id))
         if settle and r is not None and r.state == "due":
-            return self.close(auction_id)
+            return (yield from one(type(self).close.fn(self, auction_id)))
         return r
 
-    def bill(self, auction_id: str, bid_id: str, *, seat: str) -> BillReply:
+    @call
+    def bill(self, auction_id: str, bid_id: str, *, seat: str) -> Call[BillReply]:
         """Billing notice of a bid: 'billed' once with the price to charge, then 'already_billed'."""
-        return self._c.run(bill_call(auction_id, bid_id, seat))
+        return bill_call(auction_id, bid_id, seat)
 
 
-class AsyncAuctions:
-    """Auction calls on an asyncio `AdCache` (`cache.auctions`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def create(
-        self,
-        auction_id: str,
-        imps: Sequence[Imp],
-        *,
-        at: int = SECOND_PRICE,
-        tmax_ms: int = DEFAULT_TMAX_MS,
-        exp: float = DEFAULT_EXP_S,
-        ttl: float | None = None,
-        increment: Amount = DEFAULT_INCREMENT,
-        wseat: Iterable[str] = (),
-        bseat: Iterable[str] = (),
-    ) -> Created:
-        return await self._c.run(
-            create_call(
-                auction_id,
-                imps,
-                at=at,
-                tmax_ms=tmax_ms,
-                exp=exp,
-                ttl=ttl,
-                increment=increment,
-                wseat=wseat,
-                bseat=bseat,
-            )
-        )
-
-    async def bid(self, auction_id: str, bid: Bid) -> BidReply:
-        return await self._c.run(bid_call(auction_id, bid))
-
-    async def bid_many(self, auction_id: str, bids: Sequence[Bid]) -> list[BidReply]:
-        return await self._c.run(bid_many_call(auction_id, bids))
-
-    async def close(self, auction_id: str) -> AuctionResult:
-        return await self._c.run(close_call(auction_id))
-
-    async def result(self, auction_id: str, *, settle: bool = True) -> AuctionResult | None:
-        r = await self._c.run(result_call(auction_id))
-        if settle and r is not None and r.state == "due":
-            return await self.close(auction_id)
-        return r
-
-    async def bill(self, auction_id: str, bid_id: str, *, seat: str) -> BillReply:
-        return await self._c.run(bill_call(auction_id, bid_id, seat))
+AsyncAuctions = Auctions  # the same class: on an asyncio client its methods return awaitables
 
 
 __all__ = [

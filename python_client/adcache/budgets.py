@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adcache._core import Call, positive_ms, str_pairs
+from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache.campaigns import all_keys
 from adcache.targeting import apply_calls
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,53 +241,33 @@ def state_call(campaign_id: str) -> Call[BudgetState]:
     return Call("ac_budget_state", all_keys(campaign_id), (), _state(campaign_id))
 
 
-class Budgets:
-    """Budget calls on a synchronous `AdCache` (`cache.budgets`)."""
+class Budgets(Facade[M]):
+    """Budget calls on the sync or asyncio `AdCache` (`cache.budgets`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @call
     def reserve(
         self, campaign_id: str, reservation_id: str, amount_micros: int, ttl: float
-    ) -> Reservation:
+    ) -> Call[Reservation]:
         """Hold amount_micros for ttl seconds; a refusal is a reply (ok False, reason)."""
-        return self._c.run(reserve_call(campaign_id, reservation_id, amount_micros, ttl))
+        return reserve_call(campaign_id, reservation_id, amount_micros, ttl)
 
-    def commit(self, campaign_id: str, reservation_id: str, amount_micros: int) -> Commit:
+    @plan
+    def commit(self, campaign_id: str, reservation_id: str, amount_micros: int) -> Plan[Commit]:
         """Charge the clearing price (<= the reservation), release the rest; idempotent."""
-        r = self._c.run(commit_call(campaign_id, reservation_id, amount_micros))
+        r = yield from one(commit_call(campaign_id, reservation_id, amount_micros))
         if r.index:
-            self._c.run_many(r.index)
+            (yield from many(r.index))
         return r.commit
 
-    def release(self, campaign_id: str, reservation_id: str) -> Release:
+    @call
+    def release(self, campaign_id: str, reservation_id: str) -> Call[Release]:
         """Give a reservation back (the bid lost); idempotent."""
-        return self._c.run(release_call(campaign_id, reservation_id))
+        return release_call(campaign_id, reservation_id)
 
-    def state(self, campaign_id: str) -> BudgetState:
+    @call
+    def state(self, campaign_id: str) -> Call[BudgetState]:
         """Budget, spend, counters and pacing (reclaims expired reservations first)."""
-        return self._c.run(state_call(campaign_id))
+        return state_call(campaign_id)
 
 
-class AsyncBudgets:
-    """Budget calls on an asyncio `AdCache` (`cache.budgets`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def reserve(
-        self, campaign_id: str, reservation_id: str, amount_micros: int, ttl: float
-    ) -> Reservation:
-        return await self._c.run(reserve_call(campaign_id, reservation_id, amount_micros, ttl))
-
-    async def commit(self, campaign_id: str, reservation_id: str, amount_micros: int) -> Commit:
-        r = await self._c.run(commit_call(campaign_id, reservation_id, amount_micros))
-        if r.index:
-            await self._c.run_many(r.index)
-        return r.commit
-
-    async def release(self, campaign_id: str, reservation_id: str) -> Release:
-        return await self._c.run(release_call(campaign_id, reservation_id))
-
-    async def state(self, campaign_id: str) -> BudgetState:
-        return await self._c.run(state_call(campaign_id))
+AsyncBudgets = Budgets  # the same class: on an asyncio client its methods return awaitables

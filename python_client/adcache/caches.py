@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, text
+from adcache._facade import Facade, M, Plan, call, many, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 MAX_KEY_BYTES = 512
 Status = Literal["hit", "neg", "stale", "load", "reload", "wait"]
@@ -248,18 +248,17 @@ def wb_ack_call(
     return Call("ac_cache_wb_ack", (stream, *value_keys), (group, *ids), int)
 
 
-class Caches:
-    """Cache primitives on a synchronous `AdCache` (`cache.caches`)."""
+class Caches(Facade[M]):
+    """Cache primitives on the sync or asyncio `AdCache` (`cache.caches`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @call
     def get(
         self, space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
-    ) -> Lookup:
+    ) -> Call[Lookup]:
         """Read a value, or take its loader lock when missing or stale."""
-        return self._c.run(get_call(space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh))
+        return get_call(space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh)
 
+    @call
     def fill(
         self,
         space: Space,
@@ -271,29 +270,30 @@ class Caches:
         grace_ms: int,
         load_ms: int,
         tags: Sequence[str] = (),
-    ) -> bool:
+    ) -> Call[bool]:
         """Store a loaded value if `token` still owns the lock; False when it was lost."""
-        return self._c.run(
-            fill_call(
-                space,
-                key,
-                token,
-                payload,
-                ttl_ms=ttl_ms,
-                grace_ms=grace_ms,
-                load_ms=load_ms,
-                tags=tags,
-            )
+        return fill_call(
+            space,
+            key,
+            token,
+            payload,
+            ttl_ms=ttl_ms,
+            grace_ms=grace_ms,
+            load_ms=load_ms,
+            tags=tags,
         )
 
-    def release(self, space: Space, key: str, token: str) -> bool:
+    @call
+    def release(self, space: Space, key: str, token: str) -> Call[bool]:
         """Give up the loader lock after a failed load."""
-        return self._c.run(release_call(space, key, token))
+        return release_call(space, key, token)
 
-    def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
+    @call
+    def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> Call[bool]:
         """Before a write-through's database write: register as the key's writer."""
-        return self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
+        return write_begin_call(space, key, token, ttl_ms=ttl_ms)
 
+    @call
     def set(
         self,
         space: Space,
@@ -304,19 +304,20 @@ class Caches:
         ttl_ms: int,
         grace_ms: int,
         tags: Sequence[str] = (),
-    ) -> bool:
+    ) -> Call[bool]:
         """After it: store if no other writer began since, else drop the key (False)."""
-        return self._c.run(
-            set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
-        )
+        return set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
 
-    def invalidate(self, space: Space, key: str) -> bool:
-        return self._c.run(invalidate_call(space, key))
+    @call
+    def invalidate(self, space: Space, key: str) -> Call[bool]:
+        return invalidate_call(space, key)
 
-    def invalidate_tag(self, space: Space, tag: str) -> int:
+    @plan
+    def invalidate_tag(self, space: Space, tag: str) -> Plan[int]:
         """Drop every value carrying `tag`, over all shards (one pipelined round per node)."""
-        return sum(self._c.run_many(invalidate_tag_calls(space, tag)))
+        return sum((yield from many(invalidate_tag_calls(space, tag))))
 
+    @call
     def wb_write(
         self,
         space: Space,
@@ -326,99 +327,14 @@ class Caches:
         ttl_ms: int,
         grace_ms: int,
         tags: Sequence[str] = (),
-    ) -> str:
-        return self._c.run(
-            wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
-        )
+    ) -> Call[str]:
+        return wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
 
+    @call
     def wb_ack(
         self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
-    ) -> int:
-        return self._c.run(wb_ack_call(stream, group, ids, value_keys))
+    ) -> Call[int]:
+        return wb_ack_call(stream, group, ids, value_keys)
 
 
-class AsyncCaches:
-    """Cache primitives on an asyncio `AdCache` (`cache.caches`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def get(
-        self, space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
-    ) -> Lookup:
-        return await self._c.run(
-            get_call(space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh)
-        )
-
-    async def fill(
-        self,
-        space: Space,
-        key: str,
-        token: str,
-        payload: str | None,
-        *,
-        ttl_ms: int,
-        grace_ms: int,
-        load_ms: int,
-        tags: Sequence[str] = (),
-    ) -> bool:
-        return await self._c.run(
-            fill_call(
-                space,
-                key,
-                token,
-                payload,
-                ttl_ms=ttl_ms,
-                grace_ms=grace_ms,
-                load_ms=load_ms,
-                tags=tags,
-            )
-        )
-
-    async def release(self, space: Space, key: str, token: str) -> bool:
-        return await self._c.run(release_call(space, key, token))
-
-    async def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> bool:
-        """Before a write-through's database write: register as the key's writer."""
-        return await self._c.run(write_begin_call(space, key, token, ttl_ms=ttl_ms))
-
-    async def set(
-        self,
-        space: Space,
-        key: str,
-        token: str,
-        payload: str | None,
-        *,
-        ttl_ms: int,
-        grace_ms: int,
-        tags: Sequence[str] = (),
-    ) -> bool:
-        """After it: store if no other writer began since, else drop the key (False)."""
-        return await self._c.run(
-            set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
-        )
-
-    async def invalidate(self, space: Space, key: str) -> bool:
-        return await self._c.run(invalidate_call(space, key))
-
-    async def invalidate_tag(self, space: Space, tag: str) -> int:
-        return sum(await self._c.run_many(invalidate_tag_calls(space, tag)))
-
-    async def wb_write(
-        self,
-        space: Space,
-        key: str,
-        payload: str | None,
-        *,
-        ttl_ms: int,
-        grace_ms: int,
-        tags: Sequence[str] = (),
-    ) -> str:
-        return await self._c.run(
-            wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
-        )
-
-    async def wb_ack(
-        self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
-    ) -> int:
-        return await self._c.run(wb_ack_call(stream, group, ids, value_keys))
+AsyncCaches = Caches  # the same class: on an asyncio client its methods return awaitables

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 from adcache import _generated as keys
 from adcache import zones
 from adcache._core import Call, pairs, text
+from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache.targeting import Targeting, apply_calls
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 Status = Literal["active", "paused"]
 Pacing = Literal["off", "even"]
@@ -334,123 +334,66 @@ def reindex_calls(c: Campaign) -> list[Call[Any]]:
     return apply_calls(c.campaign_id, (), shards, c.spec.end_ms, 0)
 
 
-class Campaigns:
-    """Campaign calls on a synchronous `AdCache` (`cache.campaigns`)."""
+class Campaigns(Facade[M]):
+    """Campaign calls on the sync or asyncio `AdCache` (`cache.campaigns`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
-    def _apply(self, w: Written) -> Written:
-        self._c.run_many(w.index_calls())
+    @plan
+    def set(
+        self, campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1
+    ) -> Plan[Written]:
+        """Create or replace a campaign and update its targeting shards."""
+        w = yield from one(set_call(campaign_id, spec, expected_version=expected_version))
+        yield from many(w.index_calls())
         return w
 
-    def set(self, campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1) -> Written:
-        """Create or replace a campaign and update its targeting shards."""
-        return self._apply(
-            self._c.run(set_call(campaign_id, spec, expected_version=expected_version))
-        )
-
-    def create(self, campaign_id: str, spec: CampaignSpec) -> Written:
+    @plan
+    def create(self, campaign_id: str, spec: CampaignSpec) -> Plan[Written]:
         """Create; VersionConflictError when the campaign exists."""
-        return self.set(campaign_id, spec, expected_version=0)
+        return (yield from type(self).set.fn(self, campaign_id, spec, expected_version=0))
 
+    @plan
     def patch(
         self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
-    ) -> Written:
+    ) -> Plan[Written]:
         """Change some fields (names of CampaignSpec); NotFoundError when unknown."""
-        return self._apply(
-            self._c.run(patch_call(campaign_id, changes, expected_version=expected_version))
-        )
-
-    def pause(self, campaign_id: str) -> Written:
-        return self.patch(campaign_id, status="paused")
-
-    def resume(self, campaign_id: str) -> Written:
-        return self.patch(campaign_id, status="active")
-
-    def get(self, campaign_id: str) -> Campaign | None:
-        """The campaign with its budget figures and servability, or None (FCALL_RO)."""
-        return self._c.run(get_call(campaign_id))
-
-    def get_many(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
-        """Many campaigns, one pipelined round per node."""
-        return self._c.run_many([get_call(c) for c in campaign_ids])
-
-    def remove(self, campaign_id: str, *, expected_version: int = -1) -> bool:
-        """Delete a campaign and its budget state, and take it out of its shards."""
-        removed, shards = self._c.run(remove_call(campaign_id, expected_version=expected_version))
-        self._c.run_many(apply_calls(campaign_id, (), shards, 0, 0))
-        return removed
-
-    def reindex(self, campaign_id: str) -> Campaign | None:
-        """Re-apply a campaign's shards from its record (repairs a half-applied change)."""
-        c = self.get(campaign_id)
-        if c is not None:
-            self._c.run_many(reindex_calls(c))
-        return c
-
-
-class AsyncCampaigns:
-    """Campaign calls on an asyncio `AdCache` (`cache.campaigns`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def _apply(self, w: Written) -> Written:
-        await self._c.run_many(w.index_calls())
+        w = yield from one(patch_call(campaign_id, changes, expected_version=expected_version))
+        yield from many(w.index_calls())
         return w
 
-    async def set(
-        self, campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1
-    ) -> Written:
-        return await self._apply(
-            await self._c.run(set_call(campaign_id, spec, expected_version=expected_version))
-        )
+    @plan
+    def pause(self, campaign_id: str) -> Plan[Written]:
+        return (yield from type(self).patch.fn(self, campaign_id, status="paused"))
 
-    async def create(self, campaign_id: str, spec: CampaignSpec) -> Written:
-        return await self.set(campaign_id, spec, expected_version=0)
+    @plan
+    def resume(self, campaign_id: str) -> Plan[Written]:
+        return (yield from type(self).patch.fn(self, campaign_id, status="active"))
 
-    async def patch(
-        self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
-    ) -> Written:
-        return await self._apply(
-            await self._c.run(patch_call(campaign_id, changes, expected_version=expected_version))
-        )
+    @call
+    def get(self, campaign_id: str) -> Call[Campaign | None]:
+        """The campaign with its budget figures and servability, or None (FCALL_RO)."""
+        return get_call(campaign_id)
 
-    async def pause(self, campaign_id: str) -> Written:
-        return await self.patch(campaign_id, status="paused")
+    @plan
+    def get_many(self, campaign_ids: Sequence[str]) -> Plan[list[Campaign | None]]:
+        """Many campaigns, one pipelined round per node."""
+        return (yield from many([get_call(c) for c in campaign_ids]))
 
-    async def resume(self, campaign_id: str) -> Written:
-        return await self.patch(campaign_id, status="active")
-
-    async def get(self, campaign_id: str) -> Campaign | None:
-        return await self._c.run(get_call(campaign_id))
-
-    async def get_many(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
-        return await self._c.run_many([get_call(c) for c in campaign_ids])
-
-    async def remove(self, campaign_id: str, *, expected_version: int = -1) -> bool:
-        removed, shards = await self._c.run(
+    @plan
+    def remove(self, campaign_id: str, *, expected_version: int = -1) -> Plan[bool]:
+        """Delete a campaign and its budget state, and take it out of its shards."""
+        removed, shards = yield from one(
             remove_call(campaign_id, expected_version=expected_version)
         )
-        await self._c.run_many(apply_calls(campaign_id, (), shards, 0, 0))
+        yield from many(apply_calls(campaign_id, (), shards, 0, 0))
         return removed
 
-    async def reindex(self, campaign_id: str) -> Campaign | None:
-        c = await self.get(campaign_id)
+    @plan
+    def reindex(self, campaign_id: str) -> Plan[Campaign | None]:
+        """Re-apply a campaign's shards from its record (repairs a half-applied change)."""
+        c = yield from one(get_call(campaign_id))
         if c is not None:
-            await self._c.run_many(reindex_calls(c))
+            yield from many(reindex_calls(c))
         return c
 
 
-__all__ = [
-    "AsyncCampaigns",
-    "Campaign",
-    "CampaignChanges",
-    "CampaignSpec",
-    "Campaigns",
-    "Creative",
-    "FrequencyCapRule",
-    "Targeting",
-    "Written",
-]
+AsyncCampaigns = Campaigns  # the same class: on an asyncio client its methods return awaitables

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from adcache import _generated as keys
 from adcache import zones
 from adcache._core import Arg, Call, positive_ms, text
+from adcache._facade import Facade, M, call
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 Scope = Literal["advertiser", "campaign", "creative"]
 WindowKind = Literal["minute", "hour", "day", "week", "month", "rolling", "recency", "lifetime"]
@@ -297,16 +297,15 @@ def inspect_call(
     )
 
 
-class Caps:
-    """Frequency caps on a synchronous `AdCache` (`cache.caps`)."""
+class Caps(Facade[M]):
+    """Frequency caps on the sync or asyncio `AdCache` (`cache.caps`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
-    def check(self, user_id: str, candidates: Sequence[Candidate]) -> list[CapDecision]:
+    @call
+    def check(self, user_id: str, candidates: Sequence[Candidate]) -> Call[list[CapDecision]]:
         """Which candidates the user's caps allow, in order: one FCALL_RO for up to 500."""
-        return self._c.run(check_call(user_id, candidates))
+        return check_call(user_id, candidates)
 
+    @call
     def record(
         self,
         user_id: str,
@@ -314,51 +313,26 @@ class Caps:
         candidate: Candidate,
         *,
         dedupe_ttl: float = DEFAULT_DEDUPE_TTL_S,
-    ) -> Impression:
+    ) -> Call[Impression]:
         """Count an impression in every window of the candidate, or refuse it counting nothing.
 
         A retry with the same impression id (within dedupe_ttl seconds) replays the first outcome.
         """
-        return self._c.run(record_call(user_id, impression_id, candidate, dedupe_ttl=dedupe_ttl))
+        return record_call(user_id, impression_id, candidate, dedupe_ttl=dedupe_ttl)
 
-    def reset(self, user_id: str, scope: Scope | None = None, entity_id: str | None = None) -> int:
+    @call
+    def reset(
+        self, user_id: str, scope: Scope | None = None, entity_id: str | None = None
+    ) -> Call[int]:
         """Forget the user's counters (all, or one advertiser's/campaign's/creative's)."""
-        return self._c.run(reset_call(user_id, scope, entity_id))
+        return reset_call(user_id, scope, entity_id)
 
+    @call
     def inspect(
         self, user_id: str, scope: Scope | None = None, entity_id: str | None = None
-    ) -> list[CapCounter]:
+    ) -> Call[list[CapCounter]]:
         """The user's live counters (FCALL_RO), for support tools."""
-        return self._c.run(inspect_call(user_id, scope, entity_id))
+        return inspect_call(user_id, scope, entity_id)
 
 
-class AsyncCaps:
-    """Frequency caps on an asyncio `AdCache` (`cache.caps`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def check(self, user_id: str, candidates: Sequence[Candidate]) -> list[CapDecision]:
-        return await self._c.run(check_call(user_id, candidates))
-
-    async def record(
-        self,
-        user_id: str,
-        impression_id: str,
-        candidate: Candidate,
-        *,
-        dedupe_ttl: float = DEFAULT_DEDUPE_TTL_S,
-    ) -> Impression:
-        return await self._c.run(
-            record_call(user_id, impression_id, candidate, dedupe_ttl=dedupe_ttl)
-        )
-
-    async def reset(
-        self, user_id: str, scope: Scope | None = None, entity_id: str | None = None
-    ) -> int:
-        return await self._c.run(reset_call(user_id, scope, entity_id))
-
-    async def inspect(
-        self, user_id: str, scope: Scope | None = None, entity_id: str | None = None
-    ) -> list[CapCounter]:
-        return await self._c.run(inspect_call(user_id, scope, entity_id))
+AsyncCaps = Caps  # the same class: on an asyncio client its methods return awaitables

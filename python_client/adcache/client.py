@@ -9,21 +9,25 @@ connection errors are handled here, with a topology refresh and bounded retries.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import random
 import threading
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    NoPermissionError,
+    RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -31,8 +35,31 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._core import AfterSend, Call, check_library_reply, raise_error_reply, translate_error
-from adcache._generated import AdCacheError, DurabilityError, LibraryMissingError
+from adcache._core import (
+    _REDO,
+    AfterSend,
+    Call,
+    backoff_s,
+    check_acked,
+    check_library_reply,
+    durable_replies,
+    gives_up,
+    library_source,
+    missing_and_not_allowed,
+    needs_retry,
+    raise_error_reply,
+    str_pairs,
+    translate_error,
+)
+from adcache._generated import AdCacheError, LibraryMissingError
+from adcache._redispy import (
+    node_address,
+    pack,
+    pool_connection,
+    reader,
+    refresh,
+    standalone_name,
+)
 from adcache.facades import SyncFacades
 
 log = logging.getLogger("adcache")
@@ -48,11 +75,97 @@ class NodeRef:
     client: redis.Redis
 
 
-def _standalone_name(client: redis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
-    if "path" in kw:
-        return str(kw["path"])
-    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+class _Node:
+    """One server as the client uses it: a few connections checked out of its redis-py pool and
+    kept (a call takes one and puts it back: no pool round trip, no per-call socket check).
+    `deque.pop`/`append` are atomic, so threads share a node without a lock; a connection is
+    used by one call at a time."""
+
+    __slots__ = ("client", "idle", "name")
+    MAX_IDLE = 64
+
+    def __init__(self, name: str, client: redis.Redis) -> None:
+        self.name = name
+        self.client = client
+        self.idle: deque[Any] = deque()
+
+    def take(self) -> Any:
+        try:
+            return self.idle.pop()
+        except IndexError:
+            return pool_connection(self.client.connection_pool)  # connected and checked
+
+    def take_checked(self) -> Any:
+        """A connection known usable before a write that must not be sent twice: a kept
+        connection the server closed meanwhile is replaced (so the write is sent once, on a
+        live one, instead of being lost in flight)."""
+        conn = self.take()
+        try:
+            if not conn.can_read():
+                return conn
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass
+        self.drop(conn)
+        return pool_connection(self.client.connection_pool)
+
+    def give(self, conn: Any) -> None:
+        if len(self.idle) < self.MAX_IDLE:
+            self.idle.append(conn)
+        else:
+            self.client.connection_pool.release(conn)
+
+    def drop(self, conn: Any) -> None:
+        conn.disconnect()
+        self.client.connection_pool.release(conn)
+
+    def close(self) -> None:
+        while self.idle:
+            self.drop(self.idle.pop())
+
+    def exchange(self, payload: bytes, n: int, *, checked: bool = False) -> list[Any]:
+        """Write `n` packed commands at once and read their replies (error replies in place).
+        Failing to connect raises the connection error (nothing was sent); a failure once
+        sending began raises AfterSend (the commands may have run)."""
+        conn = self.take_checked() if checked else self.take()
+        try:
+            conn.send_packed_command((payload,), check_health=False)
+            read = reader(conn)
+            out = [read() for _ in range(n)]
+        except _LOST as e:
+            self.drop(conn)
+            raise AfterSend(_lost(e)) from e
+        except BaseException:
+            self.drop(conn)
+            raise
+        self.give(conn)
+        return out
+
+    def one(self, payload: bytes, *, checked: bool = False) -> Any:
+        """One packed command: its reply; an error reply is raised."""
+        conn = self.take_checked() if checked else self.take()
+        try:
+            conn.send_packed_command((payload,), check_health=False)
+            reply = reader(conn)()
+        except _LOST as e:
+            self.drop(conn)
+            raise AfterSend(_lost(e)) from e
+        except BaseException:
+            self.drop(conn)
+            raise
+        self.give(conn)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _lost(e: BaseException) -> Exception:
+    """A lost connection as redis-py's ConnectionError (the parser may raise a bare OSError)."""
+    if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+        return e
+    return RedisConnectionError(f"connection lost: {e}")
 
 
 class AdCache(SyncFacades):
@@ -60,15 +173,22 @@ class AdCache(SyncFacades):
 
     auto_deploy: when a node has no library (a primary restarted without persistence, a shard
     added by other means), load the bundled library there and retry once. Needs a user allowed to
-    run FUNCTION LOAD.
+    run FUNCTION LOAD (without it, LibraryMissingError names the node and the deploy command).
     verify_library: check `ac_version` once per node before its first call, and refuse a library
     older than this client needs.
     read_from_replicas: send read-only functions (FCALL_RO) to replicas too (cluster only).
+    max_attempts: attempts of a call that is not safe to repeat (redirects and refused connections
+    included).
+    retry_budget_s: how long a call that is safe to repeat (a read, or a write idempotent under
+    the ids it carries: see `Call.repeatable`) keeps being retried through a failover, with
+    backoff and a topology refresh between tries, before its last error is raised.
     durable_replicas: after each write, wait until this many replicas acknowledged it (WAIT, sent
     with the write on the same connection: still one round trip). A write the replicas did not
     confirm within durable_timeout_ms raises DurabilityError: it is on the primary and may be lost
     by a failover, so retry it (the money path is idempotent). 0 (default) does not wait.
     """
+
+    is_async = False
 
     def __init__(
         self,
@@ -78,6 +198,7 @@ class AdCache(SyncFacades):
         verify_library: bool = True,
         read_from_replicas: bool = False,
         max_attempts: int = 5,
+        retry_budget_s: float = 10.0,
         durable_replicas: int = 0,
         durable_timeout_ms: int = 500,
     ) -> None:
@@ -89,9 +210,16 @@ class AdCache(SyncFacades):
         self.verify_library = verify_library
         self.read_from_replicas = read_from_replicas
         self.max_attempts = max_attempts
+        self.retry_budget_s = retry_budget_s
         self._verified: set[str] = set()
         self._lock = threading.Lock()
-        self._name = "" if self.is_cluster else _standalone_name(client)  # type: ignore[arg-type]
+        self._nodes: dict[str, _Node] = {}  # by host:port
+        self._slots: list[_Node | None] = [None] * 16384  # slot -> primary, filled on use
+        self._single: _Node | None = None
+        self._name = ""
+        if not self.is_cluster:
+            self._name = standalone_name(client.connection_pool)  # type: ignore[union-attr]
+            self._single = _Node(self._name, client)  # type: ignore[arg-type]
         self._attach_facades()
 
     def durable(self, replicas: int = 1, timeout_ms: int = 500) -> AdCache:
@@ -115,30 +243,50 @@ class AdCache(SyncFacades):
         return cls(client, **kwargs)
 
     def close(self) -> None:
+        for node in [self._single, *self._nodes.values()]:
+            if node is not None:
+                node.close()
         self.redis.close()
 
     # ---- routing ----
 
-    def _node_for(self, call: Call[Any]) -> tuple[str, redis.Redis]:
-        if not self.is_cluster:
-            return self._name, self.redis  # type: ignore[return-value]
+    def _node(self, cn: ClusterNode) -> _Node:
+        node = self._nodes.get(cn.name)
+        if node is None:
+            rc: RedisCluster = self.redis  # type: ignore[assignment]
+            node = self._nodes.setdefault(cn.name, _Node(cn.name, rc.get_redis_connection(cn)))
+        return node
+
+    def _node_for(self, call: Call[Any]) -> _Node:
+        if self._single is not None:
+            return self._single
         rc: RedisCluster = self.redis  # type: ignore[assignment]
-        slot = call.slot
-        node: ClusterNode
-        if slot is None:
-            node = random.choice(rc.get_primaries())
-        elif self.read_from_replicas and call.readonly:
-            node = rc.nodes_manager.get_node_from_slot(slot, True)
-        else:
-            # The slot's primary straight from the slot map: this is the hot path, and the
-            # public lookup takes a lock and a deprecation wrapper on every call.
-            owners = rc.nodes_manager.slots_cache.get(slot)
-            node = owners[0] if owners else rc.nodes_manager.get_node_from_slot(slot)
-        return node.name, node.redis_connection or rc.get_redis_connection(node)
+        if not call.keys:
+            return self._node(random.choice(rc.get_primaries()))
+        if self.read_from_replicas and call.readonly:
+            return self._node(rc.get_node_from_key(call.keys[0], replica=True))
+        slot = key_slot(call.keys[0].encode())
+        node = self._slots[slot]
+        if node is None:
+            node = self._slots[slot] = self._node(rc.get_node_from_key(call.keys[0]))
+        return node
 
     def _refresh_topology(self) -> None:
         if self.is_cluster:
-            self.redis.nodes_manager.initialize()  # type: ignore[union-attr]
+            self._slots = [None] * 16384
+            try:
+                refresh(self.redis)  # type: ignore[arg-type]
+            except (*_TRANSIENT, RedisClusterException) as e:  # the next try refreshes again
+                log.info("adcache: topology refresh failed: %s", e)
+
+    def _moved(self, e: MovedError) -> None:
+        """A slot moved: reload the map from the cluster, and route the slot to the node the
+        redirect named."""
+        host, port = node_address(e)
+        self._refresh_topology()
+        cn = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
+        if cn is not None:
+            self._slots[e.slot_id] = self._node(cn)
 
     def nodes(self, *, replicas: bool = True) -> list[NodeRef]:
         """Every node the client knows (standalone: the one server), for admin and monitoring
@@ -158,42 +306,35 @@ class AdCache(SyncFacades):
 
     # ---- library checks ----
 
-    def _deploy_on(self, name: str, client: redis.Redis) -> None:
-        from adcache_loader.paths import library_source
-
-        log.warning("adcache library missing on %s: loading it (auto_deploy)", name)
-        client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
-
-    def _verify(self, name: str, client: redis.Redis) -> None:
+    def _deploy_on(self, node: _Node) -> None:
+        log.warning("adcache library missing on %s: loading it (auto_deploy)", node.name)
         try:
-            reply = client.execute_command("FCALL_RO", "ac_version", 0)
+            node.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+        except NoPermissionError as e:
+            raise missing_and_not_allowed(node.name, e) from e
+
+    def _verify(self, node: _Node) -> None:
+        try:
+            reply = node.client.execute_command("FCALL_RO", "ac_version", 0)
         except ResponseError as e:
-            err = translate_error(e, name)
+            err = translate_error(e, node.name)
             if isinstance(err, LibraryMissingError) and self.auto_deploy:
-                self._deploy_on(name, client)
-                reply = client.execute_command("FCALL_RO", "ac_version", 0)
+                self._deploy_on(node)
+                reply = node.client.execute_command("FCALL_RO", "ac_version", 0)
             else:
                 raise err from e
-        check_library_reply(reply, name)
+        check_library_reply(reply, node.name)
         with self._lock:
-            self._verified.add(name)
+            self._verified.add(node.name)
 
     def library_info(self) -> dict[str, dict[str, str]]:
         """`ac_version` of every primary (standalone: the one server), by node name."""
-        from adcache._core import str_pairs
-
-        targets: list[tuple[str, redis.Redis]]
-        if self.is_cluster:
-            rc: RedisCluster = self.redis  # type: ignore[assignment]
-            targets = [(n.name, rc.get_redis_connection(n)) for n in rc.get_primaries()]
-        else:
-            targets = [(self._name, self.redis)]  # type: ignore[list-item]
         out = {}
-        for name, client in targets:
+        for ref in self.nodes(replicas=False):
             try:
-                out[name] = str_pairs(client.execute_command("FCALL_RO", "ac_version", 0))
+                out[ref.name] = str_pairs(ref.client.execute_command("FCALL_RO", "ac_version", 0))
             except ResponseError as e:
-                raise translate_error(e, name) from e
+                raise translate_error(e, ref.name) from e
         return out
 
     # ---- calls ----
@@ -205,85 +346,112 @@ class AdCache(SyncFacades):
     def fcall(self, call: Call[Any]) -> Any:
         """Execute one call and return the raw reply, with redirects and retries handled.
 
-        Retries never repeat a write that may have run: a call is sent again after a redirect
-        (MOVED, ASK, TRYAGAIN: not executed) or a failure to connect (not sent). A connection lost
-        after a write was sent raises: only the caller knows whether the write is idempotent
-        (adcache's money and counting paths are, under their request, bid and impression ids).
-        Read-only calls are retried after any connection failure.
+        Retries never repeat a write that may have run unless it is safe to: a call is sent again
+        after a redirect (MOVED, ASK, TRYAGAIN: not executed) or a failure to connect (not sent).
+        A connection lost after the call was sent raises for a write, unless the call is
+        `repeatable` (a read, or a write idempotent under the ids it carries): those are retried
+        through a failover for up to `retry_budget_s`.
         """
-        cmd = call.command()
+        payload = call.packed()
+        node = self._node_for(call)
+        if node.name in self._verified and not self.durable_replicas and call.repeatable:
+            # The hot path: a kept connection, one write, one read. Anything unusual (an error
+            # reply, a lost connection) goes the general way below, which may send it again:
+            # this call is safe to repeat.
+            try:
+                return node.one(payload)
+            except ResponseError as e:
+                if not needs_retry(e, node.name):
+                    raise translate_error(e, node.name) from e
+            except (AfterSend, *_TRANSIENT):
+                pass
+        return self._fcall(call, payload)
+
+    def _fcall(self, call: Call[Any], payload: bytes) -> Any:
+        repeatable = call.repeatable
         deployed = False
         ask_node: ClusterNode | None = None
-        for attempt in range(self.max_attempts):
-            name, client = self._node_for(call)
+        started = time.monotonic()
+        for attempt in itertools.count():
+            node = self._node_for(call)
             try:
-                if self.verify_library and name not in self._verified:
-                    self._verify(name, client)
+                if self.verify_library and node.name not in self._verified:
+                    self._verify(node)
                 if ask_node is not None:
-                    name = ask_node.name
-                    client = self.redis.get_redis_connection(ask_node)  # type: ignore[union-attr]
-                    return raise_error_reply(_Batch(client, [("ASKING",), cmd]).read()[1])
+                    node = self._node(ask_node)
+                    return raise_error_reply(node.exchange(_ASKING + payload, 2)[1])
                 if self.durable_replicas and not call.readonly:
-                    return self._durable_write(name, client, cmd)
-                return raise_error_reply(_Batch(client, [cmd]).read()[0])
+                    return self._durable_write(node, payload)
+                return node.one(payload, checked=not repeatable)
             except MovedError as e:
-                self.redis.nodes_manager.move_slot(e)  # type: ignore[union-attr]
+                self._moved(e)
+                self._give_up_after(e, call, attempt, started, redirect=True)
             except AskError as e:
-                ask_node = self.redis.get_node(host=e.host, port=e.port)  # type: ignore[union-attr]
+                host, port = node_address(e)
+                ask_node = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
                 if ask_node is None:
                     self._refresh_topology()
+                self._give_up_after(e, call, attempt, started, redirect=True)
                 continue
-            except TryAgainError:
-                time.sleep(0.05 * (attempt + 1))
+            except TryAgainError as e:
+                self._give_up_after(e, call, attempt, started, redirect=True)
+                time.sleep(0.05 * min(attempt + 1, 10))
             except AfterSend as e:
-                if not call.readonly:
+                if not repeatable:
                     log.warning(
                         "adcache: %s on %s after %s was sent: not retried",
                         e.cause,
-                        name,
+                        node.name,
                         call.function,
                     )
                     raise e.cause from None
-                self._pause(e.cause, name, attempt)
+                self._pause(e.cause, node.name, call, attempt, started)
             except _TRANSIENT as e:
-                self._pause(e, name, attempt)
+                self._pause(e, node.name, call, attempt, started)
             except ResponseError as e:
-                err = translate_error(e, name)
+                err = translate_error(e, node.name)
                 if isinstance(err, LibraryMissingError):
                     with self._lock:
-                        self._verified.discard(name)
+                        self._verified.discard(node.name)
                     if self.auto_deploy and not deployed:
                         deployed = True
-                        self._deploy_on(name, client)
+                        self._deploy_on(node)
                         continue
                 raise err from e
             ask_node = None
-        raise AdCacheError(f"{call.function}: gave up after {self.max_attempts} attempts")
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _pause(self, e: Exception, name: str, attempt: int) -> None:
-        """Back off before the next attempt (re-raising on the last one) and refresh the map."""
-        if attempt == self.max_attempts - 1:
-            raise e
+    def _give_up_after(
+        self, e: Exception, call: Call[Any], attempt: int, started: float, *, redirect: bool
+    ) -> None:
+        """Raise once a call has used its attempts (a repeatable one: its time budget)."""
+        if not gives_up(self, call, attempt, started):
+            return
+        if redirect:
+            raise AdCacheError(f"{call.function}: gave up after {attempt + 1} attempts ({e})")
+        raise e
+
+    def _pause(
+        self, e: Exception, name: str, call: Call[Any], attempt: int, started: float
+    ) -> None:
+        """Back off before the next attempt (re-raising once the call may not try again) and
+        refresh the map."""
+        self._give_up_after(e, call, attempt, started, redirect=False)
         log.info("adcache: %s on %s, retrying (attempt %d)", e, name, attempt + 1)
-        time.sleep(min(0.05 * 2**attempt, 1.0))
+        time.sleep(backoff_s(attempt))
         self._refresh_topology()
 
-    def _durable_write(self, name: str, client: redis.Redis, cmd: tuple[Any, ...]) -> Any:
-        reply, acked = _Batch(client, [cmd, self._wait_cmd()]).read()
+    def _durable_write(self, node: _Node, payload: bytes) -> Any:
+        reply, acked = node.exchange(payload + self._wait_cmd(), 2)
         reply = raise_error_reply(reply)
-        self._check_acked(name, acked)
+        self._check_acked(node.name, acked)
         return reply
 
-    def _wait_cmd(self) -> tuple[Any, ...]:
-        return ("WAIT", self.durable_replicas, self.durable_timeout_ms)
+    def _wait_cmd(self) -> bytes:
+        return pack(("WAIT", self.durable_replicas, self.durable_timeout_ms))
 
     def _check_acked(self, name: str, acked: Any) -> None:
-        if isinstance(acked, Exception) or int(acked) < self.durable_replicas:
-            raise DurabilityError(
-                f"{name}: {acked} of {self.durable_replicas} replicas acknowledged the write "
-                f"within {self.durable_timeout_ms} ms",
-                node=name,
-            )
+        check_acked(self, name, acked)
 
     def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
         """Execute many calls with one pipeline per node (one round per node).
@@ -291,140 +459,128 @@ class AdCache(SyncFacades):
         Results come back in the order of `calls`. With raise_on_error=False a failed call's slot
         holds its exception instead of raising the first one.
         """
-        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
-        by_node: dict[str, list[int]] = defaultdict(list)
+        groups: dict[_Node, list[int]] = {}
         for i, call in enumerate(calls):
-            name, client = self._node_for(call)
-            by_node[name].append(i)
-            groups[name] = (client, by_node[name])
+            node = self._node_for(call)
+            idxs = groups.get(node)
+            if idxs is None:
+                groups[node] = [i]
+            else:
+                idxs.append(i)
         results: list[Any] = [None] * len(calls)
         # Write every node's batch first, then read them all: the nodes work in parallel, so the
         # whole batch costs about one round trip, not one per node.
-        sent: list[tuple[str, list[int], _Batch | None]] = []
-        for name, (client, idxs) in groups.items():
-            batch: _Batch | None = None
+        sent: list[tuple[_Node, list[int], _Batch | Exception | None]] = []
+        for node, idxs in groups.items():
+            batch: _Batch | Exception | None = None
             try:
-                if self.verify_library and name not in self._verified:
-                    self._verify(name, client)
-                cmds = [calls[i].command() for i in idxs]
+                if self.verify_library and node.name not in self._verified:
+                    self._verify(node)
+                payload = b"".join([calls[i].packed() for i in idxs])
+                n = len(idxs)
                 if self.durable_replicas and not all(calls[i].readonly for i in idxs):
-                    cmds.append(self._wait_cmd())  # one WAIT covers the whole batch
-                batch = _Batch(client, cmds)
+                    payload += self._wait_cmd()  # one WAIT covers the whole batch
+                    n += 1
+                batch = _Batch(node, payload, n)
             except _TRANSIENT:
                 pass  # not sent: every call of this node is retried on its own below
             except AfterSend as e:
-                sent.append((name, idxs, _Failed(e.cause)))  # type: ignore[arg-type]
-                continue
+                batch = e.cause
             except BaseException:
-                self._abandon(sent)
+                for _, _, b in sent:
+                    if isinstance(b, _Batch):
+                        b.abandon()
                 raise
-            sent.append((name, idxs, batch))
+            sent.append((node, idxs, batch))
         refreshed = False
-        for name, idxs, batch in sent:
+        for node, idxs, batch in sent:
             try:
-                if isinstance(batch, _Failed):
-                    raise AfterSend(batch.cause)
-                replies = [_Redo()] * len(idxs) if batch is None else batch.read()
+                if isinstance(batch, Exception):
+                    raise AfterSend(batch)
+                replies = [_REDO] * len(idxs) if batch is None else batch.read()
                 if len(replies) > len(idxs):
-                    try:
-                        self._check_acked(name, replies.pop())
-                    except DurabilityError as e:
-                        replies = [
-                            r if calls[i].readonly or isinstance(r, Exception) else e
-                            for i, r in zip(idxs, replies, strict=True)
-                        ]
+                    replies = durable_replies(self, node.name, calls, idxs, replies)
             except AfterSend as e:
-                # Reads are retried; a write that may have run gets the error in its place.
+                # Repeatable calls are retried; a write that may have run gets the error.
                 if not refreshed:
                     self._refresh_topology()
                     refreshed = True
-                replies = [_Redo() if calls[i].readonly else e.cause for i in idxs]
+                replies = [_REDO if calls[i].repeatable else e.cause for i in idxs]
             for i, reply in zip(idxs, replies, strict=True):
-                results[i] = self._settle(calls[i], name, reply)
+                call = calls[i]
+                if reply is _REDO or isinstance(reply, Exception):
+                    results[i] = self._settle(call, node.name, reply)
+                    continue
+                try:
+                    results[i] = call.parse(reply)
+                except Exception as e:
+                    results[i] = e
         if raise_on_error:
             for r in results:
                 if isinstance(r, Exception):
                     raise r
         return results
 
-    @staticmethod
-    def _abandon(sent: list[tuple[str, list[int], _Batch | None]]) -> None:
-        # Batches already written hold connections with unread replies: drop those connections.
-        for _, _, batch in sent:
-            if isinstance(batch, _Batch):
-                batch._done(broken=True)
-
     def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
-        if not isinstance(reply, (Exception, _Redo)):
-            try:
-                return call.parse(reply)
-            except Exception as e:
-                return e
         # Redirects and lost connections inside a pipeline are retried one by one.
-        if isinstance(reply, (_Redo, MovedError, AskError, TryAgainError)):
+        if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError)):
             try:
                 return self.run(call)
             except Exception as e:
                 return e
         if isinstance(reply, ResponseError):
             err = translate_error(reply, name)
-            if isinstance(err, LibraryMissingError) and self.auto_deploy:
-                try:
-                    return self.run(call)
-                except Exception as e:
-                    return e
+            if isinstance(err, LibraryMissingError):
+                with self._lock:
+                    self._verified.discard(name)
+                if self.auto_deploy:
+                    try:
+                        return self.run(call)
+                    except Exception as e:
+                        return e
             return err
         return reply
 
 
-@dataclass(frozen=True)
-class _Failed:
-    cause: Exception
-
-
 class _Batch:
-    """Several commands written at once on one pooled connection; `read()` collects the replies,
-    an error reply taking its command's place instead of raising. (A redis-py Pipeline does the
-    same with more bookkeeping per command: this is the hot path.)
+    """Several packed commands written at once on one kept connection; `read()` collects the
+    replies, an error reply taking its command's place instead of raising.
 
     Failing to get a connected connection raises the connection error itself (nothing was sent);
     a failure once sending began raises AfterSend (the commands may have run)."""
 
-    def __init__(self, client: redis.Redis, cmds: list[tuple[Any, ...]]) -> None:
-        self.pool = client.connection_pool
-        self.n = len(cmds)
-        self.conn = self.pool.get_connection()  # connects (or checks) before anything is sent
+    __slots__ = ("conn", "n", "node")
+
+    def __init__(self, node: _Node, payload: bytes, n: int) -> None:
+        self.node = node
+        self.n = n
+        self.conn = node.take()
         try:
-            self.conn.send_packed_command(self.conn.pack_commands(cmds))
-        except _TRANSIENT as e:
-            self._done(broken=True)
-            raise AfterSend(e) from e
+            self.conn.send_packed_command((payload,), check_health=False)
+        except _LOST as e:
+            node.drop(self.conn)
+            raise AfterSend(_lost(e)) from e
         except BaseException:
-            self._done(broken=True)
+            node.drop(self.conn)
             raise
 
     def read(self) -> list[Any]:
-        out: list[Any] = []
+        conn = self.conn
         try:
-            for _ in range(self.n):
-                try:
-                    out.append(self.conn.read_response())
-                except ResponseError as e:
-                    out.append(e)
-        except _TRANSIENT as e:
-            self._done(broken=True)
-            raise AfterSend(e) from e
+            read = reader(conn)
+            out = [read() for _ in range(self.n)]
+        except _LOST as e:
+            self.node.drop(conn)
+            raise AfterSend(_lost(e)) from e
         except BaseException:
-            self._done(broken=True)
+            self.node.drop(conn)
             raise
-        self._done(broken=False)
+        self.node.give(conn)
         return out
 
-    def _done(self, *, broken: bool) -> None:
-        if broken:
-            self.conn.disconnect()
-        self.pool.release(self.conn)
+    def abandon(self) -> None:
+        """Written but never read: its connection holds unread replies, so it is closed."""
+        self.node.drop(self.conn)
 
 
-class _Redo:
-    """Marks a pipelined call whose node failed as a whole: it is retried on its own."""
+_ASKING = pack(("ASKING",))

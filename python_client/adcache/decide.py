@@ -1,9 +1,10 @@
 """The ad decision: one ad request served end to end by composing the domains.
 
 `cache.decide.decide(AdRequest(...)) -> Decision` reads the user's signals, queries the targeting
-index, filters by frequency caps, servability, budget and pacing, prices the candidates by a
-relevance rule, runs the auction with a budget reservation behind every bid, and settles the
-winners (commit at the clearing price, release the rest, cap, session and stats records).
+index, prices the candidates by a relevance rule, checks their frequency caps, reserves budget
+for each imp's likely winner (servability, budget and pacing are checked by the reservation),
+runs the auction, and settles the winners (cap record, commit at the clearing price, session and
+stats records). Only a winner is charged, and only against a reservation.
 
 A request costs four sequential network rounds (see docs/decide.md); each round is one
 `run_many`, so calls to different nodes go out together. The path is written once, as a
@@ -23,6 +24,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -143,7 +145,10 @@ class DecideConfig:
     round: the query then waits for the profile). cold_records: what a campaign the record cache
     has never seen costs: "skip" (default) leaves it out of this one request and fetches its
     record alongside round 2, so no request takes more than four rounds; "fetch" reads it first
-    (one more round for that request)."""
+    (one more round for that request). refusal_ttl: seconds a campaign refused a reservation
+    (budget, pacing, state), or whose commit exhausted a budget, is left out of this client's
+    requests (0: never). index_ttl: seconds a targeting shard's members are kept in process
+    (0: every request queries its shards)."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -156,6 +161,8 @@ class DecideConfig:
     track: bool = False
     expand_interests: bool = False
     cold_records: Literal["skip", "fetch"] = "skip"
+    refusal_ttl: float = 5.0
+    index_ttl: float = 1.0
     relevance: RelevanceRule = field(default_factory=RelevanceRule)
 
 
@@ -180,9 +187,10 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one request. unfilled: (imp id, reason) with reason no_bid (no eligible
-    candidate fits), capped (the winner's cap was reached meanwhile), refused (the commit was
-    refused: a late retry with no budget left), mismatch (a retry whose earlier bids won
-    instead of the predicted one), removed (a retry whose winning campaign is gone).
+    candidate fits), capped (the winner's cap was reached meanwhile), refused (the winner was
+    refused its reservation, or its commit: a late retry with no budget left), mismatch (a retry
+    whose earlier bids won instead of the predicted one), removed (a retry whose winning campaign
+    is gone).
     candidates: campaigns the targeting query matched; capped / refused: candidates left out by
     the cap check / refused a reservation; bids: bids in the auction. replay: the auction of an
     earlier attempt was settled. rounds: sequential network rounds used."""
@@ -278,10 +286,58 @@ class CampaignCache:
         return self.hits / total if total else None
 
 
+class ShardCache:
+    """Targeting shard members by shard name, kept in process for `ttl` seconds: a request
+    queries only the shards it does not hold fresh. Money and caps do not depend on it (the
+    server checks them); what may lag by up to `ttl` is a change of the index (a campaign added,
+    re-targeted, paused or taken out)."""
+
+    MAX = 4096  # shard names held at most (names come from requests)
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._d: dict[str, tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, names: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+        """(fresh members by shard, shards to query)."""
+        if self.ttl <= 0:
+            return {}, list(names)
+        now = time.monotonic()
+        fresh: dict[str, list[str]] = {}
+        missing: list[str] = []
+        with self._lock:
+            for n in names:
+                got = self._d.get(n)
+                if got is not None and now - got[0] <= self.ttl:
+                    fresh[n] = got[1]
+                else:
+                    missing.append(n)
+        return fresh, missing
+
+    def store(self, members: dict[str, list[str]]) -> None:
+        if self.ttl <= 0 or not members:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._d) + len(members) > self.MAX:
+                self._d = {n: v for n, v in self._d.items() if now - v[0] <= self.ttl}
+                if len(self._d) + len(members) > self.MAX:
+                    self._d.clear()
+            for n, ids in members.items():
+                self._d[n] = (now, ids)
+
+
 # ---- the path ----
 
 Replies = list[Any]
 Plan = Generator[list[Call[Any]], Replies, Decision]
+Step = Generator[list[Call[Any]], Replies, Any]
+
+# Reasons a refused reservation is remembered for (see DecideConfig.refusal_ttl).
+_REFUSALS = frozenset(
+    {"paused", "ended", "not_started", "lifetime_budget", "daily_budget", "pacing"}
+)
 
 
 def _ok(v: Any) -> Any:
@@ -324,6 +380,10 @@ class _Cand:
             crid=self.creative_id or None,
         )
 
+    def reserve(self, rid: str, ttl: float) -> Call[bud.Reservation]:
+        """The most this bid can cost: its own price (the clearing price is never above it)."""
+        return bud.reserve_call(self.cid, rid, impression_cost_micros(self.price), ttl)
+
 
 def _fits(c: Campaign, imp: AdImp) -> str | None:
     """The creative that fits the imp ("" when the campaign has none), None if nothing fits."""
@@ -335,21 +395,140 @@ def _fits(c: Campaign, imp: AdImp) -> str | None:
     return None
 
 
+class _Round:
+    """The calls of one round. `add` returns the slot of the call's reply in the round's replies,
+    which the round's plan keeps under a name."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: list[Call[Any]] = []
+
+    def add(self, call: Call[Any]) -> int:
+        self.calls.append(call)
+        return len(self.calls) - 1
+
+    def by(self, named: Iterable[tuple[str, Call[Any]]]) -> dict[str, int]:
+        return {name: self.add(call) for name, call in named}
+
+
+# Each round's plan: where in the round's replies each answer the path reads is.
+
+
+@dataclass(frozen=True, slots=True)
+class _SignalSlots:
+    """Round 1."""
+
+    profile: int
+    context: int | None  # no session
+    create: int
+    result: int
+    queries: dict[str, int]  # targeting shard -> slot (empty with expand_interests)
+    refresh: dict[str, int]  # campaign id -> its record
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckSlots:
+    """Round 2."""
+
+    check: int
+    reserves: dict[str, int]  # campaign id (the top candidate of its imp) -> its reservation
+    refresh: dict[str, int]  # campaign id -> its record
+
+
+@dataclass(frozen=True, slots=True)
+class _AuctionSlots:
+    """Round 3."""
+
+    close: int
+    records: dict[str, int]  # imp id -> the cap record of its predicted winner
+    reserves: dict[str, int]  # campaign id (a predicted winner not reserved yet) -> reservation
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One attempt at a request, as the rounds fill it in."""
+
+    req: AdRequest
+    rounds: int = 0
+    creator: bool = True  # this attempt created the auction (it owns the request)
+    existing: auc.AuctionResult | None = None  # the auction an earlier attempt left
+    profile_interests: frozenset[str] = frozenset()
+    weights: dict[str, int] = field(default_factory=dict)
+    matched: int = 0
+    capped: int = 0
+    refused: int = 0
+    held: dict[str, _Cand] = field(default_factory=dict)  # reservations this attempt holds
+    t_reserved: float = 0.0
+
+    @property
+    def rid(self) -> str:
+        return self.req.request_id
+
+    def bidding(self, eligible: list[_Cand]) -> list[_Cand]:
+        """The bids that can change an outcome: per imp the best two (the winner, and the
+        runner-up that sets the second price); a lower bid could neither win nor move the
+        price. On a retry every eligible candidate bids (the stored bids may outrank some)."""
+        if self.existing is not None:
+            return eligible
+        seen: Counter[str] = Counter()
+        out: list[_Cand] = []
+        for c in eligible:  # by price, best first
+            seen[c.imp_id] += 1
+            if seen[c.imp_id] <= 2:
+                out.append(c)
+        return out
+
+    def decision(
+        self,
+        placements: Sequence[Placement] = (),
+        unfilled: Iterable[tuple[str, str]] | None = None,
+        n_bids: int = 0,
+        replay: bool = False,
+    ) -> Decision:
+        if unfilled is None:
+            unfilled = [(i.imp_id, "no_bid") for i in self.req.imps]
+        return Decision(
+            self.rid,
+            tuple(placements),
+            tuple(sorted(unfilled)),
+            self.matched,
+            self.capped,
+            self.refused,
+            n_bids,
+            replay,
+            self.rounds,
+        )
+
+
+Win = tuple[_Cand, auc.ImpResult]
+
+
+def _send(a: _Attempt, calls: list[Call[Any]]) -> Step:
+    replies = yield calls
+    a.rounds += 1
+    return replies
+
+
 class Engine:
-    """State shared by the requests of one facade: the record cache, the config, and index
-    updates that a commit asked for (sent with the next request's first round)."""
+    """State shared by the requests of one facade: the record cache, the config, campaigns
+    refused a reservation lately, and index updates that a commit asked for (sent with the next
+    request's first round)."""
 
     def __init__(self, cache: Any, config: DecideConfig | None = None) -> None:
         self._c = cache
         self.config = config or DecideConfig()
         self.records = CampaignCache(self.config.record_ttl, self.config.record_max_stale)
+        self.shards = ShardCache(self.config.index_ttl)
         self._pending: list[Call[Any]] = []
         self._refresh: set[str] = set()
+        self._refused: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def configure(self, config: DecideConfig) -> None:
         self.config = config
         self.records.ttl, self.records.max_stale = config.record_ttl, config.record_max_stale
+        self.shards.ttl = config.index_ttl
 
     def _take_pending(self) -> tuple[list[Call[Any]], list[str]]:
         with self._lock:
@@ -362,21 +541,70 @@ class Engine:
             with self._lock:
                 self._pending += calls
 
+    def _refresh_later(self, stale: list[str]) -> None:
+        # Nothing to bid with: refresh the stale records with the next request's first round.
+        if stale:
+            with self._lock:
+                self._refresh.update(stale)
+
+    def _leave_out(self, cid: str) -> None:
+        """Leave a campaign out of this client's requests for refusal_ttl (it was refused a
+        reservation, or a commit exhausted its budget)."""
+        ttl = self.config.refusal_ttl
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refused) > 10_000:
+                self._refused = {k: t for k, t in self._refused.items() if t > now}
+            self._refused[cid] = now + ttl
+
     def _stats_config(self) -> st.StatsConfig:
         facade = getattr(self._c, "stats", None)
         cfg = getattr(facade, "config", None)
         return cfg if isinstance(cfg, st.StatsConfig) else st.DEFAULT_CONFIG
 
-    def path(self, req: AdRequest) -> Plan:
-        cfg = self.config
-        rid = req.request_id
-        rounds = 0
+    # ---- the path: one method per round ----
 
-        # ---- round 1: signals, the auction, (the context's targeting query) ----
-        calls: list[Call[Any]] = [prof.get_call(req.user_id)]
+    def path(self, req: AdRequest) -> Plan:
+        """The rounds of one request (a generator: yields each round's calls, receives their
+        replies in the same order, returns the Decision)."""
+        a = _Attempt(req)
+        ids = yield from self._signals(a)
+        if a.existing is not None and a.existing.state in ("closed", "due"):
+            return (yield from self._settle_replay(a, a.existing))
+        if ids is None:
+            ids = yield from self._expanded_query(a)
+        a.matched = len(ids)
+        usable, stale = yield from self._records(a, ids)
+        cands = self._candidates(a, ids, usable)
+        if not cands:
+            self._refresh_later(stale)
+            return a.decision()
+        eligible = yield from self._check_and_reserve(a, cands, stale)
+        auction = yield from self._auction(a, eligible)
+        if auction is None:
+            return a.decision()
+        wins, release, unfilled = self._outcome(a, *auction)
+        late = time.monotonic() - a.t_reserved > self.config.reservation_ttl / 2
+        return (
+            yield from self._settle(
+                a, wins, release, unfilled, len(a.bidding(eligible)), False, late or not a.creator
+            )
+        )
+
+    def _signals(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str] | None]:
+        """Round 1: profile, session context (+ track), the auction's create and result, the
+        query of each of the context's targeting shards not held fresh (`ShardCache`), and what
+        earlier requests left to send. Returns the matched campaign ids (None with
+        expand_interests: the query waits for the signals)."""
+        cfg, req = self.config, a.req
+        rnd = _Round()
+        profile = rnd.add(prof.get_call(req.user_id))
+        context = None
         if req.session_id:
             if cfg.track:
-                calls.append(
+                rnd.add(
                     sess.track_call(
                         req.session_id,
                         kind="request",
@@ -384,264 +612,305 @@ class Engine:
                         keywords=_tokens(req.keywords)[:16],
                     )
                 )
-            calls.append(sess.context_call(req.session_id, half_life=cfg.session_half_life))
-        n_sig = len(calls)
+            context = rnd.add(sess.context_call(req.session_id, half_life=cfg.session_half_life))
         imps = [auc.Imp(i.imp_id, i.floor) for i in req.imps]
-        calls.append(auc.create_call(rid, imps, tmax_ms=cfg.tmax_ms, exp=60.0, ttl=cfg.auction_ttl))
-        calls.append(auc.result_call(rid))
-        context_interests = _tokens(req.categories)[:MAX_INTERESTS]
-        q_names: list[str] = []
+        create = rnd.add(
+            auc.create_call(a.rid, imps, tmax_ms=cfg.tmax_ms, exp=60.0, ttl=cfg.auction_ttl)
+        )
+        result = rnd.add(auc.result_call(a.rid))
         per_dim: dict[str, list[str]] = {}
         if not cfg.expand_interests:
-            per_dim = user_shards(context_interests, _loc(req.location), _loc(req.device))
-            q_names = sorted({s for d in DIMENSIONS for s in per_dim[d]})
-            calls += [query_call(s) for s in q_names]
+            per_dim = _shards(req, _tokens(req.categories)[:MAX_INTERESTS])
+        members, missing = self.shards.lookup(_names(per_dim))
+        queries = rnd.by((s, query_call(s)) for s in missing)
         pending, refresh = self._take_pending()
-        n_r1 = len(calls)
-        calls += [campaign_get_call(c) for c in refresh]
-        calls += pending
-        r = yield calls
-        rounds += 1
-        if refresh:
-            self.records.store(refresh, r[n_r1 : n_r1 + len(refresh)])
+        slots = _SignalSlots(
+            profile,
+            context,
+            create,
+            result,
+            queries,
+            rnd.by((c, campaign_get_call(c)) for c in refresh),
+        )
+        rnd.calls += pending
+        r = yield from _send(a, rnd.calls)
 
-        profile: prof.Profile | None = _ok(r[0])
-        ctx: sess.SessionContext | None = None
-        if req.session_id:
-            ctx_reply = r[n_sig - 1]
-            ctx = None if isinstance(ctx_reply, NotFoundError) else _ok(ctx_reply)
-        created = r[n_sig]
-        existing: auc.AuctionResult | None = None
+        if slots.refresh:
+            self.records.store(list(slots.refresh), [r[i] for i in slots.refresh.values()])
+        p: prof.Profile | None = _ok(r[slots.profile])
+        if p is not None:
+            a.profile_interests = frozenset(p.interests)
+        if slots.context is not None and not isinstance(r[slots.context], NotFoundError):
+            ctx: sess.SessionContext | None = _ok(r[slots.context])
+            if ctx is not None:
+                a.weights = dict(ctx.categories)
         # The attempt that created the auction owns the request. Another attempt (a retry, or a
         # duplicate still running) gives back only what the auction shows lost, since the
         # reservations are shared by id; the rest expires.
-        creator = not isinstance(created, AlreadyExistsError)
-        if not creator:
-            existing = _ok(r[n_sig + 1])
+        if isinstance(r[slots.create], AlreadyExistsError):
+            a.creator = False
+            a.existing = _ok(r[slots.result])
         else:
-            _ok(created)
-        profile_interests = frozenset(profile.interests) if profile is not None else frozenset()
-        weights = dict(ctx.categories) if ctx is not None else {}
-
-        if existing is not None and existing.state in ("closed", "due"):
-            return (yield from self._settle_replay(req, existing, rounds))
-
-        base = n_sig + 2
+            _ok(r[slots.create])
         if cfg.expand_interests:
-            interests = _tokens(
-                [*context_interests, *profile_interests, *(n for n, _ in ctx.categories)]
-                if ctx is not None
-                else [*context_interests, *profile_interests]
-            )[:MAX_INTERESTS]
-            per_dim = user_shards(interests, _loc(req.location), _loc(req.device))
-            q_names = sorted({s for d in DIMENSIONS for s in per_dim[d]})
-            r = yield [query_call(s) for s in q_names]
-            rounds += 1
-            base = 0
-        members = {n: _ok(r[base + i]) for i, n in enumerate(q_names)}
-        ids = combine(per_dim, members)
+            return None
+        got = {s: _ok(r[i]) for s, i in slots.queries.items()}
+        self.shards.store(got)
+        return combine(per_dim, {**members, **got})
 
-        # ---- records: cached; a never-seen campaign rides along round 2 (or costs a round) ----
+    def _expanded_query(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str]]:
+        """expand_interests: the query with the profile's and the session's interests added to
+        the page's; one more round unless every shard is held fresh."""
+        interests = _tokens([*a.req.categories, *a.profile_interests, *a.weights])
+        per_dim = _shards(a.req, interests[:MAX_INTERESTS])
+        members, missing = self.shards.lookup(_names(per_dim))
+        if missing:
+            r = yield from _send(a, [query_call(s) for s in missing])
+            got = {s: _ok(x) for s, x in zip(missing, r, strict=True)}
+            self.shards.store(got)
+            members.update(got)
+        return combine(per_dim, members)
+
+    def _records(
+        self, a: _Attempt, ids: list[str]
+    ) -> Generator[list[Call[Any]], Replies, tuple[dict[str, _Entry], list[str]]]:
+        """The matched campaigns' records from the cache: (usable, to refresh in round 2). A
+        campaign never seen is fetched first with cold_records="fetch" (one more round), else
+        left out of this request and fetched in round 2."""
         usable, stale, missing = self.records.lookup(ids)
-        if missing and cfg.cold_records == "fetch":
-            r = yield [campaign_get_call(c) for c in missing]
-            rounds += 1
+        if missing and self.config.cold_records == "fetch":
+            r = yield from _send(a, [campaign_get_call(c) for c in missing])
             usable.update(self.records.store(missing, [_ok(x) for x in r]))
-        elif missing:
-            stale = [*stale, *missing]  # fetched with round 2, bidding from the next request on
+            return usable, stale
+        return usable, [*stale, *missing]
 
-        # ---- price, fit to an imp, keep the best ----
+    def _candidates(self, a: _Attempt, ids: list[str], usable: dict[str, _Entry]) -> list[_Cand]:
+        """Price every usable campaign, fit it to an imp, keep the best max_candidates (by price,
+        then id). Campaigns whose cached state cannot serve, or refused a reservation in the last
+        refusal_ttl seconds, are left out."""
+        cfg = self.config
         rule = cfg.relevance
+        now = time.monotonic()
+        refused = self._refused
         priced: list[tuple[int, str, _Entry, int]] = []
         for cid in ids:
             e = usable.get(cid)
             if e is None or e.record.reason in ("paused", "ended", "lifetime_budget"):
                 continue
-            m = rule.multiplier_bp(e.record.spec.targeting.interests, profile_interests, weights)
+            if refused and refused.get(cid, 0.0) > now:
+                continue
+            m = rule.multiplier_bp(
+                e.record.spec.targeting.interests, a.profile_interests, a.weights
+            )
             priced.append((RelevanceRule.price(e.record.spec.bid_cpm_micros, m), cid, e, m))
         priced.sort(key=lambda t: (-t[0], t[1]))
+        floors = [to_micros(i.floor) for i in a.req.imps]
+        load = {i.imp_id: 0 for i in a.req.imps}
         cands: list[_Cand] = []
-        load = {i.imp_id: 0 for i in req.imps}
         for price, _cid, e, m in priced:
             if impression_cost_micros(price) <= 0:
                 continue
+            # the fitting imp with the fewest bids so far, then the first in the request
             best: tuple[int, int, AdImp, str] | None = None
-            for pos, imp in enumerate(req.imps):
+            for pos, imp in enumerate(a.req.imps):
                 crid = _fits(e.record, imp)
-                if crid is None or price < to_micros(imp.floor):
+                if crid is None or price < floors[pos]:
                     continue
-                key = (load[imp.imp_id], pos)
-                if best is None or key < best[:2]:
-                    best = (key[0], key[1], imp, crid)
+                if best is None or (load[imp.imp_id], pos) < best[:2]:
+                    best = (load[imp.imp_id], pos, imp, crid)
             if best is None:
                 continue
             load[best[2].imp_id] += 1
             cands.append(_Cand(e, best[2].imp_id, best[3], price, m))
             if len(cands) >= cfg.max_candidates:
                 break
-        if not cands:
-            self._refresh_later(stale)
-            return _decision(req, [], "no_bid", len(ids), 0, 0, 0, False, rounds)
+        return cands
 
-        # ---- round 2: caps (one check) + a reservation per candidate (+ record refresh) ----
-        calls = [fc.check_call(req.user_id, [c.entry.candidate for c in cands])]
-        calls += [
-            bud.reserve_call(c.cid, rid, impression_cost_micros(c.price), cfg.reservation_ttl)
-            for c in cands
-        ]
-        calls += [campaign_get_call(c) for c in stale]
-        r = yield calls
-        rounds += 1
-        t_reserved = time.monotonic()
-        caps_ok = _ok(r[0])
-        if stale:
-            self.records.store(stale, r[1 + len(cands) :])
+    def _check_and_reserve(
+        self, a: _Attempt, cands: list[_Cand], stale: list[str]
+    ) -> Generator[list[Call[Any]], Replies, list[_Cand]]:
+        """Round 2: the caps of every candidate (one check), a reservation for the top candidate
+        of each imp only (the likely winner), stale records refreshed. Returns the eligible
+        candidates: allowed by their caps and not refused a reservation."""
+        cfg = self.config
+        tops: dict[str, _Cand] = {}
+        for c in cands:  # by price, best first
+            tops.setdefault(c.imp_id, c)
+        rnd = _Round()
+        slots = _CheckSlots(
+            rnd.add(fc.check_call(a.req.user_id, [c.entry.candidate for c in cands])),
+            rnd.by((c.cid, c.reserve(a.rid, cfg.reservation_ttl)) for c in tops.values()),
+            rnd.by((cid, campaign_get_call(cid)) for cid in stale),
+        )
+        r = yield from _send(a, rnd.calls)
+        a.t_reserved = time.monotonic()
+        if slots.refresh:
+            self.records.store(list(slots.refresh), [r[i] for i in slots.refresh.values()])
+        caps: list[fc.CapDecision] = _ok(r[slots.check])
         eligible: list[_Cand] = []
-        to_release: list[str] = []
-        capped = refused = 0
-        for c, d, res in zip(cands, caps_ok, r[1 : 1 + len(cands)], strict=True):
-            if isinstance(res, AlreadyExistsError):
-                # A retry whose price moved: the earlier attempt's reservation stands (it is
-                # that attempt's to settle, or it expires); leave this candidate out.
-                refused += 1
-                continue
-            if isinstance(res, InvalidStateError):
-                refused += 1  # an earlier attempt already settled this reservation
-                continue
-            res = _ok(res)
-            if not res.ok:
-                refused += 1
-            elif not d.allowed:
-                capped += 1
-                if creator:
-                    to_release.append(c.cid)
+        for c, cap in zip(cands, caps, strict=True):
+            slot = slots.reserves.get(c.cid)
+            if slot is not None and not self._held(a, c, r[slot]):
+                continue  # refused a reservation
+            if not cap.allowed:
+                a.capped += 1
             else:
                 eligible.append(c)
+        return eligible
 
-        # ---- round 3: bids + close (one pipeline on the auction's node), the predicted
-        # winners' caps recorded, the capped candidates' reservations released ----
+    def _held(self, a: _Attempt, c: _Cand, reply: Any) -> bool:
+        """Whether a reservation reply leaves this attempt holding the candidate's reservation."""
+        if isinstance(reply, (AlreadyExistsError, InvalidStateError, NotFoundError)):
+            # A retry whose price moved (the earlier attempt's reservation stands: that attempt's
+            # to settle, or it expires), one an earlier attempt already settled, or a campaign
+            # deleted since its record was cached.
+            a.refused += 1
+            return False
+        res: bud.Reservation = _ok(reply)
+        if not res.ok:
+            a.refused += 1
+            if res.reason in _REFUSALS:
+                self._leave_out(c.cid)
+            return False
+        a.held[c.cid] = c
+        return True
+
+    def _auction(
+        self, a: _Attempt, eligible: list[_Cand]
+    ) -> Generator[
+        list[Call[Any]],
+        Replies,
+        tuple[auc.AuctionResult, dict[str, _Cand], dict[str, fc.Impression]] | None,
+    ]:
+        """Round 3: the bids that can change an outcome (`_Attempt.bidding`) and the close (one
+        pipeline on the auction's node); each imp's predicted winner's cap recorded, and
+        reserved if round 2 did not; the reservations of capped candidates released. Returns (the closed auction, the predicted winners and
+        their cap records by imp), or None when nothing bid."""
+        cfg, rid = self.config, a.rid
+        # The auction holds only this request's bids (and on a retry the earlier attempt's, at
+        # their first price): each imp's winner is known before the close (ties: earlier bid).
         stored: dict[tuple[str, str], int] = {}
-        if existing is not None:
-            stored = {(b.seat, b.bid_id): b.price_micros for b in existing.bids}
-        bids = [c.bid() for c in eligible]
+        if a.existing is not None:
+            stored = {(b.seat, b.bid_id): b.price_micros for b in a.existing.bids}
         predicted: dict[str, _Cand] = {}
         for c in eligible:
-            p = stored.get((c.seat, c.cid), c.price)
             cur = predicted.get(c.imp_id)
+            p = stored.get((c.seat, c.cid), c.price)
             if cur is None or p > stored.get((cur.seat, cur.cid), cur.price):
                 predicted[c.imp_id] = c
-        calls = []
-        if bids:
-            calls += [auc.bid_many_call(rid, bids), auc.close_call(rid)]
-        win_imps = sorted(predicted)
-        calls += [
-            fc.record_call(
-                req.user_id,
-                f"{rid}:{imp_id}",
-                predicted[imp_id].entry.candidate,
-                dedupe_ttl=cfg.cap_dedupe_ttl,
-            )
-            for imp_id in win_imps
-        ]
-        calls += [bud.release_call(cid, rid) for cid in to_release]
-        if not calls:
-            return _decision(req, [], "no_bid", len(ids), capped, refused, 0, False, rounds)
-        r = yield calls
-        rounds += 1
-        if not bids:
-            return _decision(req, [], "no_bid", len(ids), capped, refused, 0, False, rounds)
-        result: auc.AuctionResult = _ok(r[1])
-        recorded = {
-            imp_id: _ok(x) for imp_id, x in zip(win_imps, r[2 : 2 + len(win_imps)], strict=True)
-        }
+        rnd = _Round()
+        close = -1
+        if eligible:
+            rnd.add(auc.bid_many_call(rid, [c.bid() for c in a.bidding(eligible)]))
+            close = rnd.add(auc.close_call(rid))
+        slots = _AuctionSlots(
+            close,
+            rnd.by(
+                (
+                    imp_id,
+                    fc.record_call(
+                        a.req.user_id,
+                        f"{rid}:{imp_id}",
+                        c.entry.candidate,
+                        dedupe_ttl=cfg.cap_dedupe_ttl,
+                    ),
+                )
+                for imp_id, c in sorted(predicted.items())
+            ),
+            rnd.by(
+                (c.cid, c.reserve(rid, cfg.reservation_ttl))
+                for c in predicted.values()
+                if c.cid not in a.held
+            ),
+        )
+        if a.creator:
+            # a capped candidate's reservation (round 2) is not needed
+            ok = {c.cid for c in eligible}
+            for cid in [cid for cid in a.held if cid not in ok]:
+                rnd.add(bud.release_call(cid, rid))
+                del a.held[cid]
+        if not rnd.calls:
+            return None
+        r = yield from _send(a, rnd.calls)
+        if close < 0:
+            return None
+        by_cid = {c.cid: c for c in predicted.values()}
+        for cid, i in slots.reserves.items():
+            self._held(a, by_cid[cid], r[i])
+        recorded = {imp_id: _ok(r[i]) for imp_id, i in slots.records.items()}
+        return _ok(r[slots.close]), predicted, recorded
 
-        # ---- round 4: commit the winners, release the rest, session and stats ----
-        by_cid = {c.cid: c for c in eligible}
-        late_risk = time.monotonic() - t_reserved > cfg.reservation_ttl / 2
-        wins: list[tuple[_Cand, auc.ImpResult, fc.Impression]] = []
+    def _outcome(
+        self,
+        a: _Attempt,
+        result: auc.AuctionResult,
+        predicted: dict[str, _Cand],
+        recorded: dict[str, fc.Impression],
+    ) -> tuple[list[Win], list[str], list[tuple[str, str]]]:
+        """What the closed auction means: (the wins to charge, the reservations to give back,
+        the unfilled imps and why)."""
+        wins: list[Win] = []
         unfilled: list[tuple[str, str]] = []
-        winners: set[str] = set()
-        for res_imp in result.imps:
-            w = res_imp.winner
-            guess = predicted.get(res_imp.imp_id)
-            rec = recorded.get(res_imp.imp_id)
+        for imp in result.imps:
+            w, guess, rec = imp.winner, predicted.get(imp.imp_id), recorded.get(imp.imp_id)
             if w is None or w.cid is None:
-                unfilled.append((res_imp.imp_id, "no_bid"))
-                continue
-            if guess is None or guess.cid != w.cid or rec is None:
+                unfilled.append((imp.imp_id, "no_bid"))
+            elif guess is None or guess.cid != w.cid or rec is None:
                 # Only on a retry whose stored bids outrank the new ones: leave the imp empty.
-                unfilled.append((res_imp.imp_id, "mismatch"))
-                continue
-            if not rec.admitted:
-                unfilled.append((res_imp.imp_id, "capped"))
-                continue
-            winners.add(w.cid)
-            wins.append((by_cid[w.cid], res_imp, rec))
-        # Losers give their reservation back, and so does a winner this attempt refused (its
+                unfilled.append((imp.imp_id, "mismatch"))
+            elif not rec.admitted:
+                unfilled.append((imp.imp_id, "capped"))
+            elif w.cid not in a.held:
+                unfilled.append((imp.imp_id, "refused"))  # its reservation was refused
+            else:
+                wins.append((guess, imp))
+        # Held reservations of losers go back, and so does a winner this attempt refused (its
         # cap). A winner this attempt did not predict is left alone: another attempt of the same
         # request may be settling it (its reservation expires if none is).
+        winners = {c.cid for c, _ in wins}
         mine = {c.cid for c in predicted.values()}
-        release = [
-            b.cid
-            for b in result.bids
-            if b.cid and b.cid not in winners and (b.status != "won" or b.cid in mine)
-        ]
-        return (
-            yield from self._settle(
-                req,
-                wins,
-                release,
-                unfilled,
-                len(ids),
-                capped,
-                refused,
-                len(bids),
-                False,
-                rounds,
-                late_risk or not creator,
-            )
-        )
+        won = {b.cid for b in result.bids if b.status == "won"}
+        release = [cid for cid in a.held if cid not in winners and (cid not in won or cid in mine)]
+        return wins, release, unfilled
 
     def _settle(
         self,
-        req: AdRequest,
-        wins: list[tuple[_Cand, auc.ImpResult, fc.Impression]],
+        a: _Attempt,
+        wins: list[Win],
         release: list[str],
         unfilled: list[tuple[str, str]],
-        n_ids: int,
-        capped: int,
-        refused: int,
         n_bids: int,
         replay: bool,
-        rounds: int,
         separate_records: bool,
     ) -> Plan:
-        """Commit every admitted winner at its clearing price and release the others; record the
-        session impression and the stats. The records go with the commits unless a commit may be
-        late (then they wait for the commit's answer, one more round)."""
-        rid = req.request_id
-        costs = [impression_cost_micros(imp.clearing_micros) for _, imp, _ in wins]
-        commits: list[Call[Any]] = [
-            bud.commit_call(c.cid, rid, cost) for (c, _, _), cost in zip(wins, costs, strict=True)
+        """Round 4: commit every win at its clearing price and release the given reservations;
+        record the session impression and the stats. The records go with the commits unless a
+        commit may be late or contested (then they wait for the commits' answers: one more
+        round)."""
+        rid = a.rid
+        costs = [impression_cost_micros(imp.clearing_micros) for _, imp in wins]
+        rnd = _Round()
+        commits = [
+            rnd.add(bud.commit_call(c.cid, rid, cost))
+            for (c, _), cost in zip(wins, costs, strict=True)
         ]
-        rel: list[Call[Any]] = [bud.release_call(cid, rid) for cid in sorted(set(release))]
-        records = self._records(req, wins, costs)
-        if separate_records:
-            r = yield commits + rel
-            rounds += 1
-            done = [_commit_status(x) for x in r[: len(commits)]]
-            keep = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
-            records = self._records(req, [wins[i] for i in keep], [costs[i] for i in keep])
-            if records:
-                yield records
-                rounds += 1
-        else:
-            r = yield commits + rel + records
-            rounds += 1
-            done = [_commit_status(x) for x in r[: len(commits)]]
+        for cid in sorted(set(release)):
+            rnd.add(bud.release_call(cid, rid))
+        if not separate_records:
+            rnd.calls += self._stats_records(a.req, wins, costs)
+        r = (yield from _send(a, rnd.calls)) if rnd.calls else []
+        done = [_commit_status(r[i]) for i in commits]
+        charged = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
+        if separate_records and charged:
+            records = self._stats_records(
+                a.req, [wins[i] for i in charged], [costs[i] for i in charged]
+            )
+            yield from _send(a, records)
         placements: list[Placement] = []
-        for (c, imp, _), cost, (status, index) in zip(wins, costs, done, strict=True):
-            self._add_pending(index)
+        for (c, imp), cost, (status, index) in zip(wins, costs, done, strict=True):
+            if index:  # the commit exhausted the budget: the index updates go with the next
+                self._add_pending(index)  # request; meanwhile this client leaves it out
+                self._leave_out(c.cid)
             if status in _CHARGED:
                 placements.append(
                     Placement(
@@ -658,112 +927,75 @@ class Engine:
             else:
                 log.warning("adcache: commit of %s for %s refused (%s)", c.cid, rid, status)
                 unfilled.append((imp.imp_id, "refused"))
-        return Decision(
-            rid,
-            tuple(placements),
-            tuple(sorted(unfilled)),
-            n_ids,
-            capped,
-            refused,
-            n_bids,
-            replay,
-            rounds,
-        )
+        return a.decision(placements, unfilled, n_bids, replay)
 
-    def _records(
-        self,
-        req: AdRequest,
-        wins: Sequence[tuple[_Cand, auc.ImpResult, fc.Impression]],
-        costs: Sequence[int],
+    def _stats_records(
+        self, req: AdRequest, wins: Sequence[Win], costs: Sequence[int]
     ) -> list[Call[Any]]:
         out: list[Call[Any]] = []
         cfg = self._stats_config()
-        for (c, imp, _rec), cost in zip(wins, costs, strict=True):
-            event = st.Event(
-                impressions=1,
-                cost_micros=cost,
-                user_id=req.user_id,
-                event_id=f"{req.request_id}:{imp.imp_id}",
-            )
+        for (c, imp), cost in zip(wins, costs, strict=True):
+            # One id for the cap record, the stats event and the session impression: a retry
+            # counts the impression exactly once everywhere.
+            iid = f"{req.request_id}:{imp.imp_id}"
+            event = st.Event(impressions=1, cost_micros=cost, user_id=req.user_id, event_id=iid)
             out.append(st.record_call(c.cid, [event], cfg))
-            # De-duplicated under the same id as the cap record and the stats event: a retry
-            # counts the impression in the session exactly once.
             if req.session_id:
                 out.append(
-                    sess.impression_call(
-                        req.session_id,
-                        campaign_id=c.cid,
-                        impression_id=f"{req.request_id}:{imp.imp_id}",
-                    )
+                    sess.impression_call(req.session_id, campaign_id=c.cid, impression_id=iid)
                 )
         return out
 
-    def _settle_replay(self, req: AdRequest, result: auc.AuctionResult, rounds: int) -> Plan:
-        """A retry whose auction already closed: settle that auction, never a new one."""
-        rid = req.request_id
-        cfg = self.config
+    def _settle_replay(self, a: _Attempt, result: auc.AuctionResult) -> Plan:
+        """A retry whose auction already closed: settle that auction, never a new one. Rounds:
+        (the winners' records if not cached), the winners' cap records (+ the close if due), then
+        the commits and releases, then the stats and session records."""
+        rid, cfg = a.rid, self.config
         need = sorted({i.winner.cid for i in result.imps if i.winner and i.winner.cid})
         usable, _, missing = self.records.lookup(need)
         if missing:
-            r = yield [campaign_get_call(c) for c in missing]
-            rounds += 1
+            r = yield from _send(a, [campaign_get_call(c) for c in missing])
             usable.update(self.records.store(missing, [_ok(x) for x in r]))
-        win_imps: list[auc.ImpResult] = []
-        removed: list[tuple[str, str]] = []
-        calls: list[Call[Any]] = []
+        unfilled: list[tuple[str, str]] = []
+        rnd = _Round()
+        records: dict[str, int] = {}
+        winning: dict[str, auc.ImpResult] = {}
         for imp in result.imps:
             w = imp.winner
             if w is None or w.cid is None:
-                continue
-            if w.cid not in usable:
-                removed.append((imp.imp_id, "removed"))  # the campaign is gone: nothing to charge
-                continue
-            win_imps.append(imp)
-            calls.append(
-                fc.record_call(
-                    req.user_id,
-                    f"{rid}:{imp.imp_id}",
-                    usable[w.cid].candidate,
-                    dedupe_ttl=cfg.cap_dedupe_ttl,
+                unfilled.append((imp.imp_id, "no_bid"))
+            elif w.cid not in usable:
+                unfilled.append((imp.imp_id, "removed"))  # the campaign is gone: nothing to charge
+            else:
+                winning[imp.imp_id] = imp
+                records[imp.imp_id] = rnd.add(
+                    fc.record_call(
+                        a.req.user_id,
+                        f"{rid}:{imp.imp_id}",
+                        usable[w.cid].candidate,
+                        dedupe_ttl=cfg.cap_dedupe_ttl,
+                    )
                 )
-            )
         if result.state == "due":
-            calls.append(auc.close_call(rid))
-        recs: list[fc.Impression] = []
-        if calls:
-            r = yield calls
-            rounds += 1
-            recs = [_ok(x) for x in r[: len(win_imps)]]
-        wins: list[tuple[_Cand, auc.ImpResult, fc.Impression]] = []
-        unfilled: list[tuple[str, str]] = list(removed)
-        winners: set[str] = set()
-        for imp, rec in zip(win_imps, recs, strict=True):
+            rnd.add(auc.close_call(rid))
+        r = (yield from _send(a, rnd.calls)) if rnd.calls else []
+        wins: list[Win] = []
+        for imp_id, i in records.items():
+            imp = winning[imp_id]
             assert imp.winner is not None and imp.winner.cid is not None
-            if not rec.admitted:
-                unfilled.append((imp.imp_id, "capped"))
+            if not _ok(r[i]).admitted:
+                unfilled.append((imp_id, "capped"))
                 continue
             e = usable[imp.winner.cid]
-            winners.add(e.record.campaign_id)
             price, bid = imp.winner.price_micros, e.record.spec.bid_cpm_micros
             m = -(-price * BP // bid) if bid else 0  # the multiplier that gave this price
-            cand = _Cand(e, imp.imp_id, imp.winner.crid or "", price, m)
-            wins.append((cand, imp, rec))
-        for imp in result.imps:
-            if imp.winner is None:
-                unfilled.append((imp.imp_id, "no_bid"))
+            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), imp))
+        # Which bidders hold a reservation is not known here: give back every loser's (a
+        # release of a reservation that does not exist changes nothing).
+        winners = {c.cid for c, _ in wins}
         release = [b.cid for b in result.bids if b.cid and b.cid not in winners]
         # A replay may come after the reservations expired: commit first, then the records.
-        return (
-            yield from self._settle(
-                req, wins, release, unfilled, 0, 0, 0, len(result.bids), True, rounds, True
-            )
-        )
-
-    def _refresh_later(self, stale: list[str]) -> None:
-        # Nothing to bid with: refresh the stale records with the next request's first round.
-        if stale:
-            with self._lock:
-                self._refresh.update(stale)
+        return (yield from self._settle(a, wins, release, unfilled, len(result.bids), True, True))
 
 
 _CHARGED = ("committed", "late")
@@ -783,21 +1015,12 @@ def _loc(v: str | None) -> str | None:
     return v if v and _TOKEN.fullmatch(v) else None
 
 
-def _decision(
-    req: AdRequest,
-    placements: list[Placement],
-    reason: str,
-    n_ids: int,
-    capped: int,
-    refused: int,
-    n_bids: int,
-    replay: bool,
-    rounds: int,
-) -> Decision:
-    unfilled = tuple((i.imp_id, reason) for i in req.imps)
-    return Decision(
-        req.request_id, tuple(placements), unfilled, n_ids, capped, refused, n_bids, replay, rounds
-    )
+def _shards(req: AdRequest, interests: list[str]) -> dict[str, list[str]]:
+    return user_shards(interests, _loc(req.location), _loc(req.device))
+
+
+def _names(per_dim: dict[str, list[str]]) -> list[str]:
+    return sorted({s for d in DIMENSIONS if d in per_dim for s in per_dim[d]})
 
 
 # ---- facades ----
@@ -886,4 +1109,5 @@ __all__ = [
     "Decisions",
     "Placement",
     "RelevanceRule",
+    "ShardCache",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adcache._facade import Async, Sync
 from adcache.auctions import AsyncAuctions, Auctions
 from adcache.budgets import AsyncBudgets, Budgets
 from adcache.caches import AsyncCaches, Caches
@@ -56,17 +57,17 @@ ASYNC: dict[str, Any] = {
 
 
 class SyncFacades:
-    sessions: Sessions
-    profiles: Profiles
-    segments: Segments
-    auctions: Auctions
-    caps: Caps
-    campaigns: Campaigns
-    budgets: Budgets
-    targeting: TargetingIndex
-    stats: Stats
+    sessions: Sessions[Sync]
+    profiles: Profiles[Sync]
+    segments: Segments[Sync]
+    auctions: Auctions[Sync]
+    caps: Caps[Sync]
+    campaigns: Campaigns[Sync]
+    budgets: Budgets[Sync]
+    targeting: TargetingIndex[Sync]
+    stats: Stats[Sync]
     monitor: Monitor
-    caches: Caches
+    caches: Caches[Sync]
     decide: Decisions
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
@@ -75,17 +76,17 @@ class SyncFacades:
 
 
 class AsyncFacades:
-    sessions: AsyncSessions
-    profiles: AsyncProfiles
-    segments: AsyncSegments
-    auctions: AsyncAuctions
-    caps: AsyncCaps
-    campaigns: AsyncCampaigns
-    budgets: AsyncBudgets
-    targeting: AsyncTargetingIndex
-    stats: AsyncStats
+    sessions: Sessions[Async]
+    profiles: Profiles[Async]
+    segments: Segments[Async]
+    auctions: Auctions[Async]
+    caps: Caps[Async]
+    campaigns: Campaigns[Async]
+    budgets: Budgets[Async]
+    targeting: TargetingIndex[Async]
+    stats: Stats[Async]
     monitor: AsyncMonitor
-    caches: AsyncCaches
+    caches: Caches[Async]
     decide: AsyncDecisions
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
+from adcache._generated import BadArgumentError
+
 MICROS_PER_UNIT = 1_000_000
 _MICRO = Decimal(1)
 
@@ -19,22 +21,28 @@ Amount = Decimal | int | float | str
 
 
 def to_decimal(value: Amount) -> Decimal:
-    if isinstance(value, bool):
-        raise TypeError("a money amount cannot be a bool")
+    """An amount as an exact Decimal; anything else (a bool, text that is not a number, NaN,
+    an infinity) raises BadArgumentError before any call is made."""
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, float, str)):
+        raise BadArgumentError(f"not a money amount: {value!r}")
     if isinstance(value, float):
         value = repr(value)
     try:
         d = Decimal(value)
-    except InvalidOperation as e:
-        raise ValueError(f"not a money amount: {value!r}") from e
+    except (InvalidOperation, ValueError) as e:
+        raise BadArgumentError(f"not a money amount: {value!r}") from e
     if not d.is_finite():
-        raise ValueError(f"not a finite money amount: {value!r}")
+        raise BadArgumentError(f"not a finite money amount: {value!r}")
     return d
 
 
 def to_micros(value: Amount) -> int:
     """Currency units (or CPM) to integer micros, exactly, rounding half-even below one micro."""
-    return int((to_decimal(value) * MICROS_PER_UNIT).quantize(_MICRO, rounding=ROUND_HALF_EVEN))
+    d = to_decimal(value)
+    try:
+        return int((d * MICROS_PER_UNIT).quantize(_MICRO, rounding=ROUND_HALF_EVEN))
+    except ArithmeticError as e:  # beyond what a Decimal context holds
+        raise BadArgumentError(f"money amount out of range: {value!r}") from e
 
 
 def from_micros(micros: int) -> Decimal:

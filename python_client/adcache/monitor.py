@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from adcache import _generated as keys
 from adcache._core import pairs, text, translate_error
 from adcache._generated import KEY_PREFIX
 
@@ -214,19 +215,14 @@ _REDIS_TYPE = {"hyperloglog": "string", "sortedset": "zset", "sorted set": "zset
 @cache
 def key_patterns() -> tuple[KeyPattern, ...]:
     """A regex per keyspace pattern, derived from lua/keyspace.yaml (never typed by hand)."""
-    from adcache_loader.paths import project_paths
-    from adcache_loader.render import load_keyspace
-
-    spec = load_keyspace(project_paths().lua)
     out = []
-    for name, key in spec["keys"].items():
-        parts = re.split(r"<\w+>", key["suffix"])
+    for name, letter, suffix_spec, rtype, ttl in keys.KEYSPACE:
+        parts = re.split(r"<\w+>", suffix_spec)
         suffix = "[^{}]+".join(re.escape(p) for p in parts)
-        rx = re.compile(rf"^{re.escape(spec['prefix'])}:\{{{key['letter']}:[^{{}}]+\}}:{suffix}$")
-        ttl_words = str(key["ttl"]).strip().lower()
-        expires = not ttl_words.startswith(("none", "owner", "no ttl", "persistent"))
-        rtype = _REDIS_TYPE.get(str(key["type"]).lower(), str(key["type"]).lower())
-        out.append(KeyPattern(name, rx, rtype, expires))
+        rx = re.compile(rf"^{re.escape(keys.KEY_PREFIX)}:\{{{letter}:[^{{}}]+\}}:{suffix}$")
+        expires = not ttl.strip().lower().startswith(("none", "owner", "no ttl", "persistent"))
+        kind = _REDIS_TYPE.get(rtype.lower(), rtype.lower())
+        out.append(KeyPattern(name, rx, kind, expires))
     return tuple(out)
 
 
@@ -305,7 +301,7 @@ MATCH = f"{KEY_PREFIX}:*"
 
 
 class Monitor:
-    """Health, counters and audit on a synchronous `AdCache` (`cache.monitor`)."""
+    """Health, counters and audit on the sync or asyncio `AdCache` (`cache.monitor`)."""
 
     def __init__(self, cache: AdCache) -> None:
         self._c = cache

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from adcache._core import Call
+from adcache._generated import BadArgumentError
 from adcache.auctions import (
     DEFAULT_EXP_S,
     DEFAULT_INCREMENT,
@@ -107,7 +108,7 @@ def _price(v: Any, what: str) -> Decimal:
         raise OpenRTBError(f"{what} must be a number, got {v!r}")
     try:
         return to_decimal(v)
-    except ValueError as e:
+    except BadArgumentError as e:
         raise OpenRTBError(f"{what} must be a number, got {v!r}") from e
 
 
@@ -225,7 +226,7 @@ def response_id(response: Document) -> str:
 
 
 class OpenRTB:
-    """OpenRTB on a synchronous `AdCache`: `OpenRTB(cache).create(request)`, `.submit(response)`."""
+    """OpenRTB on the sync or asyncio `AdCache`: `OpenRTB(cache).create(request)`, `.submit(response)`."""
 
     def __init__(self, cache: AdCache, *, currency: str = "USD") -> None:
         self._c = cache

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, positive_ms, text
+from adcache._facade import Facade, M, Plan, call, many, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 SCORE_SCALE = 1000
 # Sentinel of "any version" for expected_version.
@@ -27,7 +27,12 @@ ANY = "-"
 
 def score_from_points(points: Decimal | int | str) -> int:
     """Points (e.g. Decimal('75.5')) to thousandths; refuses values finer than 0.001."""
-    d = Decimal(points) * SCORE_SCALE
+    try:
+        d = Decimal(points) * SCORE_SCALE
+    except (InvalidOperation, ValueError, TypeError) as e:
+        raise BadArgumentError(f"score {points!r} is not a number") from e
+    if not d.is_finite():
+        raise BadArgumentError(f"score {points!r} is not finite")
     if d != d.to_integral_value():
         raise BadArgumentError(f"score {points} has more than 3 decimals")
     return int(d)
@@ -215,20 +220,20 @@ def activity_call(
     return Call("ac_profile_activity", (keys.profile(user_id),), args, parse)
 
 
-class Profiles:
-    """Profile calls on a synchronous `AdCache` (`cache.profiles`)."""
+class Profiles(Facade[M]):
+    """Profile calls on the sync or asyncio `AdCache` (`cache.profiles`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
-    def get(self, user_id: str) -> Profile | None:
+    @call
+    def get(self, user_id: str) -> Call[Profile | None]:
         """The profile, or None when unknown or expired (FCALL_RO)."""
-        return self._c.run(get_call(user_id))
+        return get_call(user_id)
 
-    def get_many(self, user_ids: list[str]) -> list[Profile | None]:
+    @plan
+    def get_many(self, user_ids: list[str]) -> Plan[list[Profile | None]]:
         """Many profiles, one pipelined round per node, in the order of `user_ids`."""
-        return self._c.run_many([get_call(u) for u in user_ids])
+        return (yield from many([get_call(u) for u in user_ids]))
 
+    @call
     def set(
         self,
         user_id: str,
@@ -241,23 +246,22 @@ class Profiles:
         interests: Iterable[str] | None = None,
         demographics: Mapping[str, str] | None = None,
         attributes: Mapping[str, str] | None = None,
-    ) -> ProfileWrite:
+    ) -> Call[ProfileWrite]:
         """Replace the profile (score 0 unless given). VersionConflictError when
         expected_version (0: must not exist) is not the stored one."""
-        return self._c.run(
-            set_call(
-                user_id,
-                idle_ttl=idle_ttl,
-                expected_version=expected_version,
-                score_milli=score_milli,
-                last_activity_ms=last_activity_ms,
-                segment=segment,
-                interests=interests,
-                demographics=demographics,
-                attributes=attributes,
-            )
+        return set_call(
+            user_id,
+            idle_ttl=idle_ttl,
+            expected_version=expected_version,
+            score_milli=score_milli,
+            last_activity_ms=last_activity_ms,
+            segment=segment,
+            interests=interests,
+            demographics=demographics,
+            attributes=attributes,
         )
 
+    @call
     def patch(
         self,
         user_id: str,
@@ -270,23 +274,22 @@ class Profiles:
         interests: Iterable[str] | None = None,
         demographics: Mapping[str, str | None] | None = None,
         attributes: Mapping[str, str | None] | None = None,
-    ) -> ProfileWrite:
+    ) -> Call[ProfileWrite]:
         """Change only the given fields, in one call (creates the profile when absent).
         segment '' clears it; None in demographics/attributes deletes that key."""
-        return self._c.run(
-            patch_call(
-                user_id,
-                idle_ttl=idle_ttl,
-                expected_version=expected_version,
-                score_milli=score_milli,
-                last_activity_ms=last_activity_ms,
-                segment=segment,
-                interests=interests,
-                demographics=demographics,
-                attributes=attributes,
-            )
+        return patch_call(
+            user_id,
+            idle_ttl=idle_ttl,
+            expected_version=expected_version,
+            score_milli=score_milli,
+            last_activity_ms=last_activity_ms,
+            segment=segment,
+            interests=interests,
+            demographics=demographics,
+            attributes=attributes,
         )
 
+    @call
     def activity(
         self,
         user_id: str,
@@ -294,87 +297,9 @@ class Profiles:
         *,
         idle_ttl: float | None = None,
         missing: Literal["create", "fail"] = "create",
-    ) -> Activity:
+    ) -> Call[Activity]:
         """Add to the score, set last activity to now, refresh the idle TTL: one atomic call."""
-        return self._c.run(
-            activity_call(user_id, score_delta_milli, idle_ttl=idle_ttl, missing=missing)
-        )
+        return activity_call(user_id, score_delta_milli, idle_ttl=idle_ttl, missing=missing)
 
 
-class AsyncProfiles:
-    """Profile calls on an asyncio `AdCache` (`cache.profiles`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def get(self, user_id: str) -> Profile | None:
-        return await self._c.run(get_call(user_id))
-
-    async def get_many(self, user_ids: list[str]) -> list[Profile | None]:
-        return await self._c.run_many([get_call(u) for u in user_ids])
-
-    async def set(
-        self,
-        user_id: str,
-        *,
-        idle_ttl: float | None = None,
-        expected_version: int | None = None,
-        score_milli: int | None = None,
-        last_activity_ms: int | None = None,
-        segment: str | None = None,
-        interests: Iterable[str] | None = None,
-        demographics: Mapping[str, str] | None = None,
-        attributes: Mapping[str, str] | None = None,
-    ) -> ProfileWrite:
-        return await self._c.run(
-            set_call(
-                user_id,
-                idle_ttl=idle_ttl,
-                expected_version=expected_version,
-                score_milli=score_milli,
-                last_activity_ms=last_activity_ms,
-                segment=segment,
-                interests=interests,
-                demographics=demographics,
-                attributes=attributes,
-            )
-        )
-
-    async def patch(
-        self,
-        user_id: str,
-        *,
-        idle_ttl: float | None = None,
-        expected_version: int | None = None,
-        score_milli: int | None = None,
-        last_activity_ms: int | None = None,
-        segment: str | None = None,
-        interests: Iterable[str] | None = None,
-        demographics: Mapping[str, str | None] | None = None,
-        attributes: Mapping[str, str | None] | None = None,
-    ) -> ProfileWrite:
-        return await self._c.run(
-            patch_call(
-                user_id,
-                idle_ttl=idle_ttl,
-                expected_version=expected_version,
-                score_milli=score_milli,
-                last_activity_ms=last_activity_ms,
-                segment=segment,
-                interests=interests,
-                demographics=demographics,
-                attributes=attributes,
-            )
-        )
-
-    async def activity(
-        self,
-        user_id: str,
-        score_delta_milli: int = 0,
-        *,
-        idle_ttl: float | None = None,
-        missing: Literal["create", "fail"] = "create",
-    ) -> Activity:
-        return await self._c.run(
-            activity_call(user_id, score_delta_milli, idle_ttl=idle_ttl, missing=missing)
-        )
+AsyncProfiles = Profiles  # the same class: on an asyncio client its methods return awaitables

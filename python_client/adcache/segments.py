@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, positive_ms, text
+from adcache._facade import Facade, M, Plan, call, one, plan
 from adcache._generated import AdCacheError
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,10 @@ def of_call(user_id: str) -> Call[list[Membership]]:
     return Call("ac_segment_of", (keys.user_segments(user_id),), (), parse)
 
 
-class Segments:
-    """Segment calls on a synchronous `AdCache` (`cache.segments`)."""
+class Segments(Facade[M]):
+    """Segment calls on the sync or asyncio `AdCache` (`cache.segments`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @plan
     def add(
         self,
         user_id: str,
@@ -136,69 +134,39 @@ class Segments:
         ttl: float,
         max_members: int = DEFAULT_MAX_MEMBERS,
         max_segments: int = DEFAULT_MAX_SEGMENTS,
-    ) -> Membership:
+    ) -> Plan[Membership]:
         """Add (or refresh) a membership expiring `ttl` seconds from now. LimitExceededError when
         the segment or the user is full; then nothing is left on either side."""
-        seg = self._c.run(add_call(segment_id, user_id, ttl=ttl, max_members=max_members))
+        seg = yield from one(add_call(segment_id, user_id, ttl=ttl, max_members=max_members))
         try:
-            self._c.run(
-                join_call(user_id, segment_id, seg.expires_at_ms, max_segments=max_segments)
+            (
+                yield from one(
+                    join_call(user_id, segment_id, seg.expires_at_ms, max_segments=max_segments)
+                )
             )
         except AdCacheError:
             if seg.new:  # undo the segment side we just wrote; the user side refused
-                self._c.run(remove_call(segment_id, user_id))
+                (yield from one(remove_call(segment_id, user_id)))
             raise
         return Membership(segment_id, seg.expires_at_ms, seg.new)
 
-    def remove(self, user_id: str, segment_id: str) -> bool:
+    @plan
+    def remove(self, user_id: str, segment_id: str) -> Plan[bool]:
         """End a membership (idempotent). True when the user side held it live."""
-        had = self._c.run(leave_call(user_id, segment_id))
-        self._c.run(remove_call(segment_id, user_id))
+        had = yield from one(leave_call(user_id, segment_id))
+        (yield from one(remove_call(segment_id, user_id)))
         return had
 
-    def of(self, user_id: str) -> list[Membership]:
+    @call
+    def of(self, user_id: str) -> Call[list[Membership]]:
         """The user's live memberships, soonest expiry first (FCALL_RO)."""
-        return self._c.run(of_call(user_id))
+        return of_call(user_id)
 
-    def members(self, segment_id: str, cursor: str = "", count: int = 100) -> MemberPage:
+    @call
+    def members(self, segment_id: str, cursor: str = "", count: int = 100) -> Call[MemberPage]:
         """A page of live members, newest first; pass `next_cursor` on until it is ''. A page
         may be shorter than `count` when expired members were skipped."""
-        return self._c.run(members_call(segment_id, cursor, count))
+        return members_call(segment_id, cursor, count)
 
 
-class AsyncSegments:
-    """Segment calls on an asyncio `AdCache` (`cache.segments`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def add(
-        self,
-        user_id: str,
-        segment_id: str,
-        *,
-        ttl: float,
-        max_members: int = DEFAULT_MAX_MEMBERS,
-        max_segments: int = DEFAULT_MAX_SEGMENTS,
-    ) -> Membership:
-        seg = await self._c.run(add_call(segment_id, user_id, ttl=ttl, max_members=max_members))
-        try:
-            await self._c.run(
-                join_call(user_id, segment_id, seg.expires_at_ms, max_segments=max_segments)
-            )
-        except AdCacheError:
-            if seg.new:
-                await self._c.run(remove_call(segment_id, user_id))
-            raise
-        return Membership(segment_id, seg.expires_at_ms, seg.new)
-
-    async def remove(self, user_id: str, segment_id: str) -> bool:
-        had = await self._c.run(leave_call(user_id, segment_id))
-        await self._c.run(remove_call(segment_id, user_id))
-        return had
-
-    async def of(self, user_id: str) -> list[Membership]:
-        return await self._c.run(of_call(user_id))
-
-    async def members(self, segment_id: str, cursor: str = "", count: int = 100) -> MemberPage:
-        return await self._c.run(members_call(segment_id, cursor, count))
+AsyncSegments = Segments  # the same class: on an asyncio client its methods return awaitables

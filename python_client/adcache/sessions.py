@@ -15,35 +15,141 @@ pruned when its bound (the session's latest possible end) passes. Both calls are
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, positive_ms, text
+from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
+    pass
 
 
-@dataclass(frozen=True, slots=True)
+_SESSION_FIELDS = (
+    "session_id",
+    "user_id",
+    "created_ms",
+    "touched_ms",
+    "idle_ttl_ms",
+    "deadline_ms",
+    "ttl_ms",
+    "attributes",
+    "impressions",
+)
+
+
+# The record's field names on the wire, in the reply's encoding (bytes, or str when decoded).
+_WIRE_S = ("user", "created", "touched", "idle", "deadline", "pttl", "imps", "a.")
+_WIRE_B = tuple(w.encode() for w in _WIRE_S)
+
+
 class Session:
-    """A session record. Times are epoch milliseconds of the server clock."""
+    """A session record (read-only). Times are epoch milliseconds of the server clock.
 
+    Read from the server, it keeps the reply's field/value pairs and converts a field when it is
+    read: a caller that only asks whether the session exists, or reads one field, parses no more."""
+
+    __slots__ = ("_f", "_n", "_r", "session_id")
     session_id: str
-    user_id: str
-    created_ms: int
-    touched_ms: int
-    idle_ttl_ms: int
-    deadline_ms: int
-    ttl_ms: int
-    attributes: dict[str, str] = field(default_factory=dict)
-    impressions: int = 0
+    _r: Any  # the reply, until a field is read
+    _f: dict[Any, Any] | None  # wire field name -> value, as the reply gave them
+    _n: tuple[Any, ...]  # the wire names in the reply's encoding (_WIRE_B or _WIRE_S)
+
+    def __init__(
+        self,
+        session_id: str,
+        user_id: str,
+        created_ms: int,
+        touched_ms: int,
+        idle_ttl_ms: int,
+        deadline_ms: int,
+        ttl_ms: int,
+        attributes: dict[str, str] | None = None,
+        impressions: int = 0,
+    ) -> None:
+        values = (user_id, created_ms, touched_ms, idle_ttl_ms, deadline_ms, ttl_ms, impressions)
+        f: dict[Any, Any] = dict(zip(_WIRE_S, values, strict=False))
+        f.update({"a." + k: v for k, v in (attributes or {}).items()})
+        object.__setattr__(self, "session_id", session_id)
+        object.__setattr__(self, "_r", None)
+        object.__setattr__(self, "_f", f)
+        object.__setattr__(self, "_n", _WIRE_S)
+
+    @classmethod
+    def from_reply(cls, session_id: str, reply: Any) -> Session:
+        s = object.__new__(cls)
+        object.__setattr__(s, "session_id", session_id)
+        object.__setattr__(s, "_r", reply)
+        object.__setattr__(s, "_f", None)
+        return s
+
+    def _m(self) -> dict[Any, Any]:
+        f = self._f
+        if f is None:
+            r = self._r
+            it = iter(r)
+            f = dict(zip(it, it, strict=True))
+            object.__setattr__(self, "_n", _WIRE_B if type(r[0]) is bytes else _WIRE_S)
+            object.__setattr__(self, "_f", f)
+        return f
+
+    @property
+    def user_id(self) -> str:
+        return text(self._m()[self._n[0]])
+
+    @property
+    def created_ms(self) -> int:
+        return int(self._m()[self._n[1]])
+
+    @property
+    def touched_ms(self) -> int:
+        return int(self._m()[self._n[2]])
+
+    @property
+    def idle_ttl_ms(self) -> int:
+        return int(self._m()[self._n[3]])
+
+    @property
+    def deadline_ms(self) -> int:
+        return int(self._m()[self._n[4]])
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self._m()[self._n[5]])
+
+    @property
+    def impressions(self) -> int:
+        return int(self._m().get(self._n[6], 0))
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        f = self._m()
+        prefix = self._n[7]
+        return {text(k)[2:]: text(v) for k, v in f.items() if k[:2] == prefix}
 
     @property
     def expires_at_ms(self) -> int:
         return min(self.touched_ms + self.idle_ttl_ms, self.deadline_ms)
+
+    def _astuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in _SESSION_FIELDS)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Session is read-only (cannot set {name})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Session):
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self) -> int:
+        return hash((self.session_id, self.user_id, self.created_ms, self.touched_ms))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in _SESSION_FIELDS)
+        return f"Session({inner})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +160,7 @@ class Touch:
 
 def _record(session_id: str) -> Callable[[Any], Session | None]:
     def parse(reply: Any) -> Session | None:
-        if not reply:
-            return None
-        f = pairs(reply)
-        return Session(
-            session_id=session_id,
-            user_id=text(f["user"]),
-            created_ms=int(f["created"]),
-            touched_ms=int(f["touched"]),
-            idle_ttl_ms=int(f["idle"]),
-            deadline_ms=int(f["deadline"]),
-            ttl_ms=int(f["pttl"]),
-            attributes={k[2:]: text(v) for k, v in f.items() if k.startswith("a.")},
-            impressions=int(f.get("imps", 0)),
-        )
+        return Session.from_reply(session_id, reply) if reply else None
 
     return parse
 
@@ -254,7 +347,9 @@ def impression_call(
     args: tuple[str | int, ...] = (int(cap), campaign_id or "", int(campaign_cap))
     if impression_id is not None:
         args += (impression_id,)
-    return Call("ac_session_impression", (keys.session(session_id),), args, parse)
+    # With the id a repeated call counts nothing: safe to send again through a failover.
+    retry = impression_id is not None
+    return Call("ac_session_impression", (keys.session(session_id),), args, parse, retry)
 
 
 # ---- the user's index ({u:<id>}) ----
@@ -285,12 +380,10 @@ def _live_of(user_id: str, got: list[Session | None]) -> list[Session]:
     return [s for s in got if s is not None and s.user_id == user_id]
 
 
-class Sessions:
-    """Session calls on a synchronous `AdCache` (`cache.sessions`)."""
+class Sessions(Facade[M]):
+    """Session calls on the sync or asyncio `AdCache` (`cache.sessions`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @plan
     def create(
         self,
         session_id: str,
@@ -301,50 +394,49 @@ class Sessions:
         attributes: Mapping[str, str] | None = None,
         index: bool = True,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
-    ) -> Session:
+    ) -> Plan[Session]:
         """Create a session (one call); AlreadyExistsError when the id is taken.
 
         With index=True it is first added to its user's index (one more call, see the module
         doc), so `list` and `revoke_all` know it; LimitExceededError when the user has
         `max_sessions` live sessions."""
         if index:
-            self._c.run(
-                index_add_call(
-                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
-                )
+            add = index_add_call(
+                user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
             )
-        return self._c.run(
-            create_call(
-                session_id,
-                user_id,
-                idle_ttl=idle_ttl,
-                max_lifetime=max_lifetime,
-                attributes=attributes,
-            )
+            yield from one(add)
+        create = create_call(
+            session_id, user_id, idle_ttl=idle_ttl, max_lifetime=max_lifetime, attributes=attributes
         )
+        return (yield from one(create))
 
-    def get(self, session_id: str) -> Session | None:
+    @call
+    def get(self, session_id: str) -> Call[Session | None]:
         """The session, or None when unknown or expired (FCALL_RO)."""
-        return self._c.run(get_call(session_id))
+        return get_call(session_id)
 
-    def get_many(self, session_ids: list[str]) -> list[Session | None]:
+    @plan
+    def get_many(self, session_ids: list[str]) -> Plan[list[Session | None]]:
         """Many sessions, one pipelined round per node."""
-        return self._c.run_many([get_call(s) for s in session_ids])
+        return (yield from many([get_call(s) for s in session_ids]))
 
-    def touch(self, session_id: str) -> Touch:
+    @call
+    def touch(self, session_id: str) -> Call[Touch]:
         """Slide the idle TTL from now, never past the lifetime; NotFoundError if expired."""
-        return self._c.run(touch_call(session_id))
+        return touch_call(session_id)
 
-    def delete(self, session_id: str, user_id: str | None = None) -> bool:
+    @plan
+    def delete(self, session_id: str, user_id: str | None = None) -> Plan[bool]:
         """Delete the session and its history (one call). With user_id, only a session of that
         user, and then its entry in the user's index too (one more call). Without it the index
         entry, if any, is skipped by `list` and pruned when its bound passes."""
         if user_id is None:
-            return self._c.run(delete_call(session_id))
-        deleted = self._c.run(delete_call(session_id, user_id))
-        self._c.run(index_remove_call(user_id, [session_id]))
+            return (yield from one(delete_call(session_id)))
+        deleted = yield from one(delete_call(session_id, user_id))
+        (yield from one(index_remove_call(user_id, [session_id])))
         return deleted
 
+    @call
     def track(
         self,
         session_id: str,
@@ -354,31 +446,32 @@ class Sessions:
         keywords: Iterable[str] = (),
         referrer: str = "",
         max_history: int = DEFAULT_MAX_HISTORY,
-    ) -> Track:
+    ) -> Call[Track]:
         """A page view or ad request: append its context and slide the idle TTL (one call)."""
-        return self._c.run(
-            track_call(
-                session_id,
-                kind=kind,
-                categories=categories,
-                keywords=keywords,
-                referrer=referrer,
-                max_history=max_history,
-            )
+        return track_call(
+            session_id,
+            kind=kind,
+            categories=categories,
+            keywords=keywords,
+            referrer=referrer,
+            max_history=max_history,
         )
 
+    @call
     def history(
         self, session_id: str, count: int = DEFAULT_MAX_HISTORY
-    ) -> list[ContextEntry] | None:
+    ) -> Call[list[ContextEntry] | None]:
         """The newest context entries, newest first; None when the session is gone."""
-        return self._c.run(history_call(session_id, count))
+        return history_call(session_id, count)
 
+    @call
     def context(
         self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
-    ) -> SessionContext | None:
+    ) -> Call[SessionContext | None]:
         """Weighted interests for targeting (FCALL_RO); None when the session is gone."""
-        return self._c.run(context_call(session_id, half_life=half_life, top=top))
+        return context_call(session_id, half_life=half_life, top=top)
 
+    @call
     def record_impression(
         self,
         session_id: str,
@@ -387,145 +480,34 @@ class Sessions:
         campaign_id: str | None = None,
         campaign_cap: int = 0,
         impression_id: str | None = None,
-    ) -> Impression:
+    ) -> Call[Impression]:
         """Count an impression unless a cap is reached (a refusal is a reply, not an error);
         with impression_id, a retry returns the first reply and counts nothing."""
-        return self._c.run(
-            impression_call(
-                session_id,
-                cap=cap,
-                campaign_id=campaign_id,
-                campaign_cap=campaign_cap,
-                impression_id=impression_id,
-            )
+        return impression_call(
+            session_id,
+            cap=cap,
+            campaign_id=campaign_id,
+            campaign_cap=campaign_cap,
+            impression_id=impression_id,
         )
 
-    def list(self, user_id: str) -> list[Session]:
+    @plan
+    def list(self, user_id: str) -> Plan[list[Session]]:
         """The user's live sessions (two rounds: the index, then the sessions pipelined)."""
-        ids = self._c.run(index_list_call(user_id))
-        return _live_of(user_id, self._c.run_many([get_call(s) for s in ids])) if ids else []
+        ids = yield from one(index_list_call(user_id))
+        return _live_of(user_id, (yield from many([get_call(s) for s in ids]))) if ids else []
 
-    def revoke_all(self, user_id: str) -> int:
+    @plan
+    def revoke_all(self, user_id: str) -> Plan[int]:
         """Delete every session of the user, then their index entries; returns how many
         sessions were deleted. Only the entries listed are removed, so a session created
         meanwhile stays indexed."""
-        ids = self._c.run(index_list_call(user_id))
+        ids = yield from one(index_list_call(user_id))
         if not ids:
             return 0
-        done = self._c.run_many([delete_call(s, user_id) for s in ids])
-        self._c.run(index_remove_call(user_id, ids))
+        done = yield from many([delete_call(s, user_id) for s in ids])
+        (yield from one(index_remove_call(user_id, ids)))
         return sum(1 for d in done if d)
 
 
-class AsyncSessions:
-    """Session calls on an asyncio `AdCache` (`cache.sessions`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def create(
-        self,
-        session_id: str,
-        user_id: str,
-        *,
-        idle_ttl: float,
-        max_lifetime: float,
-        attributes: Mapping[str, str] | None = None,
-        index: bool = True,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
-    ) -> Session:
-        if index:
-            await self._c.run(
-                index_add_call(
-                    user_id, session_id, max_lifetime=max_lifetime, max_sessions=max_sessions
-                )
-            )
-        return await self._c.run(
-            create_call(
-                session_id,
-                user_id,
-                idle_ttl=idle_ttl,
-                max_lifetime=max_lifetime,
-                attributes=attributes,
-            )
-        )
-
-    async def get(self, session_id: str) -> Session | None:
-        return await self._c.run(get_call(session_id))
-
-    async def get_many(self, session_ids: list[str]) -> list[Session | None]:
-        return await self._c.run_many([get_call(s) for s in session_ids])
-
-    async def touch(self, session_id: str) -> Touch:
-        return await self._c.run(touch_call(session_id))
-
-    async def delete(self, session_id: str, user_id: str | None = None) -> bool:
-        if user_id is None:
-            return await self._c.run(delete_call(session_id))
-        deleted = await self._c.run(delete_call(session_id, user_id))
-        await self._c.run(index_remove_call(user_id, [session_id]))
-        return deleted
-
-    async def track(
-        self,
-        session_id: str,
-        *,
-        kind: Literal["view", "request"] = "view",
-        categories: Iterable[str] = (),
-        keywords: Iterable[str] = (),
-        referrer: str = "",
-        max_history: int = DEFAULT_MAX_HISTORY,
-    ) -> Track:
-        return await self._c.run(
-            track_call(
-                session_id,
-                kind=kind,
-                categories=categories,
-                keywords=keywords,
-                referrer=referrer,
-                max_history=max_history,
-            )
-        )
-
-    async def history(
-        self, session_id: str, count: int = DEFAULT_MAX_HISTORY
-    ) -> list[ContextEntry] | None:
-        return await self._c.run(history_call(session_id, count))
-
-    async def context(
-        self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
-    ) -> SessionContext | None:
-        return await self._c.run(context_call(session_id, half_life=half_life, top=top))
-
-    async def record_impression(
-        self,
-        session_id: str,
-        *,
-        cap: int = 0,
-        campaign_id: str | None = None,
-        campaign_cap: int = 0,
-        impression_id: str | None = None,
-    ) -> Impression:
-        return await self._c.run(
-            impression_call(
-                session_id,
-                cap=cap,
-                campaign_id=campaign_id,
-                campaign_cap=campaign_cap,
-                impression_id=impression_id,
-            )
-        )
-
-    async def list(self, user_id: str) -> list[Session]:
-        ids = await self._c.run(index_list_call(user_id))
-        if not ids:
-            return []
-        return _live_of(user_id, await self._c.run_many([get_call(s) for s in ids]))
-
-    async def revoke_all(self, user_id: str) -> int:
-        ids = await self._c.run(index_list_call(user_id))
-        if not ids:
-            return 0
-        done = await self._c.run_many([delete_call(s, user_id) for s in ids])
-        await self._c.run(index_remove_call(user_id, ids))
-        return sum(1 for d in done if d)
+AsyncSessions = Sessions  # the same class: on an asyncio client its methods return awaitables

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from adcache import _generated as keys
 from adcache import zones
 from adcache._core import Call, pairs, text
+from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache.money import from_micros
 
 if TYPE_CHECKING:
-    from adcache import aio
     from adcache.client import AdCache
 
 Unit = Literal["hour", "day"]
@@ -221,7 +221,9 @@ def record_call(
     def parse(r: Any) -> Recorded:
         return Recorded(int(r[0]), int(r[1]), text(r[2]), text(r[3]))
 
-    return Call("ac_stats_record", (keys.stats_meta(campaign_id),), tuple(args), parse)
+    # Safe to send again (through a failover) only when every event carries its id.
+    retry = config.dedup_s > 0 and all(e.event_id for e in events)
+    return Call("ac_stats_record", (keys.stats_meta(campaign_id),), tuple(args), parse, retry)
 
 
 def summary_call(
@@ -310,8 +312,8 @@ def _unit_n(days: int | None, hours: int | None) -> tuple[Unit, int]:
     return ("day", days) if days is not None else ("hour", hours)  # type: ignore[return-value]
 
 
-class Stats:
-    """Campaign stats on a synchronous `AdCache` (`cache.stats`).
+class Stats(Facade[M]):
+    """Campaign stats on the sync or asyncio `AdCache` (`cache.stats`).
 
     `config` (a `StatsConfig`) applies to every call of this facade; set it once at start-up.
     """
@@ -320,10 +322,12 @@ class Stats:
         self._c = cache
         self.config = config or StatsConfig()
 
-    def record(self, campaign_id: str, events: Sequence[Event]) -> Recorded:
+    @plan
+    def record(self, campaign_id: str, events: Sequence[Event]) -> Plan[Recorded]:
         """Count events; more than 1000 go as several calls in one pipeline."""
-        return _merge(self._c.run_many(_chunks(campaign_id, events, self.config)))
+        return _merge((yield from many(_chunks(campaign_id, events, self.config))))
 
+    @plan
     def summary(
         self,
         campaign_id: str,
@@ -331,49 +335,23 @@ class Stats:
         days: int | None = None,
         hours: int | None = None,
         reach: bool = True,
-    ) -> Summary:
+    ) -> Plan[Summary]:
         """Totals, reach and derived metrics of the last `days` days or `hours` hours
         (reach=False: skip the unique-reach count, the costly part; reach is then -1)."""
         unit, n = _unit_n(days, hours)
-        return self._c.run(summary_call(campaign_id, unit, n, self.config, reach=reach))
+        return (yield from one(summary_call(campaign_id, unit, n, self.config, reach=reach)))
 
+    @plan
     def summaries(
         self, campaign_ids: Sequence[str], *, days: int | None = None, hours: int | None = None
-    ) -> list[Summary]:
+    ) -> Plan[list[Summary]]:
         """Summaries of many campaigns, one pipelined round per node."""
         unit, n = _unit_n(days, hours)
-        return self._c.run_many([summary_call(c, unit, n, self.config) for c in campaign_ids])
+        return (yield from many([summary_call(c, unit, n, self.config) for c in campaign_ids]))
 
-    def series(self, campaign_id: str, unit: Unit = "hour", n: int = 24) -> Series:
-        return self._c.run(series_call(campaign_id, unit, n, self.config))
+    @call
+    def series(self, campaign_id: str, unit: Unit = "hour", n: int = 24) -> Call[Series]:
+        return series_call(campaign_id, unit, n, self.config)
 
 
-class AsyncStats:
-    """Campaign stats on an asyncio `AdCache` (`cache.stats`)."""
-
-    def __init__(self, cache: aio.AdCache, config: StatsConfig | None = None) -> None:
-        self._c = cache
-        self.config = config or StatsConfig()
-
-    async def record(self, campaign_id: str, events: Sequence[Event]) -> Recorded:
-        return _merge(await self._c.run_many(_chunks(campaign_id, events, self.config)))
-
-    async def summary(
-        self,
-        campaign_id: str,
-        *,
-        days: int | None = None,
-        hours: int | None = None,
-        reach: bool = True,
-    ) -> Summary:
-        unit, n = _unit_n(days, hours)
-        return await self._c.run(summary_call(campaign_id, unit, n, self.config, reach=reach))
-
-    async def summaries(
-        self, campaign_ids: Sequence[str], *, days: int | None = None, hours: int | None = None
-    ) -> list[Summary]:
-        unit, n = _unit_n(days, hours)
-        return await self._c.run_many([summary_call(c, unit, n, self.config) for c in campaign_ids])
-
-    async def series(self, campaign_id: str, unit: Unit = "hour", n: int = 24) -> Series:
-        return await self._c.run(series_call(campaign_id, unit, n, self.config))
+AsyncStats = Stats  # the same class: on an asyncio client its methods return awaitables

@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, text
+from adcache._facade import Facade, M, Plan, call, many, plan
 
 if TYPE_CHECKING:
-    from adcache import aio
     from adcache.campaigns import Campaign
-    from adcache.client import AdCache
 
 log = logging.getLogger("adcache")
 
@@ -226,12 +225,10 @@ def verify_candidates(
     return keep, fixes
 
 
-class TargetingIndex:
-    """Targeting index calls on a synchronous `AdCache` (`cache.targeting`)."""
+class TargetingIndex(Facade[M]):
+    """Targeting index calls on the sync or asyncio `AdCache` (`cache.targeting`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
+    @plan
     def query(
         self,
         *,
@@ -241,7 +238,7 @@ class TargetingIndex:
         limit: int = MAX_QUERY,
         verify: bool = False,
         rounds: Literal[1, 2] = 1,
-    ) -> list[str]:
+    ) -> Plan[list[str]]:
         """Ids of the servable campaigns matching a user: one call per shard, pipelined per node.
 
         rounds=2: first the interest shards, then the other shards asked only about those
@@ -254,81 +251,40 @@ class TargetingIndex:
         per_dim = user_shards(interests, location, device)
         if rounds == 1:
             names, calls = _query_calls(per_dim, DIMENSIONS, limit)
-            members = _members(names, self._c.run_many(calls), limit)
+            members = _members(names, (yield from many(calls)), limit)
         else:
             names, calls = _query_calls(per_dim, DIMENSIONS[:1], limit)
-            members = _members(names, self._c.run_many(calls), limit)
+            members = _members(names, (yield from many(calls)), limit)
             names, calls = _second_round(per_dim, members, limit)
             if not calls:
                 return []
-            members.update(_members(names, self._c.run_many(calls), limit))
+            members.update(_members(names, (yield from many(calls)), limit))
         ids = combine(per_dim, members)
         if not verify or not ids:
             return ids
-        records = self._c.run_many([get_call(c) for c in ids])
+        records = yield from many([get_call(c) for c in ids])
         keep, fixes = verify_candidates(per_dim, members, ids, records)
         if fixes:
             log.info("adcache: repairing the targeting index (%d shard calls)", len(fixes))
-            self._c.run_many(fixes)
+            (yield from many(fixes))
         return keep
 
-    def members(self, shard_name: str, limit: int = MAX_QUERY) -> list[str]:
+    @call
+    def members(self, shard_name: str, limit: int = MAX_QUERY) -> Call[list[str]]:
         """The servable campaign ids of one shard."""
-        return self._c.run(query_call(shard_name, limit))
+        return query_call(shard_name, limit)
 
-    def put(self, shard_name: str, campaign_id: str, end_ms: int, not_before_ms: int = 0) -> bool:
-        return self._c.run(put_call(shard_name, campaign_id, end_ms, not_before_ms))
-
-    def remove(self, shard_name: str, campaign_ids: Sequence[str]) -> int:
-        return self._c.run(remove_call(shard_name, campaign_ids))
-
-
-class AsyncTargetingIndex:
-    """Targeting index calls on an asyncio `AdCache` (`cache.targeting`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def query(
-        self,
-        *,
-        interests: Iterable[str] = (),
-        location: str | None = None,
-        device: str | None = None,
-        limit: int = MAX_QUERY,
-        verify: bool = False,
-        rounds: Literal[1, 2] = 1,
-    ) -> list[str]:
-        from adcache.campaigns import get_call
-
-        per_dim = user_shards(interests, location, device)
-        if rounds == 1:
-            names, calls = _query_calls(per_dim, DIMENSIONS, limit)
-            members = _members(names, await self._c.run_many(calls), limit)
-        else:
-            names, calls = _query_calls(per_dim, DIMENSIONS[:1], limit)
-            members = _members(names, await self._c.run_many(calls), limit)
-            names, calls = _second_round(per_dim, members, limit)
-            if not calls:
-                return []
-            members.update(_members(names, await self._c.run_many(calls), limit))
-        ids = combine(per_dim, members)
-        if not verify or not ids:
-            return ids
-        records = await self._c.run_many([get_call(c) for c in ids])
-        keep, fixes = verify_candidates(per_dim, members, ids, records)
-        if fixes:
-            log.info("adcache: repairing the targeting index (%d shard calls)", len(fixes))
-            await self._c.run_many(fixes)
-        return keep
-
-    async def members(self, shard_name: str, limit: int = MAX_QUERY) -> list[str]:
-        return await self._c.run(query_call(shard_name, limit))
-
-    async def put(
+    @call
+    def put(
         self, shard_name: str, campaign_id: str, end_ms: int, not_before_ms: int = 0
-    ) -> bool:
-        return await self._c.run(put_call(shard_name, campaign_id, end_ms, not_before_ms))
+    ) -> Call[bool]:
+        return put_call(shard_name, campaign_id, end_ms, not_before_ms)
 
-    async def remove(self, shard_name: str, campaign_ids: Sequence[str]) -> int:
-        return await self._c.run(remove_call(shard_name, campaign_ids))
+    @call
+    def remove(self, shard_name: str, campaign_ids: Sequence[str]) -> Call[int]:
+        return remove_call(shard_name, campaign_ids)
+
+
+AsyncTargetingIndex = (
+    TargetingIndex  # the same class: on an asyncio client its methods return awaitables
+)

@@ -22,7 +22,9 @@ APP, DEPLOY = ("adcache-app", "app-secret"), ("adcache-deploy", "deploy-secret")
 
 
 def _apply(url: str) -> None:
+    # The fixtures' servers keep the default user open (the harness administers them through it).
     args = ["acl", "--url", url, "--app-password", APP[1], "--deploy-password", DEPLOY[1]]
+    args.append("--allow-open-default")
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
 
@@ -68,6 +70,7 @@ def test_app_user_cannot_load_flush_or_read_other_keys(acl_server: RedisServer) 
         ("KEYS", "*"),
         ("GET", "other:secret"),
         ("HGETALL", "other:secret"),
+        ("SET", "ad:junk", "no TTL"),  # no adcache key has this shape
     ):
         with pytest.raises(NoPermissionError):
             app.execute_command(*cmd)

@@ -1,0 +1,209 @@
+"""The client's own cost, standalone, one process, every case interleaved in one run:
+
+* `cache.sessions.get` (sync and asyncio) against a raw `FCALL_RO` on one fixed redis-py
+  connection returning the raw reply (the floor any client pays for the bytes on the wire);
+* `run_many` of 100 `sessions.get` (parsed records, and raw replies) against a redis-py pipeline
+  of 100 PINGs.
+
+`python -m benchmarks.bench_client [--url redis://...] [--calls N]` prints the table and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from adcache import AdCache, Call, aio
+from adcache import _generated as keys
+from adcache._core import raw
+from adcache.sessions import get_call
+from benchmarks.env import BenchEnv
+from benchmarks.harness import Result
+
+N_IDS = 100
+
+
+def _ids(cache: AdCache) -> list[str]:
+    ids = [f"bench-{uuid.uuid4().hex[:10]}" for _ in range(N_IDS)]
+    for sid in ids:
+        cache.sessions.create(
+            sid, "bench-user", idle_ttl=600, max_lifetime=600, attributes={"k": "v"}, index=False
+        )
+    return ids
+
+
+def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
+    """µs per call (per batch for the batched cases), the best round of each case."""
+    cache = AdCache(redis.Redis.from_url(url))
+    ids = _ids(cache)
+    keys_ = [keys.session(s) for s in ids]
+    fixed = redis.Redis.from_url(url).connection_pool.get_connection()
+    pipe_client = redis.Redis.from_url(url)
+    loop = asyncio.new_event_loop()
+    acache = aio.AdCache(aredis.Redis.from_url(url))
+    loop.run_until_complete(acache.sessions.get(ids[0]))
+    cache.sessions.get(ids[0])
+
+    def raw_fcall(n: int) -> None:
+        send, read = fixed.send_command, fixed.read_response
+        for i in range(n):
+            send("FCALL_RO", "ac_session_get", 1, keys_[i % N_IDS])
+            read()
+
+    def ours(n: int) -> None:
+        get = cache.sessions.get
+        for i in range(n):
+            get(ids[i % N_IDS])
+
+    def ours_read(n: int) -> None:
+        get = cache.sessions.get
+        for i in range(n):
+            s = get(ids[i % N_IDS])
+            assert s is not None and s.user_id  # decodes the record
+
+    async def _aours(n: int) -> None:
+        get = acache.sessions.get
+        for i in range(n):
+            await get(ids[i % N_IDS])
+
+    def aours(n: int) -> None:
+        loop.run_until_complete(_aours(n))
+
+    def ping100(n: int) -> None:
+        for _ in range(n):
+            p = pipe_client.pipeline(transaction=False)
+            for _ in range(100):
+                p.ping()
+            p.execute()
+
+    def fcall100(n: int) -> None:
+        for _ in range(n):
+            p = pipe_client.pipeline(transaction=False)
+            for k in keys_:
+                p.execute_command("FCALL_RO", "ac_session_get", 1, k)
+            p.execute()
+
+    def many_parsed(n: int) -> None:
+        for _ in range(n):
+            cache.run_many([get_call(s) for s in ids])
+
+    def many_raw(n: int) -> None:
+        for _ in range(n):
+            cache.run_many([Call("ac_session_get", (k,), (), raw) for k in keys_])
+
+    async def _amany(n: int) -> None:
+        for _ in range(n):
+            await acache.run_many([get_call(s) for s in ids])
+
+    def amany_parsed(n: int) -> None:
+        loop.run_until_complete(_amany(n))
+
+    single: dict[str, Callable[[int], None]] = {
+        "raw FCALL_RO, fixed connection, raw reply": raw_fcall,
+        "cache.sessions.get": ours,
+        "cache.sessions.get, reading a field": ours_read,
+        "aio cache.sessions.get": aours,
+    }
+    batched: dict[str, Callable[[int], None]] = {
+        "redis-py pipeline of 100 PING": ping100,
+        "redis-py pipeline of 100 FCALL_RO ac_session_get (raw)": fcall100,
+        "run_many 100 sessions.get, parsed": many_parsed,
+        "run_many 100 sessions.get, raw": many_raw,
+        "aio run_many 100 sessions.get, parsed": amany_parsed,
+    }
+    best: dict[str, float] = {}
+    per_round = max(1, calls // rounds)
+    per_round_batched = max(1, per_round // 40)
+    for fns, n in ((single, per_round), (batched, per_round_batched)):
+        for fn in fns.values():
+            fn(max(1, n // 10))  # warm up
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(n)
+                us = (time.perf_counter() - t0) / n * 1e6
+                best[name] = min(best.get(name, us), us)
+    loop.run_until_complete(acache.aclose())
+    loop.close()
+    cache.close()
+    pipe_client.close()
+    fixed.disconnect()
+    return best
+
+
+def ratios(t: dict[str, float]) -> dict[str, float]:
+    raw_us = t["raw FCALL_RO, fixed connection, raw reply"]
+    ping = t["redis-py pipeline of 100 PING"]
+    return {
+        "sessions.get / raw FCALL_RO (target <= 1.15)": t["cache.sessions.get"] / raw_us,
+        "sessions.get reading a field / raw FCALL_RO": t["cache.sessions.get, reading a field"]
+        / raw_us,
+        "aio sessions.get / sync sessions.get (target <= 1.10)": t["aio cache.sessions.get"]
+        / t["cache.sessions.get"],
+        "run_many parsed throughput / 100 PINGs (target >= 0.6)": ping
+        / t["run_many 100 sessions.get, parsed"],
+        "run_many raw throughput / 100 PINGs (target >= 0.8)": ping
+        / t["run_many 100 sessions.get, raw"],
+        "run_many parsed throughput / redis-py pipeline of the same 100 FCALL_RO": t[
+            "redis-py pipeline of 100 FCALL_RO ac_session_get (raw)"
+        ]
+        / t["run_many 100 sessions.get, parsed"],
+        "aio run_many parsed / sync run_many parsed (time)": t[
+            "aio run_many 100 sessions.get, parsed"
+        ]
+        / t["run_many 100 sessions.get, parsed"],
+    }
+
+
+def report(t: dict[str, float]) -> str:
+    lines = ["| case | µs per call (best round) |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in ratios(t).items()]
+    return "\n".join(lines)
+
+
+def run(env: BenchEnv) -> list[Result]:
+    """The suite's entry (`python -m benchmarks --only client`)."""
+    t = measure(env.standalone_url, calls=env.calls(20000))
+    out = []
+    for name, us in t.items():
+        batch = 100 if "100" in name else 1
+        out.append(
+            Result("client", name, batch, us / 1e6, batch / (us / 1e6), us, us, note="best round")
+        )
+    for name, v in ratios(t).items():
+        out[0].extra[name] = round(v, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--url", help="a standalone server with the library (default: start one)")
+    ap.add_argument("--calls", type=int, default=20000)
+    args = ap.parse_args(argv)
+    url: Any = args.url
+    server = None
+    if url is None:
+        from adcache_loader.deploy import deploy
+        from adcache_loader.servers import RedisServer
+
+        server = RedisServer().start()
+        url = server.url
+        deploy(url)
+    try:
+        print(report(measure(url, calls=args.calls)))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
