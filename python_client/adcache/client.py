@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from adcache._core import (
     _REDO,
     AfterSend,
+    Arg,
     Call,
     backoff_s,
     check_acked,
@@ -303,6 +304,17 @@ class AdCache(SyncFacades):
             )
             for n in sorted(found, key=lambda n: n.name)
         ]
+
+    def execute_on(self, ref: NodeRef, *cmd: Arg) -> Any:
+        """One command on one node (admin and monitoring: no routing, no retries)."""
+        return ref.client.execute_command(*cmd)
+
+    def execute_many_on(self, ref: NodeRef, cmds: list[tuple[Arg, ...]]) -> list[Any]:
+        """Several commands on one node in one round trip; error replies are returned in place."""
+        pipe = ref.client.pipeline(transaction=False)
+        for cmd in cmds:
+            pipe.execute_command(*cmd)
+        return pipe.execute(raise_on_error=False)
 
     # ---- library checks ----
 

@@ -15,7 +15,7 @@ from adcache.caches import AsyncCaches, Caches
 from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.caps import AsyncCaps, Caps
 from adcache.decide import AsyncDecisions, Decisions
-from adcache.monitor import AsyncMonitor, Monitor
+from adcache.monitor import Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
 from adcache.sessions import AsyncSessions, Sessions
@@ -50,7 +50,7 @@ ASYNC: dict[str, Any] = {
     "budgets": AsyncBudgets,
     "targeting": AsyncTargetingIndex,
     "stats": AsyncStats,
-    "monitor": AsyncMonitor,
+    "monitor": Monitor,
     "caches": AsyncCaches,
     "decide": AsyncDecisions,
 }
@@ -66,7 +66,7 @@ class SyncFacades:
     budgets: Budgets[Sync]
     targeting: TargetingIndex[Sync]
     stats: Stats[Sync]
-    monitor: Monitor
+    monitor: Monitor[Sync]
     caches: Caches[Sync]
     decide: Decisions
 
@@ -85,7 +85,7 @@ class AsyncFacades:
     budgets: Budgets[Async]
     targeting: TargetingIndex[Async]
     stats: Stats[Async]
-    monitor: AsyncMonitor
+    monitor: Monitor[Async]
     caches: Caches[Async]
     decide: AsyncDecisions
 
