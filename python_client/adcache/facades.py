@@ -14,7 +14,7 @@ from adcache.budgets import AsyncBudgets, Budgets
 from adcache.caches import AsyncCaches, Caches
 from adcache.campaigns import AsyncCampaigns, Campaigns
 from adcache.caps import AsyncCaps, Caps
-from adcache.decide import AsyncDecisions, Decisions
+from adcache.decide import Decisions
 from adcache.monitor import Monitor
 from adcache.profiles import AsyncProfiles, Profiles
 from adcache.segments import AsyncSegments, Segments
@@ -52,7 +52,7 @@ ASYNC: dict[str, Any] = {
     "stats": AsyncStats,
     "monitor": Monitor,
     "caches": AsyncCaches,
-    "decide": AsyncDecisions,
+    "decide": Decisions,
 }
 
 
@@ -68,7 +68,7 @@ class SyncFacades:
     stats: Stats[Sync]
     monitor: Monitor[Sync]
     caches: Caches[Sync]
-    decide: Decisions
+    decide: Decisions[Sync]
 
     def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
         for name, cls in SYNC.items():
@@ -87,7 +87,7 @@ class AsyncFacades:
     stats: Stats[Async]
     monitor: Monitor[Async]
     caches: Caches[Async]
-    decide: AsyncDecisions
+    decide: Decisions[Async]
 
     def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
         for name, cls in ASYNC.items():
