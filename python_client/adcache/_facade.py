@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ class Sleep:
     """A plan step: pause (the sync client waits on `stop`, a `threading.Event`, when given)."""
 
     seconds: float
-    stop: threading.Event | None = None
+    stop: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +209,7 @@ def blocking(fn: Callable[..., Any], *args: Any) -> Generator[Step, Any, Any]:
     return (yield Do(fn, args, blocking=True))
 
 
-def sleep(seconds: float, stop: threading.Event | None = None) -> Generator[Step, Any, None]:
+def sleep(seconds: float, stop: Any = None) -> Generator[Step, Any, None]:
     yield Sleep(seconds, stop)
 
 
