@@ -96,10 +96,6 @@ def text(v: Any) -> str:
     return v if type(v) is str else str(v)
 
 
-def opt_text(v: Any) -> str | None:
-    return None if v is None else text(v)
-
-
 def pairs(flat: Sequence[Any] | None) -> dict[str, Any]:
     """A flat field/value array as a dict with str keys (values left as they came)."""
     if not flat:
@@ -194,7 +190,7 @@ def library_source() -> str:
     return (files("adcache") / "_library" / "adcache.lua").read_text(encoding="utf-8")
 
 
-# ---- retry policy (the same for the sync and the asyncio client) ----
+# ---- retry policy (see adcache._base) ----
 
 
 class _Limits(Protocol):
@@ -241,9 +237,6 @@ def durable_replies(
     return replies
 
 
-_REDO: Any = object()  # a batched call whose node failed as a whole: retried on its own
-
-
 def parse_version(v: str) -> tuple[int, int, int]:
     major, minor, patch = (int(x) for x in v.split("."))
     return major, minor, patch
@@ -263,18 +256,12 @@ def check_library_reply(reply: Any, node: str) -> dict[str, str]:
     return info
 
 
-def is_library_missing(err: BaseException) -> bool:
-    return isinstance(err, LibraryMissingError)
-
-
 __all__ = [
     "AdCacheError",
     "Arg",
     "Call",
     "check_library_reply",
-    "is_library_missing",
     "node_hint",
-    "opt_text",
     "pairs",
     "raw",
     "str_pairs",
