@@ -71,7 +71,7 @@ class Call(Generic[T]):
 
     def packed(self) -> bytes:
         """The command as RESP bytes."""
-        return pack((_VERB[self.function], self.function, len(self.keys), *self.keys, *self.args))
+        return pack(self.command())
 
     @property
     def slot(self) -> int | None:
