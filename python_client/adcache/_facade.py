@@ -114,10 +114,30 @@ class call(_Method[P, T]):
     def __init__(self, fn: Callable[Concatenate[Any, P], Call[T]]) -> None:
         super().__init__(fn)
         self.fn = fn
+        self.build: Callable[P, Call[T]] | None = None
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = self.fn.__name__ = name
 
     def _bind(self, obj: Any, c: Any) -> Callable[..., Any]:
-        fn, run = self.fn, c.run  # the asyncio client's run is a coroutine
+        fn, build, run = self.fn, self.build, c.run  # the asyncio client's run is a coroutine
+        if build is not None:
+            return lambda *args, **kwargs: run(build(*args, **kwargs))
         return lambda *args, **kwargs: run(fn(obj, *args, **kwargs))
+
+
+def forward(build: Callable[P, Call[T]]) -> call[P, T]:
+    """A facade method that makes the one call `build` builds, with its signature and docstring:
+    `get = forward(get_call)` in a facade class."""
+
+    def method(_self: Any, /, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
+        return build(*args, **kwargs)
+
+    method.__doc__ = build.__doc__
+    method.__wrapped__ = build  # type: ignore[attr-defined]
+    m = call(method)
+    m.build = build
+    return m
 
 
 class plan(_Method[P, T]):
