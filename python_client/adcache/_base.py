@@ -16,7 +16,7 @@ import copy
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Self, TypeVar
 
 from redis.exceptions import (
@@ -47,6 +47,7 @@ from adcache._core import (
 from adcache._facade import Plan, do, sleep
 from adcache._generated import AdCacheError, LibraryMissingError
 from adcache._redispy import pack
+from adcache.facades import FACADES
 
 log = logging.getLogger("adcache")
 R = TypeVar("R")
@@ -85,11 +86,11 @@ class ClientBase(Generic[R]):
         self._setup()
         self._attach_facades()
 
-    def _setup(self) -> None:
-        raise NotImplementedError
+    _setup: Callable[[], None]  # the client's own state: connections, slot map
 
     def _attach_facades(self) -> None:
-        raise NotImplementedError
+        for name, cls in FACADES.items():
+            setattr(self, name, cls(self))
 
     def durable(self, replicas: int = 1, timeout_ms: int = 500) -> Self:
         """A view of this client (same connections) whose writes wait for `replicas` replicas."""
@@ -279,31 +280,14 @@ class ClientBase(Generic[R]):
                     raise r
         return results
 
-    # ---- what each client provides ----
+    # ---- what each client provides (see the module doc) ----
 
-    def _node_for(self, call: Call[Any]) -> Any:
-        raise NotImplementedError
-
-    def _name_of(self, node: Any) -> str:
-        raise NotImplementedError
-
-    def _ask_node(self, e: AskError) -> Any:
-        raise NotImplementedError
-
-    def _send(self, node: Any, *cmd: Any) -> Any:
-        raise NotImplementedError
-
-    def _exchange(self, node: Any, payload: bytes, n: int, checked: bool = False) -> Any:
-        raise NotImplementedError
-
-    def _moved(self, e: MovedError) -> Any:
-        raise NotImplementedError
-
-    def _refresh_topology(self) -> Any:
-        raise NotImplementedError
-
-    def nodes(self, *, replicas: bool = True) -> Any:
-        raise NotImplementedError
-
-    def execute_on(self, ref: Any, *cmd: Any) -> Any:
-        raise NotImplementedError
+    _node_for: Callable[[Call[Any]], Any]
+    _name_of: Callable[[Any], str]
+    _ask_node: Callable[[AskError], Any]
+    _send: Callable[..., Any]
+    _exchange: Callable[..., Any]
+    _moved: Callable[[MovedError], Any]
+    _refresh_topology: Callable[[], Any]
+    nodes: Callable[..., Any]
+    execute_on: Callable[..., Any]

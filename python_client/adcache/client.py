@@ -87,26 +87,12 @@ class _Node:
             self.drop(self.idle.pop())
 
     def exchange(self, payload: bytes, n: int, *, checked: bool = False) -> list[Any]:
-        """Write `n` packed commands at once and read their replies (error replies in place).
-        Failing to connect raises the connection error (nothing was sent); a failure once
-        sending began raises AfterSend (the commands may have run)."""
-        conn = self.take_checked() if checked else self.take()
-        try:
-            conn.send_packed_command((payload,), check_health=False)
-            read = reader(conn)
-            out = [read() for _ in range(n)]
-        except _LOST as e:
-            self.drop(conn)
-            raise AfterSend(_lost(e)) from e
-        except BaseException:
-            self.drop(conn)
-            raise
-        self.give(conn)
-        return out
+        """Write `n` packed commands at once and read their replies (error replies in place)."""
+        return _Batch(self, payload, n, checked=checked).read()
 
-    def one(self, payload: bytes, *, checked: bool = False) -> Any:
-        """One packed command: its reply; an error reply is raised."""
-        conn = self.take_checked() if checked else self.take()
+    def one(self, payload: bytes) -> Any:
+        """One packed command: its reply; an error reply is raised (the hot path: no batch)."""
+        conn = self.take()
         try:
             conn.send_packed_command((payload,), check_health=False)
             reply = reader(conn)()
@@ -349,10 +335,10 @@ class _Batch:
 
     __slots__ = ("conn", "n", "node")
 
-    def __init__(self, node: _Node, payload: bytes, n: int) -> None:
+    def __init__(self, node: _Node, payload: bytes, n: int, *, checked: bool = False) -> None:
         self.node = node
         self.n = n
-        self.conn = node.take()
+        self.conn = node.take_checked() if checked else node.take()
         try:
             self.conn.send_packed_command((payload,), check_health=False)
         except _LOST as e:
