@@ -65,19 +65,6 @@ class NodeHealth:
         return self.keyspace_hits / total if total else None
 
 
-_SUMMED = (
-    "used_memory",
-    "maxmemory",
-    "keyspace_hits",
-    "keyspace_misses",
-    "evicted_keys",
-    "expired_keys",
-    "connected_clients",
-    "ops_per_sec",
-    "commands_processed",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Health:
     """Every node's figures and their sums (maxmemory 0 on a node means no limit there)."""
