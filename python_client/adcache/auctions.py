@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from adcache import _generated as keys
 from adcache._core import Call, pairs, text
-from adcache._facade import Facade, M, Plan, call, one, plan
+from adcache._facade import Facade, M, Plan, call, forward, one, plan
 from adcache.money import Amount, from_micros, to_micros
 
 if TYPE_CHECKING:
@@ -241,7 +241,8 @@ def create_call(
     wseat: Iterable[str] = (),
     bseat: Iterable[str] = (),
 ) -> Call[Created]:
-    """exp (billing window) and ttl in seconds; ttl defaults to tmax + exp + 60 s."""
+    """Create the auction; AlreadyExistsError when the request id is taken.
+    exp (billing window) and ttl in seconds; ttl defaults to tmax + exp + 60 s."""
     exp_ms = round(exp * 1000)
     ttl_ms = round(ttl * 1000) if ttl is not None else tmax_ms + exp_ms + round(TTL_MARGIN_S * 1000)
     ws, bs = list(wseat), list(bseat)
@@ -284,7 +285,8 @@ def _bid_reply(r: Sequence[Any]) -> BidReply:
 
 
 def bid_many_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[BidReply]]:
-    """All bids in one FCALL, decided in order; replies in the same order."""
+    """Many bids in one FCALL (one round trip), decided in the given order; replies in the
+    same order."""
     args: list[str | int] = []
     for b in bids:
         args += bid_args(b)
@@ -364,6 +366,7 @@ def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
 
 
 def close_call(auction_id: str) -> Call[AuctionResult]:
+    """Close (idempotent) and return the recorded result."""
     return Call("ac_auction_close", _keys(auction_id), (), lambda r: _parse_result(auction_id, r))
 
 
@@ -442,46 +445,10 @@ def notices(result: AuctionResult, currency: str = "USD") -> list[Notice]:
 class Auctions(Facade[M]):
     """Auction calls on the sync or asyncio `AdCache` (`cache.auctions`)."""
 
-    @call
-    def create(
-        self,
-        auction_id: str,
-        imps: Sequence[Imp],
-        *,
-        at: int = SECOND_PRICE,
-        tmax_ms: int = DEFAULT_TMAX_MS,
-        exp: float = DEFAULT_EXP_S,
-        ttl: float | None = None,
-        increment: Amount = DEFAULT_INCREMENT,
-        wseat: Iterable[str] = (),
-        bseat: Iterable[str] = (),
-    ) -> Call[Created]:
-        """Create the auction; AlreadyExistsError when the request id is taken."""
-        return create_call(
-            auction_id,
-            imps,
-            at=at,
-            tmax_ms=tmax_ms,
-            exp=exp,
-            ttl=ttl,
-            increment=increment,
-            wseat=wseat,
-            bseat=bseat,
-        )
-
-    @call
-    def bid(self, auction_id: str, bid: Bid) -> Call[BidReply]:
-        return bid_call(auction_id, bid)
-
-    @call
-    def bid_many(self, auction_id: str, bids: Sequence[Bid]) -> Call[list[BidReply]]:
-        """Many bids in one FCALL (one round trip), decided in the given order."""
-        return bid_many_call(auction_id, bids)
-
-    @call
-    def close(self, auction_id: str) -> Call[AuctionResult]:
-        """Close (idempotent) and return the recorded result."""
-        return close_call(auction_id)
+    create = forward(create_call)
+    bid = forward(bid_call)
+    bid_many = forward(bid_many_call)
+    close = forward(close_call)
 
     @plan
     def result(self, auction_id: str, *, settle: bool = True) -> Plan[AuctionResult | None]:

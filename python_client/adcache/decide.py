@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from adcache import auctions as auc
 from adcache import budgets as bud
@@ -36,15 +36,13 @@ from adcache import profiles as prof
 from adcache import sessions as sess
 from adcache import stats as st
 from adcache._core import Call
+from adcache._facade import Facade, M, Many, plan
+from adcache._facade import Plan as FacadePlan
 from adcache._generated import AlreadyExistsError, InvalidStateError, NotFoundError
 from adcache.campaigns import Campaign
 from adcache.campaigns import get_call as campaign_get_call
 from adcache.money import Amount, from_micros, impression_cost_micros, to_micros
 from adcache.targeting import DIMENSIONS, combine, query_call, user_shards
-
-if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
 
 log = logging.getLogger("adcache.decide")
 
@@ -1026,11 +1024,11 @@ def _names(per_dim: dict[str, list[str]]) -> list[str]:
 # ---- facades ----
 
 
-class Decisions:
-    """The ad decision on a synchronous `AdCache` (`cache.decide`)."""
+class Decisions(Facade[M]):
+    """The ad decision on the sync or asyncio `AdCache` (`cache.decide`)."""
 
-    def __init__(self, cache: AdCache, config: DecideConfig | None = None) -> None:
-        self._c = cache
+    def __init__(self, cache: Any, config: DecideConfig | None = None) -> None:
+        super().__init__(cache)
         self.engine = Engine(cache, config)
 
     @property
@@ -1041,62 +1039,31 @@ class Decisions:
     def config(self, value: DecideConfig) -> None:
         self.engine.configure(value)
 
-    def decide(self, request: AdRequest) -> Decision:
+    @plan
+    def decide(self, request: AdRequest) -> FacadePlan[Decision]:
         """Serve one request end to end (four rounds with a warm record cache); safe to retry
         with the same request id."""
-        plan = self.engine.path(request)
+        path = self.engine.path(request)
         try:
-            calls = next(plan)
+            calls = next(path)
             while True:
-                calls = plan.send(self._c.run_many(calls, raise_on_error=False))
+                calls = path.send((yield Many(calls, raise_on_error=False)))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def flush(self) -> int:
+    @plan
+    def flush(self) -> FacadePlan[int]:
         """Send the index updates commits asked for (normally they ride with the next request)."""
         calls, refresh = self.engine._take_pending()
         if refresh:
-            got = self._c.run_many([campaign_get_call(c) for c in refresh], raise_on_error=False)
+            got = yield Many([campaign_get_call(c) for c in refresh], raise_on_error=False)
             self.engine.records.store(refresh, got)
         if calls:
-            self._c.run_many(calls, raise_on_error=False)
+            yield Many(calls, raise_on_error=False)
         return len(calls)
 
 
-class AsyncDecisions:
-    """The ad decision on an asyncio `AdCache` (`cache.decide`)."""
-
-    def __init__(self, cache: aio.AdCache, config: DecideConfig | None = None) -> None:
-        self._c = cache
-        self.engine = Engine(cache, config)
-
-    @property
-    def config(self) -> DecideConfig:
-        return self.engine.config
-
-    @config.setter
-    def config(self, value: DecideConfig) -> None:
-        self.engine.configure(value)
-
-    async def decide(self, request: AdRequest) -> Decision:
-        plan = self.engine.path(request)
-        try:
-            calls = next(plan)
-            while True:
-                calls = plan.send(await self._c.run_many(calls, raise_on_error=False))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-
-    async def flush(self) -> int:
-        calls, refresh = self.engine._take_pending()
-        if refresh:
-            got = await self._c.run_many(
-                [campaign_get_call(c) for c in refresh], raise_on_error=False
-            )
-            self.engine.records.store(refresh, got)
-        if calls:
-            await self._c.run_many(calls, raise_on_error=False)
-        return len(calls)
+AsyncDecisions = Decisions  # the same class: on an asyncio client its methods return awaitables
 
 
 __all__ = [
