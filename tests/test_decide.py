@@ -151,7 +151,8 @@ def test_never_more_than_four_rounds(lib_standalone: Standalone, uid: str) -> No
             assert f["ac_budget_reserve"] <= 2 * len(req.imps)
             assert f["ac_budget_commit"] == len(d.placements)
             assert f["ac_budget_release"] <= f["ac_budget_reserve"] - f["ac_budget_commit"]
-            assert f["ac_auction_bid"] <= 1 and d.bids <= 2 * len(req.imps)
+            assert f["ac_auction_bid_close"] <= 1 and d.bids <= 2 * len(req.imps)
+            assert f["ac_auction_bid"] + f["ac_auction_close"] + f["ac_auction_create"] == 0
         assert max(counts) <= 4
         assert counts.count(4) > 10  # most requests go the whole way
         # the FCALLs of those requests all went through those rounds (several per round)

@@ -421,8 +421,7 @@ class _SignalSlots:
 
     profile: int
     context: int | None  # no session
-    create: int
-    result: int
+    open: int  # the auction's create, or the one an earlier attempt left
     queries: dict[str, int]  # targeting shard -> slot (empty with expand_interests)
     refresh: dict[str, int]  # campaign id -> its record
 
@@ -440,7 +439,7 @@ class _CheckSlots:
 class _AuctionSlots:
     """Round 3."""
 
-    close: int
+    close: int  # the bids and the close
     records: dict[str, int]  # imp id -> the cap record of its predicted winner
     reserves: dict[str, int]  # campaign id (a predicted winner not reserved yet) -> reservation
 
@@ -501,7 +500,7 @@ class _Attempt:
         )
 
 
-Win = tuple[_Cand, auc.ImpResult]
+Win = tuple[_Cand, auc.ImpWin]
 
 
 def _send(a: _Attempt, calls: list[Call[Any]]) -> Step:
@@ -614,10 +613,9 @@ class Engine:
                 )
             context = rnd.add(sess.context_call(req.session_id, half_life=cfg.session_half_life))
         imps = [auc.Imp(i.imp_id, i.floor) for i in req.imps]
-        create = rnd.add(
-            auc.create_call(a.rid, imps, tmax_ms=cfg.tmax_ms, exp=60.0, ttl=cfg.auction_ttl)
+        opened = rnd.add(
+            auc.open_call(a.rid, imps, tmax_ms=cfg.tmax_ms, exp=60.0, ttl=cfg.auction_ttl)
         )
-        result = rnd.add(auc.result_call(a.rid))
         per_dim: dict[str, list[str]] = {}
         if not cfg.expand_interests:
             per_dim = _shards(req, _tokens(req.categories)[:MAX_INTERESTS])
@@ -627,8 +625,7 @@ class Engine:
         slots = _SignalSlots(
             profile,
             context,
-            create,
-            result,
+            opened,
             queries,
             rnd.by((c, campaign_get_call(c)) for c in refresh),
         )
@@ -647,11 +644,10 @@ class Engine:
         # The attempt that created the auction owns the request. Another attempt (a retry, or a
         # duplicate still running) gives back only what the auction shows lost, since the
         # reservations are shared by id; the rest expires.
-        if isinstance(r[slots.create], AlreadyExistsError):
+        existing: auc.AuctionResult | None = _ok(r[slots.open])
+        if existing is not None:
             a.creator = False
-            a.existing = _ok(r[slots.result])
-        else:
-            _ok(r[slots.create])
+            a.existing = existing
         if cfg.expand_interests:
             return None
         got = {s: _ok(r[i]) for s, i in slots.queries.items()}
@@ -780,12 +776,13 @@ class Engine:
     ) -> Generator[
         list[Call[Any]],
         Replies,
-        tuple[auc.AuctionResult, dict[str, _Cand], dict[str, fc.Impression]] | None,
+        tuple[list[auc.ImpWin], dict[str, _Cand], dict[str, fc.Impression]] | None,
     ]:
         """Round 3: the bids that can change an outcome (`_Attempt.bidding`) and the close (one
-        pipeline on the auction's node); each imp's predicted winner's cap recorded, and
-        reserved if round 2 did not; the reservations of capped candidates released. Returns (the closed auction, the predicted winners and
-        their cap records by imp), or None when nothing bid."""
+        call on the auction's node); each imp's predicted winner's cap recorded, and reserved if
+        round 2 did not; the reservations of capped candidates released. Returns (the closed
+        auction's winners by imp, the predicted winners and their cap records by imp), or None
+        when nothing bid."""
         cfg, rid = self.config, a.rid
         # The auction holds only this request's bids (and on a retry the earlier attempt's, at
         # their first price): each imp's winner is known before the close (ties: earlier bid).
@@ -801,8 +798,7 @@ class Engine:
         rnd = _Round()
         close = -1
         if eligible:
-            rnd.add(auc.bid_many_call(rid, [c.bid() for c in a.bidding(eligible)]))
-            close = rnd.add(auc.close_call(rid))
+            close = rnd.add(auc.bid_close_call(rid, [c.bid() for c in a.bidding(eligible)]))
         slots = _AuctionSlots(
             close,
             rnd.by(
@@ -843,7 +839,7 @@ class Engine:
     def _outcome(
         self,
         a: _Attempt,
-        result: auc.AuctionResult,
+        result: list[auc.ImpWin],
         predicted: dict[str, _Cand],
         recorded: dict[str, fc.Impression],
     ) -> tuple[list[Win], list[str], list[tuple[str, str]]]:
@@ -851,16 +847,16 @@ class Engine:
         the unfilled imps and why)."""
         wins: list[Win] = []
         unfilled: list[tuple[str, str]] = []
-        for imp in result.imps:
-            w, guess, rec = imp.winner, predicted.get(imp.imp_id), recorded.get(imp.imp_id)
-            if w is None or w.cid is None:
+        for imp in result:
+            guess, rec = predicted.get(imp.imp_id), recorded.get(imp.imp_id)
+            if imp.cid is None:
                 unfilled.append((imp.imp_id, "no_bid"))
-            elif guess is None or guess.cid != w.cid or rec is None:
+            elif guess is None or guess.cid != imp.cid or rec is None:
                 # Only on a retry whose stored bids outrank the new ones: leave the imp empty.
                 unfilled.append((imp.imp_id, "mismatch"))
             elif not rec.admitted:
                 unfilled.append((imp.imp_id, "capped"))
-            elif w.cid not in a.held:
+            elif imp.cid not in a.held:
                 unfilled.append((imp.imp_id, "refused"))  # its reservation was refused
             else:
                 wins.append((guess, imp))
@@ -869,7 +865,7 @@ class Engine:
         # request may be settling it (its reservation expires if none is).
         winners = {c.cid for c, _ in wins}
         mine = {c.cid for c in predicted.values()}
-        won = {b.cid for b in result.bids if b.status == "won"}
+        won = {imp.cid for imp in result if imp.cid is not None}
         release = [cid for cid in a.held if cid not in winners and (cid not in won or cid in mine)]
         return wins, release, unfilled
 
@@ -977,7 +973,7 @@ class Engine:
                     )
                 )
         if result.state == "due":
-            rnd.add(auc.close_call(rid))
+            rnd.add(auc.bid_close_call(rid, []))  # record the close (its reply: the same outcome)
         r = (yield from _send(a, rnd.calls)) if rnd.calls else []
         wins: list[Win] = []
         for imp_id, i in records.items():
@@ -989,7 +985,8 @@ class Engine:
             e = usable[imp.winner.cid]
             price, bid = imp.winner.price_micros, e.record.spec.bid_cpm_micros
             m = -(-price * BP // bid) if bid else 0  # the multiplier that gave this price
-            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), imp))
+            won = auc.ImpWin(imp_id, imp.winner.cid, price, imp.winner.crid, imp.clearing_micros)
+            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), won))
         # Which bidders hold a reservation is not known here: give back every loser's (a
         # release of a reservation that does not exist changes nothing).
         winners = {c.cid for c, _ in wins}
