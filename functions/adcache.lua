@@ -1019,12 +1019,12 @@ local function auction_bid_close(keys, args)
   K.check(keys, AU.PAIR)
   local bids = AU.parse_bids(args, 0)
   local m = AU.load(keys[1])
-  local list = AU.load_bids(keys[2])
   local order, cfg = AU.config(m)
   local deadline, expires, seq = tonumber(m.deadline), tonumber(m.expires), tonumber(m.seq)
   if not (deadline and expires and seq) then
     E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
   end
+  local list = seq > 0 and AU.load_bids(keys[2]) or {}
   local by_k, stored = {}, {}
   for _, b in ipairs(list) do by_k[b.k] = b end
   for k, b in ipairs(bids) do
@@ -1049,7 +1049,7 @@ local function auction_bid_close(keys, args)
   end
   local new = #records > 0 and seq or nil
   if new then
-    redis.call('HSET', keys[2], unpack(records))
+    K.read('HSET', keys[2], unpack(records))
     redis.call('PEXPIREAT', keys[2], expires)
   end
   local res
@@ -3476,7 +3476,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.5.0'
-local LIBRARY_SHA256 = 'a70413bd7ff77c316ad371c88c0487d9d7175f403b06fa79334cb3d169b12456'
+local LIBRARY_SHA256 = 'f402064c117ace6588e3d835642a1c31241fd281662ba39d4f2af5eedab404ad'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

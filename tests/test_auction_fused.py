@@ -268,3 +268,17 @@ def test_bid_close_racing_callers_close_once(ac: AdCache, lib_standalone: Any, u
         assert {b.seat for b in accepted} <= {accepted[0].seat} if accepted else True
         assert all(b.reason in (2, 100) for b in refused)
         assert all(b.reason == 100 for b in refused if b.seat == res.bids[0].seat)
+
+
+def test_bid_close_on_a_fresh_auction_checks_the_bids_key_before_writing(
+    ac: AdCache, uid: str
+) -> None:
+    """No bid stored yet: the bids hash is not read, and its first write refuses a foreign
+    value before the auction changed."""
+    ac.auctions.create(uid, [Imp("1")], tmax_ms=60_000)
+    ac.redis.set(keys.auction_bids(uid), "foreign")
+    before = ac.redis.hgetall(keys.auction(uid))
+    with pytest.raises(CorruptStateError):
+        ac.auctions.bid_close(uid, [_bid("a", "1")])
+    assert ac.redis.hgetall(keys.auction(uid)) == before
+    assert ac.redis.get(keys.auction_bids(uid)) == b"foreign"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.5.0'
-LIBRARY_SHA256 = 'a70413bd7ff77c316ad371c88c0487d9d7175f403b06fa79334cb3d169b12456'
+LIBRARY_SHA256 = 'f402064c117ace6588e3d835642a1c31241fd281662ba39d4f2af5eedab404ad'
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
 ENTITY_TAGS = {'user': 'u', 'campaign': 'c', 'auction': 'a', 'session': 's', 'segment': 'g', 'targeting': 't', 'cache': 'k'}
