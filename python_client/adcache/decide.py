@@ -148,7 +148,11 @@ class DecideConfig:
     (one more round for that request). refusal_ttl: seconds a campaign refused a reservation
     (budget, pacing, state), or whose commit exhausted a budget, is left out of this client's
     requests (0: never). index_ttl: seconds a targeting shard's members are kept in process
-    (0: every request queries its shards)."""
+    (0: every request queries its shards). capped_ttl: seconds this client remembers that a
+    user's cap refuses a campaign (from a cap check or record; never past the moment the server
+    said it frees up): such a candidate is still checked and can still bid if it turns out
+    allowed, but round 2 reserves for the imp's best candidate not remembered capped (0: never
+    remember)."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -163,6 +167,7 @@ class DecideConfig:
     cold_records: Literal["skip", "fetch"] = "skip"
     refusal_ttl: float = 5.0
     index_ttl: float = 1.0
+    capped_ttl: float = 5.0
     relevance: RelevanceRule = field(default_factory=RelevanceRule)
 
 
@@ -522,6 +527,7 @@ class Engine:
         self._pending: list[Call[Any]] = []
         self._refresh: set[str] = set()
         self._refused: dict[str, float] = {}
+        self._capped: dict[tuple[str, str], float] = {}  # (user, campaign) -> until (monotonic)
         self._lock = threading.Lock()
 
     def configure(self, config: DecideConfig) -> None:
@@ -557,6 +563,21 @@ class Engine:
             if len(self._refused) > 10_000:
                 self._refused = {k: t for k, t in self._refused.items() if t > now}
             self._refused[cid] = now + ttl
+
+    def _remember_capped(self, user: str, cid: str, frees_at_ms: int | None) -> None:
+        """Remember for capped_ttl (at most until the server said it frees up) that the user's
+        cap refuses the campaign: round 2 then reserves for another candidate. A memory that is
+        wrong costs only a reservation in round 3 (the fallback), never an outcome."""
+        ttl = self.config.capped_ttl
+        if frees_at_ms is not None:
+            ttl = min(ttl, frees_at_ms / 1000 - time.time())
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._capped) > 10_000:
+                self._capped = {k: t for k, t in self._capped.items() if t > now}
+            self._capped[(user, cid)] = now + ttl
 
     def _stats_config(self) -> st.StatsConfig:
         facade = getattr(self._c, "stats", None)
@@ -728,10 +749,12 @@ class Engine:
         """Round 2: the caps of every candidate (one check), a reservation for the top candidate
         of each imp only (the likely winner), stale records refreshed. Returns the eligible
         candidates: allowed by their caps and not refused a reservation."""
-        cfg = self.config
+        cfg, user = self.config, a.req.user_id
+        now, capped = time.monotonic(), self._capped
         tops: dict[str, _Cand] = {}
-        for c in cands:  # by price, best first
-            tops.setdefault(c.imp_id, c)
+        for c in cands:  # by price, best first; skip what this client saw capped for the user
+            if not (capped and capped.get((user, c.cid), 0.0) > now):
+                tops.setdefault(c.imp_id, c)
         rnd = _Round()
         slots = _CheckSlots(
             rnd.add(fc.check_call(a.req.user_id, [c.entry.candidate for c in cands])),
@@ -750,6 +773,7 @@ class Engine:
                 continue  # refused a reservation
             if not cap.allowed:
                 a.capped += 1
+                self._remember_capped(user, c.cid, cap.frees_at_ms)
             else:
                 eligible.append(c)
         return eligible
@@ -834,6 +858,9 @@ class Engine:
         for cid, i in slots.reserves.items():
             self._held(a, by_cid[cid], r[i])
         recorded = {imp_id: _ok(r[i]) for imp_id, i in slots.records.items()}
+        for imp_id, rec in recorded.items():
+            if not rec.admitted or rec.remaining == 0:  # capped now (or by this impression)
+                self._remember_capped(a.req.user_id, predicted[imp_id].cid, rec.frees_at_ms)
         return _ok(r[slots.close]), predicted, recorded
 
     def _outcome(
