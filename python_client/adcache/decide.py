@@ -575,8 +575,10 @@ class Engine:
             return
         now = time.monotonic()
         with self._lock:
-            if len(self._capped) > 10_000:
+            if len(self._capped) > 10_000:  # bounded: forget the expired, or all
                 self._capped = {k: t for k, t in self._capped.items() if t > now}
+                if len(self._capped) > 10_000:
+                    self._capped.clear()
             self._capped[(user, cid)] = now + ttl
 
     def _stats_config(self) -> st.StatsConfig:
