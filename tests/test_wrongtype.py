@@ -10,6 +10,7 @@ ADCACHE_WRONGTYPE (the client raises the exception mapped to that code), with ev
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -126,6 +127,16 @@ def c_auction_bid(r: redis.Redis, u: str) -> Setup:
     return ks, ["s2", "b2", "1", 700, "", "", "", "", "", "", ""], []
 
 
+def c_auction_open(r: redis.Redis, u: str) -> Setup:
+    # an auction that exists: the open reads both keys (a new one touches only the auction key)
+    return auction(r, u), [2, 5000, 60_000, 600_000, 0, 0, 0, 1, "1", 100, 0, 0], []
+
+
+def c_auction_bid_close(r: redis.Redis, u: str) -> Setup:
+    ks = auction(r, u)
+    return ks, ["s2", "b2", "1", 700, "", "", "", "", "", "", ""], []
+
+
 def c_auction_close(r: redis.Redis, u: str) -> Setup:
     return auction(r, u), [], []
 
@@ -197,7 +208,7 @@ def c_cache_get_many(r: redis.Redis, u: str) -> Setup:
 def c_cache_fill(r: redis.Redis, u: str) -> Setup:
     ks = [keys.cache_value(u, "k"), keys.cache_lock(u, "k")]
     fcall(r, "ac_cache_get", ks, "tok", 10_000, 0)
-    return ks + [keys.cache_tag(u, "t")], ["tok", "value", "p", 60_000, 1000, 5], []
+    return [*ks, keys.cache_tag(u, "t")], ["tok", "value", "p", 60_000, 1000, 5], []
 
 
 def c_cache_release(r: redis.Redis, u: str) -> Setup:
@@ -208,13 +219,13 @@ def c_cache_release(r: redis.Redis, u: str) -> Setup:
 
 def c_cache_write_begin(r: redis.Redis, u: str) -> Setup:
     ks = cache(r, u, "k")
-    return ks + [keys.cache_writer(u, "k")], ["tok", 10_000], []
+    return [*ks, keys.cache_writer(u, "k")], ["tok", 10_000], []
 
 
 def c_cache_set(r: redis.Redis, u: str) -> Setup:
-    ks = cache(r, u, "k") + [keys.cache_writer(u, "k")]
+    ks = [*cache(r, u, "k"), keys.cache_writer(u, "k")]
     fcall(r, "ac_cache_write_begin", ks, "tok", 10_000)
-    return ks + [keys.cache_tag(u, "t")], ["tok", "value", "p", 60_000, 1000], []
+    return [*ks, keys.cache_tag(u, "t")], ["tok", "value", "p", 60_000, 1000], []
 
 
 def c_cache_invalidate(r: redis.Redis, u: str) -> Setup:
@@ -232,7 +243,7 @@ def c_cache_invalidate_tag(r: redis.Redis, u: str) -> Setup:
 
 def c_cache_wb_write(r: redis.Redis, u: str) -> Setup:
     ks = cache(r, u, "k")
-    return ks + [keys.cache_stream(u), keys.cache_tag(u, "t")], ["set", "p", 60_000, 1000], []
+    return [*ks, keys.cache_stream(u), keys.cache_tag(u, "t")], ["set", "p", 60_000, 1000], []
 
 
 def c_cache_wb_ack(r: redis.Redis, u: str) -> Setup:
@@ -446,10 +457,8 @@ def settle_hlls(r: redis.Redis, tag: str) -> None:
     first, so a snapshot compares data only."""
     for k in r.scan_iter(match=f"*{tag}*"):
         if r.type(k) == b"string":
-            try:
+            with contextlib.suppress(redis.ResponseError):
                 r.pfcount(k)
-            except redis.ResponseError:
-                pass
 
 
 def foreign(r: redis.Redis, key: str, name: str) -> None:

@@ -1,5 +1,5 @@
 #!lua name=adcache
--- adcache 0.4.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- adcache 0.5.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 -- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
@@ -632,6 +632,98 @@ function AU.load_bids(bids_key)
   return list
 end
 
+function AU.parse_bids(args, min)
+  local F = AU.BID_FIELDS
+  if #args < min * F or #args % F ~= 0 then
+    E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
+  end
+  if #args / F > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
+  end
+  local bids, ids = {}, {}
+  for base = 1, #args, F do
+    local b = {}
+    b.s = V.id(args[base], 'seat')
+    b.id = V.id(args[base + 1], 'bid id')
+    b.i = V.id(args[base + 2], 'imp id')
+    b.p = M.amount(args[base + 3], 'price_micros')
+    b.k = AU.bid_key(b.s, b.id)
+    b.d = AU.opt_id(args[base + 4], 'deal id')
+    b.c = AU.opt_id(args[base + 5], 'cid')
+    b.r = AU.opt_id(args[base + 6], 'crid')
+    b.a = V.str(args[base + 7], 'adomain', AU.MAX_ADOMAIN)
+    b.n = V.str(args[base + 8], 'nurl', AU.MAX_URL)
+    b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
+    b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
+    bids[#bids + 1] = b
+    ids[#ids + 1] = b.k
+  end
+  return bids, ids
+end
+
+function AU.room(bids, stored, seq)
+  local fresh, seen = 0, {}
+  for k, b in ipairs(bids) do
+    if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
+    seen[b.k] = true
+  end
+  if seq + fresh > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
+  end
+end
+
+function AU.judge(bids, stored, cfg, ws, bs, state, seq)
+  local out, replies, records = {}, {}, {}
+  for k, b in ipairs(bids) do
+    local prev = replies[b.k]
+    if not prev and stored[k] then
+      local rec = stored[k]
+      if type(rec) ~= 'table' then rec = AU.unpack(rec, 'bid ' .. b.id) end
+      prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
+    end
+    if prev then
+      out[k] = {prev[1], prev[2], prev[3], prev[4], 1}
+    else
+      local c = cfg[b.i]
+      local reason = AU.WON
+      if state ~= 'open' then
+        reason = AU.EXPIRED
+      elseif bs[b.s] or (not AU.is_empty(ws) and not ws[b.s]) then
+        reason = AU.SEAT_BLOCKED
+      elseif b.d ~= '' then
+        local deal = c.d[b.d]
+        if not deal then
+          reason = AU.BAD_DEAL
+        elseif not AU.is_empty(deal.w) and not deal.w[b.s] then
+          reason = AU.SEAT_BLOCKED
+        elseif b.p < deal.f then
+          reason = AU.BELOW_DEAL_FLOOR
+        end
+      elseif c.p == 1 then
+        reason = AU.BAD_DEAL -- a private auction takes deal bids only
+      elseif b.p < c.f then
+        reason = AU.BELOW_FLOOR
+      end
+      seq = seq + 1
+      b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
+      local key = b.k
+      b.k = nil
+      records[#records + 1] = key
+      records[#records + 1] = cmsgpack.pack(b)
+      b.k = key
+      replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
+      out[k] = {b.id, replies[key][2], reason, seq, 0}
+      if b.st == 1 then
+        C.incr('bids_accepted')
+      else
+        C.incr('bids_rejected')
+        C.incr('bids_lost_' .. reason)
+      end
+    end
+  end
+  return out, records, seq
+end
+
 function AU.config(m)
   local order = AU.unpack(m.imps, 'auction imps')
   local cfg = {}
@@ -675,10 +767,16 @@ function AU.outcome(at, inc, cfg, list)
   return res
 end
 
-function AU.close(key, m, list, now)
-  local _, cfg = AU.config(m)
+function AU.close(key, m, list, now, seq, cfg)
+  if not cfg then
+    local _
+    _, cfg = AU.config(m)
+  end
   local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
   local fields = {'state', 'closed', 'closed', now}
+  if seq then
+    fields[5], fields[6] = 'seq', seq
+  end
   m.state, m.closed = 'closed', tostring(now)
   for imp, r in pairs(res) do
     local packed = cmsgpack.pack(r)
@@ -695,6 +793,7 @@ function AU.close(key, m, list, now)
   for _ in pairs(res) do won = won + 1 end
   C.incr('bids_won', won)
   C.incr('bids_lost_' .. AU.OUTBID, accepted - won)
+  return res
 end
 
 function AU.result_reply(m, list, now)
@@ -744,8 +843,7 @@ function AU.result_reply(m, list, now)
     'exp', tonumber(m.exp), 'expires', tonumber(m.expires), 'imps', imps, 'bids', bids}
 end
 
-local function auction_create(keys, args)
-  K.check1(keys, 'auction')
+function AU.create(key, args, bids_key)
   V.nargs(args, 8)
   local r = {args = args, i = 1}
   local at = V.int(AU.take(r, 'at'), 'at', 1, 2)
@@ -789,9 +887,14 @@ local function auction_create(keys, args)
   if r.i <= #args then
     E.fail('ADCACHE_ARITY', 'unexpected argument ' .. r.i .. ' after the last imp')
   end
-  local t = redis.call('TYPE', keys[1])['ok']
-  if t == 'hash' then E.fail('ADCACHE_EXISTS', 'auction ' .. keys[1] .. ' exists') end
-  if t ~= 'none' then K.wrongtype(keys[1], 'a hash') end
+  if bids_key then
+    local m = AU.load(key, true)
+    if m then return AU.result_reply(m, AU.load_bids(bids_key), T.now_ms()) end
+  else
+    local t = redis.call('TYPE', key)['ok']
+    if t == 'hash' then E.fail('ADCACHE_EXISTS', 'auction ' .. key .. ' exists') end
+    if t ~= 'none' then K.wrongtype(key, 'a hash') end
+  end
   local now = T.now_ms()
   local deadline, expires = now + tmax, now + ttl
   local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
@@ -808,39 +911,21 @@ local function auction_create(keys, args)
     fields[#fields + 1] = 'i.' .. id
     fields[#fields + 1] = cmsgpack.pack(imps[id])
   end
-  redis.call('HSET', keys[1], unpack(fields))
-  redis.call('PEXPIREAT', keys[1], expires)
+  redis.call('HSET', key, unpack(fields))
+  redis.call('PEXPIREAT', key, expires)
   C.incr('auctions_created')
+  if bids_key then return false end
   return {'created', now, 'deadline', deadline, 'expires', expires}
+end
+
+local function auction_create(keys, args)
+  K.check1(keys, 'auction')
+  return AU.create(keys[1], args)
 end
 
 local function auction_bid(keys, args)
   K.check(keys, AU.PAIR)
-  local F = AU.BID_FIELDS
-  if #args == 0 or #args % F ~= 0 then
-    E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
-  end
-  if #args / F > AU.MAX_BIDS then
-    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
-  end
-  local bids, ids = {}, {}
-  for base = 1, #args, F do
-    local b = {}
-    b.s = V.id(args[base], 'seat')
-    b.id = V.id(args[base + 1], 'bid id')
-    b.i = V.id(args[base + 2], 'imp id')
-    b.p = M.amount(args[base + 3], 'price_micros')
-    b.k = AU.bid_key(b.s, b.id)
-    b.d = AU.opt_id(args[base + 4], 'deal id')
-    b.c = AU.opt_id(args[base + 5], 'cid')
-    b.r = AU.opt_id(args[base + 6], 'crid')
-    b.a = V.str(args[base + 7], 'adomain', AU.MAX_ADOMAIN)
-    b.n = V.str(args[base + 8], 'nurl', AU.MAX_URL)
-    b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
-    b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
-    bids[#bids + 1] = b
-    ids[#ids + 1] = b.k
-  end
+  local bids, ids = AU.parse_bids(args, 1)
   local fields = {'state', 'deadline', 'ws', 'bs', 'expires', 'seq'}
   local imp_at = {}
   for _, b in ipairs(bids) do
@@ -865,66 +950,15 @@ local function auction_bid(keys, args)
     E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
   end
   local stored = K.read('HMGET', keys[2], unpack(ids))
-  local fresh, seen = 0, {}
-  for k, b in ipairs(bids) do
-    if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
-    seen[b.k] = true
-  end
-  if seq + fresh > AU.MAX_BIDS then
-    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
-  end
+  AU.room(bids, stored, seq)
   local now = T.now_ms()
   local state = vals[1]
   if state == 'open' and now >= deadline then
     AU.close(keys[1], AU.load(keys[1]), AU.load_bids(keys[2]), now)
     state = 'closed'
   end
-  local out, replies, records = {}, {}, {}
-  for k, b in ipairs(bids) do
-    local prev = replies[b.k]
-    if not prev and stored[k] then
-      local rec = AU.unpack(stored[k], 'bid ' .. b.id)
-      prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
-    end
-    if prev then
-      out[k] = {prev[1], prev[2], prev[3], prev[4], 1}
-    else
-      local c = cfg[b.i]
-      local reason = AU.WON
-      if state ~= 'open' then
-        reason = AU.EXPIRED
-      elseif bs[b.s] or (not AU.is_empty(ws) and not ws[b.s]) then
-        reason = AU.SEAT_BLOCKED
-      elseif b.d ~= '' then
-        local deal = c.d[b.d]
-        if not deal then
-          reason = AU.BAD_DEAL
-        elseif not AU.is_empty(deal.w) and not deal.w[b.s] then
-          reason = AU.SEAT_BLOCKED
-        elseif b.p < deal.f then
-          reason = AU.BELOW_DEAL_FLOOR
-        end
-      elseif c.p == 1 then
-        reason = AU.BAD_DEAL -- a private auction takes deal bids only
-      elseif b.p < c.f then
-        reason = AU.BELOW_FLOOR
-      end
-      seq = seq + 1
-      b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
-      local key = b.k
-      b.k = nil
-      records[#records + 1] = key
-      records[#records + 1] = cmsgpack.pack(b)
-      replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
-      out[k] = {b.id, replies[key][2], reason, seq, 0}
-      if b.st == 1 then
-        C.incr('bids_accepted')
-      else
-        C.incr('bids_rejected')
-        C.incr('bids_lost_' .. reason)
-      end
-    end
-  end
+  local out, records
+  out, records, seq = AU.judge(bids, stored, cfg, ws, bs, state, seq)
   if #records > 0 then
     redis.call('HSET', keys[2], unpack(records))
     redis.call('PEXPIREAT', keys[2], expires)
@@ -976,12 +1010,81 @@ local function auction_bill(keys, args)
   return {'billed', r.c, imp}
 end
 
+local function auction_open(keys, args)
+  K.check(keys, AU.PAIR)
+  return AU.create(keys[1], args, keys[2])
+end
+
+local function auction_bid_close(keys, args)
+  K.check(keys, AU.PAIR)
+  local bids = AU.parse_bids(args, 0)
+  local m = AU.load(keys[1])
+  local order, cfg = AU.config(m)
+  local deadline, expires, seq = tonumber(m.deadline), tonumber(m.expires), tonumber(m.seq)
+  if not (deadline and expires and seq) then
+    E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
+  end
+  local list = seq > 0 and AU.load_bids(keys[2]) or {}
+  local by_k, stored = {}, {}
+  for _, b in ipairs(list) do by_k[b.k] = b end
+  for k, b in ipairs(bids) do
+    if not cfg[b.i] then
+      E.fail('ADCACHE_BADARG', 'imp ' .. b.i .. ' is not part of auction ' .. keys[1])
+    end
+    stored[k] = by_k[b.k]
+  end
+  local ws = m.ws and AU.unpack(m.ws, 'wseat') or AU.NONE
+  local bs = m.bs and AU.unpack(m.bs, 'bseat') or AU.NONE
+  AU.room(bids, stored, seq)
+  local now = T.now_ms()
+  local state = m.state
+  if state == 'open' and now >= deadline then state = 'due' end
+  local _, records
+  _, records, seq = AU.judge(bids, stored, cfg, ws, bs, state, seq)
+  for _, b in ipairs(bids) do
+    if b.q then
+      list[#list + 1] = b
+      by_k[b.k] = b
+    end
+  end
+  local new = #records > 0 and seq or nil
+  if new then
+    K.read('HSET', keys[2], unpack(records))
+    redis.call('PEXPIREAT', keys[2], expires)
+  end
+  local res
+  if m.state ~= 'closed' then
+    res = AU.close(keys[1], m, list, now, new, cfg)
+  else
+    if new then redis.call('HSET', keys[1], 'seq', seq) end
+    res = {}
+    for _, imp in ipairs(order) do
+      local r = m['r.' .. imp]
+      if r then res[imp] = AU.unpack(r, 'result of imp ' .. imp) end
+    end
+  end
+  local out, n = {}, 0
+  for _, imp in ipairs(order) do
+    local r = res[imp]
+    local w = r and by_k[r.w]
+    if w then
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = imp, w.c, w.p, w.r, r.c
+    else
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = imp, '', 0, '', 0
+    end
+    n = n + 5
+  end
+  return out
+end
+
 
 redis.register_function{function_name='ac_auction_create', callback=auction_create, flags={}, description='Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.'}
 redis.register_function{function_name='ac_auction_bid', callback=auction_bid, flags={}, description='Submit one or more bids atomically; each is accepted or refused with a loss reason.'}
 redis.register_function{function_name='ac_auction_close', callback=auction_close, flags={}, description='Close the auction (idempotent): record per imp the winner and the clearing price.'}
 redis.register_function{function_name='ac_auction_result', callback=auction_result, flags={'no-writes'}, description='Read the auction: state, per imp the winner and clearing price, per bid the outcome.'}
 redis.register_function{function_name='ac_auction_bill', callback=auction_bill, flags={}, description='Billing notice (burl) of a winning bid: the first call charges, later ones do not.'}
+redis.register_function{function_name='ac_auction_open', callback=auction_open, flags={}, description='Create the auction, or read it when it exists: ac_auction_create and ac_auction_result in one call.'}
+redis.register_function{function_name='ac_auction_bid_close', callback=auction_bid_close, flags={}, description='Submit bids, then close the auction: ac_auction_bid and ac_auction_close in one call, replying each imp\'s winner only.'}
 end
 
 -- ==== domain: budget (lua/budget.lua.j2) ====
@@ -3372,8 +3475,8 @@ end
 
 -- ==== domain: version (lua/version.lua.j2) ====
 do
-local LIBRARY_VERSION = '0.4.0'
-local LIBRARY_SHA256 = 'b1d318cca1a37e4c2285d96614f90f3b54dc5e25d4209d0edc55727002c5ca9d'
+local LIBRARY_VERSION = '0.5.0'
+local LIBRARY_SHA256 = 'f402064c117ace6588e3d835642a1c31241fd281662ba39d4f2af5eedab404ad'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}
