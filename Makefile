@@ -117,5 +117,5 @@ soak: $(STAMP) redis
 	ADCACHE_SOAK_SECONDS=600 $(BIN)/pytest -q -s tests/reliability/test_soak.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	rm -rf $(VENV) $(OLDREDIS_VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -207,6 +207,10 @@ def _create(aid: str) -> Any:
     return auctions.create_call(aid, IMPS, tmax_ms=AUCTION_TMAX_MS, exp=1, ttl=AUCTION_TTL_S)
 
 
+def _open(aid: str) -> Any:
+    return auctions.open_call(aid, IMPS, tmax_ms=AUCTION_TMAX_MS, exp=1, ttl=AUCTION_TTL_S)
+
+
 def _record(w: World, i: int, imp: str | None = None) -> Any:
     return caps.record_call(w.user(i), imp or w.fresh("i", i), CANDIDATES[0], dedupe_ttl=60)
 
@@ -341,6 +345,22 @@ HOT_CALLS: tuple[HotCall, ...] = (
             tuple(_create(w.fresh("ax", i)).command()),
             tuple(auctions.bid_many_call(w.fresh("ax", i), BIDS).command()),
         ],
+    ),
+    HotCall(
+        "auction_open",
+        "auction open (new)",
+        "ac_auction_open",
+        3,
+        lambda w, i: _open(w.fresh("ao", i)),
+        bench=lambda w, i: _open(f"ao{RAND}"),
+    ),
+    HotCall(
+        "auction_bid_close_3",
+        "auction bid ×3 + close",
+        "ac_auction_bid_close",
+        3,
+        lambda w, i: auctions.bid_close_call(w.fresh("abx", i), BIDS),
+        prepare=lambda w, i: [tuple(_create(w.fresh("abx", i)).command())],
     ),
     HotCall(
         "stats_record",

@@ -14,6 +14,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from adcache import AdCache, aio
+from adcache import _generated as keys
 from adcache._core import Call
 from adcache.decide import AdImp, AdRequest, DecideConfig, Decision, RelevanceRule
 from adcache_loader import simulate as sim
@@ -151,7 +152,8 @@ def test_never_more_than_four_rounds(lib_standalone: Standalone, uid: str) -> No
             assert f["ac_budget_reserve"] <= 2 * len(req.imps)
             assert f["ac_budget_commit"] == len(d.placements)
             assert f["ac_budget_release"] <= f["ac_budget_reserve"] - f["ac_budget_commit"]
-            assert f["ac_auction_bid"] <= 1 and d.bids <= 2 * len(req.imps)
+            assert f["ac_auction_bid_close"] <= 1 and d.bids <= 2 * len(req.imps)
+            assert f["ac_auction_bid"] + f["ac_auction_close"] + f["ac_auction_create"] == 0
         assert max(counts) <= 4
         assert counts.count(4) > 10  # most requests go the whole way
         # the FCALLs of those requests all went through those rounds (several per round)
@@ -446,7 +448,9 @@ def test_reservations_only_where_a_bid_can_win(lib_standalone: Standalone, uid: 
         mid = campaign("m", 3_000_000, 3_000, 5)
         low = campaign("l", 1_000_000, 1_000_000, 5)
         admin.profiles.set(f"{uid}u", interests=[f"{uid}x"])
-        cache.decide.config = DecideConfig(cold_records="fetch", refusal_ttl=60.0)
+        # capped_ttl=0: this client does not remember that `high` is capped for the user, so
+        # round 2 reserves for it again (test_a_remembered_cap_moves_the_reservation: with it)
+        cache.decide.config = DecideConfig(cold_records="fetch", refusal_ttl=60.0, capped_ttl=0)
 
         def decide(n: int) -> Decision:
             cache.log.clear()
@@ -479,6 +483,83 @@ def test_reservations_only_where_a_bid_can_win(lib_standalone: Standalone, uid: 
         assert all(s.outstanding == 0 and s.reserved_micros == 0 for s in states.values())
         assert states[high].spent_micros == 3_610
         assert states[low].spent_micros == d.placements[0].cost_micros > 0
+    finally:
+        cache.close()
+        admin.close()
+
+
+def test_a_remembered_cap_moves_the_reservation(lib_standalone: Standalone, uid: str) -> None:
+    """A campaign this client saw capped for the user (its cap record left nothing) still gets
+    checked, but round 2 reserves for the imp's next candidate instead: no reservation to give
+    back, no fallback in round 3. A memory that is wrong costs only that fallback."""
+    from adcache.campaigns import CampaignSpec, FrequencyCapRule
+    from adcache.targeting import Targeting
+
+    admin = AdCache(lib_standalone.client())
+    cache = CallLog(lib_standalone.client())
+    try:
+        now = int(time.time() * 1000)
+
+        def campaign(name: str, bid: int, budget: int, cap: int) -> str:
+            cid = f"{uid}{name}"
+            admin.campaigns.set(
+                cid,
+                CampaignSpec(
+                    advertiser_id=f"{uid}adv{name}",
+                    bid_cpm_micros=bid,
+                    budget_micros=budget,
+                    start_ms=now - 1000,
+                    end_ms=now + 3_600_000,
+                    targeting=Targeting.of([f"{uid}x"]),
+                    frequency_caps=(FrequencyCapRule(cap, "month"),),
+                ),
+            )
+            return cid
+
+        high = campaign("h", 4_000_000, 1_000_000, 1)  # wins first, then capped for the user
+        mid = campaign("m", 3_000_000, 3_000, 5)  # its reservation (3,600) is over its budget
+        low = campaign("l", 1_000_000, 1_000_000, 5)
+        admin.profiles.set(f"{uid}u", interests=[f"{uid}x"])
+        cache.decide.config = DecideConfig(cold_records="fetch", refusal_ttl=60.0)
+
+        def decide(n: int, user: str = "u") -> Decision:
+            cache.log.clear()
+            return cache.decide.decide(
+                AdRequest(f"{uid}r{n}", f"{uid}{user}", (AdImp("1"),), categories=(f"{uid}x",))
+            )
+
+        d = decide(1)  # `high` wins; its cap record says nothing is left: remembered
+        assert [p.campaign_id for p in d.placements] == [high]
+        assert cache.count("ac_budget_reserve") == 1 and cache.count("ac_budget_release") == 0
+
+        d = decide(2)  # round 2 reserves for `mid` (refused), round 3 for `low`, which wins
+        assert [p.campaign_id for p in d.placements] == [low]
+        assert d.capped == 1 and d.refused == 1 and d.rounds == 4
+        assert [r.count("ac_budget_reserve") for r in cache.log] == [0, 1, 1, 0]
+        assert cache.count("ac_budget_release") == 0
+        assert cache.count("ac_freqcap_check") == 1  # `high` is still checked (and capped)
+
+        d = decide(3)  # `mid` left out (refused), `high` remembered: one reservation, for `low`
+        assert [p.campaign_id for p in d.placements] == [low]
+        assert d.capped == 1 and d.refused == 0
+        assert [r.count("ac_budget_reserve") for r in cache.log] == [0, 1, 0, 0]
+        assert cache.count("ac_budget_release") == 0
+
+        # another user is not affected: `high` is reserved in round 2 and wins
+        d = decide(4, user="v")
+        assert [p.campaign_id for p in d.placements] == [high]
+        assert [r.count("ac_budget_reserve") for r in cache.log] == [0, 1, 0, 0]
+
+        # a wrong memory (the cap freed meanwhile): `high` is reserved in round 3 and still wins
+        cache.decide.engine._capped[(f"{uid}v", high)] = time.monotonic() + 60
+        admin.redis.delete(keys.freqcap(f"{uid}v"), keys.freqcap_imps(f"{uid}v"))
+        d = decide(5, user="v")
+        assert [p.campaign_id for p in d.placements] == [high]
+        assert [r.count("ac_budget_reserve") for r in cache.log] == [0, 1, 1, 0]
+        assert [r.count("ac_budget_release") for r in cache.log] == [0, 0, 0, 1]  # `low`'s
+        states = {c: admin.budgets.state(c) for c in (high, mid, low)}
+        assert all(s.outstanding == 0 and s.reserved_micros == 0 for s in states.values())
+        assert states[mid].spent_micros == 0
     finally:
         cache.close()
         admin.close()

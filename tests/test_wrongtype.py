@@ -127,6 +127,16 @@ def c_auction_bid(r: redis.Redis, u: str) -> Setup:
     return ks, ["s2", "b2", "1", 700, "", "", "", "", "", "", ""], []
 
 
+def c_auction_open(r: redis.Redis, u: str) -> Setup:
+    # an auction that exists: the open reads both keys (a new one touches only the auction key)
+    return auction(r, u), [2, 5000, 60_000, 600_000, 0, 0, 0, 1, "1", 100, 0, 0], []
+
+
+def c_auction_bid_close(r: redis.Redis, u: str) -> Setup:
+    ks = auction(r, u)
+    return ks, ["s2", "b2", "1", 700, "", "", "", "", "", "", ""], []
+
+
 def c_auction_close(r: redis.Redis, u: str) -> Setup:
     return auction(r, u), [], []
 

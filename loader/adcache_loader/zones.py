@@ -4,9 +4,7 @@ default the zones that are more than a whole-hour offset (daylight saving, or 30
 the Python client sends any other zone as its rule (see adcache.zones).
 
 `lua/zones.txt` is generated from here (`adcache zones`) and committed, so a render does not
-depend on the machine's tz database. Each line is a rule, a tab, then the names that follow it;
-a name without a slash reuses the folder of the name before it, a name starting with `/` has no
-folder (`/UTC`). A zone whose footer does not describe its transitions from `SINCE_S` on (Morocco's
+depend on the machine's tz database. Each line is a rule, a tab, then the names that follow it. A zone whose footer does not describe its transitions from `SINCE_S` on (Morocco's
 Ramadan changes are listed one by one until 2087) is left out: the library would get it wrong.
 """
 
@@ -16,7 +14,6 @@ import importlib.resources
 import struct
 import zoneinfo
 from collections import defaultdict
-from functools import cache
 from pathlib import Path
 
 SINCE_S = 1767225600  # 2026-01-01T00:00:00Z: rules must hold from here on
@@ -77,42 +74,34 @@ def zone_rules() -> dict[str, str]:
     return out
 
 
-@cache
-def canonical() -> frozenset[str]:
-    """The zones tzdata defines (not its links: `Europe/Amsterdam` -> `Europe/Brussels`,
-    `US/Eastern` -> `America/New_York`)."""
-    zi = importlib.resources.files("tzdata.zoneinfo").joinpath("tzdata.zi").read_text()
-    return frozenset(line.split()[1] for line in zi.splitlines() if line.startswith("Z "))
-
-
-def needs_name(name: str, rule: str) -> bool:
-    """Whether a zone is one the library knows by name by default: a zone of its own (no link)
-    that is more than a whole-hour offset (daylight saving, or 30/45 minutes off the hour)."""
-    return ("," in rule or ":" in rule) and name in canonical()
+# The zones the library knows by name by default: few, because the library's size limit leaves
+# little room (every zone would take about 8 KB). A deployment names its own with `adcache zones
+# NAME...`; the Python client sends any zone the library does not know as its rule
+# (adcache.zones.wire), so from Python every name works.
+DEFAULT_NAMES = [
+    "America/New_York",
+    "America/Chicago",
+    "America/Los_Angeles",
+    "Europe/London",
+    "Europe/Paris",
+    "Australia/Lord_Howe",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+]
 
 
 def table_text(names: list[str] | None = None, *, every: bool = False) -> str:
-    """lua/zones.txt for the given zones (default: every zone that `needs_name`; `every`: all of
-    them, about 8 KB of library, which the 128 KiB limit may not leave room for)."""
+    """lua/zones.txt for the given zones (default: DEFAULT_NAMES; `every`: all of them, about
+    8 KB of library, which the 128 KiB limit does not leave room for)."""
     import tzdata  # type: ignore[import-untyped]
 
     groups: dict[str, list[str]] = defaultdict(list)
     for name, rule in zone_rules().items():
-        if every or (name in names if names else needs_name(name, rule)):
+        if every or name in (names or DEFAULT_NAMES):
             groups[rule].append(name)
     lines = [f"# IANA time zones by POSIX TZ rule, tzdata {tzdata.IANA_VERSION} (adcache zones)"]
     for rule in sorted(groups):
-        words, folder = [], ""
-        for name in groups[rule]:
-            head, _, base = name.rpartition("/")
-            if not head:
-                words.append("/" + base)
-                folder = ""
-            elif head == folder:
-                words.append(base)
-            else:
-                words.append(name)
-                folder = head
+        words = groups[rule]
         lines.append(rule + "\t" + " ".join(words))
     return "\n".join(lines) + "\n"
 
@@ -128,16 +117,5 @@ def read_table(path: Path) -> list[tuple[str, str]]:
 
 
 def expand(names: str) -> list[str]:
-    """The zone names of one line of lua/zones.txt (the inverse of the compression above)."""
-    out: list[str] = []
-    folder = ""
-    for w in names.split():
-        if w.startswith("/"):
-            out.append(w[1:])
-            folder = ""
-        elif "/" in w:
-            folder = w.rpartition("/")[0]
-            out.append(w)
-        else:
-            out.append(folder + "/" + w)
-    return out
+    """The zone names of one line of lua/zones.txt."""
+    return names.split()

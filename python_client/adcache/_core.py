@@ -71,7 +71,7 @@ class Call(Generic[T]):
 
     def packed(self) -> bytes:
         """The command as RESP bytes."""
-        return pack((_VERB[self.function], self.function, len(self.keys), *self.keys, *self.args))
+        return pack(self.command())
 
     @property
     def slot(self) -> int | None:
@@ -94,10 +94,6 @@ def text(v: Any) -> str:
     if type(v) is bytes:
         return v.decode()
     return v if type(v) is str else str(v)
-
-
-def opt_text(v: Any) -> str | None:
-    return None if v is None else text(v)
 
 
 def pairs(flat: Sequence[Any] | None) -> dict[str, Any]:
@@ -194,7 +190,7 @@ def library_source() -> str:
     return (files("adcache") / "_library" / "adcache.lua").read_text(encoding="utf-8")
 
 
-# ---- retry policy (the same for the sync and the asyncio client) ----
+# ---- retry policy (see adcache._base) ----
 
 
 class _Limits(Protocol):
@@ -241,9 +237,6 @@ def durable_replies(
     return replies
 
 
-_REDO: Any = object()  # a batched call whose node failed as a whole: retried on its own
-
-
 def parse_version(v: str) -> tuple[int, int, int]:
     major, minor, patch = (int(x) for x in v.split("."))
     return major, minor, patch
@@ -263,18 +256,12 @@ def check_library_reply(reply: Any, node: str) -> dict[str, str]:
     return info
 
 
-def is_library_missing(err: BaseException) -> bool:
-    return isinstance(err, LibraryMissingError)
-
-
 __all__ = [
     "AdCacheError",
     "Arg",
     "Call",
     "check_library_reply",
-    "is_library_missing",
     "node_hint",
-    "opt_text",
     "pairs",
     "raw",
     "str_pairs",

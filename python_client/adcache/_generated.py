@@ -8,35 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
-LIBRARY_VERSION = '0.4.0'
-LIBRARY_SHA256 = 'accd737b95ae637610fb6940999ccc751aaaa7d76c104f24e4957d2b36d683ac'
+LIBRARY_VERSION = '0.5.0'
+LIBRARY_SHA256 = 'd1218748e7758473edf2351ff8b7ecb57714c6b2133be072fd48b841a6afb865'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(
-    "Africa/Cairo Africa/Ceuta America/Adak America/Anchorage America/Boise "
-    "America/Cambridge_Bay America/Chicago America/Ciudad_Juarez America/Denver "
-    "America/Detroit America/Glace_Bay America/Goose_Bay America/Grand_Turk America/Halifax "
-    "America/Havana America/Indiana/Indianapolis America/Indiana/Knox America/Indiana/Marengo "
-    "America/Indiana/Petersburg America/Indiana/Tell_City America/Indiana/Vevay "
-    "America/Indiana/Vincennes America/Indiana/Winamac America/Iqaluit America/Juneau "
-    "America/Kentucky/Louisville America/Kentucky/Monticello America/Los_Angeles "
-    "America/Matamoros America/Menominee America/Metlakatla America/Miquelon America/Moncton "
-    "America/New_York America/Nome America/North_Dakota/Beulah America/North_Dakota/Center "
-    "America/North_Dakota/New_Salem America/Nuuk America/Ojinaga America/Port-au-Prince "
-    "America/Rankin_Inlet America/Resolute America/Santiago America/Scoresbysund "
-    "America/Sitka America/St_Johns America/Thule America/Tijuana America/Toronto "
-    "America/Yakutat Antarctica/Macquarie Antarctica/Troll Asia/Beirut Asia/Colombo "
-    "Asia/Famagusta Asia/Jerusalem Asia/Kabul Asia/Kathmandu Asia/Kolkata Asia/Nicosia "
-    "Asia/Tehran Asia/Yangon Atlantic/Azores Atlantic/Bermuda Atlantic/Canary Atlantic/Faroe "
-    "Atlantic/Madeira Australia/Adelaide Australia/Broken_Hill Australia/Darwin "
-    "Australia/Eucla Australia/Hobart Australia/Lord_Howe Australia/Melbourne "
-    "Australia/Sydney CST6CDT EST5EDT Europe/Andorra Europe/Athens Europe/Belgrade "
-    "Europe/Berlin Europe/Brussels Europe/Bucharest Europe/Budapest Europe/Chisinau "
-    "Europe/Dublin Europe/Gibraltar Europe/Helsinki Europe/Kyiv Europe/Lisbon Europe/London "
-    "Europe/Madrid Europe/Malta Europe/Paris Europe/Prague Europe/Riga Europe/Rome "
-    "Europe/Sofia Europe/Tallinn Europe/Tirane Europe/Vienna Europe/Vilnius Europe/Warsaw "
-    "Europe/Zurich MST7MDT PST8PDT Pacific/Auckland Pacific/Chatham Pacific/Easter "
-    "Pacific/Marquesas Pacific/Norfolk".split()
+    "America/Chicago America/Los_Angeles America/New_York Asia/Kathmandu Australia/Lord_Howe "
+    "Europe/London Europe/Paris Pacific/Chatham".split()
 )
 KEY_PREFIX = 'ad'
 MAX_ID_BYTES = 128
@@ -262,9 +240,11 @@ class FunctionSpec:
 
 FUNCTIONS: dict[str, FunctionSpec] = {
     'ac_auction_bid': FunctionSpec('ac_auction_bid', 'auction', False, ('auction', 'auction_bids'), '[seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_bid_close': FunctionSpec('ac_auction_bid_close', 'auction', False, ('auction', 'auction_bids'), '[seat bid_id imp_id price_micros deal_id cid crid adomain nurl lurl burl]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'always'),
     'ac_auction_bill': FunctionSpec('ac_auction_bill', 'auction', False, ('auction', 'auction_bids'), 'seat bid_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_close': FunctionSpec('ac_auction_close', 'auction', False, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE')),
     'ac_auction_create': FunctionSpec('ac_auction_create', 'auction', False, ('auction',), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [wseat]... n_bseat [bseat]... n_imps [imp_id floor_micros private n_deals [deal_id deal_floor_micros deal_at n_deal_wseat [deal_wseat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_EXISTS', 'ADCACHE_WRONGTYPE')),
+    'ac_auction_open': FunctionSpec('ac_auction_open', 'auction', False, ('auction', 'auction_bids'), 'at tmax_ms exp_ms ttl_ms increment_micros n_wseat [wseat]... n_bseat [bseat]... n_imps [imp_id floor_micros private n_deals [deal_id deal_floor_micros deal_at n_deal_wseat [deal_wseat]...]...]...', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_LIMIT', 'ADCACHE_WRONGTYPE')),
     'ac_auction_result': FunctionSpec('ac_auction_result', 'auction', True, ('auction', 'auction_bids'), 'none', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_WRONGTYPE')),
     'ac_budget_commit': FunctionSpec('ac_budget_commit', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id amount_micros', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_STATE', 'ADCACHE_WRONGTYPE'), 'always'),
     'ac_budget_release': FunctionSpec('ac_budget_release', 'budget', False, ('campaign', 'budget', 'budget_resv', 'budget_resv_exp', 'budget_settled', 'budget_settled_exp'), 'reservation_id', ('ADCACHE_ARITY', 'ADCACHE_BADKEY', 'ADCACHE_CROSSSLOT', 'ADCACHE_BADARG', 'ADCACHE_NOTFOUND', 'ADCACHE_WRONGTYPE'), 'always'),

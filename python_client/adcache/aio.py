@@ -14,12 +14,9 @@ reply is read and dropped).
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
-import itertools
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,36 +28,17 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
-    ClusterDownError,
     InvalidResponse,
     MovedError,
-    NoPermissionError,
     RedisClusterException,
     ResponseError,
-    SlotNotCoveredError,
-    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._core import (
-    _REDO,
-    AfterSend,
-    Arg,
-    Call,
-    backoff_s,
-    check_acked,
-    check_library_reply,
-    durable_replies,
-    gives_up,
-    library_source,
-    missing_and_not_allowed,
-    needs_retry,
-    raise_error_reply,
-    str_pairs,
-    translate_error,
-)
-from adcache._generated import AdCacheError, LibraryMissingError
+from adcache._base import REDO, TRANSIENT, ClientBase
+from adcache._core import AfterSend, Arg, Call, durable_replies, needs_retry, translate_error
+from adcache._facade import _drive_async
 from adcache._redispy import (
     adopt,
     async_ensure_initialized,
@@ -77,8 +55,6 @@ from adcache.facades import AsyncFacades
 
 log = logging.getLogger("adcache")
 T = TypeVar("T")
-
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
 
 __all__ = ["AdCache", "AsyncNodeRef"]
 
@@ -201,44 +177,18 @@ class _Link(asyncio.Protocol):
             release(self.conn)
 
 
-class AdCache(AsyncFacades):
+class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
     """Asyncio twin of `adcache.AdCache`; see that class for the options."""
 
     is_async = True
 
-    def __init__(
-        self,
-        client: aredis.Redis | RedisCluster,
-        *,
-        auto_deploy: bool = False,
-        verify_library: bool = True,
-        read_from_replicas: bool = False,
-        max_attempts: int = 5,
-        retry_budget_s: float = 10.0,
-        durable_replicas: int = 0,
-        durable_timeout_ms: int = 500,
-    ) -> None:
-        self.redis = client
-        self.durable_replicas = durable_replicas
-        self.durable_timeout_ms = durable_timeout_ms
-        self.is_cluster = isinstance(client, RedisCluster)
-        self.auto_deploy = auto_deploy
-        self.verify_library = verify_library
-        self.read_from_replicas = read_from_replicas
-        self.max_attempts = max_attempts
-        self.retry_budget_s = retry_budget_s
-        self._verified: set[str] = set()
+    def _setup(self) -> None:
+        self.is_cluster = isinstance(self.redis, RedisCluster)
         self._links: dict[str, _Link] = {}  # by node name
         self._slots: list[ClusterNode | None] = [None] * 16384
-        self._name = "" if self.is_cluster else standalone_name(client.connection_pool)  # type: ignore[union-attr]
-        self._attach_facades()
-
-    def durable(self, replicas: int = 1, timeout_ms: int = 500) -> AdCache:
-        """A view of this client (same connections) whose writes wait for `replicas` replicas."""
-        view = copy.copy(self)
-        view.durable_replicas, view.durable_timeout_ms = replicas, timeout_ms
-        view._attach_facades()
-        return view
+        self._name = ""
+        if not isinstance(self.redis, RedisCluster):
+            self._name = standalone_name(self.redis.connection_pool)
 
     @classmethod
     async def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
@@ -282,6 +232,13 @@ class AdCache(AsyncFacades):
             node = self._slots[slot] = rc.get_node_from_key(call.keys[0])
         return node
 
+    def _name_of(self, node: ClusterNode | None) -> str:
+        return self._name if node is None else node.name
+
+    def _ask_node(self, e: AskError) -> ClusterNode | None:
+        host, port = node_address(e)
+        return self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
+
     async def _link(self, node: ClusterNode | None) -> _Link:
         name = self._name if node is None else node.name
         link = self._links.get(name)
@@ -304,7 +261,7 @@ class AdCache(AsyncFacades):
             self._slots = [None] * 16384
             try:
                 await async_refresh(self.redis)
-            except (*_TRANSIENT, RedisClusterException) as e:
+            except (*TRANSIENT, RedisClusterException) as e:
                 log.info("adcache: topology refresh failed: %s", e)
 
     async def _moved(self, e: MovedError) -> None:
@@ -319,6 +276,11 @@ class AdCache(AsyncFacades):
         if node is None:
             return await self.redis.execute_command(*cmd)
         return await node.execute_command(*cmd)
+
+    async def _exchange(
+        self, node: ClusterNode | None, payload: bytes, n: int, checked: bool = False
+    ) -> list[Any]:
+        return await (await self._link(node)).exchange(payload, n)
 
     async def nodes(self, *, replicas: bool = True) -> list[AsyncNodeRef]:
         """Every node the client knows (standalone: the one server); send to one with
@@ -338,39 +300,10 @@ class AdCache(AsyncFacades):
 
     async def execute_many_on(self, ref: AsyncNodeRef, cmds: list[tuple[Arg, ...]]) -> list[Any]:
         """Several commands on one node in one round trip; error replies are returned in place."""
-        link = await self._link(ref.node)
-        return await link.exchange(b"".join(pack(c) for c in cmds), len(cmds))
-
-    # ---- library checks ----
-
-    async def _deploy_on(self, name: str, node: ClusterNode | None) -> None:
-        log.warning("adcache library missing on %s: loading it (auto_deploy)", name)
-        try:
-            await self._send(node, "FUNCTION", "LOAD", "REPLACE", library_source())
-        except NoPermissionError as e:
-            raise missing_and_not_allowed(name, e) from e
-
-    async def _verify(self, name: str, node: ClusterNode | None) -> None:
-        try:
-            reply = await self._send(node, "FCALL_RO", "ac_version", 0)
-        except ResponseError as e:
-            err = translate_error(e, name)
-            if isinstance(err, LibraryMissingError) and self.auto_deploy:
-                await self._deploy_on(name, node)
-                reply = await self._send(node, "FCALL_RO", "ac_version", 0)
-            else:
-                raise err from e
-        check_library_reply(reply, name)
-        self._verified.add(name)
+        return await self._exchange(ref.node, b"".join(pack(c) for c in cmds), len(cmds))
 
     async def library_info(self) -> dict[str, dict[str, str]]:
-        out = {}
-        for ref in await self.nodes(replicas=False):
-            try:
-                out[ref.name] = str_pairs(await self._send(ref.node, "FCALL_RO", "ac_version", 0))
-            except ResponseError as e:
-                raise translate_error(e, ref.name) from e
-        return out
+        return await _drive_async(self, self._library_info())
 
     # ---- calls ----
 
@@ -396,160 +329,37 @@ class AdCache(AsyncFacades):
                         return reply
                     if isinstance(reply, ResponseError) and not needs_retry(reply, name):
                         raise translate_error(reply, name) from reply
-        return await self._fcall(call, payload)
-
-    async def _fcall(self, call: Call[Any], payload: bytes) -> Any:
         await self._ensure_initialized()
-        repeatable = call.repeatable
-        deployed = False
-        ask_node: ClusterNode | None = None
-        started = time.monotonic()
-        for attempt in itertools.count():
-            node = self._node_for(call)
-            name = node.name if node is not None else self._name
-            try:
-                if self.verify_library and name not in self._verified:
-                    await self._verify(name, node)
-                if ask_node is not None:
-                    name = ask_node.name
-                    link = await self._link(ask_node)
-                    return raise_error_reply((await link.exchange(_ASKING + payload, 2))[1])
-                link = await self._link(node)
-                if self.durable_replicas and not call.readonly:
-                    reply, acked = await link.exchange(payload + self._wait_cmd(), 2)
-                    reply = raise_error_reply(reply)
-                    check_acked(self, name, acked)
-                    return reply
-                return raise_error_reply((await link.exchange(payload, 1))[0])
-            except MovedError as e:
-                await self._moved(e)
-                self._give_up_after(e, call, attempt, started, redirect=True)
-            except AskError as e:
-                host, port = node_address(e)
-                ask_node = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
-                if ask_node is None:
-                    await self._refresh_topology()
-                self._give_up_after(e, call, attempt, started, redirect=True)
-                continue
-            except TryAgainError as e:
-                self._give_up_after(e, call, attempt, started, redirect=True)
-                await asyncio.sleep(0.05 * min(attempt + 1, 10))
-            except AfterSend as e:
-                if not repeatable:  # a write that may have run is never sent twice
-                    log.warning(
-                        "adcache: %s on %s after %s was sent: not retried",
-                        e.cause,
-                        name,
-                        call.function,
-                    )
-                    raise e.cause from None
-                await self._pause(e.cause, name, call, attempt, started)
-            except _TRANSIENT as e:
-                await self._pause(e, name, call, attempt, started)
-            except ResponseError as e:
-                err = translate_error(e, name)
-                if isinstance(err, LibraryMissingError):
-                    self._verified.discard(name)
-                    if self.auto_deploy and not deployed:
-                        deployed = True
-                        await self._deploy_on(name, node)
-                        continue
-                raise err from e
-            ask_node = None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _give_up_after(
-        self, e: Exception, call: Call[Any], attempt: int, started: float, *, redirect: bool
-    ) -> None:
-        if not gives_up(self, call, attempt, started):
-            return
-        if redirect:
-            raise AdCacheError(f"{call.function}: gave up after {attempt + 1} attempts ({e})")
-        raise e
-
-    async def _pause(
-        self, e: Exception, name: str, call: Call[Any], attempt: int, started: float
-    ) -> None:
-        self._give_up_after(e, call, attempt, started, redirect=False)
-        log.info("adcache: %s on %s, retrying (attempt %d)", e, name, attempt + 1)
-        await asyncio.sleep(backoff_s(attempt))
-        await self._refresh_topology()
-
-    def _wait_cmd(self) -> bytes:
-        return pack(("WAIT", self.durable_replicas, self.durable_timeout_ms))
+        return await _drive_async(self, self._fcall(call, payload))
 
     async def run_many(
         self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True
     ) -> list[Any]:
         """Many calls, one pipeline per node, all nodes concurrently; results in call order."""
         await self._ensure_initialized()
-        groups: dict[str, tuple[ClusterNode | None, list[int]]] = {}
-        for i, call in enumerate(calls):
-            node = self._node_for(call)
-            name = node.name if node is not None else self._name
-            group = groups.get(name)
-            if group is None:
-                groups[name] = (node, [i])
-            else:
-                group[1].append(i)
         results: list[Any] = [None] * len(calls)
 
         async def one(name: str, node: ClusterNode | None, idxs: list[int]) -> None:
             try:
                 if self.verify_library and name not in self._verified:
-                    await self._verify(name, node)
-                payload = b"".join([calls[i].packed() for i in idxs])
-                n = len(idxs)
-                durable = self.durable_replicas and not all(calls[i].readonly for i in idxs)
-                if durable:
-                    payload += self._wait_cmd()  # one WAIT covers the whole batch
-                    n += 1
-                link = await self._link(node)
-                replies = await link.exchange(payload, n)
-                if durable:
+                    await _drive_async(self, self._verify(node))
+                payload, n = self._batch(calls, idxs)
+                replies = await self._exchange(node, payload, n)
+                if n > len(idxs):
                     replies = durable_replies(self, name, calls, idxs, replies)
-            except _TRANSIENT:  # not sent: each call is retried on its own
-                replies = [_REDO] * len(idxs)
+            except TRANSIENT:  # not sent: each call is retried on its own
+                replies = [REDO] * len(idxs)
             except AfterSend as e:  # repeatable calls are retried; other writes get the error
                 await self._refresh_topology()
-                replies = [_REDO if calls[i].repeatable else e.cause for i in idxs]
-            for i, reply in zip(idxs, replies, strict=True):
-                call = calls[i]
-                if reply is _REDO or isinstance(reply, Exception):
-                    results[i] = await self._settle(call, name, reply)
-                    continue
-                try:
-                    results[i] = call.parse(reply)
-                except Exception as e:
-                    results[i] = e
+                replies = [REDO if calls[i].repeatable else e.cause for i in idxs]
+            await _drive_async(self, self._settle(calls, name, idxs, replies, results))
 
+        groups = self._groups(calls)
         if len(groups) == 1:
             await one(*next((n, g[0], g[1]) for n, g in groups.items()))
         else:
             await asyncio.gather(*(one(n, node, idxs) for n, (node, idxs) in groups.items()))
-        if raise_on_error:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return results
-
-    async def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
-        if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError)):
-            try:
-                return await self.run(call)
-            except Exception as e:
-                return e
-        if isinstance(reply, ResponseError):
-            err = translate_error(reply, name)
-            if isinstance(err, LibraryMissingError):
-                self._verified.discard(name)
-                if self.auto_deploy:
-                    try:
-                        return await self.run(call)
-                    except Exception as e:
-                        return e
-            return err
-        return reply
+        return self._results(results, raise_on_error)
 
 
 def _released(release: Any) -> Any:
@@ -566,6 +376,3 @@ def _released(release: Any) -> Any:
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     return give_back
-
-
-_ASKING = pack(("ASKING",))

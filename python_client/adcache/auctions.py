@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from adcache import _generated as keys
 from adcache._core import Call, pairs, text
-from adcache._facade import Facade, M, Plan, call, one, plan
+from adcache._facade import Facade, M, Plan, call, forward, one, plan
 from adcache.money import Amount, from_micros, to_micros
 
 if TYPE_CHECKING:
@@ -159,6 +159,19 @@ class ImpResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ImpWin:
+    """One imp of a closed auction as `bid_close` replies: the winning bid's campaign id, price
+    and creative id (cid None: no bid won, or the winner named no campaign) and the clearing
+    price."""
+
+    imp_id: str
+    cid: str | None
+    price_micros: int
+    crid: str | None
+    clearing_micros: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuctionResult:
     """state: open (bids accepted), due (deadline passed, outcome fixed but not yet recorded),
     closed (recorded). Times are epoch ms of the server clock; `ended_ms` is when bidding stopped
@@ -241,7 +254,27 @@ def create_call(
     wseat: Iterable[str] = (),
     bseat: Iterable[str] = (),
 ) -> Call[Created]:
-    """exp (billing window) and ttl in seconds; ttl defaults to tmax + exp + 60 s."""
+    """Create the auction; AlreadyExistsError when the request id is taken.
+    exp (billing window) and ttl in seconds; ttl defaults to tmax + exp + 60 s."""
+    args = _create_args(imps, at, tmax_ms, exp, ttl, increment, wseat, bseat)
+
+    def parse(reply: Any) -> Created:
+        f = pairs(reply)
+        return Created(auction_id, int(f["created"]), int(f["deadline"]), int(f["expires"]))
+
+    return Call("ac_auction_create", (keys.auction(auction_id),), tuple(args), parse)
+
+
+def _create_args(
+    imps: Sequence[Imp],
+    at: int,
+    tmax_ms: int,
+    exp: float,
+    ttl: float | None,
+    increment: Amount,
+    wseat: Iterable[str],
+    bseat: Iterable[str],
+) -> list[str | int]:
     exp_ms = round(exp * 1000)
     ttl_ms = round(ttl * 1000) if ttl is not None else tmax_ms + exp_ms + round(TTL_MARGIN_S * 1000)
     ws, bs = list(wseat), list(bseat)
@@ -251,12 +284,29 @@ def create_call(
         args += [imp.imp_id, to_micros(imp.floor), int(imp.private), len(imp.deals)]
         for d in imp.deals:
             args += [d.deal_id, to_micros(d.floor), d.at or 0, len(d.wseat), *d.wseat]
+    return args
 
-    def parse(reply: Any) -> Created:
-        f = pairs(reply)
-        return Created(auction_id, int(f["created"]), int(f["deadline"]), int(f["expires"]))
 
-    return Call("ac_auction_create", (keys.auction(auction_id),), tuple(args), parse)
+def open_call(
+    auction_id: str,
+    imps: Sequence[Imp],
+    *,
+    at: int = SECOND_PRICE,
+    tmax_ms: int = DEFAULT_TMAX_MS,
+    exp: float = DEFAULT_EXP_S,
+    ttl: float | None = None,
+    increment: Amount = DEFAULT_INCREMENT,
+    wseat: Iterable[str] = (),
+    bseat: Iterable[str] = (),
+) -> Call[AuctionResult | None]:
+    """Create the auction (None: this call created it), or read the one already there (its
+    result, as `result_call` gives): create and result in one FCALL."""
+    args = _create_args(imps, at, tmax_ms, exp, ttl, increment, wseat, bseat)
+
+    def parse(reply: Any) -> AuctionResult | None:
+        return None if not reply else _parse_result(auction_id, reply)
+
+    return Call("ac_auction_open", _keys(auction_id), tuple(args), parse)
 
 
 def _keys(auction_id: str) -> tuple[str, str]:
@@ -284,7 +334,8 @@ def _bid_reply(r: Sequence[Any]) -> BidReply:
 
 
 def bid_many_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[BidReply]]:
-    """All bids in one FCALL, decided in order; replies in the same order."""
+    """Many bids in one FCALL (one round trip), decided in the given order; replies in the
+    same order."""
     args: list[str | int] = []
     for b in bids:
         args += bid_args(b)
@@ -297,6 +348,22 @@ def bid_call(auction_id: str, bid: Bid) -> Call[BidReply]:
     return Call(
         "ac_auction_bid", _keys(auction_id), tuple(bid_args(bid)), lambda r: _bid_reply(r[0])
     )
+
+
+def bid_close_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[ImpWin]]:
+    """The bids (as `bid_many_call`; none: just the close), then the close, in one FCALL;
+    the reply is each imp's winner only (`ImpWin`, in create order)."""
+    args: list[str | int] = []
+    for b in bids:
+        args += bid_args(b)
+
+    def parse(r: Sequence[Any]) -> list[ImpWin]:
+        return [
+            ImpWin(text(r[i]), _none(r[i + 1]), int(r[i + 2]), _none(r[i + 3]), int(r[i + 4]))
+            for i in range(0, len(r), 5)
+        ]
+
+    return Call("ac_auction_bid_close", _keys(auction_id), tuple(args), parse)
 
 
 def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
@@ -364,6 +431,7 @@ def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
 
 
 def close_call(auction_id: str) -> Call[AuctionResult]:
+    """Close (idempotent) and return the recorded result."""
     return Call("ac_auction_close", _keys(auction_id), (), lambda r: _parse_result(auction_id, r))
 
 
@@ -442,46 +510,12 @@ def notices(result: AuctionResult, currency: str = "USD") -> list[Notice]:
 class Auctions(Facade[M]):
     """Auction calls on the sync or asyncio `AdCache` (`cache.auctions`)."""
 
-    @call
-    def create(
-        self,
-        auction_id: str,
-        imps: Sequence[Imp],
-        *,
-        at: int = SECOND_PRICE,
-        tmax_ms: int = DEFAULT_TMAX_MS,
-        exp: float = DEFAULT_EXP_S,
-        ttl: float | None = None,
-        increment: Amount = DEFAULT_INCREMENT,
-        wseat: Iterable[str] = (),
-        bseat: Iterable[str] = (),
-    ) -> Call[Created]:
-        """Create the auction; AlreadyExistsError when the request id is taken."""
-        return create_call(
-            auction_id,
-            imps,
-            at=at,
-            tmax_ms=tmax_ms,
-            exp=exp,
-            ttl=ttl,
-            increment=increment,
-            wseat=wseat,
-            bseat=bseat,
-        )
-
-    @call
-    def bid(self, auction_id: str, bid: Bid) -> Call[BidReply]:
-        return bid_call(auction_id, bid)
-
-    @call
-    def bid_many(self, auction_id: str, bids: Sequence[Bid]) -> Call[list[BidReply]]:
-        """Many bids in one FCALL (one round trip), decided in the given order."""
-        return bid_many_call(auction_id, bids)
-
-    @call
-    def close(self, auction_id: str) -> Call[AuctionResult]:
-        """Close (idempotent) and return the recorded result."""
-        return close_call(auction_id)
+    create = forward(create_call)
+    bid = forward(bid_call)
+    bid_many = forward(bid_many_call)
+    open = forward(open_call)
+    bid_close = forward(bid_close_call)
+    close = forward(close_call)
 
     @plan
     def result(self, auction_id: str, *, settle: bool = True) -> Plan[AuctionResult | None]:
@@ -515,6 +549,7 @@ __all__ = [
     "Deal",
     "Imp",
     "ImpResult",
+    "ImpWin",
     "LossReason",
     "Notice",
     "cpm",

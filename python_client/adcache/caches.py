@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, text
-from adcache._facade import Facade, M, Plan, call, many, plan
+from adcache._facade import Facade, M, Plan, forward, many, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def _lookup(reply: Any) -> Lookup:
 def get_call(
     space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
 ) -> Call[Lookup]:
+    """Read a value, or take its loader lock when missing or stale."""
     return Call(
         "ac_cache_get",
         (space.value_key(key), space.lock_key(key)),
@@ -144,7 +145,8 @@ def fill_call(
     load_ms: int,
     tags: Sequence[str] = (),
 ) -> Call[bool]:
-    """payload None stores a negative entry (the source has no such key)."""
+    """Store a loaded value if `token` still owns the lock; False when it was lost.
+    payload None stores a negative entry (the source has no such key)."""
     kind = "negative" if payload is None else "value"
     return Call(
         "ac_cache_fill",
@@ -155,6 +157,7 @@ def fill_call(
 
 
 def release_call(space: Space, key: str, token: str) -> Call[bool]:
+    """Give up the loader lock after a failed load."""
     return Call(
         "ac_cache_release",
         (space.value_key(key), space.lock_key(key)),
@@ -164,6 +167,7 @@ def release_call(space: Space, key: str, token: str) -> Call[bool]:
 
 
 def write_begin_call(space: Space, key: str, token: str, *, ttl_ms: int) -> Call[bool]:
+    """Before a write-through's database write: register as the key's writer."""
     return Call(
         "ac_cache_write_begin",
         (space.value_key(key), space.lock_key(key), space.writer_key(key)),
@@ -182,8 +186,8 @@ def set_call(
     grace_ms: int,
     tags: Sequence[str] = (),
 ) -> Call[bool]:
-    """Store if no other writer began since `token` did (see write_begin_call); else the key is
-    dropped and the reply is False."""
+    """After a write-through's database write: store if no other writer began since `token`
+    did (see write_begin_call); else the key is dropped and the reply is False."""
     kind = "negative" if payload is None else "value"
     return Call(
         "ac_cache_set",
@@ -251,90 +255,19 @@ def wb_ack_call(
 class Caches(Facade[M]):
     """Cache primitives on the sync or asyncio `AdCache` (`cache.caches`)."""
 
-    @call
-    def get(
-        self, space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
-    ) -> Call[Lookup]:
-        """Read a value, or take its loader lock when missing or stale."""
-        return get_call(space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh)
-
-    @call
-    def fill(
-        self,
-        space: Space,
-        key: str,
-        token: str,
-        payload: str | None,
-        *,
-        ttl_ms: int,
-        grace_ms: int,
-        load_ms: int,
-        tags: Sequence[str] = (),
-    ) -> Call[bool]:
-        """Store a loaded value if `token` still owns the lock; False when it was lost."""
-        return fill_call(
-            space,
-            key,
-            token,
-            payload,
-            ttl_ms=ttl_ms,
-            grace_ms=grace_ms,
-            load_ms=load_ms,
-            tags=tags,
-        )
-
-    @call
-    def release(self, space: Space, key: str, token: str) -> Call[bool]:
-        """Give up the loader lock after a failed load."""
-        return release_call(space, key, token)
-
-    @call
-    def write_begin(self, space: Space, key: str, token: str, *, ttl_ms: int) -> Call[bool]:
-        """Before a write-through's database write: register as the key's writer."""
-        return write_begin_call(space, key, token, ttl_ms=ttl_ms)
-
-    @call
-    def set(
-        self,
-        space: Space,
-        key: str,
-        token: str,
-        payload: str | None,
-        *,
-        ttl_ms: int,
-        grace_ms: int,
-        tags: Sequence[str] = (),
-    ) -> Call[bool]:
-        """After it: store if no other writer began since, else drop the key (False)."""
-        return set_call(space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
-
-    @call
-    def invalidate(self, space: Space, key: str) -> Call[bool]:
-        return invalidate_call(space, key)
+    get = forward(get_call)
+    fill = forward(fill_call)
+    release = forward(release_call)
+    write_begin = forward(write_begin_call)
+    set = forward(set_call)
+    invalidate = forward(invalidate_call)
+    wb_write = forward(wb_write_call)
+    wb_ack = forward(wb_ack_call)
 
     @plan
     def invalidate_tag(self, space: Space, tag: str) -> Plan[int]:
         """Drop every value carrying `tag`, over all shards (one pipelined round per node)."""
         return sum((yield from many(invalidate_tag_calls(space, tag))))
-
-    @call
-    def wb_write(
-        self,
-        space: Space,
-        key: str,
-        payload: str | None,
-        *,
-        ttl_ms: int,
-        grace_ms: int,
-        tags: Sequence[str] = (),
-    ) -> Call[str]:
-        return wb_write_call(space, key, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags)
-
-    @call
-    def wb_ack(
-        self, stream: str, group: str, ids: Sequence[str], value_keys: Sequence[str] = ()
-    ) -> Call[int]:
-        return wb_ack_call(stream, group, ids, value_keys)
 
 
 AsyncCaches = Caches  # the same class: on an asyncio client its methods return awaitables

@@ -8,12 +8,8 @@ connection errors are handled here, with a topology refresh and bounded retries.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import logging
 import random
-import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,50 +18,18 @@ from typing import Any, TypeVar
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    MovedError,
-    NoPermissionError,
-    RedisClusterException,
-    ResponseError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
+from redis.exceptions import AskError, MovedError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._core import (
-    _REDO,
-    AfterSend,
-    Call,
-    backoff_s,
-    check_acked,
-    check_library_reply,
-    durable_replies,
-    gives_up,
-    library_source,
-    missing_and_not_allowed,
-    needs_retry,
-    raise_error_reply,
-    str_pairs,
-    translate_error,
-)
-from adcache._generated import AdCacheError, LibraryMissingError
-from adcache._redispy import (
-    node_address,
-    pack,
-    pool_connection,
-    reader,
-    refresh,
-    standalone_name,
-)
+from adcache._base import REDO, TRANSIENT, ClientBase
+from adcache._core import AfterSend, Arg, Call, durable_replies, needs_retry, translate_error
+from adcache._facade import _drive_sync
+from adcache._redispy import node_address, pool_connection, reader, refresh, standalone_name
 from adcache.facades import SyncFacades
 
 log = logging.getLogger("adcache")
 T = TypeVar("T")
-
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
 
 
 @dataclass(frozen=True)
@@ -123,26 +87,12 @@ class _Node:
             self.drop(self.idle.pop())
 
     def exchange(self, payload: bytes, n: int, *, checked: bool = False) -> list[Any]:
-        """Write `n` packed commands at once and read their replies (error replies in place).
-        Failing to connect raises the connection error (nothing was sent); a failure once
-        sending began raises AfterSend (the commands may have run)."""
-        conn = self.take_checked() if checked else self.take()
-        try:
-            conn.send_packed_command((payload,), check_health=False)
-            read = reader(conn)
-            out = [read() for _ in range(n)]
-        except _LOST as e:
-            self.drop(conn)
-            raise AfterSend(_lost(e)) from e
-        except BaseException:
-            self.drop(conn)
-            raise
-        self.give(conn)
-        return out
+        """Write `n` packed commands at once and read their replies (error replies in place)."""
+        return _Batch(self, payload, n, checked=checked).read()
 
-    def one(self, payload: bytes, *, checked: bool = False) -> Any:
-        """One packed command: its reply; an error reply is raised."""
-        conn = self.take_checked() if checked else self.take()
+    def one(self, payload: bytes) -> Any:
+        """One packed command: its reply; an error reply is raised (the hot path: no batch)."""
+        conn = self.take()
         try:
             conn.send_packed_command((payload,), check_health=False)
             reply = reader(conn)()
@@ -168,7 +118,7 @@ def _lost(e: BaseException) -> Exception:
     return RedisConnectionError(f"connection lost: {e}")
 
 
-class AdCache(SyncFacades):
+class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
     """Typed access to the adcache library on a standalone Redis or a Redis Cluster.
 
     auto_deploy: when a node has no library (a primary restarted without persistence, a shard
@@ -188,46 +138,15 @@ class AdCache(SyncFacades):
     by a failover, so retry it (the money path is idempotent). 0 (default) does not wait.
     """
 
-    is_async = False
-
-    def __init__(
-        self,
-        client: redis.Redis | RedisCluster,
-        *,
-        auto_deploy: bool = False,
-        verify_library: bool = True,
-        read_from_replicas: bool = False,
-        max_attempts: int = 5,
-        retry_budget_s: float = 10.0,
-        durable_replicas: int = 0,
-        durable_timeout_ms: int = 500,
-    ) -> None:
-        self.redis = client
-        self.durable_replicas = durable_replicas
-        self.durable_timeout_ms = durable_timeout_ms
-        self.is_cluster = isinstance(client, RedisCluster)
-        self.auto_deploy = auto_deploy
-        self.verify_library = verify_library
-        self.read_from_replicas = read_from_replicas
-        self.max_attempts = max_attempts
-        self.retry_budget_s = retry_budget_s
-        self._verified: set[str] = set()
-        self._lock = threading.Lock()
+    def _setup(self) -> None:
+        self.is_cluster = isinstance(self.redis, RedisCluster)
         self._nodes: dict[str, _Node] = {}  # by host:port
         self._slots: list[_Node | None] = [None] * 16384  # slot -> primary, filled on use
         self._single: _Node | None = None
         self._name = ""
-        if not self.is_cluster:
-            self._name = standalone_name(client.connection_pool)  # type: ignore[union-attr]
-            self._single = _Node(self._name, client)  # type: ignore[arg-type]
-        self._attach_facades()
-
-    def durable(self, replicas: int = 1, timeout_ms: int = 500) -> AdCache:
-        """A view of this client (same connections) whose writes wait for `replicas` replicas."""
-        view = copy.copy(self)
-        view.durable_replicas, view.durable_timeout_ms = replicas, timeout_ms
-        view._attach_facades()
-        return view
+        if not isinstance(self.redis, RedisCluster):
+            self._name = standalone_name(self.redis.connection_pool)
+            self._single = _Node(self._name, self.redis)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
@@ -271,12 +190,20 @@ class AdCache(SyncFacades):
             node = self._slots[slot] = self._node(rc.get_node_from_key(call.keys[0]))
         return node
 
+    def _name_of(self, node: _Node) -> str:
+        return node.name
+
+    def _ask_node(self, e: AskError) -> _Node | None:
+        host, port = node_address(e)
+        cn = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
+        return None if cn is None else self._node(cn)
+
     def _refresh_topology(self) -> None:
         if self.is_cluster:
             self._slots = [None] * 16384
             try:
                 refresh(self.redis)  # type: ignore[arg-type]
-            except (*_TRANSIENT, RedisClusterException) as e:  # the next try refreshes again
+            except (*TRANSIENT, RedisClusterException) as e:  # the next try refreshes again
                 log.info("adcache: topology refresh failed: %s", e)
 
     def _moved(self, e: MovedError) -> None:
@@ -304,38 +231,26 @@ class AdCache(SyncFacades):
             for n in sorted(found, key=lambda n: n.name)
         ]
 
-    # ---- library checks ----
+    def execute_on(self, ref: NodeRef, *cmd: Arg) -> Any:
+        """One command on one node (admin and monitoring: no routing, no retries)."""
+        return ref.client.execute_command(*cmd)
 
-    def _deploy_on(self, node: _Node) -> None:
-        log.warning("adcache library missing on %s: loading it (auto_deploy)", node.name)
-        try:
-            node.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
-        except NoPermissionError as e:
-            raise missing_and_not_allowed(node.name, e) from e
+    def execute_many_on(self, ref: NodeRef, cmds: list[tuple[Arg, ...]]) -> list[Any]:
+        """Several commands on one node in one round trip; error replies are returned in place."""
+        pipe = ref.client.pipeline(transaction=False)
+        for cmd in cmds:
+            pipe.execute_command(*cmd)
+        return pipe.execute(raise_on_error=False)
 
-    def _verify(self, node: _Node) -> None:
-        try:
-            reply = node.client.execute_command("FCALL_RO", "ac_version", 0)
-        except ResponseError as e:
-            err = translate_error(e, node.name)
-            if isinstance(err, LibraryMissingError) and self.auto_deploy:
-                self._deploy_on(node)
-                reply = node.client.execute_command("FCALL_RO", "ac_version", 0)
-            else:
-                raise err from e
-        check_library_reply(reply, node.name)
-        with self._lock:
-            self._verified.add(node.name)
+    def _send(self, node: _Node, *cmd: Arg) -> Any:
+        return node.client.execute_command(*cmd)
+
+    def _exchange(self, node: _Node, payload: bytes, n: int, checked: bool = False) -> list[Any]:
+        return node.exchange(payload, n, checked=checked)
 
     def library_info(self) -> dict[str, dict[str, str]]:
         """`ac_version` of every primary (standalone: the one server), by node name."""
-        out = {}
-        for ref in self.nodes(replicas=False):
-            try:
-                out[ref.name] = str_pairs(ref.client.execute_command("FCALL_RO", "ac_version", 0))
-            except ResponseError as e:
-                raise translate_error(e, ref.name) from e
-        return out
+        return _drive_sync(self, self._library_info())
 
     # ---- calls ----
 
@@ -363,95 +278,9 @@ class AdCache(SyncFacades):
             except ResponseError as e:
                 if not needs_retry(e, node.name):
                     raise translate_error(e, node.name) from e
-            except (AfterSend, *_TRANSIENT):
+            except (AfterSend, *TRANSIENT):
                 pass
-        return self._fcall(call, payload)
-
-    def _fcall(self, call: Call[Any], payload: bytes) -> Any:
-        repeatable = call.repeatable
-        deployed = False
-        ask_node: ClusterNode | None = None
-        started = time.monotonic()
-        for attempt in itertools.count():
-            node = self._node_for(call)
-            try:
-                if self.verify_library and node.name not in self._verified:
-                    self._verify(node)
-                if ask_node is not None:
-                    node = self._node(ask_node)
-                    return raise_error_reply(node.exchange(_ASKING + payload, 2)[1])
-                if self.durable_replicas and not call.readonly:
-                    return self._durable_write(node, payload)
-                return node.one(payload, checked=not repeatable)
-            except MovedError as e:
-                self._moved(e)
-                self._give_up_after(e, call, attempt, started, redirect=True)
-            except AskError as e:
-                host, port = node_address(e)
-                ask_node = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
-                if ask_node is None:
-                    self._refresh_topology()
-                self._give_up_after(e, call, attempt, started, redirect=True)
-                continue
-            except TryAgainError as e:
-                self._give_up_after(e, call, attempt, started, redirect=True)
-                time.sleep(0.05 * min(attempt + 1, 10))
-            except AfterSend as e:
-                if not repeatable:
-                    log.warning(
-                        "adcache: %s on %s after %s was sent: not retried",
-                        e.cause,
-                        node.name,
-                        call.function,
-                    )
-                    raise e.cause from None
-                self._pause(e.cause, node.name, call, attempt, started)
-            except _TRANSIENT as e:
-                self._pause(e, node.name, call, attempt, started)
-            except ResponseError as e:
-                err = translate_error(e, node.name)
-                if isinstance(err, LibraryMissingError):
-                    with self._lock:
-                        self._verified.discard(node.name)
-                    if self.auto_deploy and not deployed:
-                        deployed = True
-                        self._deploy_on(node)
-                        continue
-                raise err from e
-            ask_node = None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _give_up_after(
-        self, e: Exception, call: Call[Any], attempt: int, started: float, *, redirect: bool
-    ) -> None:
-        """Raise once a call has used its attempts (a repeatable one: its time budget)."""
-        if not gives_up(self, call, attempt, started):
-            return
-        if redirect:
-            raise AdCacheError(f"{call.function}: gave up after {attempt + 1} attempts ({e})")
-        raise e
-
-    def _pause(
-        self, e: Exception, name: str, call: Call[Any], attempt: int, started: float
-    ) -> None:
-        """Back off before the next attempt (re-raising once the call may not try again) and
-        refresh the map."""
-        self._give_up_after(e, call, attempt, started, redirect=False)
-        log.info("adcache: %s on %s, retrying (attempt %d)", e, name, attempt + 1)
-        time.sleep(backoff_s(attempt))
-        self._refresh_topology()
-
-    def _durable_write(self, node: _Node, payload: bytes) -> Any:
-        reply, acked = node.exchange(payload + self._wait_cmd(), 2)
-        reply = raise_error_reply(reply)
-        self._check_acked(node.name, acked)
-        return reply
-
-    def _wait_cmd(self) -> bytes:
-        return pack(("WAIT", self.durable_replicas, self.durable_timeout_ms))
-
-    def _check_acked(self, name: str, acked: Any) -> None:
-        check_acked(self, name, acked)
+        return _drive_sync(self, self._fcall(call, payload))
 
     def run_many(self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True) -> list[Any]:
         """Execute many calls with one pipeline per node (one round per node).
@@ -459,30 +288,17 @@ class AdCache(SyncFacades):
         Results come back in the order of `calls`. With raise_on_error=False a failed call's slot
         holds its exception instead of raising the first one.
         """
-        groups: dict[_Node, list[int]] = {}
-        for i, call in enumerate(calls):
-            node = self._node_for(call)
-            idxs = groups.get(node)
-            if idxs is None:
-                groups[node] = [i]
-            else:
-                idxs.append(i)
         results: list[Any] = [None] * len(calls)
         # Write every node's batch first, then read them all: the nodes work in parallel, so the
         # whole batch costs about one round trip, not one per node.
-        sent: list[tuple[_Node, list[int], _Batch | Exception | None]] = []
-        for node, idxs in groups.items():
+        sent: list[tuple[str, list[int], _Batch | Exception | None]] = []
+        for name, (node, idxs) in self._groups(calls).items():
             batch: _Batch | Exception | None = None
             try:
-                if self.verify_library and node.name not in self._verified:
-                    self._verify(node)
-                payload = b"".join([calls[i].packed() for i in idxs])
-                n = len(idxs)
-                if self.durable_replicas and not all(calls[i].readonly for i in idxs):
-                    payload += self._wait_cmd()  # one WAIT covers the whole batch
-                    n += 1
-                batch = _Batch(node, payload, n)
-            except _TRANSIENT:
+                if self.verify_library and name not in self._verified:
+                    _drive_sync(self, self._verify(node))
+                batch = _Batch(node, *self._batch(calls, idxs))
+            except TRANSIENT:
                 pass  # not sent: every call of this node is retried on its own below
             except AfterSend as e:
                 batch = e.cause
@@ -491,55 +307,23 @@ class AdCache(SyncFacades):
                     if isinstance(b, _Batch):
                         b.abandon()
                 raise
-            sent.append((node, idxs, batch))
+            sent.append((name, idxs, batch))
         refreshed = False
-        for node, idxs, batch in sent:
+        for name, idxs, batch in sent:
             try:
                 if isinstance(batch, Exception):
                     raise AfterSend(batch)
-                replies = [_REDO] * len(idxs) if batch is None else batch.read()
+                replies = [REDO] * len(idxs) if batch is None else batch.read()
                 if len(replies) > len(idxs):
-                    replies = durable_replies(self, node.name, calls, idxs, replies)
+                    replies = durable_replies(self, name, calls, idxs, replies)
             except AfterSend as e:
                 # Repeatable calls are retried; a write that may have run gets the error.
                 if not refreshed:
                     self._refresh_topology()
                     refreshed = True
-                replies = [_REDO if calls[i].repeatable else e.cause for i in idxs]
-            for i, reply in zip(idxs, replies, strict=True):
-                call = calls[i]
-                if reply is _REDO or isinstance(reply, Exception):
-                    results[i] = self._settle(call, node.name, reply)
-                    continue
-                try:
-                    results[i] = call.parse(reply)
-                except Exception as e:
-                    results[i] = e
-        if raise_on_error:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return results
-
-    def _settle(self, call: Call[Any], name: str, reply: Any) -> Any:
-        # Redirects and lost connections inside a pipeline are retried one by one.
-        if reply is _REDO or isinstance(reply, (MovedError, AskError, TryAgainError)):
-            try:
-                return self.run(call)
-            except Exception as e:
-                return e
-        if isinstance(reply, ResponseError):
-            err = translate_error(reply, name)
-            if isinstance(err, LibraryMissingError):
-                with self._lock:
-                    self._verified.discard(name)
-                if self.auto_deploy:
-                    try:
-                        return self.run(call)
-                    except Exception as e:
-                        return e
-            return err
-        return reply
+                replies = [REDO if calls[i].repeatable else e.cause for i in idxs]
+            _drive_sync(self, self._settle(calls, name, idxs, replies, results))
+        return self._results(results, raise_on_error)
 
 
 class _Batch:
@@ -551,10 +335,10 @@ class _Batch:
 
     __slots__ = ("conn", "n", "node")
 
-    def __init__(self, node: _Node, payload: bytes, n: int) -> None:
+    def __init__(self, node: _Node, payload: bytes, n: int, *, checked: bool = False) -> None:
         self.node = node
         self.n = n
-        self.conn = node.take()
+        self.conn = node.take_checked() if checked else node.take()
         try:
             self.conn.send_packed_command((payload,), check_health=False)
         except _LOST as e:
@@ -581,6 +365,3 @@ class _Batch:
     def abandon(self) -> None:
         """Written but never read: its connection holds unread replies, so it is closed."""
         self.node.drop(self.conn)
-
-
-_ASKING = pack(("ASKING",))

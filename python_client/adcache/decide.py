@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from adcache import auctions as auc
 from adcache import budgets as bud
@@ -36,15 +36,13 @@ from adcache import profiles as prof
 from adcache import sessions as sess
 from adcache import stats as st
 from adcache._core import Call
+from adcache._facade import Facade, M, Many, plan
+from adcache._facade import Plan as FacadePlan
 from adcache._generated import AlreadyExistsError, InvalidStateError, NotFoundError
 from adcache.campaigns import Campaign
 from adcache.campaigns import get_call as campaign_get_call
 from adcache.money import Amount, from_micros, impression_cost_micros, to_micros
 from adcache.targeting import DIMENSIONS, combine, query_call, user_shards
-
-if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
 
 log = logging.getLogger("adcache.decide")
 
@@ -148,7 +146,11 @@ class DecideConfig:
     (one more round for that request). refusal_ttl: seconds a campaign refused a reservation
     (budget, pacing, state), or whose commit exhausted a budget, is left out of this client's
     requests (0: never). index_ttl: seconds a targeting shard's members are kept in process
-    (0: every request queries its shards)."""
+    (0: every request queries its shards). capped_ttl: seconds this client remembers that a
+    user's cap refuses a campaign (from a cap check or record; never past the moment the server
+    said it frees up): such a candidate is still checked and can still bid if it turns out
+    allowed, but round 2 reserves for the imp's best candidate not remembered capped (0: never
+    remember)."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -163,6 +165,7 @@ class DecideConfig:
     cold_records: Literal["skip", "fetch"] = "skip"
     refusal_ttl: float = 5.0
     index_ttl: float = 1.0
+    capped_ttl: float = 5.0
     relevance: RelevanceRule = field(default_factory=RelevanceRule)
 
 
@@ -421,8 +424,7 @@ class _SignalSlots:
 
     profile: int
     context: int | None  # no session
-    create: int
-    result: int
+    open: int  # the auction's create, or the one an earlier attempt left
     queries: dict[str, int]  # targeting shard -> slot (empty with expand_interests)
     refresh: dict[str, int]  # campaign id -> its record
 
@@ -440,7 +442,7 @@ class _CheckSlots:
 class _AuctionSlots:
     """Round 3."""
 
-    close: int
+    close: int  # the bids and the close
     records: dict[str, int]  # imp id -> the cap record of its predicted winner
     reserves: dict[str, int]  # campaign id (a predicted winner not reserved yet) -> reservation
 
@@ -501,7 +503,7 @@ class _Attempt:
         )
 
 
-Win = tuple[_Cand, auc.ImpResult]
+Win = tuple[_Cand, auc.ImpWin]
 
 
 def _send(a: _Attempt, calls: list[Call[Any]]) -> Step:
@@ -523,6 +525,7 @@ class Engine:
         self._pending: list[Call[Any]] = []
         self._refresh: set[str] = set()
         self._refused: dict[str, float] = {}
+        self._capped: dict[tuple[str, str], float] = {}  # (user, campaign) -> until (monotonic)
         self._lock = threading.Lock()
 
     def configure(self, config: DecideConfig) -> None:
@@ -558,6 +561,23 @@ class Engine:
             if len(self._refused) > 10_000:
                 self._refused = {k: t for k, t in self._refused.items() if t > now}
             self._refused[cid] = now + ttl
+
+    def _remember_capped(self, user: str, cid: str, frees_at_ms: int | None) -> None:
+        """Remember for capped_ttl (at most until the server said it frees up) that the user's
+        cap refuses the campaign: round 2 then reserves for another candidate. A memory that is
+        wrong costs only a reservation in round 3 (the fallback), never an outcome."""
+        ttl = self.config.capped_ttl
+        if frees_at_ms is not None:
+            ttl = min(ttl, frees_at_ms / 1000 - time.time())
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._capped) > 10_000:  # bounded: forget the expired, or all
+                self._capped = {k: t for k, t in self._capped.items() if t > now}
+                if len(self._capped) > 10_000:
+                    self._capped.clear()
+            self._capped[(user, cid)] = now + ttl
 
     def _stats_config(self) -> st.StatsConfig:
         facade = getattr(self._c, "stats", None)
@@ -614,10 +634,9 @@ class Engine:
                 )
             context = rnd.add(sess.context_call(req.session_id, half_life=cfg.session_half_life))
         imps = [auc.Imp(i.imp_id, i.floor) for i in req.imps]
-        create = rnd.add(
-            auc.create_call(a.rid, imps, tmax_ms=cfg.tmax_ms, exp=60.0, ttl=cfg.auction_ttl)
+        opened = rnd.add(
+            auc.open_call(a.rid, imps, tmax_ms=cfg.tmax_ms, exp=60.0, ttl=cfg.auction_ttl)
         )
-        result = rnd.add(auc.result_call(a.rid))
         per_dim: dict[str, list[str]] = {}
         if not cfg.expand_interests:
             per_dim = _shards(req, _tokens(req.categories)[:MAX_INTERESTS])
@@ -627,8 +646,7 @@ class Engine:
         slots = _SignalSlots(
             profile,
             context,
-            create,
-            result,
+            opened,
             queries,
             rnd.by((c, campaign_get_call(c)) for c in refresh),
         )
@@ -647,11 +665,10 @@ class Engine:
         # The attempt that created the auction owns the request. Another attempt (a retry, or a
         # duplicate still running) gives back only what the auction shows lost, since the
         # reservations are shared by id; the rest expires.
-        if isinstance(r[slots.create], AlreadyExistsError):
+        existing: auc.AuctionResult | None = _ok(r[slots.open])
+        if existing is not None:
             a.creator = False
-            a.existing = _ok(r[slots.result])
-        else:
-            _ok(r[slots.create])
+            a.existing = existing
         if cfg.expand_interests:
             return None
         got = {s: _ok(r[i]) for s, i in slots.queries.items()}
@@ -732,10 +749,12 @@ class Engine:
         """Round 2: the caps of every candidate (one check), a reservation for the top candidate
         of each imp only (the likely winner), stale records refreshed. Returns the eligible
         candidates: allowed by their caps and not refused a reservation."""
-        cfg = self.config
+        cfg, user = self.config, a.req.user_id
+        now, capped = time.monotonic(), self._capped
         tops: dict[str, _Cand] = {}
-        for c in cands:  # by price, best first
-            tops.setdefault(c.imp_id, c)
+        for c in cands:  # by price, best first; skip what this client saw capped for the user
+            if not (capped and capped.get((user, c.cid), 0.0) > now):
+                tops.setdefault(c.imp_id, c)
         rnd = _Round()
         slots = _CheckSlots(
             rnd.add(fc.check_call(a.req.user_id, [c.entry.candidate for c in cands])),
@@ -754,6 +773,7 @@ class Engine:
                 continue  # refused a reservation
             if not cap.allowed:
                 a.capped += 1
+                self._remember_capped(user, c.cid, cap.frees_at_ms)
             else:
                 eligible.append(c)
         return eligible
@@ -780,12 +800,13 @@ class Engine:
     ) -> Generator[
         list[Call[Any]],
         Replies,
-        tuple[auc.AuctionResult, dict[str, _Cand], dict[str, fc.Impression]] | None,
+        tuple[list[auc.ImpWin], dict[str, _Cand], dict[str, fc.Impression]] | None,
     ]:
         """Round 3: the bids that can change an outcome (`_Attempt.bidding`) and the close (one
-        pipeline on the auction's node); each imp's predicted winner's cap recorded, and
-        reserved if round 2 did not; the reservations of capped candidates released. Returns (the closed auction, the predicted winners and
-        their cap records by imp), or None when nothing bid."""
+        call on the auction's node); each imp's predicted winner's cap recorded, and reserved if
+        round 2 did not; the reservations of capped candidates released. Returns (the closed
+        auction's winners by imp, the predicted winners and their cap records by imp), or None
+        when nothing bid."""
         cfg, rid = self.config, a.rid
         # The auction holds only this request's bids (and on a retry the earlier attempt's, at
         # their first price): each imp's winner is known before the close (ties: earlier bid).
@@ -801,8 +822,7 @@ class Engine:
         rnd = _Round()
         close = -1
         if eligible:
-            rnd.add(auc.bid_many_call(rid, [c.bid() for c in a.bidding(eligible)]))
-            close = rnd.add(auc.close_call(rid))
+            close = rnd.add(auc.bid_close_call(rid, [c.bid() for c in a.bidding(eligible)]))
         slots = _AuctionSlots(
             close,
             rnd.by(
@@ -838,12 +858,15 @@ class Engine:
         for cid, i in slots.reserves.items():
             self._held(a, by_cid[cid], r[i])
         recorded = {imp_id: _ok(r[i]) for imp_id, i in slots.records.items()}
+        for imp_id, rec in recorded.items():
+            if not rec.admitted or rec.remaining == 0:  # capped now (or by this impression)
+                self._remember_capped(a.req.user_id, predicted[imp_id].cid, rec.frees_at_ms)
         return _ok(r[slots.close]), predicted, recorded
 
     def _outcome(
         self,
         a: _Attempt,
-        result: auc.AuctionResult,
+        result: list[auc.ImpWin],
         predicted: dict[str, _Cand],
         recorded: dict[str, fc.Impression],
     ) -> tuple[list[Win], list[str], list[tuple[str, str]]]:
@@ -851,16 +874,16 @@ class Engine:
         the unfilled imps and why)."""
         wins: list[Win] = []
         unfilled: list[tuple[str, str]] = []
-        for imp in result.imps:
-            w, guess, rec = imp.winner, predicted.get(imp.imp_id), recorded.get(imp.imp_id)
-            if w is None or w.cid is None:
+        for imp in result:
+            guess, rec = predicted.get(imp.imp_id), recorded.get(imp.imp_id)
+            if imp.cid is None:
                 unfilled.append((imp.imp_id, "no_bid"))
-            elif guess is None or guess.cid != w.cid or rec is None:
+            elif guess is None or guess.cid != imp.cid or rec is None:
                 # Only on a retry whose stored bids outrank the new ones: leave the imp empty.
                 unfilled.append((imp.imp_id, "mismatch"))
             elif not rec.admitted:
                 unfilled.append((imp.imp_id, "capped"))
-            elif w.cid not in a.held:
+            elif imp.cid not in a.held:
                 unfilled.append((imp.imp_id, "refused"))  # its reservation was refused
             else:
                 wins.append((guess, imp))
@@ -869,7 +892,7 @@ class Engine:
         # request may be settling it (its reservation expires if none is).
         winners = {c.cid for c, _ in wins}
         mine = {c.cid for c in predicted.values()}
-        won = {b.cid for b in result.bids if b.status == "won"}
+        won = {imp.cid for imp in result if imp.cid is not None}
         release = [cid for cid in a.held if cid not in winners and (cid not in won or cid in mine)]
         return wins, release, unfilled
 
@@ -977,7 +1000,7 @@ class Engine:
                     )
                 )
         if result.state == "due":
-            rnd.add(auc.close_call(rid))
+            rnd.add(auc.bid_close_call(rid, []))  # record the close (its reply: the same outcome)
         r = (yield from _send(a, rnd.calls)) if rnd.calls else []
         wins: list[Win] = []
         for imp_id, i in records.items():
@@ -989,7 +1012,8 @@ class Engine:
             e = usable[imp.winner.cid]
             price, bid = imp.winner.price_micros, e.record.spec.bid_cpm_micros
             m = -(-price * BP // bid) if bid else 0  # the multiplier that gave this price
-            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), imp))
+            won = auc.ImpWin(imp_id, imp.winner.cid, price, imp.winner.crid, imp.clearing_micros)
+            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), won))
         # Which bidders hold a reservation is not known here: give back every loser's (a
         # release of a reservation that does not exist changes nothing).
         winners = {c.cid for c, _ in wins}
@@ -1026,11 +1050,11 @@ def _names(per_dim: dict[str, list[str]]) -> list[str]:
 # ---- facades ----
 
 
-class Decisions:
-    """The ad decision on a synchronous `AdCache` (`cache.decide`)."""
+class Decisions(Facade[M]):
+    """The ad decision on the sync or asyncio `AdCache` (`cache.decide`)."""
 
-    def __init__(self, cache: AdCache, config: DecideConfig | None = None) -> None:
-        self._c = cache
+    def __init__(self, cache: Any, config: DecideConfig | None = None) -> None:
+        super().__init__(cache)
         self.engine = Engine(cache, config)
 
     @property
@@ -1041,62 +1065,31 @@ class Decisions:
     def config(self, value: DecideConfig) -> None:
         self.engine.configure(value)
 
-    def decide(self, request: AdRequest) -> Decision:
+    @plan
+    def decide(self, request: AdRequest) -> FacadePlan[Decision]:
         """Serve one request end to end (four rounds with a warm record cache); safe to retry
         with the same request id."""
-        plan = self.engine.path(request)
+        path = self.engine.path(request)
         try:
-            calls = next(plan)
+            calls = next(path)
             while True:
-                calls = plan.send(self._c.run_many(calls, raise_on_error=False))
+                calls = path.send((yield Many(calls, raise_on_error=False)))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def flush(self) -> int:
+    @plan
+    def flush(self) -> FacadePlan[int]:
         """Send the index updates commits asked for (normally they ride with the next request)."""
         calls, refresh = self.engine._take_pending()
         if refresh:
-            got = self._c.run_many([campaign_get_call(c) for c in refresh], raise_on_error=False)
+            got = yield Many([campaign_get_call(c) for c in refresh], raise_on_error=False)
             self.engine.records.store(refresh, got)
         if calls:
-            self._c.run_many(calls, raise_on_error=False)
+            yield Many(calls, raise_on_error=False)
         return len(calls)
 
 
-class AsyncDecisions:
-    """The ad decision on an asyncio `AdCache` (`cache.decide`)."""
-
-    def __init__(self, cache: aio.AdCache, config: DecideConfig | None = None) -> None:
-        self._c = cache
-        self.engine = Engine(cache, config)
-
-    @property
-    def config(self) -> DecideConfig:
-        return self.engine.config
-
-    @config.setter
-    def config(self, value: DecideConfig) -> None:
-        self.engine.configure(value)
-
-    async def decide(self, request: AdRequest) -> Decision:
-        plan = self.engine.path(request)
-        try:
-            calls = next(plan)
-            while True:
-                calls = plan.send(await self._c.run_many(calls, raise_on_error=False))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-
-    async def flush(self) -> int:
-        calls, refresh = self.engine._take_pending()
-        if refresh:
-            got = await self._c.run_many(
-                [campaign_get_call(c) for c in refresh], raise_on_error=False
-            )
-            self.engine.records.store(refresh, got)
-        if calls:
-            await self._c.run_many(calls, raise_on_error=False)
-        return len(calls)
+AsyncDecisions = Decisions  # the same class: on an asyncio client its methods return awaitables
 
 
 __all__ = [

@@ -1,32 +1,28 @@
 """Which domain facades a client carries: `cache.sessions`, `cache.auctions`, ...
 
-The same names on the sync and the asyncio client. A domain adds one import, one annotation per
-class and one entry per table.
+The same names and classes on the sync and the asyncio client. A domain adds one import, one
+entry in the table and one annotation per client class.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adcache._facade import Async, Sync
-from adcache.auctions import AsyncAuctions, Auctions
-from adcache.budgets import AsyncBudgets, Budgets
-from adcache.caches import AsyncCaches, Caches
-from adcache.campaigns import AsyncCampaigns, Campaigns
-from adcache.caps import AsyncCaps, Caps
-from adcache.decide import AsyncDecisions, Decisions
-from adcache.monitor import AsyncMonitor, Monitor
-from adcache.profiles import AsyncProfiles, Profiles
-from adcache.segments import AsyncSegments, Segments
-from adcache.sessions import AsyncSessions, Sessions
-from adcache.stats import AsyncStats, Stats
-from adcache.targeting import AsyncTargetingIndex, TargetingIndex
+from adcache.auctions import Auctions
+from adcache.budgets import Budgets
+from adcache.caches import Caches
+from adcache.campaigns import Campaigns
+from adcache.caps import Caps
+from adcache.decide import Decisions
+from adcache.monitor import Monitor
+from adcache.profiles import Profiles
+from adcache.segments import Segments
+from adcache.sessions import Sessions
+from adcache.stats import Stats
+from adcache.targeting import TargetingIndex
 
-if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
-
-SYNC: dict[str, Any] = {
+FACADES: dict[str, Any] = {
     "sessions": Sessions,
     "profiles": Profiles,
     "segments": Segments,
@@ -40,20 +36,7 @@ SYNC: dict[str, Any] = {
     "caches": Caches,
     "decide": Decisions,
 }
-ASYNC: dict[str, Any] = {
-    "sessions": AsyncSessions,
-    "profiles": AsyncProfiles,
-    "segments": AsyncSegments,
-    "auctions": AsyncAuctions,
-    "caps": AsyncCaps,
-    "campaigns": AsyncCampaigns,
-    "budgets": AsyncBudgets,
-    "targeting": AsyncTargetingIndex,
-    "stats": AsyncStats,
-    "monitor": AsyncMonitor,
-    "caches": AsyncCaches,
-    "decide": AsyncDecisions,
-}
+SYNC = ASYNC = FACADES  # one class per domain serves both clients
 
 
 class SyncFacades:
@@ -66,13 +49,9 @@ class SyncFacades:
     budgets: Budgets[Sync]
     targeting: TargetingIndex[Sync]
     stats: Stats[Sync]
-    monitor: Monitor
+    monitor: Monitor[Sync]
     caches: Caches[Sync]
-    decide: Decisions
-
-    def _attach_facades(self: AdCache) -> None:  # type: ignore[misc]
-        for name, cls in SYNC.items():
-            setattr(self, name, cls(self))
+    decide: Decisions[Sync]
 
 
 class AsyncFacades:
@@ -85,10 +64,6 @@ class AsyncFacades:
     budgets: Budgets[Async]
     targeting: TargetingIndex[Async]
     stats: Stats[Async]
-    monitor: AsyncMonitor
+    monitor: Monitor[Async]
     caches: Caches[Async]
-    decide: AsyncDecisions
-
-    def _attach_facades(self: aio.AdCache) -> None:  # type: ignore[misc]
-        for name, cls in ASYNC.items():
-            setattr(self, name, cls(self))
+    decide: Decisions[Async]

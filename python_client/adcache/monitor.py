@@ -17,17 +17,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
 from adcache import _generated as keys
 from adcache._core import pairs, text, translate_error
+from adcache._facade import Facade, M, Plan, do, plan
 from adcache._generated import KEY_PREFIX
-
-if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
 
 log = logging.getLogger("adcache.monitor")
 
@@ -66,19 +63,6 @@ class NodeHealth:
     def hit_rate(self) -> float | None:
         total = self.keyspace_hits + self.keyspace_misses
         return self.keyspace_hits / total if total else None
-
-
-_SUMMED = (
-    "used_memory",
-    "maxmemory",
-    "keyspace_hits",
-    "keyspace_misses",
-    "evicted_keys",
-    "expired_keys",
-    "connected_clients",
-    "ops_per_sec",
-    "commands_processed",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +139,7 @@ class AuditReport:
         return not (self.no_ttl or self.unknown or self.wrong_type)
 
 
-# ---- parsing (shared by the sync and asyncio twins) ----
+# ---- parsing ----
 
 
 def _int(info: Mapping[str, Any], name: str) -> int:
@@ -297,97 +281,29 @@ class _AuditState:
 MATCH = f"{KEY_PREFIX}:*"
 
 
-# ---- sync ----
-
-
-class Monitor:
+class Monitor(Facade[M]):
     """Health, counters and audit on the sync or asyncio `AdCache` (`cache.monitor`)."""
 
-    def __init__(self, cache: AdCache) -> None:
-        self._c = cache
-
-    def health(self) -> Health:
+    @plan
+    def health(self) -> Plan[Health]:
         out = []
-        for ref in self._c.nodes():
-            name, role, conn = ref.name, ref.role, ref.client
+        for ref in (yield from do(self._c.nodes)):
             try:
-                raw = conn.execute_command("INFO", *INFO_SECTIONS)
-                out.append(node_health(name, role, raw))
+                raw = yield from do(self._c.execute_on, ref, "INFO", *INFO_SECTIONS)
+                out.append(node_health(ref.name, ref.role, raw))
             except RedisError as e:
-                log.warning("adcache monitor: INFO on %s failed: %s", name, e)
-                out.append(NodeHealth(node=name, role=role, up=False, error=str(e)))
+                log.warning("adcache monitor: INFO on %s failed: %s", ref.name, e)
+                out.append(NodeHealth(node=ref.name, role=ref.role, up=False, error=str(e)))
         return Health(tuple(out))
 
-    def counters(self) -> Counters:
+    @plan
+    def counters(self) -> Plan[Counters]:
         per: dict[str, dict[str, int]] = {}
         errors: dict[str, str] = {}
-        for ref in self._c.nodes():
-            name, conn = ref.name, ref.client
-            try:
-                per[name] = parse_counters(
-                    conn.execute_command("FCALL_RO", "ac_monitor_counters", 0)
-                )
-            except ResponseError as e:
-                errors[name] = str(translate_error(e, name))
-            except RedisError as e:
-                errors[name] = str(e)
-        return Counters(per, errors)
-
-    def audit(
-        self, *, count: int = 200, max_keys: int = 100_000, max_report: int = 50
-    ) -> AuditReport:
-        """SCAN every primary (COUNT `count` per step, at most `max_keys` keys in all)."""
-        st = _AuditState(max_report)
-        for ref in self._c.nodes(replicas=False):
-            name, conn = ref.name, ref.client
-            if st.scanned >= max_keys:
-                st.complete = False  # nodes left unscanned
-                break
-            cursor = 0
-            while st.scanned < max_keys:
-                cursor, found = conn.scan(cursor=cursor, match=MATCH, count=count)
-                batch = st.take(found, max_keys)
-                if batch:
-                    pipe = conn.pipeline(transaction=False)
-                    for k in batch:
-                        pipe.pttl(k)
-                        pipe.type(k)
-                    res = pipe.execute()
-                    for i, k in enumerate(batch):
-                        st.add(name, k, int(res[2 * i]), text(res[2 * i + 1]))
-                if int(cursor) == 0:
-                    break
-            st.node_done(int(cursor) == 0)
-        return st.report()
-
-
-# ---- asyncio ----
-
-
-class AsyncMonitor:
-    """Asyncio twin of `Monitor` (`cache.monitor` on `adcache.aio.AdCache`)."""
-
-    def __init__(self, cache: aio.AdCache) -> None:
-        self._c = cache
-
-    async def health(self) -> Health:
-        out = []
-        for ref in await self._c.nodes():
-            name, role = ref.name, ref.role
-            try:
-                raw = await self._c.execute_on(ref, "INFO", *INFO_SECTIONS)
-                out.append(node_health(name, role, raw))
-            except RedisError as e:
-                out.append(NodeHealth(node=name, role=role, up=False, error=str(e)))
-        return Health(tuple(out))
-
-    async def counters(self) -> Counters:
-        per: dict[str, dict[str, int]] = {}
-        errors: dict[str, str] = {}
-        for ref in await self._c.nodes():
+        for ref in (yield from do(self._c.nodes)):
             name = ref.name
             try:
-                reply = await self._c.execute_on(ref, "FCALL_RO", "ac_monitor_counters", 0)
+                reply = yield from do(self._c.execute_on, ref, "FCALL_RO", "ac_monitor_counters", 0)
                 per[name] = parse_counters(reply)
             except ResponseError as e:
                 errors[name] = str(translate_error(e, name))
@@ -395,30 +311,31 @@ class AsyncMonitor:
                 errors[name] = str(e)
         return Counters(per, errors)
 
-    async def audit(
+    @plan
+    def audit(
         self, *, count: int = 200, max_keys: int = 100_000, max_report: int = 50
-    ) -> AuditReport:
+    ) -> Plan[AuditReport]:
+        """SCAN every primary (COUNT `count` per step, at most `max_keys` keys in all)."""
         st = _AuditState(max_report)
-        for ref in await self._c.nodes(replicas=False):
-            name = ref.name
+        for ref in (yield from do(self._c.nodes, replicas=False)):
             if st.scanned >= max_keys:
                 st.complete = False  # nodes left unscanned
                 break
             cursor = 0
             while st.scanned < max_keys:
-                reply = await self._c.execute_on(
-                    ref, "SCAN", cursor, "MATCH", MATCH, "COUNT", count
-                )
+                scan = ("SCAN", cursor, "MATCH", MATCH, "COUNT", count)
+                reply = yield from do(self._c.execute_on, ref, *scan)
                 cursor = int(reply[0])
                 batch = st.take(reply[1], max_keys)
                 if batch:
-                    cmds: list[tuple[str | int | bytes | float, ...]] = []
-                    for k in batch:
-                        cmds += [("PTTL", k), ("TYPE", k)]
-                    res = await self._c.execute_many_on(ref, cmds)
+                    cmds = [c for k in batch for c in (("PTTL", k), ("TYPE", k))]
+                    res = yield from do(self._c.execute_many_on, ref, cmds)
                     for i, k in enumerate(batch):
-                        st.add(name, k, int(res[2 * i]), text(res[2 * i + 1]))
+                        st.add(ref.name, k, int(res[2 * i]), text(res[2 * i + 1]))
                 if cursor == 0:
                     break
             st.node_done(cursor == 0)
         return st.report()
+
+
+AsyncMonitor = Monitor  # the same class: on an asyncio client its methods return awaitables

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, positive_ms, text
-from adcache._facade import Facade, M, Plan, call, many, plan
+from adcache._facade import Facade, M, Plan, forward, many, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ def _expected(expected_version: int | None) -> str | int:
 
 
 def get_call(user_id: str) -> Call[Profile | None]:
+    """The profile, or None when unknown or expired (FCALL_RO)."""
     return Call("ac_profile_get", (keys.profile(user_id),), (), _parse(user_id))
 
 
@@ -167,7 +168,8 @@ def set_call(
     demographics: Mapping[str, str] | None = None,
     attributes: Mapping[str, str] | None = None,
 ) -> Call[ProfileWrite]:
-    """Replace the whole profile (fields not given are gone; score 0 unless given)."""
+    """Replace the whole profile (fields not given are gone; score 0 unless given).
+    VersionConflictError when expected_version (0: must not exist) is not the stored one."""
     f = _fields(
         score_milli=score_milli,
         last_activity_ms=last_activity_ms,
@@ -192,7 +194,8 @@ def patch_call(
     demographics: Mapping[str, str | None] | None = None,
     attributes: Mapping[str, str | None] | None = None,
 ) -> Call[ProfileWrite]:
-    """Change only the given fields (segment '' clears it; None in a mapping deletes that key)."""
+    """Change only the given fields, in one call (creates the profile when absent).
+    segment '' clears it; None in demographics/attributes deletes that key."""
     f = _fields(
         score_milli=score_milli,
         last_activity_ms=last_activity_ms,
@@ -212,6 +215,8 @@ def activity_call(
     idle_ttl: float | None = None,
     missing: Literal["create", "fail"] = "create",
 ) -> Call[Activity]:
+    """Add to the score, set last activity to now, refresh the idle TTL: one atomic call."""
+
     def parse(reply: Any) -> Activity:
         score, last, version, exp, created = ints(reply)
         return Activity(score, last, version, exp, created == 1)
@@ -223,83 +228,15 @@ def activity_call(
 class Profiles(Facade[M]):
     """Profile calls on the sync or asyncio `AdCache` (`cache.profiles`)."""
 
-    @call
-    def get(self, user_id: str) -> Call[Profile | None]:
-        """The profile, or None when unknown or expired (FCALL_RO)."""
-        return get_call(user_id)
+    get = forward(get_call)
+    set = forward(set_call)
+    patch = forward(patch_call)
+    activity = forward(activity_call)
 
     @plan
     def get_many(self, user_ids: list[str]) -> Plan[list[Profile | None]]:
         """Many profiles, one pipelined round per node, in the order of `user_ids`."""
         return (yield from many([get_call(u) for u in user_ids]))
-
-    @call
-    def set(
-        self,
-        user_id: str,
-        *,
-        idle_ttl: float | None = None,
-        expected_version: int | None = None,
-        score_milli: int | None = None,
-        last_activity_ms: int | None = None,
-        segment: str | None = None,
-        interests: Iterable[str] | None = None,
-        demographics: Mapping[str, str] | None = None,
-        attributes: Mapping[str, str] | None = None,
-    ) -> Call[ProfileWrite]:
-        """Replace the profile (score 0 unless given). VersionConflictError when
-        expected_version (0: must not exist) is not the stored one."""
-        return set_call(
-            user_id,
-            idle_ttl=idle_ttl,
-            expected_version=expected_version,
-            score_milli=score_milli,
-            last_activity_ms=last_activity_ms,
-            segment=segment,
-            interests=interests,
-            demographics=demographics,
-            attributes=attributes,
-        )
-
-    @call
-    def patch(
-        self,
-        user_id: str,
-        *,
-        idle_ttl: float | None = None,
-        expected_version: int | None = None,
-        score_milli: int | None = None,
-        last_activity_ms: int | None = None,
-        segment: str | None = None,
-        interests: Iterable[str] | None = None,
-        demographics: Mapping[str, str | None] | None = None,
-        attributes: Mapping[str, str | None] | None = None,
-    ) -> Call[ProfileWrite]:
-        """Change only the given fields, in one call (creates the profile when absent).
-        segment '' clears it; None in demographics/attributes deletes that key."""
-        return patch_call(
-            user_id,
-            idle_ttl=idle_ttl,
-            expected_version=expected_version,
-            score_milli=score_milli,
-            last_activity_ms=last_activity_ms,
-            segment=segment,
-            interests=interests,
-            demographics=demographics,
-            attributes=attributes,
-        )
-
-    @call
-    def activity(
-        self,
-        user_id: str,
-        score_delta_milli: int = 0,
-        *,
-        idle_ttl: float | None = None,
-        missing: Literal["create", "fail"] = "create",
-    ) -> Call[Activity]:
-        """Add to the score, set last activity to now, refresh the idle TTL: one atomic call."""
-        return activity_call(user_id, score_delta_milli, idle_ttl=idle_ttl, missing=missing)
 
 
 AsyncProfiles = Profiles  # the same class: on an asyncio client its methods return awaitables

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, positive_ms, text
-from adcache._facade import Facade, M, Plan, call, one, plan
+from adcache._facade import Facade, M, Plan, forward, one, plan
 from adcache._generated import AdCacheError
 
 if TYPE_CHECKING:
@@ -86,6 +86,9 @@ def remove_call(segment_id: str, user_id: str) -> Call[bool]:
 
 
 def members_call(segment_id: str, cursor: str = "", count: int = 100) -> Call[MemberPage]:
+    """A page of live members, newest first; pass `next_cursor` on until it is ''. A page
+    may be shorter than `count` when expired members were skipped."""
+
     def parse(reply: Any) -> MemberPage:
         nxt, rest = text(reply[0]), reply[1:]
         members = [
@@ -115,6 +118,8 @@ def leave_call(user_id: str, segment_id: str) -> Call[bool]:
 
 
 def of_call(user_id: str) -> Call[list[Membership]]:
+    """The user's live memberships, soonest expiry first (FCALL_RO)."""
+
     def parse(reply: Any) -> list[Membership]:
         it = iter(reply or [])
         return [Membership(text(s), int(float(text(e)))) for s, e in zip(it, it, strict=True)]
@@ -124,6 +129,9 @@ def of_call(user_id: str) -> Call[list[Membership]]:
 
 class Segments(Facade[M]):
     """Segment calls on the sync or asyncio `AdCache` (`cache.segments`)."""
+
+    of = forward(of_call)
+    members = forward(members_call)
 
     @plan
     def add(
@@ -156,17 +164,6 @@ class Segments(Facade[M]):
         had = yield from one(leave_call(user_id, segment_id))
         (yield from one(remove_call(segment_id, user_id)))
         return had
-
-    @call
-    def of(self, user_id: str) -> Call[list[Membership]]:
-        """The user's live memberships, soonest expiry first (FCALL_RO)."""
-        return of_call(user_id)
-
-    @call
-    def members(self, segment_id: str, cursor: str = "", count: int = 100) -> Call[MemberPage]:
-        """A page of live members, newest first; pass `next_cursor` on until it is ''. A page
-        may be shorter than `count` when expired members were skipped."""
-        return members_call(segment_id, cursor, count)
 
 
 AsyncSegments = Segments  # the same class: on an asyncio client its methods return awaitables

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, positive_ms, text
-from adcache._facade import Facade, M, Plan, call, many, one, plan
+from adcache._facade import Facade, M, Plan, forward, many, one, plan
 from adcache._generated import BadArgumentError
 
 if TYPE_CHECKING:
@@ -196,10 +196,12 @@ def create_call(
 
 
 def get_call(session_id: str) -> Call[Session | None]:
+    """The session, or None when unknown or expired (FCALL_RO)."""
     return Call("ac_session_get", (keys.session(session_id),), (), _record(session_id))
 
 
 def touch_call(session_id: str) -> Call[Touch]:
+    """Slide the idle TTL from now, never past the lifetime; NotFoundError if expired."""
     return Call("ac_session_touch", _both(session_id), (), lambda r: Touch(*ints(r)))
 
 
@@ -287,6 +289,7 @@ def track_call(
     referrer: str = "",
     max_history: int = DEFAULT_MAX_HISTORY,
 ) -> Call[Track]:
+    """A page view or ad request: append its context and slide the idle TTL (one call)."""
     cats = _tokens(categories, "category")
     kws = _tokens(keywords, "keyword")
     args = (kind, int(max_history), referrer, len(cats), *cats, *kws)
@@ -296,6 +299,8 @@ def track_call(
 def history_call(
     session_id: str, count: int = DEFAULT_MAX_HISTORY
 ) -> Call[list[ContextEntry] | None]:
+    """The newest context entries, newest first; None when the session is gone."""
+
     def parse(reply: Any) -> list[ContextEntry] | None:
         if reply is None:
             return None
@@ -310,7 +315,8 @@ def history_call(
 def context_call(
     session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
 ) -> Call[SessionContext | None]:
-    """half_life in seconds (stored as ms); top: how many categories and keywords to return."""
+    """Weighted interests for targeting (FCALL_RO); None when the session is gone.
+    half_life in seconds (stored as ms); top: how many categories and keywords to return."""
 
     def parse(reply: Any) -> SessionContext | None:
         if not reply:
@@ -337,7 +343,9 @@ def impression_call(
     campaign_cap: int = 0,
     impression_id: str | None = None,
 ) -> Call[Impression]:
-    """Caps are counts (0: none). With impression_id a retried call counts nothing."""
+    """Count an impression unless a cap is reached (a refusal is a reply, not an error); caps
+    are counts (0: none). With impression_id, a retry returns the first reply and counts
+    nothing."""
 
     def parse(reply: Any) -> Impression:
         return Impression(
@@ -383,6 +391,13 @@ def _live_of(user_id: str, got: list[Session | None]) -> list[Session]:
 class Sessions(Facade[M]):
     """Session calls on the sync or asyncio `AdCache` (`cache.sessions`)."""
 
+    get = forward(get_call)
+    touch = forward(touch_call)
+    track = forward(track_call)
+    history = forward(history_call)
+    context = forward(context_call)
+    record_impression = forward(impression_call)
+
     @plan
     def create(
         self,
@@ -410,20 +425,10 @@ class Sessions(Facade[M]):
         )
         return (yield from one(create))
 
-    @call
-    def get(self, session_id: str) -> Call[Session | None]:
-        """The session, or None when unknown or expired (FCALL_RO)."""
-        return get_call(session_id)
-
     @plan
     def get_many(self, session_ids: list[str]) -> Plan[list[Session | None]]:
         """Many sessions, one pipelined round per node."""
         return (yield from many([get_call(s) for s in session_ids]))
-
-    @call
-    def touch(self, session_id: str) -> Call[Touch]:
-        """Slide the idle TTL from now, never past the lifetime; NotFoundError if expired."""
-        return touch_call(session_id)
 
     @plan
     def delete(self, session_id: str, user_id: str | None = None) -> Plan[bool]:
@@ -435,61 +440,6 @@ class Sessions(Facade[M]):
         deleted = yield from one(delete_call(session_id, user_id))
         (yield from one(index_remove_call(user_id, [session_id])))
         return deleted
-
-    @call
-    def track(
-        self,
-        session_id: str,
-        *,
-        kind: Literal["view", "request"] = "view",
-        categories: Iterable[str] = (),
-        keywords: Iterable[str] = (),
-        referrer: str = "",
-        max_history: int = DEFAULT_MAX_HISTORY,
-    ) -> Call[Track]:
-        """A page view or ad request: append its context and slide the idle TTL (one call)."""
-        return track_call(
-            session_id,
-            kind=kind,
-            categories=categories,
-            keywords=keywords,
-            referrer=referrer,
-            max_history=max_history,
-        )
-
-    @call
-    def history(
-        self, session_id: str, count: int = DEFAULT_MAX_HISTORY
-    ) -> Call[list[ContextEntry] | None]:
-        """The newest context entries, newest first; None when the session is gone."""
-        return history_call(session_id, count)
-
-    @call
-    def context(
-        self, session_id: str, *, half_life: float = DEFAULT_HALF_LIFE_S, top: int = 20
-    ) -> Call[SessionContext | None]:
-        """Weighted interests for targeting (FCALL_RO); None when the session is gone."""
-        return context_call(session_id, half_life=half_life, top=top)
-
-    @call
-    def record_impression(
-        self,
-        session_id: str,
-        *,
-        cap: int = 0,
-        campaign_id: str | None = None,
-        campaign_cap: int = 0,
-        impression_id: str | None = None,
-    ) -> Call[Impression]:
-        """Count an impression unless a cap is reached (a refusal is a reply, not an error);
-        with impression_id, a retry returns the first reply and counts nothing."""
-        return impression_call(
-            session_id,
-            cap=cap,
-            campaign_id=campaign_id,
-            campaign_cap=campaign_cap,
-            impression_id=impression_id,
-        )
 
     @plan
     def list(self, user_id: str) -> Plan[list[Session]]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, text
-from adcache._facade import Facade, M, Plan, call, many, plan
+from adcache._facade import Facade, M, Plan, forward, many, plan
 
 if TYPE_CHECKING:
     from adcache.campaigns import Campaign
@@ -228,6 +228,10 @@ def verify_candidates(
 class TargetingIndex(Facade[M]):
     """Targeting index calls on the sync or asyncio `AdCache` (`cache.targeting`)."""
 
+    members = forward(query_call)
+    put = forward(put_call)
+    remove = forward(remove_call)
+
     @plan
     def query(
         self,
@@ -268,21 +272,6 @@ class TargetingIndex(Facade[M]):
             log.info("adcache: repairing the targeting index (%d shard calls)", len(fixes))
             (yield from many(fixes))
         return keep
-
-    @call
-    def members(self, shard_name: str, limit: int = MAX_QUERY) -> Call[list[str]]:
-        """The servable campaign ids of one shard."""
-        return query_call(shard_name, limit)
-
-    @call
-    def put(
-        self, shard_name: str, campaign_id: str, end_ms: int, not_before_ms: int = 0
-    ) -> Call[bool]:
-        return put_call(shard_name, campaign_id, end_ms, not_before_ms)
-
-    @call
-    def remove(self, shard_name: str, campaign_ids: Sequence[str]) -> Call[int]:
-        return remove_call(shard_name, campaign_ids)
 
 
 AsyncTargetingIndex = (

@@ -1,5 +1,5 @@
 #!lua name=adcache
--- adcache 0.4.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- adcache 0.5.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 -- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
@@ -352,10 +352,7 @@ function T.period_start(ms, unit, offset_s)
 end
 
 function T.period_end(ms, unit, offset_s)
-  if type(offset_s) == 'table' then
-    local _, e = T.zbounds(offset_s, ms, unit)
-    return e
-  end
+  if type(offset_s) == 'table' then return select(2, T.zbounds(offset_s, ms, unit)) end
   local s = T.period_start(ms, unit, offset_s)
   if unit == 'minute' then return s + T.MINUTE end
   if unit == 'hour' then return s + T.HOUR end
@@ -368,121 +365,86 @@ function T.period_end(ms, unit, offset_s)
 end
 
 function T.ymd(ms, offset_s)
-  if type(offset_s) == 'table' then
-    local _, _, label = T.zbounds(offset_s, ms, 'day')
-    return label
-  end
+  if type(offset_s) == 'table' then return select(3, T.zbounds(offset_s, ms, 'day')) end
   local y, m, d = T.civil_from_days(math.floor((ms + (offset_s or 0) * 1000) / T.DAY))
   return string.format('%04d%02d%02d', y, m, d)
 end
 
 function T.ymdh(ms, offset_s)
-  if type(offset_s) == 'table' then
-    local _, _, label = T.zbounds(offset_s, ms, 'hour')
-    return label
-  end
+  if type(offset_s) == 'table' then return select(3, T.zbounds(offset_s, ms, 'hour')) end
   local l = ms + (offset_s or 0) * 1000
   return T.ymd(ms, offset_s) .. string.format('%02d', math.floor((l % T.DAY) / T.HOUR))
 end
 
 T.ZONES = {
-  '<+00>0<+02>-2,M3.5.0/1,M10.5.0/3 Antarctica/Troll',
-  '<+0330>-3:30 Asia/Tehran',
-  '<+0430>-4:30 Asia/Kabul',
-  '<+0530>-5:30 Asia/Colombo',
   '<+0545>-5:45 Asia/Kathmandu',
-  '<+0630>-6:30 Asia/Yangon',
-  '<+0845>-8:45 Australia/Eucla',
   '<+1030>-10:30<+11>-11,M10.1.0,M4.1.0 Australia/Lord_Howe',
-  '<+11>-11<+12>,M10.1.0,M4.1.0/3 Pacific/Norfolk',
   '<+1245>-12:45<+1345>,M9.5.0/2:45,M4.1.0/3:45 Pacific/Chatham',
-  '<-01>1<+00>,M3.5.0/0,M10.5.0/1 Atlantic/Azores',
-  '<-02>2<-01>,M3.5.0/-1,M10.5.0/0 America/Nuuk Scoresbysund',
-  '<-03>3<-02>,M3.2.0,M11.1.0 America/Miquelon',
-  '<-04>4<-03>,M9.1.6/24,M4.1.6/24 America/Santiago',
-  '<-06>6<-05>,M9.1.6/22,M4.1.6/22 Pacific/Easter',
-  '<-0930>9:30 Pacific/Marquesas',
-  'ACST-9:30 Australia/Darwin',
-  'ACST-9:30ACDT,M10.1.0,M4.1.0/3 Australia/Adelaide Broken_Hill',
-  'AEST-10AEDT,M10.1.0,M4.1.0/3 Antarctica/Macquarie Australia/Hobart Melbourne Sydney',
-  'AKST9AKDT,M3.2.0,M11.1.0 America/Anchorage Juneau Metlakatla Nome Sitka Yakutat',
-  'AST4ADT,M3.2.0,M11.1.0 America/Glace_Bay Goose_Bay Halifax Moncton Thule Atlantic/Bermuda',
-  'CET-1CEST,M3.5.0,M10.5.0/3 Africa/Ceuta Europe/Andorra Belgrade Berlin Brussels Budapest Gibraltar Madrid Malta Paris Prague Rome Tirane Vienna Warsaw Zurich',
-  'CST5CDT,M3.2.0/0,M11.1.0/1 America/Havana',
-  'CST6CDT,M3.2.0,M11.1.0 America/Chicago America/Indiana/Knox Tell_City America/Matamoros Menominee America/North_Dakota/Beulah Center New_Salem America/Ojinaga Rankin_Inlet Resolute /CST6CDT',
-  'EET-2EEST,M3.5.0/0,M10.5.0/0 Asia/Beirut',
-  'EET-2EEST,M3.5.0/3,M10.5.0/4 Asia/Famagusta Nicosia Europe/Athens Bucharest Chisinau Helsinki Kyiv Riga Sofia Tallinn Vilnius',
-  'EET-2EEST,M4.5.5/0,M10.5.4/24 Africa/Cairo',
-  'EST5EDT,M3.2.0,M11.1.0 America/Detroit Grand_Turk America/Indiana/Indianapolis Marengo Petersburg Vevay Vincennes Winamac America/Iqaluit America/Kentucky/Louisville Monticello America/New_York Port-au-Prince Toronto /EST5EDT',
+  'CET-1CEST,M3.5.0,M10.5.0/3 Europe/Paris',
+  'CST6CDT,M3.2.0,M11.1.0 America/Chicago',
+  'EST5EDT,M3.2.0,M11.1.0 America/New_York',
   'GMT0BST,M3.5.0/1,M10.5.0 Europe/London',
-  'HST10HDT,M3.2.0,M11.1.0 America/Adak',
-  'IST-1GMT0,M10.5.0,M3.5.0/1 Europe/Dublin',
-  'IST-2IDT,M3.4.4/26,M10.5.0 Asia/Jerusalem',
-  'IST-5:30 Asia/Kolkata',
-  'MST7MDT,M3.2.0,M11.1.0 America/Boise Cambridge_Bay Ciudad_Juarez Denver /MST7MDT',
-  'NST3:30NDT,M3.2.0,M11.1.0 America/St_Johns',
-  'NZST-12NZDT,M9.5.0,M4.1.0/3 Pacific/Auckland',
-  'PST8PDT,M3.2.0,M11.1.0 America/Los_Angeles Tijuana /PST8PDT',
-  'WET0WEST,M3.5.0/1,M10.5.0 Atlantic/Canary Faroe Madeira Europe/Lisbon',
+  'PST8PDT,M3.2.0,M11.1.0 America/Los_Angeles',
 }
 T.ZMAX = 1000
 T.zc, T.zn = {}, 0
 
-function T.hms(s, i)
-  local sg, h, m, x, j = string.match(s, '^([+-]?)(%d+):?(%d*):?(%d*)()', i)
-  if not h or #h > 3 or #m > 2 or #x > 2 then return end
-  local v = h * 3600 + (tonumber(m) or 0) * 60 + (tonumber(x) or 0)
-  if v <= 167 * 3600 then return sg == '-' and -v or v, j end
-end
-
-function T.tzdate(s, i)
-  local k, a, j = string.match(s, '^(J?)(%d+)()', i)
-  local r = {t = 7200, k = k, a = tonumber(a)}
-  if k then
-    if r.a > 365 or (k == 'J' and r.a < 1) then return end
-  else
-    local m, w, d
-    m, w, d, j = string.match(s, '^M(%d%d?)%.([1-5])%.([0-6])()', i)
-    if not m or m + 0 < 1 or m + 0 > 12 then return end
-    r.k, r.m, r.w, r.d = 'M', m + 0, w + 0, d + 0
-  end
-  if string.sub(s, j, j) == '/' then r.t, j = T.hms(s, j + 1) end
-  if r.t then return r, j end
-end
-
 function T.tzparse(s)
-  local function name(j)
-    return string.match(s, '^<[%w+-]+>()', j) or string.match(s, '^%a%a%a+()', j)
+  local j = 1
+  local function hms()
+    local sg, h, m, x, k = string.match(s, '^([+-]?)(%d+)(:?%d*)(:?%d*)()', j)
+    if not h or #h > 3 or #m > 3 or #x > 3 or h + 0 > 167 then return end
+    j = k
+    local v = h * 3600 + (tonumber(m:sub(2)) or 0) * 60 + (tonumber(x:sub(2)) or 0)
+    return sg == '-' and -v or v
   end
-  local std, dst
-  local j = name(1)
-  if j then std, j = T.hms(s, j) end
+  local function name()
+    j = string.match(s, '^<[%w+-]+>()', j) or string.match(s, '^%a%a%a+()', j)
+    return j
+  end
+  local function date()
+    local k, a, w, d, e = string.match(s, '^,(J?)(%d+)()', j)
+    if k then
+      e, a = w, a + 0
+      if a > 365 or (k == 'J' and a < 1) then return end
+    else
+      a, w, d, e = string.match(s, '^,M(%d%d?)%.([1-5])%.([0-6])()', j)
+      if not a or a + 0 < 1 or a + 0 > 12 then return end
+      k, a, w, d = 'M', a + 0, w + 0, d + 0
+    end
+    j = e
+    local t = 7200
+    if string.sub(s, j, j) == '/' then
+      j = j + 1
+      t = hms()
+    end
+    return t and {k, a, w, d, t}
+  end
+  local z = {c = {}}
+  local std = name() and hms()
   if not std or math.abs(std) > 25 * 3600 then return end
-  local z = {std = -std, c = {}}
+  z.std = -std
   if j > #s then return z end
-  j = name(j)
-  if not j then return end
-  dst = std - 3600
-  if string.match(s, '^[+-]?%d', j) then dst, j = T.hms(s, j) end
-  if not dst or string.sub(s, j, j) ~= ',' then return end
-  z.dst, z.r1, j = -dst, T.tzdate(s, j + 1)
-  if not z.r1 or string.sub(s, j, j) ~= ',' then return end
-  z.r2, j = T.tzdate(s, j + 1)
+  if not name() then return end
+  local dst = std - 3600
+  if string.match(s, '^[+-]?%d', j) then dst = hms() end
+  z.dst, z.r1 = dst and -dst, dst and date()
+  z.r2 = z.r1 and date()
   if z.r2 and j > #s then return z end
 end
 
 function T.tzday(r, y)
-  local f = T.days_from_civil
-  if r.k == 'M' then
-    local first = f(y, r.m, 1)
-    local d = first + (r.d - (first + 4) % 7) % 7 + (r.w - 1) * 7
-    local last = r.m == 12 and f(y + 1, 1, 1) or f(y, r.m + 1, 1)
+  local f, k, a = T.days_from_civil, r[1], r[2]
+  if k == 'M' then
+    local first = f(y, a, 1)
+    local d = first + (r[4] - (first + 4) % 7) % 7 + (r[3] - 1) * 7
+    local last = a == 12 and f(y + 1, 1, 1) or f(y, a + 1, 1)
     while d >= last do d = d - 7 end
     return d
   end
   local jan1 = f(y, 1, 1)
-  if r.k == '' or (r.a >= 60 and f(y, 3, 1) - jan1 == 60) then return jan1 + r.a end
-  return jan1 + r.a - 1
+  if k == '' or (a >= 60 and f(y, 3, 1) - jan1 == 60) then return jan1 + a end
+  return jan1 + a - 1
 end
 
 function T.tzat(z, ms)
@@ -491,12 +453,10 @@ function T.tzat(z, ms)
   local y = T.civil_from_days(math.floor((ms / 1000 + std) / 86400))
   local l = {}
   for yy = y - 2, y + 1 do
-    l[#l + 1] = {(T.tzday(z.r1, yy) * 86400 + z.r1.t - std) * 1000, dst}
-    l[#l + 1] = {(T.tzday(z.r2, yy) * 86400 + z.r2.t - dst) * 1000, std}
+    l[#l + 1] = {(T.tzday(z.r1, yy) * 86400 + z.r1[5] - std) * 1000, dst}
+    l[#l + 1] = {(T.tzday(z.r2, yy) * 86400 + z.r2[5] - dst) * 1000, std}
   end
-  table.sort(l, function(a, b)
-    return a[1] < b[1] or (a[1] == b[1] and a[2] == std and b[2] ~= std)
-  end)
+  table.sort(l, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] == std) end)
   local ch = {l[1]}
   for i = 2, #l do
     local last = ch[#ch]
@@ -512,15 +472,12 @@ function T.zbounds(z, ms, unit, nokeep)
   local c = z.c[unit]
   if c and ms >= c[1] and ms < c[2] then return c[1], c[2], c[3] end
   local off, from, to, before, after = T.tzat(z, ms)
-  local s, e = T.period_start(ms, unit, off), T.period_end(ms, unit, off)
-  local label
+  local s, e, label = T.period_start(ms, unit, off), T.period_end(ms, unit, off)
   if unit == 'minute' or unit == 'hour' then
     s, e = math.max(s, from), math.min(e, to)
-    if unit == 'hour' then
-      local a = math.abs(off)
-      label = string.format('%s%s%02d%02d', T.ymdh(ms, off), off < 0 and '-' or '+',
-        a / 3600, a % 3600 / 60) .. (a % 60 > 0 and string.format('%02d', a % 60) or '')
-    end
+    local a = math.abs(off)
+    label = string.format('%s%s%02d%02d', T.ymdh(ms, off), off < 0 and '-' or '+', a / 3600,
+      a % 3600 / 60) .. (a % 60 > 0 and string.format('%02d', a % 60) or '')
   else
     local s1, e1 = s + (off - before) * 1000, e + (off - after) * 1000
     if s < from or s1 < from then s = s1 < from and s1 or from end
@@ -538,21 +495,13 @@ function T.zone(v, what, max)
   if not T.byname then
     T.byname = {}
     for _, line in ipairs(T.ZONES) do
-      local rule, dir = string.match(line, '^(%S+)'), ''
-      for w in string.gmatch(line, ' (%S+)') do
-        if string.find(w, '/', 1, true) then
-          dir, w = string.match(w, '^(.*)/'), string.match(w, '^/?(.*)')
-        else
-          w = dir .. '/' .. w
-        end
-        T.byname[w] = rule
-      end
+      for w in string.gmatch(line, ' (%S+)') do T.byname[w] = string.match(line, '^%S+') end
     end
   end
   z = type(v) == 'string' and #v <= 128 and T.tzparse(T.byname[v] or v)
   if not z then
-    E.fail('ADCACHE_BADARG', what .. ' must be an offset in seconds, a time zone name or a POSIX TZ'
-      .. ' rule, got ' .. tostring(v):sub(1, 128))
+    E.fail('ADCACHE_BADARG', what .. ': not an offset, time zone name or POSIX TZ rule: '
+      .. tostring(v):sub(1, 128))
   end
   if T.zn >= T.ZMAX then T.zc, T.zn = {}, 0 end
   z.key, T.zc[v], T.zn = v, z, T.zn + 1
@@ -827,6 +776,98 @@ function AU.load_bids(bids_key)
   return list
 end
 
+function AU.parse_bids(args, min)
+  local F = AU.BID_FIELDS
+  if #args < min * F or #args % F ~= 0 then
+    E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
+  end
+  if #args / F > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
+  end
+  local bids, ids = {}, {}
+  for base = 1, #args, F do
+    local b = {}
+    b.s = V.id(args[base], 'seat')
+    b.id = V.id(args[base + 1], 'bid id')
+    b.i = V.id(args[base + 2], 'imp id')
+    b.p = M.amount(args[base + 3], 'price_micros')
+    b.k = AU.bid_key(b.s, b.id)
+    b.d = AU.opt_id(args[base + 4], 'deal id')
+    b.c = AU.opt_id(args[base + 5], 'cid')
+    b.r = AU.opt_id(args[base + 6], 'crid')
+    b.a = V.str(args[base + 7], 'adomain', AU.MAX_ADOMAIN)
+    b.n = V.str(args[base + 8], 'nurl', AU.MAX_URL)
+    b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
+    b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
+    bids[#bids + 1] = b
+    ids[#ids + 1] = b.k
+  end
+  return bids, ids
+end
+
+function AU.room(bids, stored, seq)
+  local fresh, seen = 0, {}
+  for k, b in ipairs(bids) do
+    if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
+    seen[b.k] = true
+  end
+  if seq + fresh > AU.MAX_BIDS then
+    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
+  end
+end
+
+function AU.judge(bids, stored, cfg, ws, bs, state, seq)
+  local out, replies, records = {}, {}, {}
+  for k, b in ipairs(bids) do
+    local prev = replies[b.k]
+    if not prev and stored[k] then
+      local rec = stored[k]
+      if type(rec) ~= 'table' then rec = AU.unpack(rec, 'bid ' .. b.id) end
+      prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
+    end
+    if prev then
+      out[k] = {prev[1], prev[2], prev[3], prev[4], 1}
+    else
+      local c = cfg[b.i]
+      local reason = AU.WON
+      if state ~= 'open' then
+        reason = AU.EXPIRED
+      elseif bs[b.s] or (not AU.is_empty(ws) and not ws[b.s]) then
+        reason = AU.SEAT_BLOCKED
+      elseif b.d ~= '' then
+        local deal = c.d[b.d]
+        if not deal then
+          reason = AU.BAD_DEAL
+        elseif not AU.is_empty(deal.w) and not deal.w[b.s] then
+          reason = AU.SEAT_BLOCKED
+        elseif b.p < deal.f then
+          reason = AU.BELOW_DEAL_FLOOR
+        end
+      elseif c.p == 1 then
+        reason = AU.BAD_DEAL -- a private auction takes deal bids only
+      elseif b.p < c.f then
+        reason = AU.BELOW_FLOOR
+      end
+      seq = seq + 1
+      b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
+      local key = b.k
+      b.k = nil
+      records[#records + 1] = key
+      records[#records + 1] = cmsgpack.pack(b)
+      b.k = key
+      replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
+      out[k] = {b.id, replies[key][2], reason, seq, 0}
+      if b.st == 1 then
+        C.incr('bids_accepted')
+      else
+        C.incr('bids_rejected')
+        C.incr('bids_lost_' .. reason)
+      end
+    end
+  end
+  return out, records, seq
+end
+
 function AU.config(m)
   local order = AU.unpack(m.imps, 'auction imps')
   local cfg = {}
@@ -870,10 +911,16 @@ function AU.outcome(at, inc, cfg, list)
   return res
 end
 
-function AU.close(key, m, list, now)
-  local _, cfg = AU.config(m)
+function AU.close(key, m, list, now, seq, cfg)
+  if not cfg then
+    local _
+    _, cfg = AU.config(m)
+  end
   local res = AU.outcome(tonumber(m.at), tonumber(m.inc), cfg, list)
   local fields = {'state', 'closed', 'closed', now}
+  if seq then
+    fields[5], fields[6] = 'seq', seq
+  end
   m.state, m.closed = 'closed', tostring(now)
   for imp, r in pairs(res) do
     local packed = cmsgpack.pack(r)
@@ -890,6 +937,7 @@ function AU.close(key, m, list, now)
   for _ in pairs(res) do won = won + 1 end
   C.incr('bids_won', won)
   C.incr('bids_lost_' .. AU.OUTBID, accepted - won)
+  return res
 end
 
 function AU.result_reply(m, list, now)
@@ -939,8 +987,7 @@ function AU.result_reply(m, list, now)
     'exp', tonumber(m.exp), 'expires', tonumber(m.expires), 'imps', imps, 'bids', bids}
 end
 
-local function auction_create(keys, args)
-  K.check1(keys, 'auction')
+function AU.create(key, args, bids_key)
   V.nargs(args, 8)
   local r = {args = args, i = 1}
   local at = V.int(AU.take(r, 'at'), 'at', 1, 2)
@@ -984,9 +1031,14 @@ local function auction_create(keys, args)
   if r.i <= #args then
     E.fail('ADCACHE_ARITY', 'unexpected argument ' .. r.i .. ' after the last imp')
   end
-  local t = redis.call('TYPE', keys[1])['ok']
-  if t == 'hash' then E.fail('ADCACHE_EXISTS', 'auction ' .. keys[1] .. ' exists') end
-  if t ~= 'none' then K.wrongtype(keys[1], 'a hash') end
+  if bids_key then
+    local m = AU.load(key, true)
+    if m then return AU.result_reply(m, AU.load_bids(bids_key), T.now_ms()) end
+  else
+    local t = redis.call('TYPE', key)['ok']
+    if t == 'hash' then E.fail('ADCACHE_EXISTS', 'auction ' .. key .. ' exists') end
+    if t ~= 'none' then K.wrongtype(key, 'a hash') end
+  end
   local now = T.now_ms()
   local deadline, expires = now + tmax, now + ttl
   local fields = {'state', 'open', 'at', at, 'inc', inc, 'created', now, 'deadline', deadline,
@@ -1003,39 +1055,21 @@ local function auction_create(keys, args)
     fields[#fields + 1] = 'i.' .. id
     fields[#fields + 1] = cmsgpack.pack(imps[id])
   end
-  redis.call('HSET', keys[1], unpack(fields))
-  redis.call('PEXPIREAT', keys[1], expires)
+  redis.call('HSET', key, unpack(fields))
+  redis.call('PEXPIREAT', key, expires)
   C.incr('auctions_created')
+  if bids_key then return false end
   return {'created', now, 'deadline', deadline, 'expires', expires}
+end
+
+local function auction_create(keys, args)
+  K.check1(keys, 'auction')
+  return AU.create(keys[1], args)
 end
 
 local function auction_bid(keys, args)
   K.check(keys, AU.PAIR)
-  local F = AU.BID_FIELDS
-  if #args == 0 or #args % F ~= 0 then
-    E.fail('ADCACHE_ARITY', 'bids come as groups of ' .. F .. ' arguments, got ' .. #args)
-  end
-  if #args / F > AU.MAX_BIDS then
-    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per call')
-  end
-  local bids, ids = {}, {}
-  for base = 1, #args, F do
-    local b = {}
-    b.s = V.id(args[base], 'seat')
-    b.id = V.id(args[base + 1], 'bid id')
-    b.i = V.id(args[base + 2], 'imp id')
-    b.p = M.amount(args[base + 3], 'price_micros')
-    b.k = AU.bid_key(b.s, b.id)
-    b.d = AU.opt_id(args[base + 4], 'deal id')
-    b.c = AU.opt_id(args[base + 5], 'cid')
-    b.r = AU.opt_id(args[base + 6], 'crid')
-    b.a = V.str(args[base + 7], 'adomain', AU.MAX_ADOMAIN)
-    b.n = V.str(args[base + 8], 'nurl', AU.MAX_URL)
-    b.l = V.str(args[base + 9], 'lurl', AU.MAX_URL)
-    b.b = V.str(args[base + 10], 'burl', AU.MAX_URL)
-    bids[#bids + 1] = b
-    ids[#ids + 1] = b.k
-  end
+  local bids, ids = AU.parse_bids(args, 1)
   local fields = {'state', 'deadline', 'ws', 'bs', 'expires', 'seq'}
   local imp_at = {}
   for _, b in ipairs(bids) do
@@ -1060,66 +1094,15 @@ local function auction_bid(keys, args)
     E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
   end
   local stored = K.read('HMGET', keys[2], unpack(ids))
-  local fresh, seen = 0, {}
-  for k, b in ipairs(bids) do
-    if not stored[k] and not seen[b.k] then fresh = fresh + 1 end
-    seen[b.k] = true
-  end
-  if seq + fresh > AU.MAX_BIDS then
-    E.fail('ADCACHE_LIMIT', 'at most ' .. AU.MAX_BIDS .. ' bids per auction')
-  end
+  AU.room(bids, stored, seq)
   local now = T.now_ms()
   local state = vals[1]
   if state == 'open' and now >= deadline then
     AU.close(keys[1], AU.load(keys[1]), AU.load_bids(keys[2]), now)
     state = 'closed'
   end
-  local out, replies, records = {}, {}, {}
-  for k, b in ipairs(bids) do
-    local prev = replies[b.k]
-    if not prev and stored[k] then
-      local rec = AU.unpack(stored[k], 'bid ' .. b.id)
-      prev = {b.id, rec.st == 1 and 'accepted' or 'rejected', rec.rs, rec.q}
-    end
-    if prev then
-      out[k] = {prev[1], prev[2], prev[3], prev[4], 1}
-    else
-      local c = cfg[b.i]
-      local reason = AU.WON
-      if state ~= 'open' then
-        reason = AU.EXPIRED
-      elseif bs[b.s] or (not AU.is_empty(ws) and not ws[b.s]) then
-        reason = AU.SEAT_BLOCKED
-      elseif b.d ~= '' then
-        local deal = c.d[b.d]
-        if not deal then
-          reason = AU.BAD_DEAL
-        elseif not AU.is_empty(deal.w) and not deal.w[b.s] then
-          reason = AU.SEAT_BLOCKED
-        elseif b.p < deal.f then
-          reason = AU.BELOW_DEAL_FLOOR
-        end
-      elseif c.p == 1 then
-        reason = AU.BAD_DEAL -- a private auction takes deal bids only
-      elseif b.p < c.f then
-        reason = AU.BELOW_FLOOR
-      end
-      seq = seq + 1
-      b.q, b.st, b.rs = seq, reason == AU.WON and 1 or 0, reason
-      local key = b.k
-      b.k = nil
-      records[#records + 1] = key
-      records[#records + 1] = cmsgpack.pack(b)
-      replies[key] = {b.id, b.st == 1 and 'accepted' or 'rejected', reason, seq}
-      out[k] = {b.id, replies[key][2], reason, seq, 0}
-      if b.st == 1 then
-        C.incr('bids_accepted')
-      else
-        C.incr('bids_rejected')
-        C.incr('bids_lost_' .. reason)
-      end
-    end
-  end
+  local out, records
+  out, records, seq = AU.judge(bids, stored, cfg, ws, bs, state, seq)
   if #records > 0 then
     redis.call('HSET', keys[2], unpack(records))
     redis.call('PEXPIREAT', keys[2], expires)
@@ -1171,12 +1154,81 @@ local function auction_bill(keys, args)
   return {'billed', r.c, imp}
 end
 
+local function auction_open(keys, args)
+  K.check(keys, AU.PAIR)
+  return AU.create(keys[1], args, keys[2])
+end
+
+local function auction_bid_close(keys, args)
+  K.check(keys, AU.PAIR)
+  local bids = AU.parse_bids(args, 0)
+  local m = AU.load(keys[1])
+  local order, cfg = AU.config(m)
+  local deadline, expires, seq = tonumber(m.deadline), tonumber(m.expires), tonumber(m.seq)
+  if not (deadline and expires and seq) then
+    E.fail('ADCACHE_WRONGTYPE', keys[1] .. ' is not an auction record')
+  end
+  local list = seq > 0 and AU.load_bids(keys[2]) or {}
+  local by_k, stored = {}, {}
+  for _, b in ipairs(list) do by_k[b.k] = b end
+  for k, b in ipairs(bids) do
+    if not cfg[b.i] then
+      E.fail('ADCACHE_BADARG', 'imp ' .. b.i .. ' is not part of auction ' .. keys[1])
+    end
+    stored[k] = by_k[b.k]
+  end
+  local ws = m.ws and AU.unpack(m.ws, 'wseat') or AU.NONE
+  local bs = m.bs and AU.unpack(m.bs, 'bseat') or AU.NONE
+  AU.room(bids, stored, seq)
+  local now = T.now_ms()
+  local state = m.state
+  if state == 'open' and now >= deadline then state = 'due' end
+  local _, records
+  _, records, seq = AU.judge(bids, stored, cfg, ws, bs, state, seq)
+  for _, b in ipairs(bids) do
+    if b.q then
+      list[#list + 1] = b
+      by_k[b.k] = b
+    end
+  end
+  local new = #records > 0 and seq or nil
+  if new then
+    K.read('HSET', keys[2], unpack(records))
+    redis.call('PEXPIREAT', keys[2], expires)
+  end
+  local res
+  if m.state ~= 'closed' then
+    res = AU.close(keys[1], m, list, now, new, cfg)
+  else
+    if new then redis.call('HSET', keys[1], 'seq', seq) end
+    res = {}
+    for _, imp in ipairs(order) do
+      local r = m['r.' .. imp]
+      if r then res[imp] = AU.unpack(r, 'result of imp ' .. imp) end
+    end
+  end
+  local out, n = {}, 0
+  for _, imp in ipairs(order) do
+    local r = res[imp]
+    local w = r and by_k[r.w]
+    if w then
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = imp, w.c, w.p, w.r, r.c
+    else
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = imp, '', 0, '', 0
+    end
+    n = n + 5
+  end
+  return out
+end
+
 
 redis.register_function{function_name='ac_auction_create', callback=auction_create, flags={}, description='Create the auction of one OpenRTB request: imps with floors and deals, type, deadline.'}
 redis.register_function{function_name='ac_auction_bid', callback=auction_bid, flags={}, description='Submit one or more bids atomically; each is accepted or refused with a loss reason.'}
 redis.register_function{function_name='ac_auction_close', callback=auction_close, flags={}, description='Close the auction (idempotent): record per imp the winner and the clearing price.'}
 redis.register_function{function_name='ac_auction_result', callback=auction_result, flags={'no-writes'}, description='Read the auction: state, per imp the winner and clearing price, per bid the outcome.'}
 redis.register_function{function_name='ac_auction_bill', callback=auction_bill, flags={}, description='Billing notice (burl) of a winning bid: the first call charges, later ones do not.'}
+redis.register_function{function_name='ac_auction_open', callback=auction_open, flags={}, description='Create the auction, or read it when it exists: ac_auction_create and ac_auction_result in one call.'}
+redis.register_function{function_name='ac_auction_bid_close', callback=auction_bid_close, flags={}, description='Submit bids, then close the auction: ac_auction_bid and ac_auction_close in one call, replying each imp\'s winner only.'}
 end
 
 -- ==== domain: budget (lua/budget.lua.j2) ====
@@ -3579,8 +3631,8 @@ end
 
 -- ==== domain: version (lua/version.lua.j2) ====
 do
-local LIBRARY_VERSION = '0.4.0'
-local LIBRARY_SHA256 = 'accd737b95ae637610fb6940999ccc751aaaa7d76c104f24e4957d2b36d683ac'
+local LIBRARY_VERSION = '0.5.0'
+local LIBRARY_SHA256 = 'd1218748e7758473edf2351ff8b7ecb57714c6b2133be072fd48b841a6afb865'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -18,11 +18,12 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from redis.exceptions import ResponseError
 
 from adcache._core import text
+from adcache._facade import Async, Facade, M, Plan, Sync, blocking, do, many, plan, sleep
 from adcache.caches import Space, wb_ack_call
 from adcache.strategies.metrics import StrategyMetrics, metrics_for
 from adcache.strategies.source import ApplyResult, Change, ChangeSink, decode
@@ -47,19 +48,62 @@ def _stream_entries(got: Any) -> list[Any]:
     return [entries for _, entries in got]
 
 
-class _FlusherBase:
+class Flusher(Facade[M]):
+    """Flushes the write-back changes of cache `name` (spread over `shards`) into `sink`, on the
+    sync or asyncio `AdCache` (on asyncio the methods return awaitables and the sink, blocking
+    such as `SQLiteSource`, runs in a thread).
+
+    consumer: this flusher's name in the group (default host:pid); a restarted flusher under the
+    same name first re-reads its own pending entries. claim_idle: entries pending that long on
+    another consumer are taken over (XAUTOCLAIM): set it above the longest batch commit.
+    """
+
+    @overload
+    def __init__(
+        self: Flusher[Sync],
+        cache: AdCache,
+        name: str,
+        sink: ChangeSink,
+        *,
+        shards: int = 16,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch: int = 500,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        metrics: StrategyMetrics | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Flusher[Async],
+        cache: aio.AdCache,
+        name: str,
+        sink: ChangeSink,
+        *,
+        shards: int = 16,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch: int = 500,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        metrics: StrategyMetrics | None = None,
+    ) -> None: ...
     def __init__(
         self,
+        cache: Any,
         name: str,
+        sink: ChangeSink,
         *,
-        shards: int,
-        group: str,
-        consumer: str | None,
-        batch: int,
-        claim_idle: float,
-        claim_every: float | None,
-        metrics: StrategyMetrics | None,
+        shards: int = 16,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        batch: int = 500,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        metrics: StrategyMetrics | None = None,
     ) -> None:
+        super().__init__(cache)
+        self.sink = sink
         self.space = Space(name, shards)
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
@@ -70,6 +114,10 @@ class _FlusherBase:
         self._recover = True  # read own pending entries first (after a start or a failed step)
         self._next_claim = 0.0
         self._groups_ready = False
+
+    @property
+    def redis(self) -> Any:
+        return self._c.redis
 
     def _claim_due(self) -> bool:
         if time.monotonic() < self._next_claim:
@@ -172,8 +220,10 @@ class _FlusherBase:
         key_of = {(c.stream, c.entry_id): c.key for c in changes}
         calls = []
         for stream, stream_ids in ids.items():
-            keyed = [(i, key_of[(stream, i)]) for i in stream_ids if (stream, i) in key_of]
-            dead = [i for i in stream_ids if (stream, i) not in key_of]
+            keyed: list[tuple[str, str]] = [
+                (i, key_of[(stream, i)]) for i in stream_ids if (stream, i) in key_of
+            ]
+            dead: list[str] = [i for i in stream_ids if (stream, i) not in key_of]
             entries: list[tuple[str, str | None]] = [*keyed, *((i, None) for i in dead)]
             for n in range(0, len(entries), _ACK_CHUNK):
                 chunk = entries[n : n + _ACK_CHUNK]
@@ -188,88 +238,46 @@ class _FlusherBase:
             log.error("flusher %s: consumer group lost; recreating it", self.consumer)
             self._groups_ready = False
 
-    def _skipped(self, result: ApplyResult) -> None:
-        if result.skipped:
-            log.info(
-                "flusher %s: skipped %d already applied changes", self.consumer, result.skipped
-            )
-
-
-class Flusher(_FlusherBase):
-    """Flushes the write-back changes of cache `name` (spread over `shards`) into `sink`.
-
-    consumer: this flusher's name in the group (default host:pid); a restarted flusher under the
-    same name first re-reads its own pending entries. claim_idle: entries pending that long on
-    another consumer are taken over (XAUTOCLAIM): set it above the longest batch commit.
-    """
-
-    def __init__(
-        self,
-        cache: AdCache,
-        name: str,
-        sink: ChangeSink,
-        *,
-        shards: int = 16,
-        group: str = DEFAULT_GROUP,
-        consumer: str | None = None,
-        batch: int = 500,
-        claim_idle: float = 30.0,
-        claim_every: float | None = None,
-        metrics: StrategyMetrics | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            shards=shards,
-            group=group,
-            consumer=consumer,
-            batch=batch,
-            claim_idle=claim_idle,
-            claim_every=claim_every,
-            metrics=metrics,
-        )
-        self._c = cache
-        self.sink = sink
-
-    @property
-    def redis(self) -> Any:
-        return self._c.redis
-
-    def ensure_groups(self) -> None:
+    @plan
+    def ensure_groups(self) -> Plan[None]:
         """Create the group on every shard's stream (from id 0: nothing written before is lost)."""
         for stream in self.space.streams():
             try:
-                self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+                yield from do(self.redis.xgroup_create, stream, self.group, id="0", mkstream=True)
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
         self._groups_ready = True
 
-    def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
-        # Every shard's reads in one pipeline: one round trip (per node on a cluster).
-        plan = self._plan()
+    def _pipelined(self, plan: list[tuple[str, str]]) -> Plan[list[Any]]:
         pipe = self.redis.pipeline(transaction=False)
         for stream, what in plan:
             self._queue(pipe, stream, what)
-        replies = pipe.execute()
+        return list((yield from do(pipe.execute)))
+
+    def _read(self) -> Plan[tuple[list[Change], dict[str, list[str]]]]:
+        # Every shard's reads in one pipeline: one round trip (per node on a cluster).
+        plan = self._plan()
+        replies = yield from self._pipelined(plan)
         more = self._followup(plan, replies)
         if more:  # only in a step that re-read its own pending entries
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, what in more:
-                self._queue(pipe, stream, what)
-            plan, replies = plan + more, replies + pipe.execute()
+            plan, replies = plan + more, replies + (yield from self._pipelined(more))
         return self._settle(plan, replies)
 
-    def step(self) -> int:
+    @plan
+    def step(self) -> Plan[int]:
         """Flush one batch from every shard; returns how many entries it settled."""
         if not self._groups_ready:
-            self.ensure_groups()
+            yield from type(self).ensure_groups.fn(self)
         try:
-            changes, ids = self._read()
+            changes, ids = yield from self._read()
             if not ids:
                 return 0
-            result = self.commit(changes)
+            result = ApplyResult(0, 0)
+            if changes:
+                result = yield from blocking(self.commit, changes)
             self.after_commit(changes, result)
-            self._c.run_many(self._ack_calls(ids, changes))
+            yield from many(self._ack_calls(ids, changes))
         except Exception as e:
             self._failed(e)
             raise
@@ -277,158 +285,65 @@ class Flusher(_FlusherBase):
         return sum(len(v) for v in ids.values())
 
     def commit(self, changes: Sequence[Change]) -> ApplyResult:
-        """Apply a batch to the sink in one transaction."""
+        """Apply a batch to the sink in one transaction (blocking: in a thread on asyncio)."""
         if not changes:
             return ApplyResult(0, 0)
         result = self.sink.apply_changes(changes)
-        self._skipped(result)
+        if result.skipped:
+            log.info(
+                "flusher %s: skipped %d already applied changes", self.consumer, result.skipped
+            )
         return result
 
     def after_commit(self, changes: Sequence[Change], result: ApplyResult) -> None:
         """Called between the commit and the acknowledgement (a hook for subclasses)."""
 
-    def backlog(self) -> int:
+    @plan
+    def backlog(self) -> Plan[int]:
         """Change records not yet flushed (acknowledged entries are deleted from the streams)."""
-        return sum(int(self.redis.xlen(s)) for s in self.space.streams())
+        total = 0
+        for s in self.space.streams():
+            total += int((yield from do(self.redis.xlen, s)))
+        return total
 
-    def drain(self, timeout: float = 30.0, *, idle_sleep: float = 0.05) -> int:
+    @plan
+    def drain(self, timeout: float = 30.0, *, idle_sleep: float = 0.05) -> Plan[int]:
         """Flush until every shard's stream is empty (entries of dead consumers are claimed once
         `claim_idle` has passed); returns how many entries were settled. TimeoutError past it."""
         deadline = time.monotonic() + timeout
         total = 0
         while True:
-            n = self.step()
+            n = yield from type(self).step.fn(self)
             total += n
             if n == 0:
-                if self.backlog() == 0:
+                if (yield from type(self).backlog.fn(self)) == 0:
                     return total
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"flusher {self.consumer}: backlog left after {timeout}s")
                 self._next_claim = min(self._next_claim, time.monotonic() + idle_sleep)
-                time.sleep(idle_sleep)
+                yield from sleep(idle_sleep)
 
+    @plan
     def run(
-        self, stop: threading.Event, *, idle_sleep: float = 0.05, max_idle: float = 0.5
-    ) -> None:
+        self,
+        stop: threading.Event | asyncio.Event,
+        *,
+        idle_sleep: float = 0.05,
+        max_idle: float = 0.5,
+    ) -> Plan[None]:
         """Flush until `stop` is set; errors are logged and the batch retried after a pause.
         While the streams are empty the pause doubles from `idle_sleep` up to `max_idle`."""
         pause = idle_sleep
         while not stop.is_set():
             try:
-                n = self.step()
+                n = yield from type(self).step.fn(self)
             except Exception:
                 log.exception("flusher %s: step failed; retrying", self.consumer)
-                stop.wait(1.0)
+                yield from sleep(1.0, stop)
                 continue
             pause = idle_sleep if n else min(pause * 2, max_idle)
             if n == 0:
-                stop.wait(pause)
+                yield from sleep(pause, stop)
 
 
-class AsyncFlusher(_FlusherBase):
-    """Asyncio twin of `Flusher` over an `adcache.aio.AdCache`; the sink (blocking, such as
-    `SQLiteSource`) runs in a thread."""
-
-    def __init__(
-        self,
-        cache: aio.AdCache,
-        name: str,
-        sink: ChangeSink,
-        *,
-        shards: int = 16,
-        group: str = DEFAULT_GROUP,
-        consumer: str | None = None,
-        batch: int = 500,
-        claim_idle: float = 30.0,
-        claim_every: float | None = None,
-        metrics: StrategyMetrics | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            shards=shards,
-            group=group,
-            consumer=consumer,
-            batch=batch,
-            claim_idle=claim_idle,
-            claim_every=claim_every,
-            metrics=metrics,
-        )
-        self._c = cache
-        self.sink = sink
-
-    @property
-    def redis(self) -> Any:
-        return self._c.redis
-
-    async def ensure_groups(self) -> None:
-        for stream in self.space.streams():
-            try:
-                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
-            except ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
-        self._groups_ready = True
-
-    async def _read(self) -> tuple[list[Change], dict[str, list[str]]]:
-        plan = self._plan()
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, what in plan:
-            self._queue(pipe, stream, what)
-        replies = await pipe.execute()
-        more = self._followup(plan, replies)
-        if more:
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, what in more:
-                self._queue(pipe, stream, what)
-            plan, replies = plan + more, replies + await pipe.execute()
-        return self._settle(plan, replies)
-
-    async def step(self) -> int:
-        if not self._groups_ready:
-            await self.ensure_groups()
-        try:
-            changes, ids = await self._read()
-            if not ids:
-                return 0
-            result = ApplyResult(0, 0)
-            if changes:
-                result = await asyncio.to_thread(self.sink.apply_changes, changes)
-                self._skipped(result)
-            await self._c.run_many(self._ack_calls(ids, changes))
-        except Exception as e:
-            self._failed(e)
-            raise
-        self.metrics.incr("flush", result.applied)
-        return sum(len(v) for v in ids.values())
-
-    async def backlog(self) -> int:
-        return sum([int(await self.redis.xlen(s)) for s in self.space.streams()])
-
-    async def drain(self, timeout: float = 30.0, *, idle_sleep: float = 0.05) -> int:
-        deadline = time.monotonic() + timeout
-        total = 0
-        while True:
-            n = await self.step()
-            total += n
-            if n == 0:
-                if await self.backlog() == 0:
-                    return total
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"flusher {self.consumer}: backlog left after {timeout}s")
-                self._next_claim = min(self._next_claim, time.monotonic() + idle_sleep)
-                await asyncio.sleep(idle_sleep)
-
-    async def run(
-        self, stop: asyncio.Event, *, idle_sleep: float = 0.05, max_idle: float = 0.5
-    ) -> None:
-        pause = idle_sleep
-        while not stop.is_set():
-            try:
-                n = await self.step()
-            except Exception:
-                log.exception("flusher %s: step failed; retrying", self.consumer)
-                await asyncio.sleep(1.0)
-                continue
-            pause = idle_sleep if n else min(pause * 2, max_idle)
-            if n == 0:
-                await asyncio.sleep(pause)
+AsyncFlusher = Flusher  # the same class: on an asyncio client its methods return awaitables
