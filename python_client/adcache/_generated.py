@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.5.0'
-LIBRARY_SHA256 = 'd1218748e7758473edf2351ff8b7ecb57714c6b2133be072fd48b841a6afb865'
+LIBRARY_SHA256 = 'baf3d06b4f8875468a1232d98e7b2da470a1c6b7b6788b97c0a45eb0a5ed7111'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(

@@ -606,7 +606,7 @@ end
 
 CS.days, CS.ndays = {}, 0
 function CS.today(now, tz)
-  if type(tz) == 'table' then return T.ymd(now, tz) end -- a zone keeps its current day itself
+  if type(tz) == 'table' then return select(3, T.zbounds(tz, now, 'day')) end -- kept by the zone
   local off = (tz or 0) * 1000
   local start = (now + off) - (now + off) % T.DAY
   local by = CS.days[tz]
@@ -669,10 +669,10 @@ end
 
 function CS.pacing(rec, now)
   local daily = tonumber(rec.daily)
-  local tz = T.tz(rec.tz)
-  local len = T.DAY
-  local elapsed = now - T.period_start(now, 'day', tz)
-  if type(tz) == 'table' then len = T.period_end(now, 'day', tz) - now + elapsed end
+  local tz, len = T.tz(rec.tz), T.DAY
+  local start, ends = T.period_start(now, 'day', tz), nil
+  if type(tz) == 'table' then start, ends = T.zbounds(tz, now, 'day') len = ends - start end
+  local elapsed = now - start
   local ppm = math.floor(elapsed * 1000000 / len)
   if rec.pacing ~= 'even' or daily <= 0 then return -1, ppm end
   local allowed = tonumber(rec.floor)
@@ -3632,7 +3632,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.5.0'
-local LIBRARY_SHA256 = 'd1218748e7758473edf2351ff8b7ecb57714c6b2133be072fd48b841a6afb865'
+local LIBRARY_SHA256 = 'baf3d06b4f8875468a1232d98e7b2da470a1c6b7b6788b97c0a45eb0a5ed7111'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}
