@@ -2,6 +2,7 @@
 
     python -m benchmarks.cost [--quick] [--json PATH] [--url redis://127.0.0.1:PORT]
                               [--calls N] [--rounds R] [--sizing] [--no-decide]
+                              [--baseline-lib FILE]
     python -m benchmarks.cost --write-budget [--url ...]
 
 Starts a throwaway standalone redis-server (unless --url) and deploys the library, seeds the
@@ -13,6 +14,11 @@ alone, the Lua overhead (the difference) and one client's calls/s against the no
 ad decision. Medians over the rounds. `--sizing` adds the cores table and each function's
 ceiling per core from `redis-benchmark -P 16`. `--write-budget` rewrites the guard's budget
 (`benchmarks/cost_budget.yaml`) from the library as it is and runs nothing else.
+`--baseline-lib FILE` (an earlier rendered library, e.g. `git show REV:functions/adcache.lua`)
+measures it side by side in the same rounds, on a second throwaway server seeded alike (seeded
+with this library, then replaced by the baseline's), and prints each hot call's server µs under
+both with the ratio: before and after in one run. Rows whose function the baseline lacks are
+skipped there; the decision runs on this library only.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ from rich.table import Table
 
 from adcache import AdCache
 from adcache_loader.deploy import deploy
+from adcache_loader.render import render
 from adcache_loader.servers import RedisServer, check_loopback_url
 from benchmarks import cost_budget, cost_measure, cost_sizing
 from benchmarks.cost_calls import HOT_CALLS, World, seed
@@ -160,25 +169,73 @@ def sizing_tables(decide: dict[str, Any] | None, ceil: list[dict[str, Any]]) -> 
     return out
 
 
-def measure_hot(
-    url: str, r: redis.Redis, world: World, calls: int, rounds: int
-) -> list[dict[str, Any]]:
+@dataclass
+class Target:
+    """One server the hot calls run on (this library, or a baseline's) and what it ran."""
+
+    url: str
+    r: redis.Redis
+    world: World
+    functions: frozenset[str]
+    captured: dict[str, list[cost_measure.Command]] = field(default_factory=dict)
+    acc: dict[str, cost_measure.Rounds] = field(default_factory=dict)
+
+
+def _functions(source: str) -> frozenset[str]:
+    """The functions a rendered library registers."""
+    return frozenset(re.findall(r"register_function\{function_name='(\w+)'", source))
+
+
+def measure_hot(targets: list[Target], calls: int, rounds: int) -> list[list[dict[str, Any]]]:
+    """Every hot call on every target, the targets interleaved within each round."""
     nxt = dict.fromkeys((h.name for h in HOT_CALLS), 0)
-    captured = {}
-    warm = max(WARMUP, world.entities)
-    for hc in HOT_CALLS:  # a first call on every entity (first writes do more), then the capture
-        cost_measure.hot_round(r, world, hc, nxt[hc.name], warm, ())
-        nxt[hc.name] += warm
-        captured[hc.name] = cost_measure.capture(url, r, world, hc)
-    acc = {h.name: cost_measure.Rounds() for h in HOT_CALLS}
+    for t in targets:
+        warm = max(WARMUP, t.world.entities)
+        for hc in HOT_CALLS:  # a first call on every entity (first writes do more), the capture
+            if hc.function not in t.functions:
+                continue
+            cost_measure.hot_round(t.r, t.world, hc, 0, warm, ())
+            t.captured[hc.name] = cost_measure.capture(t.url, t.r, t.world, hc)
+            t.acc[hc.name] = cost_measure.Rounds()
+    warm = max(WARMUP, targets[0].world.entities)
+    nxt = dict.fromkeys((h.name for h in HOT_CALLS), warm)
     for _ in range(rounds):
         for hc in HOT_CALLS:
-            fn, noop, raw = cost_measure.hot_round(
-                r, world, hc, nxt[hc.name], calls, captured[hc.name]
-            )
+            for t in targets:
+                if hc.name in t.acc:
+                    fn, noop, raw = cost_measure.hot_round(
+                        t.r, t.world, hc, nxt[hc.name], calls, t.captured[hc.name]
+                    )
+                    t.acc[hc.name].add(fn, noop, raw)
             nxt[hc.name] += calls
-            acc[hc.name].add(fn, noop, raw)
-    return [cost_measure.summarise(hc, acc[hc.name], captured[hc.name]) for hc in HOT_CALLS]
+    return [
+        [cost_measure.summarise(hc, t.acc[hc.name], t.captured[hc.name]) for hc in HOT_CALLS
+         if hc.name in t.acc]
+        for t in targets
+    ]  # fmt: skip
+
+
+def compare_table(ours: list[dict[str, Any]], base: list[dict[str, Any]]) -> Table:
+    t = Table(title="Before and after, same rounds (server µs per call, × the no-op beside it)")
+    for col in ("function", "baseline µs", "×", "ours µs", "×", "ours / baseline"):
+        t.add_column(col, justify="left" if col == "function" else "right")
+    before = {b["name"]: b for b in base}
+    for r in ours:
+        b = before.get(r["name"])
+        if b is None:
+            t.add_row(
+                escape(r["label"]), "n/a", "", f"{r['server_us']:.1f}", f"{r['ratio']:.1f}×", ""
+            )
+            continue
+        t.add_row(
+            escape(r["label"]),
+            f"{b['server_us']:.1f}",
+            f"{b['ratio']:.1f}×",
+            f"{r['server_us']:.1f}",
+            f"{r['ratio']:.1f}×",
+            f"{r['server_us'] / b['server_us']:.2f}",
+        )
+    return t
 
 
 def _meta(
@@ -204,6 +261,12 @@ def _meta(
 @click.option("--sizing", is_flag=True, help="Also the cores table and redis-benchmark ceilings.")
 @click.option("--no-decide", is_flag=True, help="Skip the ad decision.")
 @click.option(
+    "--baseline-lib",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An earlier rendered library to measure side by side (before and after in one run).",
+)
+@click.option(
     "--write-budget",
     is_flag=True,
     help=f"Rewrite {cost_budget.PATH.name} from the library as it is (nothing else runs).",
@@ -216,6 +279,7 @@ def main(
     rounds: int | None,
     sizing: bool,
     no_decide: bool,
+    baseline_lib: Path | None,
     write_budget: bool,
 ) -> None:  # fmt: skip
     # wide enough for the table when the output is a file or a pipe
@@ -239,9 +303,26 @@ def main(
         world = World(r, uuid.uuid4().hex[:6], entities=100)
         seed(ac, world)
         ac.close()
+        targets = [Target(target, r, world, _functions(render().source))]
+        stack = contextlib.ExitStack()
+        if baseline_lib is not None:
+            burl = stack.enter_context(server(None))
+            br = redis.Redis.from_url(burl)
+            bac = AdCache(redis.Redis.from_url(burl))
+            bworld = World(br, world.tag, entities=world.entities)
+            seed(bac, bworld)  # seeded by this client and library, then the baseline's code
+            bac.close()
+            source = baseline_lib.read_text()
+            br.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+            targets.append(Target(burl, br, bworld, _functions(source)))
         console.rule(f"hot calls: {plan['calls']} calls × {plan['rounds']} rounds")
-        rows = measure_hot(target, r, world, plan["calls"], plan["rounds"])
+        with stack:
+            measured = measure_hot(targets, plan["calls"], plan["rounds"])
+        rows = measured[0]
+        base_rows = measured[1] if baseline_lib is not None else None
         console.print(table(rows))
+        if base_rows is not None:
+            console.print(compare_table(rows, base_rows))
         decide = None
         if not no_decide:
             console.rule(f"decide: {plan['decisions']} decisions × {plan['rounds']} rounds")
@@ -268,7 +349,9 @@ def main(
         missed.append("decide")
     console.print(f"server-time targets missed: {', '.join(missed) or 'none'}")
     if json_path is not None:
-        doc = {"meta": meta, "functions": rows, "decide": decide, "sizing": sized}
+        doc: dict[str, Any] = {"meta": meta, "functions": rows, "decide": decide, "sizing": sized}
+        if base_rows is not None:
+            doc["baseline"] = {"library": str(baseline_lib), "functions": base_rows}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
         console.print(f"wrote {json_path}")
