@@ -1,5 +1,5 @@
 #!lua name=adcache
--- adcache 0.5.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
+-- adcache 0.6.0: generated from lua/ by `adcache render`. Do not edit: edit lua/ and re-render.
 -- Comments are stripped here; the commented sources are lua/*.lua.j2, the contracts docs/FUNCTIONS.md.
 
 -- ==== helper: errors (lua/_errors.lua.j2) ====
@@ -3631,8 +3631,8 @@ end
 
 -- ==== domain: version (lua/version.lua.j2) ====
 do
-local LIBRARY_VERSION = '0.5.0'
-local LIBRARY_SHA256 = 'baf3d06b4f8875468a1232d98e7b2da470a1c6b7b6788b97c0a45eb0a5ed7111'
+local LIBRARY_VERSION = '0.6.0'
+local LIBRARY_SHA256 = '52d6967005d30d3a5eb11564d4691fe7cffd5189b46328bda06784e88f3525c8'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

@@ -112,6 +112,14 @@ def test_long_brackets_are_refused(lua_copy: Path) -> None:
         render(lua_copy)
 
 
+def test_merge_conflict_markers_are_refused(lua_copy: Path) -> None:
+    path = lua_copy / "session.lua.j2"
+    text = path.read_text()
+    path.write_text(text.replace("local SS = {}\n", "<<<<<<< HEAD\nlocal SS = {}\n=======\n", 1))
+    with pytest.raises(RenderError, match="merge-conflict marker"):
+        render(lua_copy)
+
+
 _TYPED_BODY = (
     "--- @function ac_zz_put\n--- @summary s\n--- @keys session\n--- @argv a [b]...\n"
     "--- @arg a:int[ms] range=1..10 -- how long\n"

@@ -32,6 +32,7 @@ _INCLUDE = re.compile(r"^--@include\s+(.*)$", re.MULTILINE)
 _HEADER = re.compile(r"^--- @(\w+)\s*(.*)$")
 _CALLBACK = re.compile(r"^local function (\w+)\(keys, args\)")
 _PLACEHOLDER = re.compile(r"<(\w+)>")
+_CONFLICT = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.MULTILINE)
 _KNOWN_TAGS = {"function", "flags", "summary", "keys", "argv", "reply", "errors", "idempotent"}
 _LIST_TAGS = {"arg", "field"}  # typed lines, one per argument / reply field (see below)
 # `--- @idempotent always` or `--- @idempotent with <argument>`: safe to send again (the client
@@ -608,6 +609,9 @@ def render(lua_dir: Path | None = None) -> Rendered:
         "zones": zones,
     }
     helpers, domains = _scan(lua_dir)
+    for t in (*helpers.values(), *domains):
+        if _CONFLICT.search(t.path.read_text()):
+            raise RenderError(f"{t.path.name}: holds a merge-conflict marker")
     # Every helper is checked, even one no domain includes yet.
     for name in helpers:
         _helper_order(helpers, [_Template("(all)", lua_dir, False, [name])])

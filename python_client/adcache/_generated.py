@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
-LIBRARY_VERSION = '0.5.0'
-LIBRARY_SHA256 = 'baf3d06b4f8875468a1232d98e7b2da470a1c6b7b6788b97c0a45eb0a5ed7111'
+LIBRARY_VERSION = '0.6.0'
+LIBRARY_SHA256 = '52d6967005d30d3a5eb11564d4691fe7cffd5189b46328bda06784e88f3525c8'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(
