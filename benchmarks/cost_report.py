@@ -44,6 +44,25 @@ def functions(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def compare(ours: list[dict[str, Any]], base: list[dict[str, Any]]) -> str:
+    """Before (a baseline library, `--baseline-lib`) and after, from the same rounds."""
+    before = {b["name"]: b for b in base}
+    out = [
+        "| function | baseline µs | × no-op | ours µs | × no-op | ours / baseline |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in ours:
+        b = before.get(r["name"])
+        if b is None:
+            out.append(f"| {r['label']} | n/a | | {r['server_us']:.1f} | {r['ratio']:.1f}× | |")
+            continue
+        out.append(
+            f"| {r['label']} | {b['server_us']:.1f} | {b['ratio']:.1f}× | {r['server_us']:.1f} "
+            f"| {r['ratio']:.1f}× | {r['server_us'] / b['server_us']:.2f} |"
+        )
+    return "\n".join(out)
+
+
 def decide(d: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -88,6 +107,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{m['load_average_before_after'][0]} before, {m['load_average_before_after'][1]} after.",
         functions(doc["functions"]),
     ]
+    if doc.get("baseline"):
+        parts.append(compare(doc["functions"], doc["baseline"]["functions"]))
     if doc.get("decide"):
         parts.append(decide(doc["decide"]))
     if doc.get("sizing"):
