@@ -31,6 +31,7 @@ from adcache.campaigns import CampaignSpec
 from adcache.caps import Candidate, CapRule
 from adcache.stats import Event
 from adcache.targeting import Targeting
+from benchmarks.hotpath import backfill_stats_day
 
 Command = tuple[Any, ...]
 NOOP: Command = ("FCALL_RO", "ac_version", 0)
@@ -141,22 +142,7 @@ def seed(ac: AdCache, world: World) -> None:
         )
         # 7 days of stats (the library only records into the current hour and day)
         for d in range(7):
-            label = (datetime.now(UTC) - timedelta(days=d)).strftime("%Y%m%d")
-            k = keys.stats_day(cid, label)
-            r.hset(
-                k,
-                mapping={
-                    "impressions": 1000,
-                    "clicks": 20,
-                    "conversions": 2,
-                    "cost_micros": 1_500_000,
-                    "revenue_micros": 4_000_000,
-                },
-            )
-            r.expire(k, 86400 * 2)
-            rk = keys.stats_reach_day(cid, label)
-            r.pfadd(rk, *[f"u{m}" for m in range(100)])
-            r.expire(rk, 86400 * 2)
+            backfill_stats_day(r, cid, (datetime.now(UTC) - timedelta(days=d)).strftime("%Y%m%d"))
 
 
 def _pin_sweep(world: World, i: int, *, sweep: bool = False) -> Command:

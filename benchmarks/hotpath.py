@@ -89,6 +89,26 @@ def _old(kind: str, id_: str) -> str:
     return f"old:{kind}:{id_}"
 
 
+def backfill_stats_day(r: Any, cid: str, label: str, *, users: int = 100) -> None:
+    """One daily stats bucket and its reach written directly, as a day of traffic would leave
+    them (the library only records into the current hour and day, so a benchmark cannot
+    backdate through it). `r` is a client or a pipeline."""
+    k, rk = keys.stats_day(cid, label), keys.stats_reach_day(cid, label)
+    r.hset(
+        k,
+        mapping={
+            "impressions": 1000,
+            "clicks": 20,
+            "conversions": 2,
+            "cost_micros": 1_500_000,
+            "revenue_micros": 4_000_000,
+        },
+    )
+    r.expire(k, 86400 * 2)
+    r.pfadd(rk, *[f"u{n}" for n in range(users)])
+    r.expire(rk, 86400 * 2)
+
+
 def _days(n: int) -> list[datetime]:
     now = datetime.now(UTC)
     return [now - timedelta(days=d) for d in range(n)]
@@ -140,22 +160,7 @@ def seed(ac: AdCache, r: redis.Redis | RedisCluster, tag: str) -> None:
     for j in range(N_CAMPAIGNS):
         cid = campaign(tag, j)
         for d in _days(7):
-            label = d.strftime("%Y%m%d")
-            k = keys.stats_day(cid, label)
-            r.hset(
-                k,
-                mapping={
-                    "impressions": 1000,
-                    "clicks": 20,
-                    "conversions": 2,
-                    "cost_micros": 1_500_000,
-                    "revenue_micros": 4_000_000,
-                },
-            )
-            r.expire(k, 86400 * 2)
-            rk = keys.stats_reach_day(cid, label)
-            r.pfadd(rk, *[f"u{n}" for n in range(100)])
-            r.expire(rk, 86400 * 2)
+            backfill_stats_day(r, cid, d.strftime("%Y%m%d"))
             ok = f"stats:{cid}:{d.strftime('%Y-%m-%d')}"
             r.hset(ok, mapping={"impressions": 1000, "clicks": 20, "cost": 1.5, "revenue": 4.0})
             r.expire(ok, 86400 * 2)
