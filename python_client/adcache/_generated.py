@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.6.0'
-LIBRARY_SHA256 = '52d6967005d30d3a5eb11564d4691fe7cffd5189b46328bda06784e88f3525c8'
+LIBRARY_SHA256 = 'a647156c9cd4189945bc82419c268d136ee74882f488e2db502d2b36aa6a3f8f'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(

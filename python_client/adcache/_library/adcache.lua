@@ -2702,24 +2702,22 @@ local function profile_get(keys, args)
   return flat
 end
 
-local function profile_set(keys, args)
+function P.put(keys, args, replace)
   K.check1(keys, PROFILE)
   V.nargs(args, 2)
   local fields = P.fields(args, 3)
   local current = P.version(keys[1])
   local idle = P.idle(args[1], keys[1])
   P.expect(args[2], current)
-  return P.write(keys[1], current + 1, T.now_ms(), idle, fields, true)
+  return P.write(keys[1], current + 1, T.now_ms(), idle, fields, replace)
+end
+
+local function profile_set(keys, args)
+  return P.put(keys, args, true)
 end
 
 local function profile_patch(keys, args)
-  K.check1(keys, PROFILE)
-  V.nargs(args, 2)
-  local fields = P.fields(args, 3)
-  local current = P.version(keys[1])
-  local idle = P.idle(args[1], keys[1])
-  P.expect(args[2], current)
-  return P.write(keys[1], current + 1, T.now_ms(), idle, fields, false)
+  return P.put(keys, args, false)
 end
 
 local function profile_activity(keys, args)
@@ -3632,7 +3630,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.6.0'
-local LIBRARY_SHA256 = '52d6967005d30d3a5eb11564d4691fe7cffd5189b46328bda06784e88f3525c8'
+local LIBRARY_SHA256 = 'a647156c9cd4189945bc82419c268d136ee74882f488e2db502d2b36aa6a3f8f'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}
