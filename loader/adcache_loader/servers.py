@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -828,6 +829,16 @@ class LocalCluster:
             node.stop()
             raise
         return node
+
+    def id_on(self, index: int, prefix: str, build: Callable[[str], str]) -> str:
+        """The first id `<prefix><n>` whose key (`build(id)`) lives on primaries[index]."""
+        owned: set[int] = set()
+        for lo, hi in self._owned_slots(self.primaries[index]):
+            owned.update(range(lo, hi + 1))
+        n = 0
+        while key_slot(build(f"{prefix}{n}").encode()) not in owned:
+            n += 1
+        return f"{prefix}{n}"
 
     def _owned_slots(self, node: RedisServer) -> tuple[tuple[int, int], ...]:
         myself = next(v for v in _cluster_nodes(node) if "myself" in v.flags)

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from redis.crc import key_slot
 from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,18 +36,6 @@ class Load:
     answer_times: list[float] = field(default_factory=list)  # a step answered (or was refused)
     unconfirmed: int = 0
     failed_attempts: int = 0
-
-
-def _id_on(cluster: LocalCluster, index: int, prefix: str, build: object) -> str:
-    """An id whose key (built by `build`) lives on primaries[index]."""
-    owned: set[int] = set()
-    for lo, hi in cluster._owned_slots(cluster.primaries[index]):
-        owned.update(range(lo, hi + 1))
-    for i in itertools.count():
-        candidate = f"{prefix}{i}"
-        if key_slot(build(candidate).encode()) in owned:  # type: ignore[operator]
-            return candidate
-    raise AssertionError("unreachable")
 
 
 def _step(load: Load, stop: threading.Event, fn: object) -> object:
@@ -103,8 +90,8 @@ def test_failover_under_commits_and_cap_records(
     base = AdCache(cl.client())
     cache = base.durable(replicas=1, timeout_ms=300) if durable else base
     # The campaign and the user both live on the primary that will die.
-    cid = _id_on(cl, 0, f"{uid}c", keys.campaign)
-    user = _id_on(cl, 0, f"{uid}u", keys.freqcap)
+    cid = cl.id_on(0, f"{uid}c", keys.campaign)
+    user = cl.id_on(0, f"{uid}u", keys.freqcap)
     now = int(time.time() * 1000)
     # Set up durably in both modes: the campaign record is not what is under test.
     base.durable(replicas=1, timeout_ms=2000).campaigns.set(

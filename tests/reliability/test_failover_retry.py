@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.crc import key_slot
-
 from adcache import AdCache
 from adcache import _generated as keys
 from adcache._generated import FUNCTIONS
@@ -35,17 +33,6 @@ from adcache_loader.servers import LocalCluster
 
 log = logging.getLogger(__name__)
 COST = 1_000
-
-
-def _id_on(cluster: LocalCluster, index: int, prefix: str, build: Callable[[str], str]) -> str:
-    """An id whose key (built by `build`) lives on primaries[index]."""
-    owned: set[int] = set()
-    for lo, hi in cluster._owned_slots(cluster.primaries[index]):
-        owned.update(range(lo, hi + 1))
-    for i in itertools.count():
-        if key_slot(build(f"{prefix}{i}").encode()) in owned:
-            return f"{prefix}{i}"
-    raise AssertionError("unreachable")
 
 
 def test_repeatable_calls_are_the_declared_ones() -> None:
@@ -101,9 +88,9 @@ def test_a_failover_fails_no_idempotent_call(cluster_with_replicas: LocalCluster
     deploy(cl.seed_url)
     cache = AdCache(cl.client())  # the default retry budget (10 s)
     # Every entity lives on the primary that will die.
-    cid = _id_on(cl, 0, f"{uid}c", keys.campaign)
-    user = _id_on(cl, 0, f"{uid}u", keys.freqcap)
-    sid = _id_on(cl, 0, f"{uid}s", keys.session)
+    cid = cl.id_on(0, f"{uid}c", keys.campaign)
+    user = cl.id_on(0, f"{uid}u", keys.freqcap)
+    sid = cl.id_on(0, f"{uid}s", keys.session)
     now = int(time.time() * 1000)
     setup = cache.durable(replicas=1, timeout_ms=2000)
     setup.campaigns.set(
