@@ -3,7 +3,10 @@
 * `cache.sessions.get` (sync and asyncio) against a raw `FCALL_RO` on one fixed redis-py
   connection returning the raw reply (the floor any client pays for the bytes on the wire);
 * `run_many` of 100 `sessions.get` (parsed records, and raw replies) against a redis-py pipeline
-  of 100 PINGs.
+  of 100 PINGs;
+* the floors: the same pre-packed `FCALL_RO` on a blocking socket, and on a bare
+  `asyncio.Protocol` of the standard event loop (and of uvloop when it is installed: `--uvloop`),
+  with no adcache code at all.
 
 `python -m benchmarks.bench_client [--url redis://...] [--calls N]` prints the table and ratios.
 """
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio as aredis
 
@@ -39,14 +44,43 @@ def _ids(cache: AdCache) -> list[str]:
     return ids
 
 
-def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
+class _Bare(asyncio.Protocol):
+    """The asyncio floor: one pre-packed command written, its reply parsed, the waiter woken."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiter: asyncio.Future[Any] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        reply = self.reader.gets()
+        if reply is not False and self.waiter is not None:
+            self.waiter.set_result(reply)
+
+
+def _new_loop(uv: bool) -> asyncio.AbstractEventLoop:
+    if uv:
+        import uvloop  # optional: `pip install uvloop`
+
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
+def measure(
+    url: str, calls: int = 20000, rounds: int = 40, *, uv: bool = False
+) -> dict[str, float]:
     """µs per call (per batch for the batched cases), the best round of each case."""
     cache = AdCache(redis.Redis.from_url(url))
     ids = _ids(cache)
     keys_ = [keys.session(s) for s in ids]
     fixed = redis.Redis.from_url(url).connection_pool.get_connection()
     pipe_client = redis.Redis.from_url(url)
-    loop = asyncio.new_event_loop()
+    loop = _new_loop(uv)
+    host, port = cache.nodes()[0].name.rsplit(":", 1)
+    packed = [hiredis.pack_command(("FCALL_RO", "ac_session_get", 1, k)) for k in keys_]
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport, bare = loop.run_until_complete(loop.create_connection(_Bare, host, int(port)))
     acache = aio.AdCache(aredis.Redis.from_url(url))
     loop.run_until_complete(acache.sessions.get(ids[0]))
     cache.sessions.get(ids[0])
@@ -56,6 +90,24 @@ def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
         for i in range(n):
             send("FCALL_RO", "ac_session_get", 1, keys_[i % N_IDS])
             read()
+
+    def bare_socket(n: int) -> None:
+        reader = hiredis.Reader()
+        for i in range(n):
+            sock.sendall(packed[i % N_IDS])
+            reply = False
+            while reply is False:
+                reader.feed(sock.recv(65536))
+                reply = reader.gets()
+
+    async def _abare(n: int) -> None:
+        for i in range(n):
+            bare.waiter = loop.create_future()
+            transport.write(packed[i % N_IDS])
+            await bare.waiter
+
+    def abare(n: int) -> None:
+        loop.run_until_complete(_abare(n))
 
     def ours(n: int) -> None:
         get = cache.sessions.get
@@ -106,17 +158,19 @@ def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
         loop.run_until_complete(_amany(n))
 
     single: dict[str, Callable[[int], None]] = {
+        "floor: pre-packed FCALL_RO on a blocking socket": bare_socket,
+        f"floor: pre-packed FCALL_RO on a bare asyncio.Protocol ({LOOP[uv]})": abare,
         "raw FCALL_RO, fixed connection, raw reply": raw_fcall,
         "cache.sessions.get": ours,
         "cache.sessions.get, reading a field": ours_read,
-        "aio cache.sessions.get": aours,
+        f"aio cache.sessions.get ({LOOP[uv]})": aours,
     }
     batched: dict[str, Callable[[int], None]] = {
         "redis-py pipeline of 100 PING": ping100,
         "redis-py pipeline of 100 FCALL_RO ac_session_get (raw)": fcall100,
         "run_many 100 sessions.get, parsed": many_parsed,
         "run_many 100 sessions.get, raw": many_raw,
-        "aio run_many 100 sessions.get, parsed": amany_parsed,
+        f"aio run_many 100 sessions.get, parsed ({LOOP[uv]})": amany_parsed,
     }
     best: dict[str, float] = {}
     per_round = max(1, calls // rounds)
@@ -130,7 +184,19 @@ def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
                 fn(n)
                 us = (time.perf_counter() - t0) / n * 1e6
                 best[name] = min(best.get(name, us), us)
+    # What the server alone spends on one batch of 100 (Lua and the commands inside it), which
+    # no client can go below: INFO commandstats over 50 batches.
+    admin = redis.Redis.from_url(url)
+    admin.config_resetstat()
+    many_raw(50)
+    stats = admin.info("commandstats")
+    best["server time of 100 FCALL_RO ac_session_get (INFO commandstats)"] = (
+        sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_fcall")) / 50
+    )
+    admin.close()
     loop.run_until_complete(acache.aclose())
+    transport.close()
+    sock.close()
     loop.close()
     cache.close()
     pipe_client.close()
@@ -138,15 +204,25 @@ def measure(url: str, calls: int = 20000, rounds: int = 40) -> dict[str, float]:
     return best
 
 
+LOOP = {False: "asyncio loop", True: "uvloop"}
+
+
 def ratios(t: dict[str, float]) -> dict[str, float]:
     raw_us = t["raw FCALL_RO, fixed connection, raw reply"]
     ping = t["redis-py pipeline of 100 PING"]
+    loop = next(k.rsplit("(", 1)[1][:-1] for k in t if k.startswith("aio cache.sessions.get"))
+    aget, sget = t[f"aio cache.sessions.get ({loop})"], t["cache.sessions.get"]
+    afloor = t[f"floor: pre-packed FCALL_RO on a bare asyncio.Protocol ({loop})"]
+    sfloor = t["floor: pre-packed FCALL_RO on a blocking socket"]
     return {
         "sessions.get / raw FCALL_RO (target <= 1.15)": t["cache.sessions.get"] / raw_us,
         "sessions.get reading a field / raw FCALL_RO": t["cache.sessions.get, reading a field"]
         / raw_us,
-        "aio sessions.get / sync sessions.get (target <= 1.10)": t["aio cache.sessions.get"]
-        / t["cache.sessions.get"],
+        "aio sessions.get / sync sessions.get (target <= 1.10)": aget / sget,
+        "asyncio floor / blocking-socket floor": afloor / sfloor,
+        "asyncio floor / sync sessions.get": afloor / sget,
+        "µs adcache adds over its floor, aio": aget - afloor,
+        "µs adcache adds over its floor, sync": sget - sfloor,
         "run_many parsed throughput / 100 PINGs (target >= 0.6)": ping
         / t["run_many 100 sessions.get, parsed"],
         "run_many raw throughput / 100 PINGs (target >= 0.8)": ping
@@ -155,8 +231,10 @@ def ratios(t: dict[str, float]) -> dict[str, float]:
             "redis-py pipeline of 100 FCALL_RO ac_session_get (raw)"
         ]
         / t["run_many 100 sessions.get, parsed"],
+        "ceiling of any run_many: 100 PINGs / server time of the 100 calls": ping
+        / t["server time of 100 FCALL_RO ac_session_get (INFO commandstats)"],
         "aio run_many parsed / sync run_many parsed (time)": t[
-            "aio run_many 100 sessions.get, parsed"
+            f"aio run_many 100 sessions.get, parsed ({loop})"
         ]
         / t["run_many 100 sessions.get, parsed"],
     }
@@ -188,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--url", help="a standalone server with the library (default: start one)")
     ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--uvloop", action="store_true", help="the asyncio cases on uvloop")
     args = ap.parse_args(argv)
     url: Any = args.url
     server = None
@@ -199,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         url = server.url
         deploy(url)
     try:
-        print(report(measure(url, calls=args.calls)))
+        print(report(measure(url, calls=args.calls, uv=args.uvloop)))
     finally:
         if server is not None:
             server.stop()

@@ -221,6 +221,9 @@ class ClientBase(Generic[R]):
 
     def _groups(self, calls: Sequence[Call[Any]]) -> dict[str, tuple[Any, list[int]]]:
         """The calls' indexes by the node they go to (its name: the node, the indexes)."""
+        if not self.is_cluster and calls:  # one server takes every call
+            node = self._node_for(calls[0])
+            return {self._name_of(node): (node, list(range(len(calls))))}
         groups: dict[str, tuple[Any, list[int]]] = {}
         for i, call in enumerate(calls):
             node = self._node_for(call)
@@ -282,6 +285,7 @@ class ClientBase(Generic[R]):
 
     # ---- what each client provides (see the module doc) ----
 
+    is_cluster: bool
     _node_for: Callable[[Call[Any]], Any]
     _name_of: Callable[[Any], str]
     _ask_node: Callable[[AskError], Any]

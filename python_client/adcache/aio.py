@@ -18,7 +18,7 @@ import functools
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,7 +37,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adcache._base import REDO, TRANSIENT, ClientBase
-from adcache._core import AfterSend, Arg, Call, durable_replies, needs_retry, translate_error
+from adcache._core import (
+    AfterSend,
+    Arg,
+    Call,
+    durable_replies,
+    needs_retry,
+    raw,
+    translate_error,
+)
 from adcache._facade import _drive_async
 from adcache._redispy import (
     adopt,
@@ -307,11 +315,16 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
 
     # ---- calls ----
 
-    async def run(self, call: Call[T]) -> T:
-        return call.parse(await self.fcall(call))
+    def run(self, call: Call[T]) -> Coroutine[Any, Any, T]:
+        """Execute one call and parse its reply (a coroutine: `await cache.run(call)`)."""
+        return self._call(call, call.parse)
 
-    async def fcall(self, call: Call[Any]) -> Any:
-        """See `adcache.AdCache.fcall`: the same rules."""
+    def fcall(self, call: Call[Any]) -> Coroutine[Any, Any, Any]:
+        """See `adcache.AdCache.fcall`: the same rules (a coroutine of the raw reply)."""
+        return self._call(call, raw)
+
+    async def _call(self, call: Call[Any], parse: Callable[[Any], T]) -> T:
+        # `run` and `fcall` hand this coroutine to the caller: one frame per call, not two.
         payload = call.packed()
         if not self.durable_replicas and call.repeatable:
             node = self._node_for(call)
@@ -326,11 +339,11 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
                     pass
                 else:
                     if not isinstance(reply, Exception):
-                        return reply
+                        return parse(reply)
                     if isinstance(reply, ResponseError) and not needs_retry(reply, name):
                         raise translate_error(reply, name) from reply
         await self._ensure_initialized()
-        return await _drive_async(self, self._fcall(call, payload))
+        return parse(await _drive_async(self, self._fcall(call, payload)))
 
     async def run_many(
         self, calls: Sequence[Call[Any]], *, raise_on_error: bool = True
