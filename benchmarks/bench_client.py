@@ -187,12 +187,20 @@ def measure(
     # What the server alone spends on one batch of 100 (Lua and the commands inside it), which
     # no client can go below: INFO commandstats over 50 batches.
     admin = redis.Redis.from_url(url)
-    admin.config_resetstat()
-    many_raw(50)
-    stats = admin.info("commandstats")
-    best["server time of 100 FCALL_RO ac_session_get (INFO commandstats)"] = (
-        sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_fcall")) / 50
-    )
+    noop = Call("ac_version", (), (), raw)
+    for name, batch in (
+        ("100 FCALL_RO ac_session_get", lambda: many_raw(50)),
+        (
+            "100 no-op FCALL_RO ac_version",
+            lambda: [cache.run_many([noop] * 100) for _ in range(50)],
+        ),
+    ):
+        admin.config_resetstat()
+        batch()
+        stats = admin.info("commandstats")
+        best[f"server time of {name} (INFO commandstats)"] = (
+            sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_fcall")) / 50
+        )
     admin.close()
     loop.run_until_complete(acache.aclose())
     transport.close()
@@ -233,6 +241,8 @@ def ratios(t: dict[str, float]) -> dict[str, float]:
         / t["run_many 100 sessions.get, parsed"],
         "ceiling of any run_many: 100 PINGs / server time of the 100 calls": ping
         / t["server time of 100 FCALL_RO ac_session_get (INFO commandstats)"],
+        "ceiling of any 100 FCALLs: 100 PINGs / server time of 100 no-op FCALL_RO": ping
+        / t["server time of 100 no-op FCALL_RO ac_version (INFO commandstats)"],
         "aio run_many parsed / sync run_many parsed (time)": t[
             f"aio run_many 100 sessions.get, parsed ({loop})"
         ]
