@@ -3,7 +3,7 @@ loop, the library checks and the settling of `run_many` replies, written once as
 `adcache._facade`). A client drives a plan with its own I/O: the sync client calls the methods a
 plan asks for, the asyncio client awaits them. Each client provides the same primitives:
 
-* `_node_for(call)`, `_name_of(node)`, `_ask_node(error)`: routing, no I/O;
+* `_standalone`, `_slots`, `_wrap(cluster node)`, `_name_of(node)`: what routing needs;
 * `_send(node, *cmd)`: one command through redis-py (admin: its reply callbacks apply);
 * `_exchange(node, payload, n, checked)`: `n` packed commands written at once on the node's
   connection, their replies (error replies in place); AfterSend once sending began;
@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Self, TypeVar
 
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -46,7 +48,7 @@ from adcache._core import (
 )
 from adcache._facade import Plan, do, sleep
 from adcache._generated import AdCacheError, LibraryMissingError
-from adcache._redispy import pack
+from adcache._redispy import node_address, pack
 from adcache.facades import FACADES
 
 log = logging.getLogger("adcache")
@@ -135,6 +137,36 @@ class ClientBase(Generic[R]):
                 raise translate_error(e, ref.name) from e
             out[ref.name] = str_pairs(reply)
         return out
+
+    # ---- routing (no I/O) ----
+
+    def _node_for(self, call: Call[Any]) -> Any:
+        """The node a call goes to: the slot of its first key's hash tag (cached per slot),
+        a replica for a read when read_from_replicas, any primary for a keyless call."""
+        if not self.is_cluster:
+            return self._standalone
+        rc: Any = self.redis
+        if not call.keys:
+            return self._wrap(random.choice(rc.get_primaries()))
+        if self.read_from_replicas and call.readonly:
+            return self._wrap(rc.get_node_from_key(call.keys[0], replica=True))
+        slot = key_slot(call.keys[0].encode())
+        node = self._slots[slot]
+        if node is None:
+            node = self._slots[slot] = self._wrap(rc.get_node_from_key(call.keys[0]))
+        return node
+
+    def _ask_node(self, e: AskError) -> Any:
+        host, port = node_address(e)
+        cn = self.redis.get_node(host=host, port=port)  # type: ignore[attr-defined]
+        return None if cn is None else self._wrap(cn)
+
+    def _route_moved(self, e: MovedError) -> None:
+        """After a topology refresh: route the moved slot to the node the redirect named."""
+        host, port = node_address(e)
+        cn = self.redis.get_node(host=host, port=port)  # type: ignore[attr-defined]
+        if cn is not None:
+            self._slots[e.slot_id] = self._wrap(cn)
 
     # ---- one call ----
 
@@ -286,9 +318,10 @@ class ClientBase(Generic[R]):
     # ---- what each client provides (see the module doc) ----
 
     is_cluster: bool
-    _node_for: Callable[[Call[Any]], Any]
+    _standalone: Any  # the node every call goes to on a standalone server
+    _slots: list[Any]  # slot -> node, filled on use, emptied by a topology refresh
+    _wrap: Callable[[Any], Any]  # a redis-py cluster node as the client holds it
     _name_of: Callable[[Any], str]
-    _ask_node: Callable[[AskError], Any]
     _send: Callable[..., Any]
     _exchange: Callable[..., Any]
     _moved: Callable[[MovedError], Any]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -25,15 +24,13 @@ from typing import Any, TypeVar
 import hiredis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    AskError,
     InvalidResponse,
     MovedError,
     RedisClusterException,
     ResponseError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adcache._base import REDO, TRANSIENT, ClientBase
@@ -54,7 +51,6 @@ from adcache._redispy import (
     async_node_release,
     async_pool_connection,
     async_refresh,
-    node_address,
     pack,
     socket_timeout,
     standalone_name,
@@ -194,6 +190,8 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
         self.is_cluster = isinstance(self.redis, RedisCluster)
         self._links: dict[str, _Link] = {}  # by node name
         self._slots: list[ClusterNode | None] = [None] * 16384
+        self._standalone = None
+        self._wrap = _same
         self._name = ""
         if not isinstance(self.redis, RedisCluster):
             self._name = standalone_name(self.redis.connection_pool)
@@ -226,26 +224,8 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
         if isinstance(self.redis, RedisCluster):
             await async_ensure_initialized(self.redis)
 
-    def _node_for(self, call: Call[Any]) -> ClusterNode | None:
-        if not self.is_cluster:
-            return None
-        rc: RedisCluster = self.redis  # type: ignore[assignment]
-        if not call.keys:
-            return random.choice(rc.get_primaries())
-        if self.read_from_replicas and call.readonly:
-            return rc.get_node_from_key(call.keys[0], replica=True)
-        slot = key_slot(call.keys[0].encode())
-        node = self._slots[slot]
-        if node is None:
-            node = self._slots[slot] = rc.get_node_from_key(call.keys[0])
-        return node
-
     def _name_of(self, node: ClusterNode | None) -> str:
         return self._name if node is None else node.name
-
-    def _ask_node(self, e: AskError) -> ClusterNode | None:
-        host, port = node_address(e)
-        return self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
 
     async def _link(self, node: ClusterNode | None) -> _Link:
         name = self._name if node is None else node.name
@@ -273,11 +253,8 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
                 log.info("adcache: topology refresh failed: %s", e)
 
     async def _moved(self, e: MovedError) -> None:
-        host, port = node_address(e)
         await self._refresh_topology()
-        node = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
-        if node is not None:
-            self._slots[e.slot_id] = node
+        self._route_moved(e)
 
     async def _send(self, node: ClusterNode | None, *cmd: Arg) -> Any:
         """One command through redis-py (admin: its reply callbacks apply)."""
@@ -373,6 +350,10 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
         else:
             await asyncio.gather(*(one(n, node, idxs) for n, (node, idxs) in groups.items()))
         return self._results(results, raise_on_error)
+
+
+def _same(node: ClusterNode) -> ClusterNode:
+    return node
 
 
 def _released(release: Any) -> Any:

@@ -9,7 +9,6 @@ connection errors are handled here, with a topology refresh and bounded retries.
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,15 +16,14 @@ from typing import Any, TypeVar
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adcache._base import REDO, TRANSIENT, ClientBase
 from adcache._core import AfterSend, Arg, Call, durable_replies, needs_retry, translate_error
 from adcache._facade import _drive_sync
-from adcache._redispy import node_address, pool_connection, reader, refresh, standalone_name
+from adcache._redispy import pool_connection, reader, refresh, standalone_name
 from adcache.facades import SyncFacades
 
 log = logging.getLogger("adcache")
@@ -142,11 +140,12 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
         self.is_cluster = isinstance(self.redis, RedisCluster)
         self._nodes: dict[str, _Node] = {}  # by host:port
         self._slots: list[_Node | None] = [None] * 16384  # slot -> primary, filled on use
-        self._single: _Node | None = None
+        self._standalone: _Node | None = None
+        self._wrap = self._node
         self._name = ""
         if not isinstance(self.redis, RedisCluster):
             self._name = standalone_name(self.redis.connection_pool)
-            self._single = _Node(self._name, self.redis)
+            self._standalone = _Node(self._name, self.redis)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> AdCache:
@@ -162,7 +161,7 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
         return cls(client, **kwargs)
 
     def close(self) -> None:
-        for node in [self._single, *self._nodes.values()]:
+        for node in [self._standalone, *self._nodes.values()]:
             if node is not None:
                 node.close()
         self.redis.close()
@@ -176,27 +175,8 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
             node = self._nodes.setdefault(cn.name, _Node(cn.name, rc.get_redis_connection(cn)))
         return node
 
-    def _node_for(self, call: Call[Any]) -> _Node:
-        if self._single is not None:
-            return self._single
-        rc: RedisCluster = self.redis  # type: ignore[assignment]
-        if not call.keys:
-            return self._node(random.choice(rc.get_primaries()))
-        if self.read_from_replicas and call.readonly:
-            return self._node(rc.get_node_from_key(call.keys[0], replica=True))
-        slot = key_slot(call.keys[0].encode())
-        node = self._slots[slot]
-        if node is None:
-            node = self._slots[slot] = self._node(rc.get_node_from_key(call.keys[0]))
-        return node
-
     def _name_of(self, node: _Node) -> str:
         return node.name
-
-    def _ask_node(self, e: AskError) -> _Node | None:
-        host, port = node_address(e)
-        cn = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
-        return None if cn is None else self._node(cn)
 
     def _refresh_topology(self) -> None:
         if self.is_cluster:
@@ -209,11 +189,8 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
     def _moved(self, e: MovedError) -> None:
         """A slot moved: reload the map from the cluster, and route the slot to the node the
         redirect named."""
-        host, port = node_address(e)
         self._refresh_topology()
-        cn = self.redis.get_node(host=host, port=port)  # type: ignore[union-attr]
-        if cn is not None:
-            self._slots[e.slot_id] = self._node(cn)
+        self._route_moved(e)
 
     def nodes(self, *, replicas: bool = True) -> list[NodeRef]:
         """Every node the client knows (standalone: the one server), for admin and monitoring
