@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import hiredis
@@ -33,6 +34,7 @@ from benchmarks.env import BenchEnv
 from benchmarks.harness import Result
 
 N_IDS = 100
+CALLERS = 8
 
 
 def _ids(cache: AdCache) -> list[str]:
@@ -128,6 +130,19 @@ def measure(
     def aours(n: int) -> None:
         loop.run_until_complete(_aours(n))
 
+    # Eight callers at once, the way a server uses a client: threads sharing the sync client
+    # against tasks sharing the asyncio one (µs per call = the wall time / the calls).
+    pool = ThreadPoolExecutor(CALLERS)
+
+    def threads(n: int) -> None:
+        list(pool.map(ours, [max(1, n // CALLERS)] * CALLERS))
+
+    async def _tasks(n: int) -> None:
+        await asyncio.gather(*(_aours(max(1, n // CALLERS)) for _ in range(CALLERS)))
+
+    def tasks(n: int) -> None:
+        loop.run_until_complete(_tasks(n))
+
     def ping100(n: int) -> None:
         for _ in range(n):
             p = pipe_client.pipeline(transaction=False)
@@ -164,6 +179,8 @@ def measure(
         "cache.sessions.get": ours,
         "cache.sessions.get, reading a field": ours_read,
         f"aio cache.sessions.get ({LOOP[uv]})": aours,
+        f"cache.sessions.get, {CALLERS} threads": threads,
+        f"aio cache.sessions.get, {CALLERS} tasks ({LOOP[uv]})": tasks,
     }
     batched: dict[str, Callable[[int], None]] = {
         "redis-py pipeline of 100 PING": ping100,
@@ -202,6 +219,7 @@ def measure(
             sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_fcall")) / 50
         )
     admin.close()
+    pool.shutdown()
     loop.run_until_complete(acache.aclose())
     transport.close()
     sock.close()
@@ -227,6 +245,10 @@ def ratios(t: dict[str, float]) -> dict[str, float]:
         "sessions.get reading a field / raw FCALL_RO": t["cache.sessions.get, reading a field"]
         / raw_us,
         "aio sessions.get / sync sessions.get (target <= 1.10)": aget / sget,
+        f"aio / sync sessions.get, {CALLERS} callers at once": t[
+            f"aio cache.sessions.get, {CALLERS} tasks ({loop})"
+        ]
+        / t[f"cache.sessions.get, {CALLERS} threads"],
         "asyncio floor / blocking-socket floor": afloor / sfloor,
         "asyncio floor / sync sessions.get": afloor / sget,
         "µs adcache adds over its floor, aio": aget - afloor,
