@@ -15,7 +15,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
@@ -149,6 +149,14 @@ def _int(info: Mapping[str, Any], name: str) -> int:
         return 0
 
 
+# NodeHealth's integer figures, each from the INFO field of its name unless named here.
+_FIGURES = [f.name for f in fields(NodeHealth) if f.type == "int"]
+_INFO_NAME = {
+    "ops_per_sec": "instantaneous_ops_per_sec",
+    "commands_processed": "total_commands_processed",
+}
+
+
 def parse_info(raw: Any) -> dict[str, Any]:
     """INFO as a dict, whether redis-py parsed it already or handed back the text."""
     if isinstance(raw, dict):
@@ -172,21 +180,8 @@ def node_health(node: str, role: str, raw_info: Any) -> NodeHealth:
         name = k.removeprefix("cmdstat_")
         if k.startswith("cmdstat_") and name.startswith("fcall") and isinstance(v, dict):
             functions[name] = CommandStat(_int(v, "calls"), _int(v, "usec"))
-    return NodeHealth(
-        node=node,
-        role=role,
-        up=True,
-        used_memory=_int(info, "used_memory"),
-        maxmemory=_int(info, "maxmemory"),
-        keyspace_hits=_int(info, "keyspace_hits"),
-        keyspace_misses=_int(info, "keyspace_misses"),
-        evicted_keys=_int(info, "evicted_keys"),
-        expired_keys=_int(info, "expired_keys"),
-        connected_clients=_int(info, "connected_clients"),
-        ops_per_sec=_int(info, "instantaneous_ops_per_sec"),
-        commands_processed=_int(info, "total_commands_processed"),
-        functions=functions,
-    )
+    figures: dict[str, Any] = {a: _int(info, _INFO_NAME.get(a, a)) for a in _FIGURES}
+    return NodeHealth(node, role, True, functions=functions, **figures)
 
 
 def parse_counters(reply: Any) -> dict[str, int]:
