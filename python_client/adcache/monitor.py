@@ -231,10 +231,6 @@ class _AuditState:
             self.complete = False  # the cap cut this step short
         return keys[:room]
 
-    def node_done(self, finished: bool) -> None:
-        # A node whose cursor did not come back to 0 was only sampled.
-        self.complete = self.complete and finished
-
     def _note(self, bucket: list[str], key: str) -> None:
         if len(bucket) < self.max_report:
             bucket.append(key)
@@ -245,17 +241,13 @@ class _AuditState:
         if pttl == -2:
             return  # expired between SCAN and PTTL
         pat = classify(key)
+        self.by_pattern["(unknown)" if pat is None else pat.name] += 1
         if pat is None:
-            self.by_pattern["(unknown)"] += 1
             self._note(self.unknown, key)
-            if pttl == -1:
-                self._note(self.no_ttl, key)
-            return
-        self.by_pattern[pat.name] += 1
-        if rtype != pat.redis_type:
+        elif rtype != pat.redis_type:
             self._note(self.wrong_type, f"{key} ({rtype}, expected {pat.redis_type})")
         if pttl == -1:
-            if pat.expires:
+            if pat is None or pat.expires:
                 self._note(self.no_ttl, key)
             else:
                 self.owned += 1
@@ -329,7 +321,7 @@ class Monitor(Facade[M]):
                         st.add(ref.name, k, int(res[2 * i]), text(res[2 * i + 1]))
                 if cursor == 0:
                     break
-            st.node_done(cursor == 0)
+            st.complete = st.complete and cursor == 0  # else the node was only sampled
         return st.report()
 
 

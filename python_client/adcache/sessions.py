@@ -343,10 +343,6 @@ def index_list_call(user_id: str) -> Call[list[str]]:
     return Call("ac_session_index_list", (keys.user_sessions(user_id),), (), parse)
 
 
-def _live_of(user_id: str, got: list[Session | None]) -> list[Session]:
-    return [s for s in got if s is not None and s.user_id == user_id]
-
-
 class Sessions(Facade[M]):
     """Session calls on the sync or asyncio `AdCache` (`cache.sessions`)."""
 
@@ -403,7 +399,8 @@ class Sessions(Facade[M]):
     def list(self, user_id: str) -> Plan[list[Session]]:
         """The user's live sessions (two rounds: the index, then the sessions pipelined)."""
         ids = yield from one(index_list_call(user_id))
-        return _live_of(user_id, (yield from many([get_call(s) for s in ids]))) if ids else []
+        got = (yield from many([get_call(s) for s in ids])) if ids else []
+        return [s for s in got if s is not None and s.user_id == user_id]
 
     @plan
     def revoke_all(self, user_id: str) -> Plan[int]:

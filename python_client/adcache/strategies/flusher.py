@@ -135,15 +135,6 @@ class Flusher(Facade[M]):
                 plan.append((stream, "new"))
         return plan
 
-    def _queue(self, pipe: Any, stream: str, what: str) -> None:
-        if what == "claim":
-            pipe.xautoclaim(
-                stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
-            )
-        else:
-            start = "0" if what == "pending" else ">"
-            pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
-
     def _full(self, what: str, reply: Any) -> bool:
         """A read of own pending entries that filled a batch: more may be pending."""
         return what == "pending" and sum(len(e) for e in _stream_entries(reply)) >= self.batch
@@ -213,7 +204,13 @@ class Flusher(Facade[M]):
     def _pipelined(self, plan: list[tuple[str, str]]) -> Plan[list[Any]]:
         pipe = self.redis.pipeline(transaction=False)
         for stream, what in plan:
-            self._queue(pipe, stream, what)
+            if what == "claim":
+                pipe.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                )
+            else:
+                start = "0" if what == "pending" else ">"
+                pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
         return list((yield from do(pipe.execute)))
 
     def _read(self) -> Plan[tuple[list[Change], dict[str, list[str]]]]:
