@@ -123,17 +123,13 @@ class Flusher(Facade[M]):
     def _plan(self) -> list[tuple[str, str]]:
         """The reads of one step: (stream, "pending" | "claim" | "new"), in this order per
         stream (own pending entries after a start or a failure, claims when due, new entries)."""
-        claim = self._claim_due()
-        plan: list[tuple[str, str]] = []
-        for stream in self.space.streams():
-            if self._recover:
-                # Own pending entries first, and alone: newer entries wait until they are settled.
-                plan.append((stream, "pending"))
-            if claim:
-                plan.append((stream, "claim"))
-            if not self._recover:
-                plan.append((stream, "new"))
-        return plan
+        # Own pending entries first, and alone: newer entries wait until they are settled.
+        kinds = ["pending"] if self._recover else []
+        if self._claim_due():
+            kinds.append("claim")
+        if not self._recover:
+            kinds.append("new")
+        return [(stream, what) for stream in self.space.streams() for what in kinds]
 
     def _full(self, what: str, reply: Any) -> bool:
         """A read of own pending entries that filled a batch: more may be pending."""
