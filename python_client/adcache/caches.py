@@ -10,15 +10,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, text
 from adcache._facade import Facade, M, Plan, forward, many, plan
 from adcache._generated import BadArgumentError
-
-if TYPE_CHECKING:
-    pass
 
 MAX_KEY_BYTES = 512
 Status = Literal["hit", "neg", "stale", "load", "reload", "wait"]
@@ -94,6 +91,20 @@ class Space:
         return [self.stream(s) for s in range(self.shards)]
 
 
+def _vl(space: Space, key: str) -> tuple[str, str]:
+    """The value and lock keys of `key`: every call on one key names both."""
+    return space.value_key(key), space.lock_key(key)
+
+
+def _ok(reply: Any) -> bool:
+    return int(reply) == 1
+
+
+def _payload(payload: str | None) -> tuple[str, str]:
+    """The entry kind and payload on the wire; None is a negative entry (no such key)."""
+    return "negative" if payload is None else "value", payload or ""
+
+
 def _lookup(reply: Any) -> Lookup:
     status, payload, remaining, load_ms = reply
     return Lookup(text(status), text(payload), int(remaining), int(load_ms))  # type: ignore[arg-type]
@@ -103,12 +114,8 @@ def get_call(
     space: Space, key: str, token: str, *, lock_ttl_ms: int, refresh: bool = False
 ) -> Call[Lookup]:
     """Read a value, or take its loader lock when missing or stale."""
-    return Call(
-        "ac_cache_get",
-        (space.value_key(key), space.lock_key(key)),
-        (token, lock_ttl_ms, "1" if refresh else "0"),
-        _lookup,
-    )
+    args = (token, lock_ttl_ms, "1" if refresh else "0")
+    return Call("ac_cache_get", _vl(space, key), args, _lookup)
 
 
 MAX_BATCH = 500  # keys per ac_cache_get_many (the Lua bound)
@@ -147,33 +154,19 @@ def fill_call(
 ) -> Call[bool]:
     """Store a loaded value if `token` still owns the lock; False when it was lost.
     payload None stores a negative entry (the source has no such key)."""
-    kind = "negative" if payload is None else "value"
-    return Call(
-        "ac_cache_fill",
-        (space.value_key(key), space.lock_key(key), *space.tag_keys(key, tags)),
-        (token, kind, payload or "", ttl_ms, grace_ms, load_ms),
-        lambda r: int(r) == 1,
-    )
+    ks = (*_vl(space, key), *space.tag_keys(key, tags))
+    return Call("ac_cache_fill", ks, (token, *_payload(payload), ttl_ms, grace_ms, load_ms), _ok)
 
 
 def release_call(space: Space, key: str, token: str) -> Call[bool]:
     """Give up the loader lock after a failed load."""
-    return Call(
-        "ac_cache_release",
-        (space.value_key(key), space.lock_key(key)),
-        (token,),
-        lambda r: int(r) == 1,
-    )
+    return Call("ac_cache_release", _vl(space, key), (token,), _ok)
 
 
 def write_begin_call(space: Space, key: str, token: str, *, ttl_ms: int) -> Call[bool]:
     """Before a write-through's database write: register as the key's writer."""
-    return Call(
-        "ac_cache_write_begin",
-        (space.value_key(key), space.lock_key(key), space.writer_key(key)),
-        (token, ttl_ms),
-        lambda r: int(r) == 1,
-    )
+    ks = (*_vl(space, key), space.writer_key(key))
+    return Call("ac_cache_write_begin", ks, (token, ttl_ms), _ok)
 
 
 def set_call(
@@ -188,27 +181,12 @@ def set_call(
 ) -> Call[bool]:
     """After a write-through's database write: store if no other writer began since `token`
     did (see write_begin_call); else the key is dropped and the reply is False."""
-    kind = "negative" if payload is None else "value"
-    return Call(
-        "ac_cache_set",
-        (
-            space.value_key(key),
-            space.lock_key(key),
-            space.writer_key(key),
-            *space.tag_keys(key, tags),
-        ),
-        (token, kind, payload or "", ttl_ms, grace_ms),
-        lambda r: int(r) == 1,
-    )
+    ks = (*_vl(space, key), space.writer_key(key), *space.tag_keys(key, tags))
+    return Call("ac_cache_set", ks, (token, *_payload(payload), ttl_ms, grace_ms), _ok)
 
 
 def invalidate_call(space: Space, key: str) -> Call[bool]:
-    return Call(
-        "ac_cache_invalidate",
-        (space.value_key(key), space.lock_key(key)),
-        (),
-        lambda r: int(r) == 1,
-    )
+    return Call("ac_cache_invalidate", _vl(space, key), (), _ok)
 
 
 def invalidate_tag_calls(space: Space, tag: str) -> list[Call[int]]:
@@ -230,18 +208,9 @@ def wb_write_call(
     tags: Sequence[str] = (),
 ) -> Call[str]:
     """payload None records a delete (and caches a negative entry)."""
-    sid = space.id_of(key)
-    return Call(
-        "ac_cache_wb_write",
-        (
-            space.value_key(key),
-            space.lock_key(key),
-            keys.cache_stream(sid),
-            *space.tag_keys(key, tags),
-        ),
-        ("del" if payload is None else "set", payload or "", ttl_ms, grace_ms),
-        text,
-    )
+    ks = (*_vl(space, key), keys.cache_stream(space.id_of(key)), *space.tag_keys(key, tags))
+    args = ("del" if payload is None else "set", payload or "", ttl_ms, grace_ms)
+    return Call("ac_cache_wb_write", ks, args, text)
 
 
 def wb_ack_call(

@@ -41,6 +41,24 @@ COUNTER_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# The per-node figures of `NodeHealth`: attribute -> (family, metric name, help).
+_NODE_FIGURES: dict[str, tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str]] = {
+    "used_memory": (GaugeMetricFamily, "memory_used_bytes", "Memory used by the node."),
+    "maxmemory": (GaugeMetricFamily, "memory_max_bytes", "maxmemory of the node (0: no limit)."),
+    "connected_clients": (GaugeMetricFamily, "connected_clients", "Clients connected to the node."),
+    "ops_per_sec": (
+        GaugeMetricFamily,
+        "instantaneous_ops_per_sec",
+        "Commands per second (server estimate).",
+    ),
+    "keyspace_hits": (CounterMetricFamily, "keyspace_hits", "Key lookups that found the key."),
+    "keyspace_misses": (CounterMetricFamily, "keyspace_misses", "Key lookups that missed."),
+    "evicted_keys": (CounterMetricFamily, "evicted_keys", "Keys evicted under maxmemory."),
+    "expired_keys": (CounterMetricFamily, "expired_keys", "Keys removed by expiry."),
+    "commands_processed": (CounterMetricFamily, "commands_processed", "Commands processed."),
+}
+
+
 class Collector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
@@ -141,26 +159,9 @@ class AdCacheCollector:
         up = GaugeMetricFamily(
             f"{PREFIX}_node_up", "1 when the node answered INFO.", labels=["node", "role"]
         )
-        gauges = {
-            "used_memory": ("memory_used_bytes", "Memory used by the node."),
-            "maxmemory": ("memory_max_bytes", "maxmemory of the node (0: no limit)."),
-            "connected_clients": ("connected_clients", "Clients connected to the node."),
-            "ops_per_sec": ("instantaneous_ops_per_sec", "Commands per second (server estimate)."),
-        }
-        counters = {
-            "keyspace_hits": ("keyspace_hits", "Key lookups that found the key."),
-            "keyspace_misses": ("keyspace_misses", "Key lookups that missed."),
-            "evicted_keys": ("evicted_keys", "Keys evicted under maxmemory."),
-            "expired_keys": ("expired_keys", "Keys removed by expiry."),
-            "commands_processed": ("commands_processed", "Commands processed."),
-        }
-        gfam = {
-            a: GaugeMetricFamily(f"{PREFIX}_{n}", d, labels=["node"])
-            for a, (n, d) in gauges.items()
-        }
-        cfam = {
-            a: CounterMetricFamily(f"{PREFIX}_{n}", d, labels=["node"])
-            for a, (n, d) in counters.items()
+        figures = {
+            a: kind(f"{PREFIX}_{n}", d, labels=["node"])
+            for a, (kind, n, d) in _NODE_FIGURES.items()
         }
         calls = CounterMetricFamily(
             f"{PREFIX}_function_calls",
@@ -176,16 +177,13 @@ class AdCacheCollector:
             up.add_metric([n.node, n.role], 1 if n.up else 0)
             if not n.up:
                 continue
-            for a, fam in gfam.items():
+            for a, fam in figures.items():
                 fam.add_metric([n.node], getattr(n, a))
-            for a, cf in cfam.items():
-                cf.add_metric([n.node], getattr(n, a))
             for cmd, st in sorted(n.functions.items()):
                 calls.add_metric([n.node, cmd], st.calls)
                 secs.add_metric([n.node, cmd], st.usec / 1e6)
         yield up
-        yield from gfam.values()
-        yield from cfam.values()
+        yield from figures.values()
         yield calls
         yield secs
         ratio = GaugeMetricFamily(

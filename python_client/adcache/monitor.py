@@ -15,7 +15,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
@@ -149,6 +149,14 @@ def _int(info: Mapping[str, Any], name: str) -> int:
         return 0
 
 
+# NodeHealth's integer figures, each from the INFO field of its name unless named here.
+_FIGURES = [f.name for f in fields(NodeHealth) if f.type == "int"]
+_INFO_NAME = {
+    "ops_per_sec": "instantaneous_ops_per_sec",
+    "commands_processed": "total_commands_processed",
+}
+
+
 def parse_info(raw: Any) -> dict[str, Any]:
     """INFO as a dict, whether redis-py parsed it already or handed back the text."""
     if isinstance(raw, dict):
@@ -172,21 +180,8 @@ def node_health(node: str, role: str, raw_info: Any) -> NodeHealth:
         name = k.removeprefix("cmdstat_")
         if k.startswith("cmdstat_") and name.startswith("fcall") and isinstance(v, dict):
             functions[name] = CommandStat(_int(v, "calls"), _int(v, "usec"))
-    return NodeHealth(
-        node=node,
-        role=role,
-        up=True,
-        used_memory=_int(info, "used_memory"),
-        maxmemory=_int(info, "maxmemory"),
-        keyspace_hits=_int(info, "keyspace_hits"),
-        keyspace_misses=_int(info, "keyspace_misses"),
-        evicted_keys=_int(info, "evicted_keys"),
-        expired_keys=_int(info, "expired_keys"),
-        connected_clients=_int(info, "connected_clients"),
-        ops_per_sec=_int(info, "instantaneous_ops_per_sec"),
-        commands_processed=_int(info, "total_commands_processed"),
-        functions=functions,
-    )
+    figures: dict[str, Any] = {a: _int(info, _INFO_NAME.get(a, a)) for a in _FIGURES}
+    return NodeHealth(node, role, True, functions=functions, **figures)
 
 
 def parse_counters(reply: Any) -> dict[str, int]:
@@ -236,10 +231,6 @@ class _AuditState:
             self.complete = False  # the cap cut this step short
         return keys[:room]
 
-    def node_done(self, finished: bool) -> None:
-        # A node whose cursor did not come back to 0 was only sampled.
-        self.complete = self.complete and finished
-
     def _note(self, bucket: list[str], key: str) -> None:
         if len(bucket) < self.max_report:
             bucket.append(key)
@@ -250,17 +241,13 @@ class _AuditState:
         if pttl == -2:
             return  # expired between SCAN and PTTL
         pat = classify(key)
+        self.by_pattern["(unknown)" if pat is None else pat.name] += 1
         if pat is None:
-            self.by_pattern["(unknown)"] += 1
             self._note(self.unknown, key)
-            if pttl == -1:
-                self._note(self.no_ttl, key)
-            return
-        self.by_pattern[pat.name] += 1
-        if rtype != pat.redis_type:
+        elif rtype != pat.redis_type:
             self._note(self.wrong_type, f"{key} ({rtype}, expected {pat.redis_type})")
         if pttl == -1:
-            if pat.expires:
+            if pat is None or pat.expires:
                 self._note(self.no_ttl, key)
             else:
                 self.owned += 1
@@ -334,7 +321,7 @@ class Monitor(Facade[M]):
                         st.add(ref.name, k, int(res[2 * i]), text(res[2 * i + 1]))
                 if cursor == 0:
                     break
-            st.node_done(cursor == 0)
+            st.complete = st.complete and cursor == 0  # else the node was only sampled
         return st.report()
 
 

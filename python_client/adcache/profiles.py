@@ -10,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from adcache import _generated as keys
-from adcache._core import Call, ints, pairs, positive_ms, text
+from adcache._core import Call, ints, positive_ms, str_pairs, text
 from adcache._facade import Facade, M, Plan, forward, many, plan
 from adcache._generated import BadArgumentError
-
-if TYPE_CHECKING:
-    pass
 
 SCORE_SCALE = 1000
 # Sentinel of "any version" for expected_version.
@@ -79,8 +76,7 @@ def _parse(user_id: str) -> Any:
     def parse(reply: Any) -> Profile | None:
         if not reply:
             return None
-        f = {k: text(v) for k, v in pairs(reply).items()}
-        interests = f.get("interests", "")
+        f = str_pairs(reply)
         return Profile(
             user_id=user_id,
             version=int(f["v"]),
@@ -91,7 +87,7 @@ def _parse(user_id: str) -> Any:
             idle_ttl_ms=int(f["idle"]),
             ttl_ms=int(f["pttl"]),
             segment=f.get("segment"),
-            interests=tuple(interests.split(",")) if interests else (),
+            interests=_split(f.get("interests", "")),
             demographics={k[2:]: v for k, v in f.items() if k.startswith("d.")},
             attributes={k[2:]: v for k, v in f.items() if k.startswith("x.")},
         )
@@ -106,25 +102,28 @@ def _idle(idle_ttl: float | None) -> int:
     return positive_ms(idle_ttl, "idle_ttl")
 
 
-def _interests(values: Iterable[str] | None) -> str:
-    if values is None:
-        return ""
-    vals = list(values)
-    # A comma would silently split one interest in two on the server.
-    for v in vals:
+def _tokens(values: Iterable[str], what: str) -> list[str]:
+    out = list(values)
+    for v in out:
+        # The server stores tokens comma-joined; say so here rather than split one in two.
         if "," in v:
-            raise BadArgumentError(f"interest {v!r} contains a comma")
-    return ",".join(vals)
+            raise BadArgumentError(f"{what} {v!r} contains a comma")
+    return out
+
+
+def _split(v: Any) -> tuple[str, ...]:
+    """A comma-joined token list as the server stores it (interests, categories, keywords)."""
+    t = text(v)
+    return tuple(t.split(",")) if t else ()
 
 
 def _fields(
-    *,
-    score_milli: int | None = None,
-    last_activity_ms: int | None = None,
-    segment: str | None = None,
-    interests: Iterable[str] | None = None,
-    demographics: Mapping[str, str | None] | None = None,
-    attributes: Mapping[str, str | None] | None = None,
+    score_milli: int | None,
+    last_activity_ms: int | None,
+    segment: str | None,
+    interests: Iterable[str] | None,
+    demographics: Mapping[str, str | None] | None,
+    attributes: Mapping[str, str | None] | None,
 ) -> list[str | int]:
     """Wire pairs; None in a mapping (or an empty string) deletes that field in a patch."""
     out: list[str | int] = []
@@ -135,20 +134,23 @@ def _fields(
     if segment is not None:
         out += ["segment", segment]
     if interests is not None:
-        out += ["interests", _interests(interests)]
+        out += ["interests", ",".join(_tokens(interests, "interest"))]
     for prefix, m in (("d.", demographics), ("x.", attributes)):
         for k, v in (m or {}).items():
             out += [prefix + k, "" if v is None else v]
     return out
 
 
-def _write(reply: Any) -> ProfileWrite:
-    v, exp = ints(reply)
-    return ProfileWrite(v, exp)
-
-
-def _expected(expected_version: int | None) -> str | int:
-    return ANY if expected_version is None else int(expected_version)
+def _put(
+    function: str,
+    user_id: str,
+    idle_ttl: float | None,
+    expected_version: int | None,
+    fields: list[str | int],
+) -> Call[ProfileWrite]:
+    expected = ANY if expected_version is None else int(expected_version)
+    args = (_idle(idle_ttl), expected, *fields)
+    return Call(function, (keys.profile(user_id),), args, lambda r: ProfileWrite(*ints(r)))
 
 
 def get_call(user_id: str) -> Call[Profile | None]:
@@ -170,16 +172,8 @@ def set_call(
 ) -> Call[ProfileWrite]:
     """Replace the whole profile (fields not given are gone; score 0 unless given).
     VersionConflictError when expected_version (0: must not exist) is not the stored one."""
-    f = _fields(
-        score_milli=score_milli,
-        last_activity_ms=last_activity_ms,
-        segment=segment,
-        interests=interests,
-        demographics=demographics,
-        attributes=attributes,
-    )
-    args = (_idle(idle_ttl), _expected(expected_version), *f)
-    return Call("ac_profile_set", (keys.profile(user_id),), args, _write)
+    f = _fields(score_milli, last_activity_ms, segment, interests, demographics, attributes)
+    return _put("ac_profile_set", user_id, idle_ttl, expected_version, f)
 
 
 def patch_call(
@@ -196,16 +190,8 @@ def patch_call(
 ) -> Call[ProfileWrite]:
     """Change only the given fields, in one call (creates the profile when absent).
     segment '' clears it; None in demographics/attributes deletes that key."""
-    f = _fields(
-        score_milli=score_milli,
-        last_activity_ms=last_activity_ms,
-        segment=segment,
-        interests=interests,
-        demographics=demographics,
-        attributes=attributes,
-    )
-    args = (_idle(idle_ttl), _expected(expected_version), *f)
-    return Call("ac_profile_patch", (keys.profile(user_id),), args, _write)
+    f = _fields(score_milli, last_activity_ms, segment, interests, demographics, attributes)
+    return _put("ac_profile_patch", user_id, idle_ttl, expected_version, f)
 
 
 def activity_call(

@@ -14,19 +14,13 @@ shows it until the retry (both calls are idempotent: a repeat sets the same stat
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, positive_ms, text
 from adcache._facade import Facade, M, Plan, forward, one, plan
 from adcache._generated import AdCacheError
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MEMBERS = 1_000_000
 DEFAULT_MAX_SEGMENTS = 256
@@ -147,14 +141,12 @@ class Segments(Facade[M]):
         the segment or the user is full; then nothing is left on either side."""
         seg = yield from one(add_call(segment_id, user_id, ttl=ttl, max_members=max_members))
         try:
-            (
-                yield from one(
-                    join_call(user_id, segment_id, seg.expires_at_ms, max_segments=max_segments)
-                )
+            yield from one(
+                join_call(user_id, segment_id, seg.expires_at_ms, max_segments=max_segments)
             )
         except AdCacheError:
             if seg.new:  # undo the segment side we just wrote; the user side refused
-                (yield from one(remove_call(segment_id, user_id)))
+                yield from one(remove_call(segment_id, user_id))
             raise
         return Membership(segment_id, seg.expires_at_ms, seg.new)
 
@@ -162,7 +154,7 @@ class Segments(Facade[M]):
     def remove(self, user_id: str, segment_id: str) -> Plan[bool]:
         """End a membership (idempotent). True when the user side held it live."""
         had = yield from one(leave_call(user_id, segment_id))
-        (yield from one(remove_call(segment_id, user_id)))
+        yield from one(remove_call(segment_id, user_id))
         return had
 
 

@@ -14,18 +14,15 @@ pruned when its bound (the session's latest possible end) passes. Both calls are
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from adcache import _generated as keys
 from adcache._core import Call, ints, pairs, positive_ms, text
 from adcache._facade import Facade, M, Plan, forward, many, one, plan
-from adcache._generated import BadArgumentError
-
-if TYPE_CHECKING:
-    pass
-
+from adcache.profiles import _split, _tokens
 
 _SESSION_FIELDS = (
     "session_id",
@@ -43,6 +40,11 @@ _SESSION_FIELDS = (
 # The record's field names on the wire, in the reply's encoding (bytes, or str when decoded).
 _WIRE_S = ("user", "created", "touched", "idle", "deadline", "pttl", "imps", "a.")
 _WIRE_B = tuple(w.encode() for w in _WIRE_S)
+
+
+def _field(i: int, conv: Callable[[Any], Any] = int) -> Any:
+    """A `Session` property: the record's wire field `_n[i]`, converted when read."""
+    return property(lambda s: conv(s._m()[s._n[i]]))
 
 
 class Session:
@@ -95,29 +97,12 @@ class Session:
             object.__setattr__(self, "_f", f)
         return f
 
-    @property
-    def user_id(self) -> str:
-        return text(self._m()[self._n[0]])
-
-    @property
-    def created_ms(self) -> int:
-        return int(self._m()[self._n[1]])
-
-    @property
-    def touched_ms(self) -> int:
-        return int(self._m()[self._n[2]])
-
-    @property
-    def idle_ttl_ms(self) -> int:
-        return int(self._m()[self._n[3]])
-
-    @property
-    def deadline_ms(self) -> int:
-        return int(self._m()[self._n[4]])
-
-    @property
-    def ttl_ms(self) -> int:
-        return int(self._m()[self._n[5]])
+    user_id: str = _field(0, text)
+    created_ms: int = _field(1)
+    touched_ms: int = _field(2)
+    idle_ttl_ms: int = _field(3)
+    deadline_ms: int = _field(4)
+    ttl_ms: int = _field(5)
 
     @property
     def impressions(self) -> int:
@@ -159,21 +144,7 @@ class Touch:
 
 
 def _record(session_id: str) -> Callable[[Any], Session | None]:
-    def parse(reply: Any) -> Session | None:
-        return Session.from_reply(session_id, reply) if reply else None
-
-    return parse
-
-
-def _created(session_id: str) -> Callable[[Any], Session]:
-    parse = _record(session_id)
-
-    def created(reply: Any) -> Session:
-        s = parse(reply)
-        assert s is not None  # create replies with the record it wrote
-        return s
-
-    return created
+    return lambda reply: Session.from_reply(session_id, reply) if reply else None
 
 
 def create_call(
@@ -192,7 +163,9 @@ def create_call(
     ]
     for k, v in (attributes or {}).items():
         args += [k, v]
-    return Call("ac_session_create", _both(session_id), tuple(args), _created(session_id))
+    # create replies with the record it wrote
+    created = functools.partial(Session.from_reply, session_id)
+    return Call("ac_session_create", _both(session_id), tuple(args), created)
 
 
 def get_call(session_id: str) -> Call[Session | None]:
@@ -261,23 +234,9 @@ DEFAULT_HALF_LIFE_S = 600.0
 DEFAULT_MAX_SESSIONS = 1000
 
 
-def _tokens(values: Iterable[str], what: str) -> list[str]:
-    out = list(values)
-    for v in out:
-        # The server stores tokens comma-joined; say so here rather than split one in two.
-        if "," in v:
-            raise BadArgumentError(f"{what} {v!r} contains a comma")
-    return out
-
-
 def _weights(flat: Any) -> list[tuple[str, int]]:
     it = iter(flat or [])
     return [(text(n), int(w)) for n, w in zip(it, it, strict=True)]
-
-
-def _split(v: Any) -> tuple[str, ...]:
-    t = text(v)
-    return tuple(t.split(",")) if t else ()
 
 
 def track_call(
@@ -384,10 +343,6 @@ def index_list_call(user_id: str) -> Call[list[str]]:
     return Call("ac_session_index_list", (keys.user_sessions(user_id),), (), parse)
 
 
-def _live_of(user_id: str, got: list[Session | None]) -> list[Session]:
-    return [s for s in got if s is not None and s.user_id == user_id]
-
-
 class Sessions(Facade[M]):
     """Session calls on the sync or asyncio `AdCache` (`cache.sessions`)."""
 
@@ -435,17 +390,17 @@ class Sessions(Facade[M]):
         """Delete the session and its history (one call). With user_id, only a session of that
         user, and then its entry in the user's index too (one more call). Without it the index
         entry, if any, is skipped by `list` and pruned when its bound passes."""
-        if user_id is None:
-            return (yield from one(delete_call(session_id)))
         deleted = yield from one(delete_call(session_id, user_id))
-        (yield from one(index_remove_call(user_id, [session_id])))
+        if user_id is not None:
+            yield from one(index_remove_call(user_id, [session_id]))
         return deleted
 
     @plan
     def list(self, user_id: str) -> Plan[list[Session]]:
         """The user's live sessions (two rounds: the index, then the sessions pipelined)."""
         ids = yield from one(index_list_call(user_id))
-        return _live_of(user_id, (yield from many([get_call(s) for s in ids]))) if ids else []
+        got = (yield from many([get_call(s) for s in ids])) if ids else []
+        return [s for s in got if s is not None and s.user_id == user_id]
 
     @plan
     def revoke_all(self, user_id: str) -> Plan[int]:

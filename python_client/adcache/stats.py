@@ -10,13 +10,13 @@ and are `None` when their denominator is zero.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from adcache import _generated as keys
 from adcache import zones
-from adcache._core import Call, pairs, text
+from adcache._core import Call, ints, pairs, text
 from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache.money import from_micros
 
@@ -174,6 +174,10 @@ class Summary(_Derived):
     now_ms: int
 
 
+# Summary's fields from `buckets` on: integers, named as in the reply.
+_SUMMARY_INTS = tuple(f.name for f in fields(Summary))[4:]
+
+
 @dataclass(frozen=True, slots=True)
 class Point(_Derived):
     """One bucket of a series: its label (YYYYMMDDHH or YYYYMMDD), totals and reach estimate."""
@@ -240,28 +244,11 @@ def summary_call(
 
     def parse(r: Any) -> Summary:
         f = pairs(r)
-        return Summary(
-            campaign_id=campaign_id,
-            unit=text(f["unit"]),
-            first=text(f["from"]),
-            last=text(f["to"]),
-            buckets=int(f["buckets"]),
-            impressions=int(f["impressions"]),
-            clicks=int(f["clicks"]),
-            conversions=int(f["conversions"]),
-            cost_micros=int(f["cost_micros"]),
-            revenue_micros=int(f["revenue_micros"]),
-            reach=int(f["reach"]),
-            last_ms=int(f["last_ms"]),
-            now_ms=int(f["now_ms"]),
-        )
+        labels = (text(f["unit"]), text(f["from"]), text(f["to"]))
+        return Summary(campaign_id, *labels, *(int(f[k]) for k in _SUMMARY_INTS))
 
-    return Call(
-        "ac_stats_summary",
-        (keys.stats_meta(campaign_id),),
-        (unit, n, config.tz, 1 if reach else 0),
-        parse,
-    )
+    args = (unit, n, config.tz, 1 if reach else 0)
+    return Call("ac_stats_summary", (keys.stats_meta(campaign_id),), args, parse)
 
 
 def series_call(
@@ -271,19 +258,7 @@ def series_call(
     _range(unit, n)
 
     def parse(r: Any) -> Series:
-        pts = []
-        for i in range(0, len(r), 7):
-            pts.append(
-                Point(
-                    text(r[i]),
-                    int(r[i + 1]),
-                    int(r[i + 2]),
-                    int(r[i + 3]),
-                    int(r[i + 4]),
-                    int(r[i + 5]),
-                    int(r[i + 6]),
-                )
-            )
+        pts = (Point(text(r[i]), *ints(r[i + 1 : i + 7])) for i in range(0, len(r), 7))
         return Series(campaign_id, unit, tuple(pts))
 
     return Call("ac_stats_series", (keys.stats_meta(campaign_id),), (unit, n, config.tz), parse)

@@ -191,11 +191,8 @@ class StrategyCache(Facade[M]):
 
     def _lookup(self, key: str, token: str, *, refresh: bool = False) -> Plan[Lookup]:
         lock_ttl_ms = self.policy.lock_ttl_ms
-        return (
-            yield from one(
-                ops.get_call(self.space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh)
-            )
-        )
+        get = ops.get_call(self.space, key, token, lock_ttl_ms=lock_ttl_ms, refresh=refresh)
+        return (yield from one(get))
 
     @plan
     def get(self, key: str, loader: Loader | AsyncLoader | None = None) -> Plan[Any | None]:
@@ -377,19 +374,13 @@ class StrategyCache(Facade[M]):
         yield from one(ops.write_begin_call(self.space, key, token, ttl_ms=p.lock_ttl_ms))
         yield from save
         try:
-            if value is None:
-                set_call = ops.set_call(self.space, key, token, None, ttl_ms=ttl_ms, grace_ms=0)
-            else:
-                set_call = ops.set_call(
-                    self.space,
-                    key,
-                    token,
-                    encode(value),
-                    ttl_ms=ttl_ms,
-                    grace_ms=p.grace_ms,
-                    tags=self._tags(key, value, tags),
+            payload, grace_ms = (None, 0) if value is None else (encode(value), p.grace_ms)
+            tags = self._tags(key, value, tags)  # a delete passes ()
+            yield from one(
+                ops.set_call(
+                    self.space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags
                 )
-            yield from one(set_call)
+            )
         except Exception as e:
             yield from self._invalidate_after_failure(key, e)
 
@@ -410,24 +401,25 @@ class StrategyCache(Facade[M]):
     def delete_through(self, key: str) -> Plan[None]:
         """Delete in the source, then cache the absence (a negative entry) or drop the key."""
         p = self.policy
+        delete = do(self.source.delete, key)
         if p.negative_ttl_ms <= 0:
-            yield from do(self.source.delete, key)
-            yield from self._invalidate_now(key)
-            return
-        yield from self._write_begun(key, None, p.negative_ttl_ms, (), do(self.source.delete, key))
+            yield from self._around(key, delete)
+        else:
+            yield from self._write_begun(key, None, p.negative_ttl_ms, (), delete)
 
     @plan
     def write_around(self, key: str, value: Any) -> Plan[None]:
         """Write the source, then drop the cached value; the next read loads the new one."""
-        yield from do(self.source.save, key, value)
-        yield from self._invalidate_now(key)
+        yield from self._around(key, do(self.source.save, key, value))
 
     @plan
     def delete_around(self, key: str) -> Plan[None]:
-        yield from do(self.source.delete, key)
-        yield from self._invalidate_now(key)
+        """Delete in the source, then drop the cached value."""
+        yield from self._around(key, do(self.source.delete, key))
 
-    def _invalidate_now(self, key: str) -> Plan[None]:
+    def _around(self, key: str, save: Plan[Any]) -> Plan[None]:
+        """The source write (`save`), then the key's invalidation (retried if it fails)."""
+        yield from save
         try:
             yield from one(ops.invalidate_call(self.space, key))
         except Exception as e:
@@ -439,18 +431,12 @@ class StrategyCache(Facade[M]):
         writes it to the source later. Returns the change's stream id."""
         if value is None:
             raise ValueError("None means 'no such key'; use delete_back()")
-        return (
-            yield from one(
-                ops.wb_write_call(
-                    self.space,
-                    key,
-                    encode(value),
-                    ttl_ms=self.policy.ttl_ms(),
-                    grace_ms=self.policy.grace_ms,
-                    tags=self._tags(key, value, tags),
-                )
-            )
+        p = self.policy
+        payload, tags = encode(value), self._tags(key, value, tags)
+        wb = ops.wb_write_call(
+            self.space, key, payload, ttl_ms=p.ttl_ms(), grace_ms=p.grace_ms, tags=tags
         )
+        return (yield from one(wb))
 
     @plan
     def delete_back(self, key: str) -> Plan[str]:

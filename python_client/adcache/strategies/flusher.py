@@ -18,19 +18,15 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import Any, Literal, Protocol, cast
 
 from redis.exceptions import ResponseError
 
 from adcache._core import text
-from adcache._facade import Async, Facade, M, Plan, Sync, blocking, do, many, plan, sleep
-from adcache.caches import Space, wb_ack_call
+from adcache._facade import Facade, M, Plan, blocking, do, many, plan, sleep
+from adcache.caches import Caches, Space, wb_ack_call
 from adcache.strategies.metrics import StrategyMetrics, metrics_for
 from adcache.strategies.source import ApplyResult, Change, ChangeSink, decode
-
-if TYPE_CHECKING:
-    from adcache import aio
-    from adcache.client import AdCache
 
 log = logging.getLogger("adcache.strategies")
 
@@ -48,6 +44,12 @@ def _stream_entries(got: Any) -> list[Any]:
     return [entries for _, entries in got]
 
 
+class Client(Protocol[M]):
+    """A sync or asyncio `AdCache`: its facades run in mode `M` (`Sync` or `Async`)."""
+
+    caches: Caches[M]
+
+
 class Flusher(Facade[M]):
     """Flushes the write-back changes of cache `name` (spread over `shards`) into `sink`, on the
     sync or asyncio `AdCache` (on asyncio the methods return awaitables and the sink, blocking
@@ -58,39 +60,9 @@ class Flusher(Facade[M]):
     another consumer are taken over (XAUTOCLAIM): set it above the longest batch commit.
     """
 
-    @overload
     def __init__(
-        self: Flusher[Sync],
-        cache: AdCache,
-        name: str,
-        sink: ChangeSink,
-        *,
-        shards: int = 16,
-        group: str = DEFAULT_GROUP,
-        consumer: str | None = None,
-        batch: int = 500,
-        claim_idle: float = 30.0,
-        claim_every: float | None = None,
-        metrics: StrategyMetrics | None = None,
-    ) -> None: ...
-    @overload
-    def __init__(
-        self: Flusher[Async],
-        cache: aio.AdCache,
-        name: str,
-        sink: ChangeSink,
-        *,
-        shards: int = 16,
-        group: str = DEFAULT_GROUP,
-        consumer: str | None = None,
-        batch: int = 500,
-        claim_idle: float = 30.0,
-        claim_every: float | None = None,
-        metrics: StrategyMetrics | None = None,
-    ) -> None: ...
-    def __init__(
-        self,
-        cache: Any,
+        self: Flusher[M],
+        cache: Client[M],
         name: str,
         sink: ChangeSink,
         *,
@@ -125,10 +97,12 @@ class Flusher(Facade[M]):
         self._next_claim = time.monotonic() + self.claim_every
         return True
 
-    def _entries(self, stream: str, raw: Any) -> tuple[list[Change], list[str]]:
-        changes: list[Change] = []
+    def _entries(self, stream: str, raws: list[Any]) -> tuple[list[Change], list[str]]:
+        """The changes of a stream's entry lists (an entry read twice counts once), and every id
+        to acknowledge once they are committed."""
+        changes: dict[str, Change] = {}
         dead: list[str] = []  # pending ids whose entry is gone or malformed: acknowledge them
-        for entry_id, fields in raw or ():
+        for entry_id, fields in (e for raw in raws for e in raw or ()):
             eid = text(entry_id)
             if not fields:
                 dead.append(eid)
@@ -141,47 +115,25 @@ class Flusher(Facade[M]):
                 )
                 dead.append(eid)
                 continue
-            value = decode(f["p"]) if op == "set" else None
-            changes.append(Change(f["k"], cast(Literal["set", "del"], op), value, stream, eid))
-        return changes, dead
-
-    def _collect(
-        self, stream: str, raws: list[Any], changes: list[Change], ids: dict[str, list[str]]
-    ) -> None:
-        seen: set[str] = set()
-        mine = ids.setdefault(stream, [])
-        for raw in raws:
-            ch, dead = self._entries(stream, raw)
-            for c in ch:
-                if c.entry_id not in seen:
-                    seen.add(c.entry_id)
-                    changes.append(c)
-            mine.extend(dead)
-        mine.extend(seen)
+            if eid not in changes:
+                value = decode(f["p"]) if op == "set" else None
+                changes[eid] = Change(f["k"], cast(Literal["set", "del"], op), value, stream, eid)
+        return list(changes.values()), [*dead, *changes]
 
     def _plan(self) -> list[tuple[str, str]]:
         """The reads of one step: (stream, "pending" | "claim" | "new"), in this order per
         stream (own pending entries after a start or a failure, claims when due, new entries)."""
-        claim = self._claim_due()
-        plan: list[tuple[str, str]] = []
-        for stream in self.space.streams():
-            if self._recover:
-                # Own pending entries first, and alone: newer entries wait until they are settled.
-                plan.append((stream, "pending"))
-            if claim:
-                plan.append((stream, "claim"))
-            if not self._recover:
-                plan.append((stream, "new"))
-        return plan
+        # Own pending entries first, and alone: newer entries wait until they are settled.
+        kinds = ["pending"] if self._recover else []
+        if self._claim_due():
+            kinds.append("claim")
+        if not self._recover:
+            kinds.append("new")
+        return [(stream, what) for stream in self.space.streams() for what in kinds]
 
-    def _queue(self, pipe: Any, stream: str, what: str) -> None:
-        if what == "claim":
-            pipe.xautoclaim(
-                stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
-            )
-        else:
-            start = "0" if what == "pending" else ">"
-            pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
+    def _full(self, what: str, reply: Any) -> bool:
+        """A read of own pending entries that filled a batch: more may be pending."""
+        return what == "pending" and sum(len(e) for e in _stream_entries(reply)) >= self.batch
 
     def _followup(self, plan: list[tuple[str, str]], replies: list[Any]) -> list[tuple[str, str]]:
         """After a read of own pending entries: new entries of the streams whose pending ones all
@@ -189,7 +141,7 @@ class Flusher(Facade[M]):
         return [
             (stream, "new")
             for (stream, what), reply in zip(plan, replies, strict=True)
-            if what == "pending" and sum(len(e) for e in _stream_entries(reply)) < self.batch
+            if what == "pending" and not self._full(what, reply)
         ]
 
     def _settle(
@@ -197,21 +149,20 @@ class Flusher(Facade[M]):
     ) -> tuple[list[Change], dict[str, list[str]]]:
         raws: dict[str, list[Any]] = {}
         ids: dict[str, list[str]] = {}
-        more_pending = False
         for (stream, what), reply in zip(plan, replies, strict=True):
             if what == "claim":
                 raws.setdefault(stream, []).append(reply[1])
-                deleted = reply[2] if len(reply) > 2 else ()
+                deleted = reply[2] if len(reply) > 2 else ()  # claimed ids whose entry is gone
                 ids.setdefault(stream, []).extend(text(i) for i in deleted)
             else:
-                entries = _stream_entries(reply)
-                if what == "pending" and sum(len(e) for e in entries) >= self.batch:
-                    more_pending = True
-                raws.setdefault(stream, []).extend(entries)
+                raws.setdefault(stream, []).extend(_stream_entries(reply))
         changes: list[Change] = []
         for stream, rs in raws.items():
-            self._collect(stream, rs, changes, ids)
-        self._recover = more_pending  # a full batch of own pending entries: read on next step
+            got, settled = self._entries(stream, rs)
+            changes += got
+            ids.setdefault(stream, []).extend(settled)
+        # A full batch of own pending entries: read them again on the next step.
+        self._recover = any(self._full(w, r) for (_, w), r in zip(plan, replies, strict=True))
         return changes, {s: v for s, v in ids.items() if v}
 
     def _ack_calls(self, ids: dict[str, list[str]], changes: Sequence[Change]) -> list[Any]:
@@ -220,11 +171,8 @@ class Flusher(Facade[M]):
         key_of = {(c.stream, c.entry_id): c.key for c in changes}
         calls = []
         for stream, stream_ids in ids.items():
-            keyed: list[tuple[str, str]] = [
-                (i, key_of[(stream, i)]) for i in stream_ids if (stream, i) in key_of
-            ]
-            dead: list[str] = [i for i in stream_ids if (stream, i) not in key_of]
-            entries: list[tuple[str, str | None]] = [*keyed, *((i, None) for i in dead)]
+            entries = [(i, key_of.get((stream, i))) for i in stream_ids]
+            entries.sort(key=lambda e: e[1] is None)  # stable: keyed records first, in order
             for n in range(0, len(entries), _ACK_CHUNK):
                 chunk = entries[n : n + _ACK_CHUNK]
                 vkeys = [self.space.value_key(k) for _, k in chunk if k is not None]
@@ -252,7 +200,13 @@ class Flusher(Facade[M]):
     def _pipelined(self, plan: list[tuple[str, str]]) -> Plan[list[Any]]:
         pipe = self.redis.pipeline(transaction=False)
         for stream, what in plan:
-            self._queue(pipe, stream, what)
+            if what == "claim":
+                pipe.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                )
+            else:
+                start = "0" if what == "pending" else ">"
+                pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
         return list((yield from do(pipe.execute)))
 
     def _read(self) -> Plan[tuple[list[Change], dict[str, list[str]]]]:

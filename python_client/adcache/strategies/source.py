@@ -173,11 +173,8 @@ class SQLiteSource:
     # ---- SourceOfTruth ----
 
     def load(self, key: str) -> Any | None:
-        row = (
-            self._conn()
-            .execute(f'SELECT value FROM "{self.table}" WHERE key = ?', (key,))
-            .fetchone()
-        )
+        sql = f'SELECT value FROM "{self.table}" WHERE key = ?'
+        row = self._conn().execute(sql, (key,)).fetchone()
         return None if row is None else decode(row[0])
 
     def load_many(self, keys: Sequence[str]) -> dict[str, Any]:
