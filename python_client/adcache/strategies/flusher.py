@@ -44,7 +44,7 @@ def _stream_entries(got: Any) -> list[Any]:
     return [entries for _, entries in got]
 
 
-class Client(Protocol[M]):
+class _Client(Protocol[M]):
     """A sync or asyncio `AdCache`: its facades run in mode `M` (`Sync` or `Async`)."""
 
     caches: Caches[M]
@@ -62,7 +62,7 @@ class Flusher(Facade[M]):
 
     def __init__(
         self: Flusher[M],
-        cache: Client[M],
+        cache: _Client[M],
         name: str,
         sink: ChangeSink,
         *,
