@@ -204,6 +204,19 @@ def test_negative_caching_off(ac: AdCache, uid: str, src: CountingSource) -> Non
     assert c.get("ghost") is None and c.get("ghost") is None
     assert src.loads("ghost") == 2
     assert ac.redis.exists(c.space.value_key("ghost"), c.space.lock_key("ghost")) == 0
+    assert c.metrics.snapshot()["fill_lost"] == 0, "an uncached miss is released, not lost"
+
+
+def test_negative_caching_off_get_many_counts_no_lost_fill(
+    acs: AdCache, uid: str, src: CountingSource
+) -> None:
+    src.save("there", 1)
+    c = _cache(acs, uid, src, negative_ttl=0)
+    assert c.get_many(["ghost", "there", "gone"]) == {"there": 1}
+    snap = c.metrics.snapshot()
+    assert (snap["load"], snap["fill_lost"]) == (3, 0)
+    assert c.get_many(["ghost", "there"]) == {"there": 1}
+    assert src.loads("ghost") == 2 and src.loads("there") == 1
 
 
 def test_stale_value_served_while_another_reloads(

@@ -275,7 +275,12 @@ class StrategyCache(Facade[M]):
                 yield from many([ops.release_call(self.space, k, token) for k in to_load])
                 raise
             results = yield from many(self._fill_calls(to_load, token, loaded, t0))
-            self.metrics.incr("fill_lost", sum(1 for r in results if r is False))
+            # As in `get`: a miss that is not cached was released, not lost.
+            cached_miss = self.policy.negative_ttl_ms > 0
+            lost = [k for k, r in zip(to_load, results, strict=True) if r is False]
+            self.metrics.incr(
+                "fill_lost", sum(1 for k in lost if cached_miss or loaded.get(k) is not None)
+            )
             out.update(loaded)
         # Keys another caller loads: waited for (side by side on asyncio).
         values = yield from each([type(self).get.fn(self, k) for k in waiting])
