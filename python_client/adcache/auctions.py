@@ -12,15 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adcache import _generated as keys
 from adcache._core import Call, pairs, text
 from adcache._facade import Facade, M, Plan, call, forward, one, plan
 from adcache.money import Amount, from_micros, to_micros
-
-if TYPE_CHECKING:
-    pass
 
 FIRST_PRICE = 1
 SECOND_PRICE = 2

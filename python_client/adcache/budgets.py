@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adcache._core import Call, positive_ms, str_pairs
 from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache.campaigns import all_keys
 from adcache.targeting import apply_calls
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 from adcache import _generated as keys
 from adcache import zones
 from adcache._core import Call, pairs, text
 from adcache._facade import Facade, M, Plan, call, many, one, plan
 from adcache.targeting import Targeting, apply_calls
-
-if TYPE_CHECKING:
-    pass
 
 Status = Literal["active", "paused"]
 Pacing = Literal["off", "even"]

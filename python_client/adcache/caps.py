@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from adcache import _generated as keys
 from adcache import zones
 from adcache._core import Arg, Call, positive_ms, text
 from adcache._facade import Facade, M, call
-
-if TYPE_CHECKING:
-    pass
 
 Scope = Literal["advertiser", "campaign", "creative"]
 WindowKind = Literal["minute", "hour", "day", "week", "month", "rolling", "recency", "lifetime"]
