@@ -6,16 +6,11 @@ for each imp's likely winner (servability, budget and pacing are checked by the 
 runs the auction, and settles the winners (cap record, commit at the clearing price, session and
 stats records). Only a winner is charged, and only against a reservation.
 
-A request costs four sequential network rounds (see docs/decide.md); each round is one
-`run_many`, so calls to different nodes go out together. The path is written once, as a
-generator that yields the calls of each round and receives their replies; `Decisions` (sync)
-and `AsyncDecisions` (asyncio) only drive it.
-
-Everything is idempotent under the request id: the auction id is the request id, the
-reservation id is the request id (reservations live under each campaign's own keys, so
-campaign + request names one), the frequency-cap impression id and the stats event id are
-`<request id>:<imp id>`. A retried request settles the first attempt's auction instead of
-running a new one.
+A request costs four sequential network rounds, each one `run_many` (calls to different nodes go
+out together). The path is written once, as a plan (`Engine.path`) that yields each round as one
+`Many` step, for the sync and the asyncio client alike. Everything is keyed by the request id,
+so a retry is safe: it settles the first attempt's auction instead of running a new one. See
+docs/decide.md.
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,8 +31,7 @@ from adcache import profiles as prof
 from adcache import sessions as sess
 from adcache import stats as st
 from adcache._core import Call
-from adcache._facade import Facade, M, Many, plan
-from adcache._facade import Plan as FacadePlan
+from adcache._facade import Facade, M, Many, Plan, plan
 from adcache._generated import AlreadyExistsError, InvalidStateError, NotFoundError
 from adcache.campaigns import Campaign
 from adcache.campaigns import get_call as campaign_get_call
@@ -334,8 +328,6 @@ class ShardCache:
 # ---- the path ----
 
 Replies = list[Any]
-Plan = Generator[list[Call[Any]], Replies, Decision]
-Step = Generator[list[Call[Any]], Replies, Any]
 
 # Reasons a refused reservation is remembered for (see DecideConfig.refusal_ttl).
 _REFUSALS = frozenset(
@@ -506,8 +498,9 @@ class _Attempt:
 Win = tuple[_Cand, auc.ImpWin]
 
 
-def _send(a: _Attempt, calls: list[Call[Any]]) -> Step:
-    replies = yield calls
+def _send(a: _Attempt, calls: list[Call[Any]]) -> Plan[Replies]:
+    """One round: its calls pipelined per node, their replies (an error reply in its place)."""
+    replies: Replies = yield Many(calls, raise_on_error=False)
     a.rounds += 1
     return replies
 
@@ -586,9 +579,9 @@ class Engine:
 
     # ---- the path: one method per round ----
 
-    def path(self, req: AdRequest) -> Plan:
-        """The rounds of one request (a generator: yields each round's calls, receives their
-        replies in the same order, returns the Decision)."""
+    def path(self, req: AdRequest) -> Plan[Decision]:
+        """The rounds of one request: a plan yielding each round as one `Many` step (its replies
+        come back in order, an error reply in its place) and returning the Decision."""
         a = _Attempt(req)
         ids = yield from self._signals(a)
         if a.existing is not None and a.existing.state in ("closed", "due"):
@@ -613,7 +606,7 @@ class Engine:
             )
         )
 
-    def _signals(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str] | None]:
+    def _signals(self, a: _Attempt) -> Plan[list[str] | None]:
         """Round 1: profile, session context (+ track), the auction's create and result, the
         query of each of the context's targeting shards not held fresh (`ShardCache`), and what
         earlier requests left to send. Returns the matched campaign ids (None with
@@ -675,7 +668,7 @@ class Engine:
         self.shards.store(got)
         return combine(per_dim, {**members, **got})
 
-    def _expanded_query(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str]]:
+    def _expanded_query(self, a: _Attempt) -> Plan[list[str]]:
         """expand_interests: the query with the profile's and the session's interests added to
         the page's; one more round unless every shard is held fresh."""
         interests = _tokens([*a.req.categories, *a.profile_interests, *a.weights])
@@ -688,9 +681,7 @@ class Engine:
             members.update(got)
         return combine(per_dim, members)
 
-    def _records(
-        self, a: _Attempt, ids: list[str]
-    ) -> Generator[list[Call[Any]], Replies, tuple[dict[str, _Entry], list[str]]]:
+    def _records(self, a: _Attempt, ids: list[str]) -> Plan[tuple[dict[str, _Entry], list[str]]]:
         """The matched campaigns' records from the cache: (usable, to refresh in round 2). A
         campaign never seen is fetched first with cold_records="fetch" (one more round), else
         left out of this request and fetched in round 2."""
@@ -745,7 +736,7 @@ class Engine:
 
     def _check_and_reserve(
         self, a: _Attempt, cands: list[_Cand], stale: list[str]
-    ) -> Generator[list[Call[Any]], Replies, list[_Cand]]:
+    ) -> Plan[list[_Cand]]:
         """Round 2: the caps of every candidate (one check), a reservation for the top candidate
         of each imp only (the likely winner), stale records refreshed. Returns the eligible
         candidates: allowed by their caps and not refused a reservation."""
@@ -797,11 +788,7 @@ class Engine:
 
     def _auction(
         self, a: _Attempt, eligible: list[_Cand]
-    ) -> Generator[
-        list[Call[Any]],
-        Replies,
-        tuple[list[auc.ImpWin], dict[str, _Cand], dict[str, fc.Impression]] | None,
-    ]:
+    ) -> Plan[tuple[list[auc.ImpWin], dict[str, _Cand], dict[str, fc.Impression]] | None]:
         """Round 3: the bids that can change an outcome (`_Attempt.bidding`) and the close (one
         call on the auction's node); each imp's predicted winner's cap recorded, and reserved if
         round 2 did not; the reservations of capped candidates released. Returns (the closed
@@ -905,7 +892,7 @@ class Engine:
         n_bids: int,
         replay: bool,
         separate_records: bool,
-    ) -> Plan:
+    ) -> Plan[Decision]:
         """Round 4: commit every win at its clearing price and release the given reservations;
         record the session impression and the stats. The records go with the commits unless a
         commit may be late or contested (then they wait for the commits' answers: one more
@@ -969,7 +956,7 @@ class Engine:
                 )
         return out
 
-    def _settle_replay(self, a: _Attempt, result: auc.AuctionResult) -> Plan:
+    def _settle_replay(self, a: _Attempt, result: auc.AuctionResult) -> Plan[Decision]:
         """A retry whose auction already closed: settle that auction, never a new one. Rounds:
         (the winners' records if not cached), the winners' cap records (+ the close if due), then
         the commits and releases, then the stats and session records."""
@@ -1066,19 +1053,13 @@ class Decisions(Facade[M]):
         self.engine.configure(value)
 
     @plan
-    def decide(self, request: AdRequest) -> FacadePlan[Decision]:
+    def decide(self, request: AdRequest) -> Plan[Decision]:
         """Serve one request end to end (four rounds with a warm record cache); safe to retry
         with the same request id."""
-        path = self.engine.path(request)
-        try:
-            calls = next(path)
-            while True:
-                calls = path.send((yield Many(calls, raise_on_error=False)))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return (yield from self.engine.path(request))
 
     @plan
-    def flush(self) -> FacadePlan[int]:
+    def flush(self) -> Plan[int]:
         """Send the index updates commits asked for (normally they ride with the next request)."""
         calls, refresh = self.engine._take_pending()
         if refresh:
