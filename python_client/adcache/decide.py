@@ -31,6 +31,7 @@ from adcache import profiles as prof
 from adcache import sessions as sess
 from adcache import stats as st
 from adcache._core import Call
+from adcache._core import raise_error_reply as _ok
 from adcache._facade import Facade, M, Many, Plan, plan
 from adcache._generated import AlreadyExistsError, InvalidStateError, NotFoundError
 from adcache.campaigns import Campaign
@@ -223,14 +224,11 @@ class _Entry:
     fetched: float
 
 
-_PERIODS = frozenset({"minute", "hour", "day", "week", "month"})
-
-
 def _cap_candidate(c: Campaign) -> fc.Candidate:
     rules = [
         fc.CapRule.fixed("campaign", r.period, r.limit)  # type: ignore[arg-type]
         for r in c.spec.frequency_caps
-        if r.period in _PERIODS
+        if r.period in fc.FIXED_UNITS
     ]
     return fc.Candidate(c.campaign_id, rules, advertiser_id=c.spec.advertiser_id)
 
@@ -333,12 +331,6 @@ Replies = list[Any]
 _REFUSALS = frozenset(
     {"paused", "ended", "not_started", "lifetime_budget", "daily_budget", "pacing"}
 )
-
-
-def _ok(v: Any) -> Any:
-    if isinstance(v, BaseException):
-        raise v
-    return v
 
 
 def _tokens(values: Iterable[str]) -> list[str]:
@@ -571,6 +563,13 @@ class Engine:
                 if len(self._capped) > 10_000:
                     self._capped.clear()
             self._capped[(user, cid)] = now + ttl
+
+    def _cap_record(self, a: _Attempt, imp_id: str, e: _Entry) -> Call[fc.Impression]:
+        """The cap record of the imp's winner, under the impression id `<request id>:<imp id>`."""
+        iid = f"{a.rid}:{imp_id}"
+        return fc.record_call(
+            a.req.user_id, iid, e.candidate, dedupe_ttl=self.config.cap_dedupe_ttl
+        )
 
     def _stats_config(self) -> st.StatsConfig:
         facade = getattr(self._c, "stats", None)
@@ -812,18 +811,7 @@ class Engine:
             close = rnd.add(auc.bid_close_call(rid, [c.bid() for c in a.bidding(eligible)]))
         slots = _AuctionSlots(
             close,
-            rnd.by(
-                (
-                    imp_id,
-                    fc.record_call(
-                        a.req.user_id,
-                        f"{rid}:{imp_id}",
-                        c.entry.candidate,
-                        dedupe_ttl=cfg.cap_dedupe_ttl,
-                    ),
-                )
-                for imp_id, c in sorted(predicted.items())
-            ),
+            rnd.by((i, self._cap_record(a, i, c.entry)) for i, c in sorted(predicted.items())),
             rnd.by(
                 (c.cid, c.reserve(rid, cfg.reservation_ttl))
                 for c in predicted.values()
@@ -960,7 +948,7 @@ class Engine:
         """A retry whose auction already closed: settle that auction, never a new one. Rounds:
         (the winners' records if not cached), the winners' cap records (+ the close if due), then
         the commits and releases, then the stats and session records."""
-        rid, cfg = a.rid, self.config
+        rid = a.rid
         need = sorted({i.winner.cid for i in result.imps if i.winner and i.winner.cid})
         usable, _, missing = self.records.lookup(need)
         if missing:
@@ -978,14 +966,7 @@ class Engine:
                 unfilled.append((imp.imp_id, "removed"))  # the campaign is gone: nothing to charge
             else:
                 winning[imp.imp_id] = imp
-                records[imp.imp_id] = rnd.add(
-                    fc.record_call(
-                        a.req.user_id,
-                        f"{rid}:{imp.imp_id}",
-                        usable[w.cid].candidate,
-                        dedupe_ttl=cfg.cap_dedupe_ttl,
-                    )
-                )
+                records[imp.imp_id] = rnd.add(self._cap_record(a, imp.imp_id, usable[w.cid]))
         if result.state == "due":
             rnd.add(auc.bid_close_call(rid, []))  # record the close (its reply: the same outcome)
         r = (yield from _send(a, rnd.calls)) if rnd.calls else []
