@@ -358,13 +358,23 @@ class _Cand:
         return self.entry.record.spec.advertiser_id
 
     def bid(self) -> auc.Bid:
+        """The bid: id and `cid` the campaign's, seat the advertiser (the price is exact: back
+        to the same micros on the wire)."""
+        price = from_micros(self.price)
         return auc.Bid(
-            bid_id=self.cid,
-            imp_id=self.imp_id,
-            seat=self.seat,
-            price=from_micros(self.price),  # exact: back to the same micros on the wire
-            cid=self.cid,
-            crid=self.creative_id or None,
+            self.cid, self.imp_id, self.seat, price, cid=self.cid, crid=self.creative_id or None
+        )
+
+    def placement(self, won: auc.ImpWin, cost: int) -> Placement:
+        return Placement(
+            won.imp_id,
+            self.cid,
+            self.seat,
+            self.creative_id,
+            self.price,
+            won.clearing_micros,
+            cost,
+            self.multiplier,
         )
 
     def reserve(self, rid: str, ttl: float) -> Call[bud.Reservation]:
@@ -491,7 +501,10 @@ Win = tuple[_Cand, auc.ImpWin]
 
 
 def _send(a: _Attempt, calls: list[Call[Any]]) -> Plan[Replies]:
-    """One round: its calls pipelined per node, their replies (an error reply in its place)."""
+    """One round: its calls pipelined per node, their replies (an error reply in its place). No
+    calls: no round."""
+    if not calls:
+        return []
     replies: Replies = yield Many(calls, raise_on_error=False)
     a.rounds += 1
     return replies
@@ -616,13 +629,9 @@ class Engine:
         context = None
         if req.session_id:
             if cfg.track:
+                cats, words = _tokens(req.categories)[:16], _tokens(req.keywords)[:16]
                 rnd.add(
-                    sess.track_call(
-                        req.session_id,
-                        kind="request",
-                        categories=_tokens(req.categories)[:16],
-                        keywords=_tokens(req.keywords)[:16],
-                    )
+                    sess.track_call(req.session_id, kind="request", categories=cats, keywords=words)
                 )
             context = rnd.add(sess.context_call(req.session_id, half_life=cfg.session_half_life))
         imps = [auc.Imp(i.imp_id, i.floor) for i in req.imps]
@@ -635,13 +644,8 @@ class Engine:
         members, missing = self.shards.lookup(_names(per_dim))
         queries = rnd.by((s, query_call(s)) for s in missing)
         pending, refresh = self._take_pending()
-        slots = _SignalSlots(
-            profile,
-            context,
-            opened,
-            queries,
-            rnd.by((c, campaign_get_call(c)) for c in refresh),
-        )
+        refreshes = rnd.by((c, campaign_get_call(c)) for c in refresh)
+        slots = _SignalSlots(profile, context, opened, queries, refreshes)
         rnd.calls += pending
         r = yield from _send(a, rnd.calls)
 
@@ -657,10 +661,8 @@ class Engine:
         # The attempt that created the auction owns the request. Another attempt (a retry, or a
         # duplicate still running) gives back only what the auction shows lost, since the
         # reservations are shared by id; the rest expires.
-        existing: auc.AuctionResult | None = _ok(r[slots.open])
-        if existing is not None:
-            a.creator = False
-            a.existing = existing
+        a.existing = _ok(r[slots.open])
+        a.creator = a.existing is None
         if cfg.expand_interests:
             return None
         got = {s: _ok(r[i]) for s, i in slots.queries.items()}
@@ -695,21 +697,17 @@ class Engine:
         """Price every usable campaign, fit it to an imp, keep the best max_candidates (by price,
         then id). Campaigns whose cached state cannot serve, or refused a reservation in the last
         refusal_ttl seconds, are left out."""
-        cfg = self.config
-        rule = cfg.relevance
-        now = time.monotonic()
-        refused = self._refused
+        cfg, now = self.config, time.monotonic()
         priced: list[tuple[int, str, _Entry, int]] = []
         for cid in ids:
             e = usable.get(cid)
-            if e is None or e.record.reason in ("paused", "ended", "lifetime_budget"):
+            if e is None or not e.record.indexed or self._refused.get(cid, 0.0) > now:
                 continue
-            if refused and refused.get(cid, 0.0) > now:
-                continue
-            m = rule.multiplier_bp(
-                e.record.spec.targeting.interests, a.profile_interests, a.weights
+            spec = e.record.spec
+            m = cfg.relevance.multiplier_bp(
+                spec.targeting.interests, a.profile_interests, a.weights
             )
-            priced.append((RelevanceRule.price(e.record.spec.bid_cpm_micros, m), cid, e, m))
+            priced.append((RelevanceRule.price(spec.bid_cpm_micros, m), cid, e, m))
         priced.sort(key=lambda t: (-t[0], t[1]))
         floors = [to_micros(i.floor) for i in a.req.imps]
         load = {i.imp_id: 0 for i in a.req.imps}
@@ -718,17 +716,16 @@ class Engine:
             if impression_cost_micros(price) <= 0:
                 continue
             # the fitting imp with the fewest bids so far, then the first in the request
-            best: tuple[int, int, AdImp, str] | None = None
-            for pos, imp in enumerate(a.req.imps):
-                crid = _fits(e.record, imp)
-                if crid is None or price < floors[pos]:
-                    continue
-                if best is None or (load[imp.imp_id], pos) < best[:2]:
-                    best = (load[imp.imp_id], pos, imp, crid)
-            if best is None:
+            fitting = [
+                (load[imp.imp_id], pos, imp.imp_id, crid)
+                for pos, imp in enumerate(a.req.imps)
+                if price >= floors[pos] and (crid := _fits(e.record, imp)) is not None
+            ]
+            if not fitting:
                 continue
-            load[best[2].imp_id] += 1
-            cands.append(_Cand(e, best[2].imp_id, best[3], price, m))
+            _, _, imp_id, crid = min(fitting)
+            load[imp_id] += 1
+            cands.append(_Cand(e, imp_id, crid, price, m))
             if len(cands) >= cfg.max_candidates:
                 break
         return cands
@@ -824,8 +821,6 @@ class Engine:
             for cid in [cid for cid in a.held if cid not in ok]:
                 rnd.add(bud.release_call(cid, rid))
                 del a.held[cid]
-        if not rnd.calls:
-            return None
         r = yield from _send(a, rnd.calls)
         if close < 0:
             return None
@@ -892,36 +887,23 @@ class Engine:
             rnd.add(bud.commit_call(c.cid, rid, cost))
             for (c, _), cost in zip(wins, costs, strict=True)
         ]
-        for cid in sorted(set(release)):
-            rnd.add(bud.release_call(cid, rid))
+        rnd.calls += [bud.release_call(cid, rid) for cid in sorted(set(release))]
         if not separate_records:
             rnd.calls += self._stats_records(a.req, wins, costs)
-        r = (yield from _send(a, rnd.calls)) if rnd.calls else []
+        r = yield from _send(a, rnd.calls)
         done = [_commit_status(r[i]) for i in commits]
-        charged = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
-        if separate_records and charged:
-            records = self._stats_records(
-                a.req, [wins[i] for i in charged], [costs[i] for i in charged]
+        if separate_records:
+            ok = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
+            yield from _send(
+                a, self._stats_records(a.req, [wins[i] for i in ok], [costs[i] for i in ok])
             )
-            yield from _send(a, records)
         placements: list[Placement] = []
         for (c, imp), cost, (status, index) in zip(wins, costs, done, strict=True):
             if index:  # the commit exhausted the budget: the index updates go with the next
                 self._add_pending(index)  # request; meanwhile this client leaves it out
                 self._leave_out(c.cid)
             if status in _CHARGED:
-                placements.append(
-                    Placement(
-                        imp.imp_id,
-                        c.cid,
-                        c.seat,
-                        c.creative_id,
-                        c.price,
-                        imp.clearing_micros,
-                        cost,
-                        c.multiplier,
-                    )
-                )
+                placements.append(c.placement(imp, cost))
             else:
                 log.warning("adcache: commit of %s for %s refused (%s)", c.cid, rid, status)
                 unfilled.append((imp.imp_id, "refused"))
@@ -951,9 +933,8 @@ class Engine:
         rid = a.rid
         need = sorted({i.winner.cid for i in result.imps if i.winner and i.winner.cid})
         usable, _, missing = self.records.lookup(need)
-        if missing:
-            r = yield from _send(a, [campaign_get_call(c) for c in missing])
-            usable.update(self.records.store(missing, [_ok(x) for x in r]))
+        r = yield from _send(a, [campaign_get_call(c) for c in missing])
+        usable.update(self.records.store(missing, [_ok(x) for x in r]))
         unfilled: list[tuple[str, str]] = []
         rnd = _Round()
         records: dict[str, int] = {}
@@ -969,7 +950,7 @@ class Engine:
                 records[imp.imp_id] = rnd.add(self._cap_record(a, imp.imp_id, usable[w.cid]))
         if result.state == "due":
             rnd.add(auc.bid_close_call(rid, []))  # record the close (its reply: the same outcome)
-        r = (yield from _send(a, rnd.calls)) if rnd.calls else []
+        r = yield from _send(a, rnd.calls)
         wins: list[Win] = []
         for imp_id, i in records.items():
             imp = winning[imp_id]
