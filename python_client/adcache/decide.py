@@ -128,24 +128,22 @@ class RelevanceRule:
 
 @dataclass(frozen=True, slots=True)
 class DecideConfig:
-    """reservation_ttl: seconds a bid's budget stays held if the request dies midway.
-    auction_ttl: seconds the auction is kept (a retry must come within it; at least
-    tmax + 60 s). record_ttl / record_max_stale: the in-process campaign record cache (fresh for
-    record_ttl seconds; older ones are used once more while a refresh rides along the next
-    round; beyond record_max_stale they are refetched first). track: also append the request's
-    context to the session (the one step a retry repeats; it is a signal, not a count).
+    """Settings of the decision path (docs/decide.md); durations in seconds, tmax_ms in ms.
+
+    reservation_ttl: a bid's budget stays held this long if the request dies midway.
+    auction_ttl: the auction is kept this long, the retry window (at least tmax + 60 s).
+    record_ttl / record_max_stale: a cached campaign record is fresh for record_ttl; an older one
+    is used once more while its refresh rides along the next round; past record_max_stale it
+    counts as never seen (cold_records).
+    track: also append the request's context to the session (a signal: a retry repeats it).
     expand_interests: add the profile and session interests to the targeting query (one more
-    round: the query then waits for the profile). cold_records: what a campaign the record cache
-    has never seen costs: "skip" (default) leaves it out of this one request and fetches its
-    record alongside round 2, so no request takes more than four rounds; "fetch" reads it first
-    (one more round for that request). refusal_ttl: seconds a campaign refused a reservation
-    (budget, pacing, state), or whose commit exhausted a budget, is left out of this client's
-    requests (0: never). index_ttl: seconds a targeting shard's members are kept in process
-    (0: every request queries its shards). capped_ttl: seconds this client remembers that a
-    user's cap refuses a campaign (from a cap check or record; never past the moment the server
-    said it frees up): such a candidate is still checked and can still bid if it turns out
-    allowed, but round 2 reserves for the imp's best candidate not remembered capped (0: never
-    remember)."""
+    round). cold_records: a campaign the record cache never saw is left out of the request and
+    fetched alongside round 2 ("skip": never more than four rounds) or read first ("fetch": one
+    more round). refusal_ttl: a campaign refused a reservation, or exhausted by a commit, is left
+    out this long. index_ttl: a targeting shard's members are kept this long. capped_ttl: a
+    user's cap refusing a campaign is remembered this long (never past when it frees up), so
+    round 2 reserves for the imp's next candidate; it is still checked and may still bid.
+    refusal_ttl, index_ttl, capped_ttl 0: not remembered."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -793,9 +791,8 @@ class Engine:
         cfg, rid = self.config, a.rid
         # The auction holds only this request's bids (and on a retry the earlier attempt's, at
         # their first price): each imp's winner is known before the close (ties: earlier bid).
-        stored: dict[tuple[str, str], int] = {}
-        if a.existing is not None:
-            stored = {(b.seat, b.bid_id): b.price_micros for b in a.existing.bids}
+        bids = a.existing.bids if a.existing is not None else ()
+        stored = {(b.seat, b.bid_id): b.price_micros for b in bids}
         predicted: dict[str, _Cand] = {}
         for c in eligible:
             cur = predicted.get(c.imp_id)
