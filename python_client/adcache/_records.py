@@ -4,7 +4,7 @@ arrays whose field names are the record's own, less the unit suffix."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from adcache._core import pairs, text
@@ -25,11 +25,16 @@ def _words(v: Any) -> tuple[str, ...]:
     return tuple(text(v).split())
 
 
+def _optional(v: Any) -> str | None:
+    return text(v) or None
+
+
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "str": text,
     "int": int,
     "bool": _flag,
     "int | None": _count,
+    "str | None": _optional,
     "tuple[str, ...]": _words,
 }
 
@@ -37,14 +42,16 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 class Fields(Generic[T]):
     """How to read a record dataclass from a reply's fields: each field of a type below comes
     from the reply field of its name less a `_micros` or `_ms` suffix (unless `wire` names
-    another): `str`, `int`, `bool` ("1"), `int | None` (negative: None), `tuple[str, ...]`
-    (space-separated). Fields of other types are given to `read`."""
+    another): `str`, `int`, `bool` ("1"), `int | None` (negative: None), `str | None` (empty:
+    None), `tuple[str, ...]` (space-separated). Fields of other types are given to `read`."""
 
     def __init__(self, cls: type[T], **wire: str) -> None:
         self.cls = cls
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        self.wires = [wire.get(f.name, _unsuffixed(f.name)) for f in fields]
         self.readers = [
-            (f.name, wire.get(f.name, _unsuffixed(f.name)), _CONVERT[str(f.type)])
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            (f.name, w, _CONVERT[str(f.type)])
+            for f, w in zip(fields, self.wires, strict=True)
             if str(f.type) in _CONVERT
         ]
 
@@ -54,6 +61,11 @@ class Fields(Generic[T]):
             if name not in given:
                 given[name] = convert(reply[wire])
         return self.cls(**given)
+
+    def row(self, values: Iterable[Any], **given: Any) -> T:
+        """The record from a reply row holding its fields in order (see `read`); the row may
+        end before the last fields, when they are given."""
+        return self.read(dict(zip(self.wires, values, strict=False)), **given)
 
     def parser(self, **given: Any) -> Callable[[Any], T]:
         """A `Call`'s parse: the record from a flat field/value array (see `read`)."""

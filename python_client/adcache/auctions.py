@@ -359,6 +359,7 @@ def bid_close_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[ImpWin]]:
 
 _CREATED = Fields(Created)
 _RESULT = Fields(AuctionResult)
+_BID = Fields(BidResult)  # a bid's row: its fields in order, min_to_win_micros not among them
 
 
 def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
@@ -374,27 +375,8 @@ def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
         bid_id, imp_id, floor = text(b[0]), text(b[1]), int(b[14])
         won = winners.get(imp_id) == (text(b[2]), bid_id)
         mtw = clearing[imp_id] if won else win_price.get(imp_id, floor)
-        adomain = text(b[7])
-        bids.append(
-            BidResult(
-                bid_id=bid_id,
-                imp_id=imp_id,
-                seat=text(b[2]),
-                price_micros=int(b[3]),
-                deal_id=_none(b[4]),
-                cid=_none(b[5]),
-                crid=_none(b[6]),
-                adomain=tuple(adomain.split(",")) if adomain else (),
-                nurl=_none(b[8]),
-                lurl=_none(b[9]),
-                burl=_none(b[10]),
-                seq=int(b[11]),
-                status=text(b[12]),
-                reason=int(b[13]),
-                floor_micros=floor,
-                min_to_win_micros=mtw,
-            )
-        )
+        adomain = tuple(text(b[7]).split(",")) if text(b[7]) else ()
+        bids.append(_BID.row(b, adomain=adomain, min_to_win_micros=mtw))
     by_key = {(b.seat, b.bid_id): b for b in bids}
     imps = tuple(
         ImpResult(
