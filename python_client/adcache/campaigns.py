@@ -197,28 +197,21 @@ def _is_int(v: str) -> bool:
 
 
 def _decode_spec(f: dict[str, str]) -> CampaignSpec:
-    return CampaignSpec(
-        advertiser_id=f["advertiser"],
+    tz = f["tz"]  # an offset in seconds, or a zone
+    return _SPEC.read(
+        f,
         status="paused" if f["status"] == "paused" else "active",
-        bid_cpm_micros=int(f["bid"]),
-        budget_micros=int(f["budget"]),
-        daily_budget_micros=int(f["daily"]),
-        start_ms=int(f["start"]),
-        end_ms=int(f["end"]),
-        day_offset_s=int(f["tz"]) if _is_int(f["tz"]) else 0,
-        day_zone="" if _is_int(f["tz"]) else f["tz"],
+        day_offset_s=int(tz) if _is_int(tz) else 0,
+        day_zone="" if _is_int(tz) else tz,
         pacing="even" if f["pacing"] == "even" else "off",
-        pacing_tolerance_bp=int(f["tol_bp"]),
-        pacing_floor_micros=int(f["floor"]),
         targeting=Targeting.from_shards(f["shards"].split()),
         frequency_caps=tuple(FrequencyCapRule(int(a), str(b)) for a, b in json.loads(f["fcap"])),
-        creatives=tuple(
-            Creative(str(c[0]), int(c[1]), int(c[2]), str(c[3]), str(c[4]))
-            for c in json.loads(f["creatives"])
-        ),
+        creatives=tuple(_CREATIVE.row(c) for c in json.loads(f["creatives"])),
     )
 
 
+_SPEC = Fields(CampaignSpec, **_FIELD)
+_CREATIVE = Fields(Creative)  # a creative's JSON array: its fields in order
 _CAMPAIGN = Fields(Campaign)
 _WRITTEN = Fields(Written, added="add", removed="remove")
 
