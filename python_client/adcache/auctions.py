@@ -359,6 +359,7 @@ def bid_close_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[ImpWin]]:
 
 _CREATED = Fields(Created)
 _RESULT = Fields(AuctionResult)
+_BILL = Fields(BillReply)
 _BID = Fields(BidResult)  # a bid's row: its fields in order, min_to_win_micros not among them
 
 
@@ -403,10 +404,7 @@ def result_call(auction_id: str) -> Call[AuctionResult | None]:
 
 
 def bill_call(auction_id: str, bid_id: str, seat: str) -> Call[BillReply]:
-    def parse(r: Sequence[Any]) -> BillReply:
-        return BillReply(text(r[0]), int(r[1]), _none(r[2]))
-
-    return Call("ac_auction_bill", _keys(auction_id), (seat, bid_id), parse)
+    return Call("ac_auction_bill", _keys(auction_id), (seat, bid_id), _BILL.row)
 
 
 # ---- notices ----
@@ -451,13 +449,9 @@ def notices(result: AuctionResult, currency: str = "USD") -> list[Notice]:
         return out
     for b in result.bids:
         v = macro_values(result, b, currency)
-        if b.won:
-            if b.nurl:
-                out.append(Notice("win", b.bid_id, expand(b.nurl, v)))
-            if b.burl:
-                out.append(Notice("billing", b.bid_id, expand(b.burl, v)))
-        elif b.lurl:
-            out.append(Notice("loss", b.bid_id, expand(b.lurl, v)))
+        for kind, url in (("win", b.nurl), ("billing", b.burl)) if b.won else (("loss", b.lurl),):
+            if url:
+                out.append(Notice(kind, b.bid_id, expand(url, v)))
     return out
 
 
