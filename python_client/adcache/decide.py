@@ -37,7 +37,7 @@ from adcache._generated import AlreadyExistsError, InvalidStateError, NotFoundEr
 from adcache.campaigns import Campaign
 from adcache.campaigns import get_call as campaign_get_call
 from adcache.money import Amount, from_micros, impression_cost_micros, to_micros
-from adcache.targeting import DIMENSIONS, combine, query_call, user_shards
+from adcache.targeting import combine, query_call, shard_names, user_shards
 
 log = logging.getLogger("adcache.decide")
 
@@ -639,7 +639,7 @@ class Engine:
         per_dim: dict[str, list[str]] = {}
         if not cfg.expand_interests:
             per_dim = _shards(req, _tokens(req.categories)[:MAX_INTERESTS])
-        members, missing = self.shards.lookup(_names(per_dim))
+        members, missing = self.shards.lookup(shard_names(per_dim))
         queries = rnd.by((s, query_call(s)) for s in missing)
         pending, refresh = self._take_pending()
         refreshes = rnd.by((c, campaign_get_call(c)) for c in refresh)
@@ -672,7 +672,7 @@ class Engine:
         the page's; one more round unless every shard is held fresh."""
         interests = _tokens([*a.req.categories, *a.profile_interests, *a.weights])
         per_dim = _shards(a.req, interests[:MAX_INTERESTS])
-        members, missing = self.shards.lookup(_names(per_dim))
+        members, missing = self.shards.lookup(shard_names(per_dim))
         if missing:
             r = yield from _send(a, [query_call(s) for s in missing])
             got = {s: _ok(x) for s, x in zip(missing, r, strict=True)}
@@ -987,10 +987,6 @@ def _loc(v: str | None) -> str | None:
 
 def _shards(req: AdRequest, interests: list[str]) -> dict[str, list[str]]:
     return user_shards(interests, _loc(req.location), _loc(req.device))
-
-
-def _names(per_dim: dict[str, list[str]]) -> list[str]:
-    return sorted({s for d in DIMENSIONS if d in per_dim for s in per_dim[d]})
 
 
 # ---- facades ----

@@ -102,6 +102,11 @@ def user_shards(
     }
 
 
+def shard_names(per_dim: dict[str, list[str]], dims: Iterable[str] = DIMENSIONS) -> list[str]:
+    """The distinct shards of `user_shards` on the given dimensions, sorted."""
+    return sorted({s for d in dims if d in per_dim for s in per_dim[d]})
+
+
 def combine(per_dim: dict[str, list[str]], members: dict[str, list[str]]) -> list[str]:
     """Union within a dimension, intersection across dimensions; sorted ids."""
     result: set[str] | None = None
@@ -168,7 +173,7 @@ def apply_calls(
 def _query_calls(
     per_dim: dict[str, list[str]], dims: Iterable[str], limit: int
 ) -> tuple[list[str], list[Call[list[str]]]]:
-    names = sorted({s for d in dims for s in per_dim[d]})
+    names = shard_names(per_dim, dims)
     return names, [query_call(s, limit) for s in names]
 
 
@@ -183,7 +188,7 @@ def _second_round(
         return [], []
     if len(candidates) > MAX_QUERY:
         return _query_calls(per_dim, rest, limit)
-    names = sorted({s for d in rest for s in per_dim[d]})
+    names = shard_names(per_dim, rest)
     return names, [filter_call(s, candidates) for s in names]
 
 
