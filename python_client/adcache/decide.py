@@ -332,11 +332,8 @@ _REFUSALS = frozenset(
 
 
 def _tokens(values: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for v in values:
-        if _TOKEN.fullmatch(v) and v not in out:
-            out.append(v)
-    return out
+    """The valid tokens among `values`, once each, in order."""
+    return list(dict.fromkeys(v for v in values if _TOKEN.fullmatch(v)))
 
 
 @dataclass(slots=True)
