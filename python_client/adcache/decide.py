@@ -323,8 +323,6 @@ class ShardCache:
 
 # ---- the path ----
 
-Replies = list[Any]
-
 # Reasons a refused reservation is remembered for (see DecideConfig.refusal_ttl).
 _REFUSALS = frozenset(
     {"paused", "ended", "not_started", "lifetime_budget", "daily_budget", "pacing"}
@@ -495,12 +493,12 @@ class _Attempt:
 Win = tuple[_Cand, auc.ImpWin]
 
 
-def _send(a: _Attempt, calls: list[Call[Any]]) -> Plan[Replies]:
+def _send(a: _Attempt, calls: list[Call[Any]]) -> Plan[list[Any]]:
     """One round: its calls pipelined per node, their replies (an error reply in its place). No
     calls: no round."""
     if not calls:
         return []
-    replies: Replies = yield Many(calls, raise_on_error=False)
+    replies: list[Any] = yield Many(calls, raise_on_error=False)
     a.rounds += 1
     return replies
 
