@@ -922,15 +922,13 @@ class Engine:
         """A retry whose auction already closed: settle that auction, never a new one. Rounds:
         (the winners' records if not cached), the winners' cap records (+ the close if due), then
         the commits and releases, then the stats and session records."""
-        rid = a.rid
         need = sorted({i.winner.cid for i in result.imps if i.winner and i.winner.cid})
         usable, _, missing = self.records.lookup(need)
         r = yield from _send(a, [campaign_get_call(c) for c in missing])
         usable.update(self.records.store(missing, [_ok(x) for x in r]))
         unfilled: list[tuple[str, str]] = []
         rnd = _Round()
-        records: dict[str, int] = {}
-        winning: dict[str, auc.ImpResult] = {}
+        records: list[tuple[auc.ImpWin, str, int]] = []  # (a win, its campaign, its cap record)
         for imp in result.imps:
             w = imp.winner
             if w is None or w.cid is None:
@@ -938,23 +936,22 @@ class Engine:
             elif w.cid not in usable:
                 unfilled.append((imp.imp_id, "removed"))  # the campaign is gone: nothing to charge
             else:
-                winning[imp.imp_id] = imp
-                records[imp.imp_id] = rnd.add(self._cap_record(a, imp.imp_id, usable[w.cid]))
+                won = auc.ImpWin(imp.imp_id, w.cid, w.price_micros, w.crid, imp.clearing_micros)
+                records.append(
+                    (won, w.cid, rnd.add(self._cap_record(a, imp.imp_id, usable[w.cid])))
+                )
         if result.state == "due":
-            rnd.add(auc.bid_close_call(rid, []))  # record the close (its reply: the same outcome)
+            rnd.add(auc.bid_close_call(a.rid, []))  # record the close (its reply: the same outcome)
         r = yield from _send(a, rnd.calls)
         wins: list[Win] = []
-        for imp_id, i in records.items():
-            imp = winning[imp_id]
-            assert imp.winner is not None and imp.winner.cid is not None
+        for won, cid, i in records:
             if not _ok(r[i]).admitted:
-                unfilled.append((imp_id, "capped"))
+                unfilled.append((won.imp_id, "capped"))
                 continue
-            e = usable[imp.winner.cid]
-            price, bid = imp.winner.price_micros, e.record.spec.bid_cpm_micros
+            e, price = usable[cid], won.price_micros
+            bid = e.record.spec.bid_cpm_micros
             m = -(-price * BP // bid) if bid else 0  # the multiplier that gave this price
-            won = auc.ImpWin(imp_id, imp.winner.cid, price, imp.winner.crid, imp.clearing_micros)
-            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), won))
+            wins.append((_Cand(e, won.imp_id, won.crid or "", price, m), won))
         # Which bidders hold a reservation is not known here: give back every loser's (a
         # release of a reservation that does not exist changes nothing).
         winners = {c.cid for c, _ in wins}
