@@ -181,11 +181,6 @@ def _frees(v: Any) -> int | None:
     return n if n > 0 else None
 
 
-def _rule(cand: Candidate, index: Any) -> CapRule | None:
-    i = int(index)
-    return cand.rules[i - 1] if i > 0 else None
-
-
 def _decisions(cands: Sequence[Candidate]) -> Callable[[Any], list[CapDecision]]:
     def parse(reply: Any) -> list[CapDecision]:
         it = iter(reply)
@@ -214,7 +209,7 @@ def _impression(impression_id: str, cand: Candidate) -> Callable[[Any], Impressi
             admitted=int(ok) == 1,
             duplicate=int(dup) == 1,
             remaining=None if int(rem) < 0 else int(rem),
-            blocked_by=_rule(cand, idx),
+            blocked_by=cand.rules[int(idx) - 1] if int(idx) > 0 else None,
             frees_at_ms=_frees(frees),
         )
 
