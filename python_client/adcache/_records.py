@@ -1,5 +1,5 @@
-"""Reply records read by one table: the budget, campaign and auction replies are flat field/value
-arrays whose field names are the record's own, less the unit suffix."""
+"""Reply records read by one table: a budget, campaign or auction reply is a flat field/value
+array named after the record's fields (less their unit suffix), or a row of them in order."""
 
 from __future__ import annotations
 
