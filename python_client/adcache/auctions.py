@@ -8,19 +8,17 @@ Prices at this edge are CPM amounts (Decimal, int, str or float; converted exact
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adcache import _generated as keys
 from adcache._core import Call, pairs, text
 from adcache._facade import Facade, M, Plan, call, forward, one, plan
+from adcache._records import Fields
 from adcache.money import Amount, from_micros, to_micros
-
-if TYPE_CHECKING:
-    pass
 
 FIRST_PRICE = 1
 SECOND_PRICE = 2
@@ -256,25 +254,6 @@ def create_call(
 ) -> Call[Created]:
     """Create the auction; AlreadyExistsError when the request id is taken.
     exp (billing window) and ttl in seconds; ttl defaults to tmax + exp + 60 s."""
-    args = _create_args(imps, at, tmax_ms, exp, ttl, increment, wseat, bseat)
-
-    def parse(reply: Any) -> Created:
-        f = pairs(reply)
-        return Created(auction_id, int(f["created"]), int(f["deadline"]), int(f["expires"]))
-
-    return Call("ac_auction_create", (keys.auction(auction_id),), tuple(args), parse)
-
-
-def _create_args(
-    imps: Sequence[Imp],
-    at: int,
-    tmax_ms: int,
-    exp: float,
-    ttl: float | None,
-    increment: Amount,
-    wseat: Iterable[str],
-    bseat: Iterable[str],
-) -> list[str | int]:
     exp_ms = round(exp * 1000)
     ttl_ms = round(ttl * 1000) if ttl is not None else tmax_ms + exp_ms + round(TTL_MARGIN_S * 1000)
     ws, bs = list(wseat), list(bseat)
@@ -284,7 +263,8 @@ def _create_args(
         args += [imp.imp_id, to_micros(imp.floor), int(imp.private), len(imp.deals)]
         for d in imp.deals:
             args += [d.deal_id, to_micros(d.floor), d.at or 0, len(d.wseat), *d.wseat]
-    return args
+    parse = _CREATED.parser(auction_id=auction_id)
+    return Call("ac_auction_create", (keys.auction(auction_id),), tuple(args), parse)
 
 
 def open_call(
@@ -300,17 +280,31 @@ def open_call(
     bseat: Iterable[str] = (),
 ) -> Call[AuctionResult | None]:
     """Create the auction (None: this call created it), or read the one already there (its
-    result, as `result_call` gives): create and result in one FCALL."""
-    args = _create_args(imps, at, tmax_ms, exp, ttl, increment, wseat, bseat)
-
-    def parse(reply: Any) -> AuctionResult | None:
-        return None if not reply else _parse_result(auction_id, reply)
-
-    return Call("ac_auction_open", _keys(auction_id), tuple(args), parse)
+    result, as `result_call` gives): create and result in one FCALL; the arguments are
+    `create_call`'s."""
+    create = create_call(
+        auction_id,
+        imps,
+        at=at,
+        tmax_ms=tmax_ms,
+        exp=exp,
+        ttl=ttl,
+        increment=increment,
+        wseat=wseat,
+        bseat=bseat,
+    )
+    return Call("ac_auction_open", _keys(auction_id), create.args, _maybe_result(auction_id))
 
 
 def _keys(auction_id: str) -> tuple[str, str]:
     return keys.auction(auction_id), keys.auction_bids(auction_id)
+
+
+def _maybe_result(auction_id: str) -> Callable[[Any], AuctionResult | None]:
+    def parse(reply: Any) -> AuctionResult | None:
+        return None if not reply else _parse_result(auction_id, reply)
+
+    return parse
 
 
 def bid_args(bid: Bid) -> list[str | int]:
@@ -329,6 +323,10 @@ def bid_args(bid: Bid) -> list[str | int]:
     ]
 
 
+def _bids_args(bids: Sequence[Bid]) -> tuple[str | int, ...]:
+    return tuple(a for b in bids for a in bid_args(b))
+
+
 def _bid_reply(r: Sequence[Any]) -> BidReply:
     return BidReply(text(r[0]), text(r[1]) == "accepted", int(r[2]), int(r[3]), int(r[4]) == 1)
 
@@ -336,12 +334,8 @@ def _bid_reply(r: Sequence[Any]) -> BidReply:
 def bid_many_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[BidReply]]:
     """Many bids in one FCALL (one round trip), decided in the given order; replies in the
     same order."""
-    args: list[str | int] = []
-    for b in bids:
-        args += bid_args(b)
-    return Call(
-        "ac_auction_bid", _keys(auction_id), tuple(args), lambda r: [_bid_reply(x) for x in r]
-    )
+    args = _bids_args(bids)
+    return Call("ac_auction_bid", _keys(auction_id), args, lambda r: [_bid_reply(x) for x in r])
 
 
 def bid_call(auction_id: str, bid: Bid) -> Call[BidReply]:
@@ -353,9 +347,6 @@ def bid_call(auction_id: str, bid: Bid) -> Call[BidReply]:
 def bid_close_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[ImpWin]]:
     """The bids (as `bid_many_call`; none: just the close), then the close, in one FCALL;
     the reply is each imp's winner only (`ImpWin`, in create order)."""
-    args: list[str | int] = []
-    for b in bids:
-        args += bid_args(b)
 
     def parse(r: Sequence[Any]) -> list[ImpWin]:
         return [
@@ -363,7 +354,13 @@ def bid_close_call(auction_id: str, bids: Sequence[Bid]) -> Call[list[ImpWin]]:
             for i in range(0, len(r), 5)
         ]
 
-    return Call("ac_auction_bid_close", _keys(auction_id), tuple(args), parse)
+    return Call("ac_auction_bid_close", _keys(auction_id), _bids_args(bids), parse)
+
+
+_CREATED = Fields(Created)
+_RESULT = Fields(AuctionResult)
+_BILL = Fields(BillReply)
+_BID = Fields(BidResult)  # a bid's row: its fields in order, min_to_win_micros not among them
 
 
 def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
@@ -372,36 +369,15 @@ def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
     # imp -> (seat, bid id) of its winner: bid ids are only unique per seat
     winners = {text(i[0]): (text(i[3]), text(i[4])) for i in raw_imps if text(i[4])}
     clearing = {text(i[0]): int(i[5]) for i in raw_imps}
-    win_price: dict[str, int] = {}
-    for b in f["bids"]:
-        if winners.get(text(b[1])) == (text(b[2]), text(b[0])):
-            win_price[text(b[1])] = int(b[3])
+    prices = {(text(b[2]), text(b[0])): int(b[3]) for b in f["bids"]}
+    win_price = {imp_id: prices[w] for imp_id, w in winners.items() if w in prices}
     bids: list[BidResult] = []
     for b in f["bids"]:
         bid_id, imp_id, floor = text(b[0]), text(b[1]), int(b[14])
         won = winners.get(imp_id) == (text(b[2]), bid_id)
         mtw = clearing[imp_id] if won else win_price.get(imp_id, floor)
-        adomain = text(b[7])
-        bids.append(
-            BidResult(
-                bid_id=bid_id,
-                imp_id=imp_id,
-                seat=text(b[2]),
-                price_micros=int(b[3]),
-                deal_id=_none(b[4]),
-                cid=_none(b[5]),
-                crid=_none(b[6]),
-                adomain=tuple(adomain.split(",")) if adomain else (),
-                nurl=_none(b[8]),
-                lurl=_none(b[9]),
-                burl=_none(b[10]),
-                seq=int(b[11]),
-                status=text(b[12]),
-                reason=int(b[13]),
-                floor_micros=floor,
-                min_to_win_micros=mtw,
-            )
-        )
+        adomain = tuple(text(b[7]).split(",")) if text(b[7]) else ()
+        bids.append(_BID.row(b, adomain=adomain, min_to_win_micros=mtw))
     by_key = {(b.seat, b.bid_id): b for b in bids}
     imps = tuple(
         ImpResult(
@@ -414,20 +390,7 @@ def _parse_result(auction_id: str, reply: Any) -> AuctionResult:
         )
         for i in raw_imps
     )
-    return AuctionResult(
-        auction_id=auction_id,
-        state=text(f["state"]),
-        at=int(f["at"]),
-        increment_micros=int(f["increment"]),
-        created_ms=int(f["created"]),
-        deadline_ms=int(f["deadline"]),
-        closed_ms=int(f["closed"]),
-        ended_ms=int(f["ended"]),
-        exp_ms=int(f["exp"]),
-        expires_ms=int(f["expires"]),
-        imps=imps,
-        bids=tuple(bids),
-    )
+    return _RESULT.read(f, auction_id=auction_id, imps=imps, bids=tuple(bids))
 
 
 def close_call(auction_id: str) -> Call[AuctionResult]:
@@ -437,18 +400,11 @@ def close_call(auction_id: str) -> Call[AuctionResult]:
 
 def result_call(auction_id: str) -> Call[AuctionResult | None]:
     """Read-only (FCALL_RO); a 'due' auction is reported with its outcome, not recorded."""
-
-    def parse(reply: Any) -> AuctionResult | None:
-        return None if not reply else _parse_result(auction_id, reply)
-
-    return Call("ac_auction_result", _keys(auction_id), (), parse)
+    return Call("ac_auction_result", _keys(auction_id), (), _maybe_result(auction_id))
 
 
 def bill_call(auction_id: str, bid_id: str, seat: str) -> Call[BillReply]:
-    def parse(r: Sequence[Any]) -> BillReply:
-        return BillReply(text(r[0]), int(r[1]), _none(r[2]))
-
-    return Call("ac_auction_bill", _keys(auction_id), (seat, bid_id), parse)
+    return Call("ac_auction_bill", _keys(auction_id), (seat, bid_id), _BILL.row)
 
 
 # ---- notices ----
@@ -458,8 +414,7 @@ _MACRO = re.compile(r"\$\{(AUCTION_[A-Z_]+)\}", re.IGNORECASE)
 
 def cpm(micros: int) -> str:
     """CPM micros as a plain decimal string: 1500000 -> '1.5', 2000000 -> '2'."""
-    d = from_micros(micros).normalize()
-    return format(d, "f")
+    return format(from_micros(micros).normalize(), "f")
 
 
 def expand(url: str, values: Mapping[str, str]) -> str:
@@ -494,13 +449,9 @@ def notices(result: AuctionResult, currency: str = "USD") -> list[Notice]:
         return out
     for b in result.bids:
         v = macro_values(result, b, currency)
-        if b.won:
-            if b.nurl:
-                out.append(Notice("win", b.bid_id, expand(b.nurl, v)))
-            if b.burl:
-                out.append(Notice("billing", b.bid_id, expand(b.burl, v)))
-        elif b.lurl:
-            out.append(Notice("loss", b.bid_id, expand(b.lurl, v)))
+        for kind, url in (("win", b.nurl), ("billing", b.burl)) if b.won else (("loss", b.lurl),):
+            if url:
+                out.append(Notice(kind, b.bid_id, expand(url, v)))
     return out
 
 
@@ -522,7 +473,7 @@ class Auctions(Facade[M]):
         """Read the result (FCALL_RO). With settle, a 'due' auction is closed (one more call)."""
         r = yield from one(result_call(auction_id))
         if settle and r is not None and r.state == "due":
-            return (yield from one(type(self).close.fn(self, auction_id)))
+            return (yield from one(close_call(auction_id)))
         return r
 
     @call

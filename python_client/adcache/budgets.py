@@ -10,17 +10,14 @@ or holds it back in (daily) its targeting shards at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adcache._core import Call, positive_ms, str_pairs
-from adcache._facade import Facade, M, Plan, call, many, one, plan
+from adcache._facade import Facade, M, Plan, forward, many, one, plan
+from adcache._records import Fields
 from adcache.campaigns import all_keys
 from adcache.targeting import apply_calls
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,29 +101,19 @@ class BudgetState:
     now_ms: int
 
 
-def _opt(v: str) -> int | None:
-    n = int(v)
-    return None if n < 0 else n
-
-
-def _reservation(cid: str, rid: str) -> Callable[[Any], Reservation]:
-    def parse(reply: Any) -> Reservation:
-        f = str_pairs(reply)
-        return Reservation(
-            campaign_id=cid,
-            reservation_id=rid,
-            ok=f["status"] == "reserved",
-            reason=f["reason"],
-            amount_micros=int(f["amount"]),
-            expires_at_ms=int(f["expires_at"]),
-            spent_micros=int(f["spent"]),
-            day_spent_micros=int(f["day_spent"]),
-            reserved_micros=int(f["reserved"]),
-            pacing_allowed_micros=_opt(f["pacing_allowed"]),
-            replay=f["replay"] == "1",
-        )
-
-    return parse
+_RESERVATION = Fields(Reservation)
+_COMMIT = Fields(Commit)
+_RELEASE = Fields(Release)
+_STATE = Fields(
+    BudgetState,
+    daily_budget_micros="daily",
+    reserved_total_micros="c_reserved",
+    committed_micros="c_committed",
+    released_micros="c_released",
+    reclaimed_micros="c_reclaimed",
+    late_micros="c_late",
+    refusals="n_refused",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,121 +122,60 @@ class _CommitReply:
     index: list[Call[Any]]
 
 
-def _commit(cid: str, rid: str) -> Callable[[Any], _CommitReply]:
-    def parse(reply: Any) -> _CommitReply:
-        f = str_pairs(reply)
-        c = Commit(
-            campaign_id=cid,
-            reservation_id=rid,
-            status=f["status"],
-            charged_micros=int(f["charged"]),
-            released_micros=int(f["released"]),
-            spent_micros=int(f["spent"]),
-            day_spent_micros=int(f["day_spent"]),
-            reserved_micros=int(f["reserved"]),
-            exhausted=f["exhausted"],
-            replay=f["replay"] == "1",
-        )
-        index: list[Call[Any]] = []
-        if c.exhausted:
-            # Lifetime: out of every shard. Daily: held back until the campaign's next day.
-            shards = f["shards"].split()
-            if f["indexable"] == "1":
-                index = apply_calls(cid, shards, (), int(f["end"]), int(f["not_before"]))
-            else:
-                index = apply_calls(cid, (), shards, 0, 0)
-        return _CommitReply(c, index)
-
-    return parse
-
-
-def _release(cid: str, rid: str) -> Callable[[Any], Release]:
-    def parse(reply: Any) -> Release:
-        f = str_pairs(reply)
-        return Release(
-            cid, rid, f["status"], int(f["amount"]), int(f["reserved"]), f["replay"] == "1"
-        )
-
-    return parse
-
-
-def _state(cid: str) -> Callable[[Any], BudgetState]:
-    def parse(reply: Any) -> BudgetState:
-        f = str_pairs(reply)
-        return BudgetState(
-            campaign_id=cid,
-            budget_micros=int(f["budget"]),
-            daily_budget_micros=int(f["daily"]),
-            spent_micros=int(f["spent"]),
-            day=f["day"],
-            day_spent_micros=int(f["day_spent"]),
-            reserved_micros=int(f["reserved"]),
-            outstanding=int(f["outstanding"]),
-            reserved_total_micros=int(f["c_reserved"]),
-            committed_micros=int(f["c_committed"]),
-            released_micros=int(f["c_released"]),
-            reclaimed_micros=int(f["c_reclaimed"]),
-            late_micros=int(f["c_late"]),
-            refusals=int(f["n_refused"]),
-            pacing=f["pacing"],
-            pacing_allowed_micros=_opt(f["pacing_allowed"]),
-            elapsed_ppm=int(f["elapsed_ppm"]),
-            day_start_ms=int(f["day_start"]),
-            day_end_ms=int(f["day_end"]),
-            servable=f["servable"] == "1",
-            reason=f["reason"],
-            now_ms=int(f["now"]),
-        )
-
-    return parse
-
-
 # ---- call builders ----
 
 
 def reserve_call(
     campaign_id: str, reservation_id: str, amount_micros: int, ttl: float
 ) -> Call[Reservation]:
-    """ttl in seconds (fractions allowed; stored as ms, at most one day)."""
-    return Call(
-        "ac_budget_reserve",
-        all_keys(campaign_id),
-        (reservation_id, amount_micros, positive_ms(ttl, "ttl")),
-        _reservation(campaign_id, reservation_id),
-    )
+    """Hold amount_micros for ttl seconds (fractions allowed; stored as ms, at most one day); a
+    refusal is a reply (ok False, reason)."""
+
+    def parse(reply: Any) -> Reservation:
+        f = str_pairs(reply)
+        ok = f["status"] == "reserved"
+        return _RESERVATION.read(f, campaign_id=campaign_id, reservation_id=reservation_id, ok=ok)
+
+    args = (reservation_id, amount_micros, positive_ms(ttl, "ttl"))
+    return Call("ac_budget_reserve", all_keys(campaign_id), args, parse)
 
 
 def commit_call(campaign_id: str, reservation_id: str, amount_micros: int) -> Call[_CommitReply]:
-    return Call(
-        "ac_budget_commit",
-        all_keys(campaign_id),
-        (reservation_id, amount_micros),
-        _commit(campaign_id, reservation_id),
-    )
+    def parse(reply: Any) -> _CommitReply:
+        f = str_pairs(reply)
+        c = _COMMIT.read(f, campaign_id=campaign_id, reservation_id=reservation_id)
+        index: list[Call[Any]] = []
+        if c.exhausted:
+            # Lifetime: out of every shard. Daily: held back until the campaign's next day.
+            shards = f["shards"].split()
+            if f["indexable"] == "1":
+                index = apply_calls(campaign_id, shards, (), int(f["end"]), int(f["not_before"]))
+            else:
+                index = apply_calls(campaign_id, (), shards, 0, 0)
+        return _CommitReply(c, index)
+
+    return Call("ac_budget_commit", all_keys(campaign_id), (reservation_id, amount_micros), parse)
 
 
 def release_call(campaign_id: str, reservation_id: str) -> Call[Release]:
-    return Call(
-        "ac_budget_release",
-        all_keys(campaign_id),
-        (reservation_id,),
-        _release(campaign_id, reservation_id),
-    )
+    """Give a reservation back (the bid lost); idempotent."""
+    parse = _RELEASE.parser(campaign_id=campaign_id, reservation_id=reservation_id)
+    return Call("ac_budget_release", all_keys(campaign_id), (reservation_id,), parse)
 
 
 def state_call(campaign_id: str) -> Call[BudgetState]:
-    return Call("ac_budget_state", all_keys(campaign_id), (), _state(campaign_id))
+    """Budget, spend, counters and pacing (reclaims expired reservations first)."""
+    return Call(
+        "ac_budget_state", all_keys(campaign_id), (), _STATE.parser(campaign_id=campaign_id)
+    )
 
 
 class Budgets(Facade[M]):
     """Budget calls on the sync or asyncio `AdCache` (`cache.budgets`)."""
 
-    @call
-    def reserve(
-        self, campaign_id: str, reservation_id: str, amount_micros: int, ttl: float
-    ) -> Call[Reservation]:
-        """Hold amount_micros for ttl seconds; a refusal is a reply (ok False, reason)."""
-        return reserve_call(campaign_id, reservation_id, amount_micros, ttl)
+    reserve = forward(reserve_call)
+    release = forward(release_call)
+    state = forward(state_call)
 
     @plan
     def commit(self, campaign_id: str, reservation_id: str, amount_micros: int) -> Plan[Commit]:
@@ -258,16 +184,6 @@ class Budgets(Facade[M]):
         if r.index:
             (yield from many(r.index))
         return r.commit
-
-    @call
-    def release(self, campaign_id: str, reservation_id: str) -> Call[Release]:
-        """Give a reservation back (the bid lost); idempotent."""
-        return release_call(campaign_id, reservation_id)
-
-    @call
-    def state(self, campaign_id: str) -> Call[BudgetState]:
-        """Budget, spend, counters and pacing (reclaims expired reservations first)."""
-        return state_call(campaign_id)
 
 
 AsyncBudgets = Budgets  # the same class: on an asyncio client its methods return awaitables

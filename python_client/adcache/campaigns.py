@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 from adcache import _generated as keys
 from adcache import zones
-from adcache._core import Call, pairs, text
-from adcache._facade import Facade, M, Plan, call, many, one, plan
+from adcache._core import Call, str_pairs
+from adcache._facade import Facade, M, Plan, forward, many, one, plan
+from adcache._records import Fields
 from adcache.targeting import Targeting, apply_calls
-
-if TYPE_CHECKING:
-    pass
 
 Status = Literal["active", "paused"]
 Pacing = Literal["off", "even"]
@@ -199,75 +197,38 @@ def _is_int(v: str) -> bool:
 
 
 def _decode_spec(f: dict[str, str]) -> CampaignSpec:
-    return CampaignSpec(
-        advertiser_id=f["advertiser"],
+    tz = f["tz"]  # an offset in seconds, or a zone
+    return _SPEC.read(
+        f,
         status="paused" if f["status"] == "paused" else "active",
-        bid_cpm_micros=int(f["bid"]),
-        budget_micros=int(f["budget"]),
-        daily_budget_micros=int(f["daily"]),
-        start_ms=int(f["start"]),
-        end_ms=int(f["end"]),
-        day_offset_s=int(f["tz"]) if _is_int(f["tz"]) else 0,
-        day_zone="" if _is_int(f["tz"]) else f["tz"],
+        day_offset_s=int(tz) if _is_int(tz) else 0,
+        day_zone="" if _is_int(tz) else tz,
         pacing="even" if f["pacing"] == "even" else "off",
-        pacing_tolerance_bp=int(f["tol_bp"]),
-        pacing_floor_micros=int(f["floor"]),
         targeting=Targeting.from_shards(f["shards"].split()),
         frequency_caps=tuple(FrequencyCapRule(int(a), str(b)) for a, b in json.loads(f["fcap"])),
-        creatives=tuple(
-            Creative(str(c[0]), int(c[1]), int(c[2]), str(c[3]), str(c[4]))
-            for c in json.loads(f["creatives"])
-        ),
+        creatives=tuple(_CREATIVE.row(c) for c in json.loads(f["creatives"])),
     )
+
+
+_SPEC = Fields(CampaignSpec, **_FIELD)
+_CREATIVE = Fields(Creative)  # a creative's JSON array: its fields in order
+_CAMPAIGN = Fields(Campaign)
+_WRITTEN = Fields(Written, added="add", removed="remove")
 
 
 def _record(campaign_id: str) -> Callable[[Any], Campaign | None]:
     def parse(reply: Any) -> Campaign | None:
         if not reply:
             return None
-        f = {k: text(v) for k, v in pairs(reply).items()}
-        return Campaign(
-            campaign_id=campaign_id,
-            spec=_decode_spec(f),
-            version=int(f["version"]),
-            created_ms=int(f["created"]),
-            updated_ms=int(f["updated"]),
-            spent_micros=int(f["spent"]),
-            day=f["day"],
-            day_spent_micros=int(f["day_spent"]),
-            reserved_micros=int(f["reserved"]),
-            servable=f["servable"] == "1",
-            reason=f["reason"],
-            not_before_ms=int(f["not_before"]),
-            now_ms=int(f["now"]),
-        )
+        f = str_pairs(reply)
+        return _CAMPAIGN.read(f, campaign_id=campaign_id, spec=_decode_spec(f))
 
     return parse
 
 
-def _written(campaign_id: str) -> Callable[[Any], Written]:
-    def parse(reply: Any) -> Written:
-        f = {k: text(v) for k, v in pairs(reply).items()}
-        return Written(
-            campaign_id=campaign_id,
-            version=int(f["version"]),
-            servable=f["servable"] == "1",
-            reason=f["reason"],
-            end_ms=int(f["end"]),
-            not_before_ms=int(f["not_before"]),
-            added=tuple(f["add"].split()),
-            removed=tuple(f["remove"].split()),
-        )
-
-    return parse
-
-
-def _removed(campaign_id: str) -> Callable[[Any], tuple[bool, tuple[str, ...]]]:
-    def parse(reply: Any) -> tuple[bool, tuple[str, ...]]:
-        f = {k: text(v) for k, v in pairs(reply).items()}
-        return f["removed"] == "1", tuple(f["remove"].split())
-
-    return parse
+def _removed(reply: Any) -> tuple[bool, tuple[str, ...]]:
+    f = str_pairs(reply)
+    return f["removed"] == "1", tuple(f["remove"].split())
 
 
 def _keys2(campaign_id: str) -> tuple[str, str]:
@@ -295,7 +256,7 @@ def set_call(campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1
         "ac_campaign_set",
         _keys2(campaign_id),
         (expected_version, *_field_args(_spec_fields(spec))),
-        _written(campaign_id),
+        _WRITTEN.parser(campaign_id=campaign_id),
     )
 
 
@@ -310,20 +271,19 @@ def patch_call(
         "ac_campaign_patch",
         _keys2(campaign_id),
         (expected_version, *_field_args(dict(changes))),
-        _written(campaign_id),
+        _WRITTEN.parser(campaign_id=campaign_id),
     )
 
 
 def get_call(campaign_id: str) -> Call[Campaign | None]:
+    """The campaign with its budget figures and servability, or None (FCALL_RO)."""
     return Call("ac_campaign_get", _keys2(campaign_id), (), _record(campaign_id))
 
 
 def remove_call(
     campaign_id: str, *, expected_version: int = -1
 ) -> Call[tuple[bool, tuple[str, ...]]]:
-    return Call(
-        "ac_campaign_remove", all_keys(campaign_id), (expected_version,), _removed(campaign_id)
-    )
+    return Call("ac_campaign_remove", all_keys(campaign_id), (expected_version,), _removed)
 
 
 def reindex_calls(c: Campaign) -> list[Call[Any]]:
@@ -334,6 +294,13 @@ def reindex_calls(c: Campaign) -> list[Call[Any]]:
     return apply_calls(c.campaign_id, (), shards, c.spec.end_ms, 0)
 
 
+def _indexed(write: Call[Written]) -> Plan[Written]:
+    """A write, then the index calls its reply asks for."""
+    w = yield from one(write)
+    yield from many(w.index_calls())
+    return w
+
+
 class Campaigns(Facade[M]):
     """Campaign calls on the sync or asyncio `AdCache` (`cache.campaigns`)."""
 
@@ -342,36 +309,33 @@ class Campaigns(Facade[M]):
         self, campaign_id: str, spec: CampaignSpec, *, expected_version: int = -1
     ) -> Plan[Written]:
         """Create or replace a campaign and update its targeting shards."""
-        w = yield from one(set_call(campaign_id, spec, expected_version=expected_version))
-        yield from many(w.index_calls())
-        return w
+        return (yield from _indexed(set_call(campaign_id, spec, expected_version=expected_version)))
 
     @plan
     def create(self, campaign_id: str, spec: CampaignSpec) -> Plan[Written]:
         """Create; VersionConflictError when the campaign exists."""
-        return (yield from type(self).set.fn(self, campaign_id, spec, expected_version=0))
+        return (yield from _indexed(set_call(campaign_id, spec, expected_version=0)))
 
     @plan
     def patch(
         self, campaign_id: str, *, expected_version: int = -1, **changes: Unpack[CampaignChanges]
     ) -> Plan[Written]:
         """Change some fields (names of CampaignSpec); NotFoundError when unknown."""
-        w = yield from one(patch_call(campaign_id, changes, expected_version=expected_version))
-        yield from many(w.index_calls())
-        return w
+        return (
+            yield from _indexed(patch_call(campaign_id, changes, expected_version=expected_version))
+        )
 
     @plan
     def pause(self, campaign_id: str) -> Plan[Written]:
-        return (yield from type(self).patch.fn(self, campaign_id, status="paused"))
+        """Set the status to paused: the campaign leaves its targeting shards."""
+        return (yield from _indexed(patch_call(campaign_id, {"status": "paused"})))
 
     @plan
     def resume(self, campaign_id: str) -> Plan[Written]:
-        return (yield from type(self).patch.fn(self, campaign_id, status="active"))
+        """Set the status to active: the campaign is put back in its shards (unless ended or spent)."""
+        return (yield from _indexed(patch_call(campaign_id, {"status": "active"})))
 
-    @call
-    def get(self, campaign_id: str) -> Call[Campaign | None]:
-        """The campaign with its budget figures and servability, or None (FCALL_RO)."""
-        return get_call(campaign_id)
+    get = forward(get_call)
 
     @plan
     def get_many(self, campaign_ids: Sequence[str]) -> Plan[list[Campaign | None]]:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from adcache import _generated as keys
 from adcache import zones
 from adcache._core import Arg, Call, positive_ms, text
-from adcache._facade import Facade, M, call
-
-if TYPE_CHECKING:
-    pass
+from adcache._facade import Facade, M, forward
 
 Scope = Literal["advertiser", "campaign", "creative"]
 WindowKind = Literal["minute", "hour", "day", "week", "month", "rolling", "recency", "lifetime"]
@@ -184,11 +181,6 @@ def _frees(v: Any) -> int | None:
     return n if n > 0 else None
 
 
-def _rule(cand: Candidate, index: Any) -> CapRule | None:
-    i = int(index)
-    return cand.rules[i - 1] if i > 0 else None
-
-
 def _decisions(cands: Sequence[Candidate]) -> Callable[[Any], list[CapDecision]]:
     def parse(reply: Any) -> list[CapDecision]:
         it = iter(reply)
@@ -217,18 +209,14 @@ def _impression(impression_id: str, cand: Candidate) -> Callable[[Any], Impressi
             admitted=int(ok) == 1,
             duplicate=int(dup) == 1,
             remaining=None if int(rem) < 0 else int(rem),
-            blocked_by=_rule(cand, idx),
+            blocked_by=cand.rules[int(idx) - 1] if int(idx) > 0 else None,
             frees_at_ms=_frees(frees),
         )
 
     return parse
 
 
-_SCOPE_NAMES: dict[str, Scope] = {
-    "advertiser": "advertiser",
-    "campaign": "campaign",
-    "creative": "creative",
-}
+_SCOPE_NAMES: dict[str, Scope] = {s: s for s in get_args(Scope)}
 
 
 def _counters(reply: Any) -> list[CapCounter]:
@@ -256,6 +244,7 @@ def _target(scope: Scope | None, entity_id: str | None) -> tuple[Arg, ...]:
 
 
 def check_call(user_id: str, candidates: Sequence[Candidate]) -> Call[list[CapDecision]]:
+    """Which candidates the user's caps allow, in order: one FCALL_RO for up to 500."""
     cands = tuple(candidates)
     args: list[Arg] = [len(cands)]
     for c in cands:
@@ -270,7 +259,10 @@ def record_call(
     *,
     dedupe_ttl: float = DEFAULT_DEDUPE_TTL_S,
 ) -> Call[Impression]:
-    """dedupe_ttl: seconds during which a retry with the same impression id is recognised."""
+    """Count an impression in every window of the candidate, or refuse it counting nothing.
+
+    A retry with the same impression id (within dedupe_ttl seconds) replays the first outcome.
+    """
     ms = positive_ms(dedupe_ttl, "dedupe_ttl")
     return Call(
         "ac_freqcap_record",
@@ -281,6 +273,7 @@ def record_call(
 
 
 def reset_call(user_id: str, scope: Scope | None = None, entity_id: str | None = None) -> Call[int]:
+    """Forget the user's counters (all, or one advertiser's/campaign's/creative's)."""
     return Call(
         "ac_freqcap_reset",
         (keys.freqcap(user_id), keys.freqcap_imps(user_id)),
@@ -292,6 +285,7 @@ def reset_call(user_id: str, scope: Scope | None = None, entity_id: str | None =
 def inspect_call(
     user_id: str, scope: Scope | None = None, entity_id: str | None = None
 ) -> Call[list[CapCounter]]:
+    """The user's live counters (FCALL_RO), for support tools."""
     return Call(
         "ac_freqcap_inspect", (keys.freqcap(user_id),), _target(scope, entity_id), _counters
     )
@@ -300,39 +294,10 @@ def inspect_call(
 class Caps(Facade[M]):
     """Frequency caps on the sync or asyncio `AdCache` (`cache.caps`)."""
 
-    @call
-    def check(self, user_id: str, candidates: Sequence[Candidate]) -> Call[list[CapDecision]]:
-        """Which candidates the user's caps allow, in order: one FCALL_RO for up to 500."""
-        return check_call(user_id, candidates)
-
-    @call
-    def record(
-        self,
-        user_id: str,
-        impression_id: str,
-        candidate: Candidate,
-        *,
-        dedupe_ttl: float = DEFAULT_DEDUPE_TTL_S,
-    ) -> Call[Impression]:
-        """Count an impression in every window of the candidate, or refuse it counting nothing.
-
-        A retry with the same impression id (within dedupe_ttl seconds) replays the first outcome.
-        """
-        return record_call(user_id, impression_id, candidate, dedupe_ttl=dedupe_ttl)
-
-    @call
-    def reset(
-        self, user_id: str, scope: Scope | None = None, entity_id: str | None = None
-    ) -> Call[int]:
-        """Forget the user's counters (all, or one advertiser's/campaign's/creative's)."""
-        return reset_call(user_id, scope, entity_id)
-
-    @call
-    def inspect(
-        self, user_id: str, scope: Scope | None = None, entity_id: str | None = None
-    ) -> Call[list[CapCounter]]:
-        """The user's live counters (FCALL_RO), for support tools."""
-        return inspect_call(user_id, scope, entity_id)
+    check = forward(check_call)
+    record = forward(record_call)
+    reset = forward(reset_call)
+    inspect = forward(inspect_call)
 
 
 AsyncCaps = Caps  # the same class: on an asyncio client its methods return awaitables

@@ -6,16 +6,11 @@ for each imp's likely winner (servability, budget and pacing are checked by the 
 runs the auction, and settles the winners (cap record, commit at the clearing price, session and
 stats records). Only a winner is charged, and only against a reservation.
 
-A request costs four sequential network rounds (see docs/decide.md); each round is one
-`run_many`, so calls to different nodes go out together. The path is written once, as a
-generator that yields the calls of each round and receives their replies; `Decisions` (sync)
-and `AsyncDecisions` (asyncio) only drive it.
-
-Everything is idempotent under the request id: the auction id is the request id, the
-reservation id is the request id (reservations live under each campaign's own keys, so
-campaign + request names one), the frequency-cap impression id and the stats event id are
-`<request id>:<imp id>`. A retried request settles the first attempt's auction instead of
-running a new one.
+A request costs four sequential network rounds, each one `run_many` (calls to different nodes go
+out together). The path is written once, as a plan (`Engine.path`) that yields each round as one
+`Many` step, for the sync and the asyncio client alike. Everything is keyed by the request id,
+so a retry is safe: it settles the first attempt's auction instead of running a new one. See
+docs/decide.md.
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,13 +31,13 @@ from adcache import profiles as prof
 from adcache import sessions as sess
 from adcache import stats as st
 from adcache._core import Call
-from adcache._facade import Facade, M, Many, plan
-from adcache._facade import Plan as FacadePlan
+from adcache._core import raise_error_reply as _ok
+from adcache._facade import Facade, M, Many, Plan, plan
 from adcache._generated import AlreadyExistsError, InvalidStateError, NotFoundError
 from adcache.campaigns import Campaign
 from adcache.campaigns import get_call as campaign_get_call
 from adcache.money import Amount, from_micros, impression_cost_micros, to_micros
-from adcache.targeting import DIMENSIONS, combine, query_call, user_shards
+from adcache.targeting import combine, query_call, shard_names, user_shards
 
 log = logging.getLogger("adcache.decide")
 
@@ -133,24 +128,22 @@ class RelevanceRule:
 
 @dataclass(frozen=True, slots=True)
 class DecideConfig:
-    """reservation_ttl: seconds a bid's budget stays held if the request dies midway.
-    auction_ttl: seconds the auction is kept (a retry must come within it; at least
-    tmax + 60 s). record_ttl / record_max_stale: the in-process campaign record cache (fresh for
-    record_ttl seconds; older ones are used once more while a refresh rides along the next
-    round; beyond record_max_stale they are refetched first). track: also append the request's
-    context to the session (the one step a retry repeats; it is a signal, not a count).
+    """Settings of the decision path (docs/decide.md); durations in seconds, tmax_ms in ms.
+
+    reservation_ttl: a bid's budget stays held this long if the request dies midway.
+    auction_ttl: the auction is kept this long, the retry window (at least tmax + 60 s).
+    record_ttl / record_max_stale: a cached campaign record is fresh for record_ttl; an older one
+    is used once more while its refresh rides along the next round; past record_max_stale it
+    counts as never seen (cold_records).
+    track: also append the request's context to the session (a signal: a retry repeats it).
     expand_interests: add the profile and session interests to the targeting query (one more
-    round: the query then waits for the profile). cold_records: what a campaign the record cache
-    has never seen costs: "skip" (default) leaves it out of this one request and fetches its
-    record alongside round 2, so no request takes more than four rounds; "fetch" reads it first
-    (one more round for that request). refusal_ttl: seconds a campaign refused a reservation
-    (budget, pacing, state), or whose commit exhausted a budget, is left out of this client's
-    requests (0: never). index_ttl: seconds a targeting shard's members are kept in process
-    (0: every request queries its shards). capped_ttl: seconds this client remembers that a
-    user's cap refuses a campaign (from a cap check or record; never past the moment the server
-    said it frees up): such a candidate is still checked and can still bid if it turns out
-    allowed, but round 2 reserves for the imp's best candidate not remembered capped (0: never
-    remember)."""
+    round). cold_records: a campaign the record cache never saw is left out of the request and
+    fetched alongside round 2 ("skip": never more than four rounds) or read first ("fetch": one
+    more round). refusal_ttl: a campaign refused a reservation, or exhausted by a commit, is left
+    out this long. index_ttl: a targeting shard's members are kept this long. capped_ttl: a
+    user's cap refusing a campaign is remembered this long (never past when it frees up), so
+    round 2 reserves for the imp's next candidate; it is still checked and may still bid.
+    refusal_ttl, index_ttl, capped_ttl 0: not remembered."""
 
     reservation_ttl: float = 30.0
     tmax_ms: int = 10_000
@@ -229,14 +222,11 @@ class _Entry:
     fetched: float
 
 
-_PERIODS = frozenset({"minute", "hour", "day", "week", "month"})
-
-
 def _cap_candidate(c: Campaign) -> fc.Candidate:
     rules = [
         fc.CapRule.fixed("campaign", r.period, r.limit)  # type: ignore[arg-type]
         for r in c.spec.frequency_caps
-        if r.period in _PERIODS
+        if r.period in fc.FIXED_UNITS
     ]
     return fc.Candidate(c.campaign_id, rules, advertiser_id=c.spec.advertiser_id)
 
@@ -333,28 +323,15 @@ class ShardCache:
 
 # ---- the path ----
 
-Replies = list[Any]
-Plan = Generator[list[Call[Any]], Replies, Decision]
-Step = Generator[list[Call[Any]], Replies, Any]
-
 # Reasons a refused reservation is remembered for (see DecideConfig.refusal_ttl).
 _REFUSALS = frozenset(
     {"paused", "ended", "not_started", "lifetime_budget", "daily_budget", "pacing"}
 )
 
 
-def _ok(v: Any) -> Any:
-    if isinstance(v, BaseException):
-        raise v
-    return v
-
-
 def _tokens(values: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for v in values:
-        if _TOKEN.fullmatch(v) and v not in out:
-            out.append(v)
-    return out
+    """The valid tokens among `values`, once each, in order."""
+    return list(dict.fromkeys(v for v in values if _TOKEN.fullmatch(v)))
 
 
 @dataclass(slots=True)
@@ -374,13 +351,23 @@ class _Cand:
         return self.entry.record.spec.advertiser_id
 
     def bid(self) -> auc.Bid:
+        """The bid: id and `cid` the campaign's, seat the advertiser (the price is exact: back
+        to the same micros on the wire)."""
+        price = from_micros(self.price)
         return auc.Bid(
-            bid_id=self.cid,
-            imp_id=self.imp_id,
-            seat=self.seat,
-            price=from_micros(self.price),  # exact: back to the same micros on the wire
-            cid=self.cid,
-            crid=self.creative_id or None,
+            self.cid, self.imp_id, self.seat, price, cid=self.cid, crid=self.creative_id or None
+        )
+
+    def placement(self, won: auc.ImpWin, cost: int) -> Placement:
+        return Placement(
+            won.imp_id,
+            self.cid,
+            self.seat,
+            self.creative_id,
+            self.price,
+            won.clearing_micros,
+            cost,
+            self.multiplier,
         )
 
     def reserve(self, rid: str, ttl: float) -> Call[bud.Reservation]:
@@ -506,8 +493,12 @@ class _Attempt:
 Win = tuple[_Cand, auc.ImpWin]
 
 
-def _send(a: _Attempt, calls: list[Call[Any]]) -> Step:
-    replies = yield calls
+def _send(a: _Attempt, calls: list[Call[Any]]) -> Plan[list[Any]]:
+    """One round: its calls pipelined per node, their replies (an error reply in its place). No
+    calls: no round."""
+    if not calls:
+        return []
+    replies: list[Any] = yield Many(calls, raise_on_error=False)
     a.rounds += 1
     return replies
 
@@ -579,6 +570,13 @@ class Engine:
                     self._capped.clear()
             self._capped[(user, cid)] = now + ttl
 
+    def _cap_record(self, a: _Attempt, imp_id: str, e: _Entry) -> Call[fc.Impression]:
+        """The cap record of the imp's winner, under the impression id `<request id>:<imp id>`."""
+        iid = f"{a.rid}:{imp_id}"
+        return fc.record_call(
+            a.req.user_id, iid, e.candidate, dedupe_ttl=self.config.cap_dedupe_ttl
+        )
+
     def _stats_config(self) -> st.StatsConfig:
         facade = getattr(self._c, "stats", None)
         cfg = getattr(facade, "config", None)
@@ -586,9 +584,9 @@ class Engine:
 
     # ---- the path: one method per round ----
 
-    def path(self, req: AdRequest) -> Plan:
-        """The rounds of one request (a generator: yields each round's calls, receives their
-        replies in the same order, returns the Decision)."""
+    def path(self, req: AdRequest) -> Plan[Decision]:
+        """The rounds of one request: a plan yielding each round as one `Many` step (its replies
+        come back in order, an error reply in its place) and returning the Decision."""
         a = _Attempt(req)
         ids = yield from self._signals(a)
         if a.existing is not None and a.existing.state in ("closed", "due"):
@@ -613,7 +611,7 @@ class Engine:
             )
         )
 
-    def _signals(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str] | None]:
+    def _signals(self, a: _Attempt) -> Plan[list[str] | None]:
         """Round 1: profile, session context (+ track), the auction's create and result, the
         query of each of the context's targeting shards not held fresh (`ShardCache`), and what
         earlier requests left to send. Returns the matched campaign ids (None with
@@ -624,13 +622,9 @@ class Engine:
         context = None
         if req.session_id:
             if cfg.track:
+                cats, words = _tokens(req.categories)[:16], _tokens(req.keywords)[:16]
                 rnd.add(
-                    sess.track_call(
-                        req.session_id,
-                        kind="request",
-                        categories=_tokens(req.categories)[:16],
-                        keywords=_tokens(req.keywords)[:16],
-                    )
+                    sess.track_call(req.session_id, kind="request", categories=cats, keywords=words)
                 )
             context = rnd.add(sess.context_call(req.session_id, half_life=cfg.session_half_life))
         imps = [auc.Imp(i.imp_id, i.floor) for i in req.imps]
@@ -640,16 +634,11 @@ class Engine:
         per_dim: dict[str, list[str]] = {}
         if not cfg.expand_interests:
             per_dim = _shards(req, _tokens(req.categories)[:MAX_INTERESTS])
-        members, missing = self.shards.lookup(_names(per_dim))
+        members, missing = self.shards.lookup(shard_names(per_dim))
         queries = rnd.by((s, query_call(s)) for s in missing)
         pending, refresh = self._take_pending()
-        slots = _SignalSlots(
-            profile,
-            context,
-            opened,
-            queries,
-            rnd.by((c, campaign_get_call(c)) for c in refresh),
-        )
+        refreshes = rnd.by((c, campaign_get_call(c)) for c in refresh)
+        slots = _SignalSlots(profile, context, opened, queries, refreshes)
         rnd.calls += pending
         r = yield from _send(a, rnd.calls)
 
@@ -665,22 +654,20 @@ class Engine:
         # The attempt that created the auction owns the request. Another attempt (a retry, or a
         # duplicate still running) gives back only what the auction shows lost, since the
         # reservations are shared by id; the rest expires.
-        existing: auc.AuctionResult | None = _ok(r[slots.open])
-        if existing is not None:
-            a.creator = False
-            a.existing = existing
+        a.existing = _ok(r[slots.open])
+        a.creator = a.existing is None
         if cfg.expand_interests:
             return None
         got = {s: _ok(r[i]) for s, i in slots.queries.items()}
         self.shards.store(got)
         return combine(per_dim, {**members, **got})
 
-    def _expanded_query(self, a: _Attempt) -> Generator[list[Call[Any]], Replies, list[str]]:
+    def _expanded_query(self, a: _Attempt) -> Plan[list[str]]:
         """expand_interests: the query with the profile's and the session's interests added to
         the page's; one more round unless every shard is held fresh."""
         interests = _tokens([*a.req.categories, *a.profile_interests, *a.weights])
         per_dim = _shards(a.req, interests[:MAX_INTERESTS])
-        members, missing = self.shards.lookup(_names(per_dim))
+        members, missing = self.shards.lookup(shard_names(per_dim))
         if missing:
             r = yield from _send(a, [query_call(s) for s in missing])
             got = {s: _ok(x) for s, x in zip(missing, r, strict=True)}
@@ -688,9 +675,7 @@ class Engine:
             members.update(got)
         return combine(per_dim, members)
 
-    def _records(
-        self, a: _Attempt, ids: list[str]
-    ) -> Generator[list[Call[Any]], Replies, tuple[dict[str, _Entry], list[str]]]:
+    def _records(self, a: _Attempt, ids: list[str]) -> Plan[tuple[dict[str, _Entry], list[str]]]:
         """The matched campaigns' records from the cache: (usable, to refresh in round 2). A
         campaign never seen is fetched first with cold_records="fetch" (one more round), else
         left out of this request and fetched in round 2."""
@@ -705,21 +690,17 @@ class Engine:
         """Price every usable campaign, fit it to an imp, keep the best max_candidates (by price,
         then id). Campaigns whose cached state cannot serve, or refused a reservation in the last
         refusal_ttl seconds, are left out."""
-        cfg = self.config
-        rule = cfg.relevance
-        now = time.monotonic()
-        refused = self._refused
+        cfg, now = self.config, time.monotonic()
         priced: list[tuple[int, str, _Entry, int]] = []
         for cid in ids:
             e = usable.get(cid)
-            if e is None or e.record.reason in ("paused", "ended", "lifetime_budget"):
+            if e is None or not e.record.indexed or self._refused.get(cid, 0.0) > now:
                 continue
-            if refused and refused.get(cid, 0.0) > now:
-                continue
-            m = rule.multiplier_bp(
-                e.record.spec.targeting.interests, a.profile_interests, a.weights
+            spec = e.record.spec
+            m = cfg.relevance.multiplier_bp(
+                spec.targeting.interests, a.profile_interests, a.weights
             )
-            priced.append((RelevanceRule.price(e.record.spec.bid_cpm_micros, m), cid, e, m))
+            priced.append((RelevanceRule.price(spec.bid_cpm_micros, m), cid, e, m))
         priced.sort(key=lambda t: (-t[0], t[1]))
         floors = [to_micros(i.floor) for i in a.req.imps]
         load = {i.imp_id: 0 for i in a.req.imps}
@@ -728,24 +709,23 @@ class Engine:
             if impression_cost_micros(price) <= 0:
                 continue
             # the fitting imp with the fewest bids so far, then the first in the request
-            best: tuple[int, int, AdImp, str] | None = None
-            for pos, imp in enumerate(a.req.imps):
-                crid = _fits(e.record, imp)
-                if crid is None or price < floors[pos]:
-                    continue
-                if best is None or (load[imp.imp_id], pos) < best[:2]:
-                    best = (load[imp.imp_id], pos, imp, crid)
-            if best is None:
+            fitting = [
+                (load[imp.imp_id], pos, imp.imp_id, crid)
+                for pos, imp in enumerate(a.req.imps)
+                if price >= floors[pos] and (crid := _fits(e.record, imp)) is not None
+            ]
+            if not fitting:
                 continue
-            load[best[2].imp_id] += 1
-            cands.append(_Cand(e, best[2].imp_id, best[3], price, m))
+            _, _, imp_id, crid = min(fitting)
+            load[imp_id] += 1
+            cands.append(_Cand(e, imp_id, crid, price, m))
             if len(cands) >= cfg.max_candidates:
                 break
         return cands
 
     def _check_and_reserve(
         self, a: _Attempt, cands: list[_Cand], stale: list[str]
-    ) -> Generator[list[Call[Any]], Replies, list[_Cand]]:
+    ) -> Plan[list[_Cand]]:
         """Round 2: the caps of every candidate (one check), a reservation for the top candidate
         of each imp only (the likely winner), stale records refreshed. Returns the eligible
         candidates: allowed by their caps and not refused a reservation."""
@@ -797,11 +777,7 @@ class Engine:
 
     def _auction(
         self, a: _Attempt, eligible: list[_Cand]
-    ) -> Generator[
-        list[Call[Any]],
-        Replies,
-        tuple[list[auc.ImpWin], dict[str, _Cand], dict[str, fc.Impression]] | None,
-    ]:
+    ) -> Plan[tuple[list[auc.ImpWin], dict[str, _Cand], dict[str, fc.Impression]] | None]:
         """Round 3: the bids that can change an outcome (`_Attempt.bidding`) and the close (one
         call on the auction's node); each imp's predicted winner's cap recorded, and reserved if
         round 2 did not; the reservations of capped candidates released. Returns (the closed
@@ -810,9 +786,8 @@ class Engine:
         cfg, rid = self.config, a.rid
         # The auction holds only this request's bids (and on a retry the earlier attempt's, at
         # their first price): each imp's winner is known before the close (ties: earlier bid).
-        stored: dict[tuple[str, str], int] = {}
-        if a.existing is not None:
-            stored = {(b.seat, b.bid_id): b.price_micros for b in a.existing.bids}
+        bids = a.existing.bids if a.existing is not None else ()
+        stored = {(b.seat, b.bid_id): b.price_micros for b in bids}
         predicted: dict[str, _Cand] = {}
         for c in eligible:
             cur = predicted.get(c.imp_id)
@@ -825,18 +800,7 @@ class Engine:
             close = rnd.add(auc.bid_close_call(rid, [c.bid() for c in a.bidding(eligible)]))
         slots = _AuctionSlots(
             close,
-            rnd.by(
-                (
-                    imp_id,
-                    fc.record_call(
-                        a.req.user_id,
-                        f"{rid}:{imp_id}",
-                        c.entry.candidate,
-                        dedupe_ttl=cfg.cap_dedupe_ttl,
-                    ),
-                )
-                for imp_id, c in sorted(predicted.items())
-            ),
+            rnd.by((i, self._cap_record(a, i, c.entry)) for i, c in sorted(predicted.items())),
             rnd.by(
                 (c.cid, c.reserve(rid, cfg.reservation_ttl))
                 for c in predicted.values()
@@ -849,8 +813,6 @@ class Engine:
             for cid in [cid for cid in a.held if cid not in ok]:
                 rnd.add(bud.release_call(cid, rid))
                 del a.held[cid]
-        if not rnd.calls:
-            return None
         r = yield from _send(a, rnd.calls)
         if close < 0:
             return None
@@ -905,7 +867,7 @@ class Engine:
         n_bids: int,
         replay: bool,
         separate_records: bool,
-    ) -> Plan:
+    ) -> Plan[Decision]:
         """Round 4: commit every win at its clearing price and release the given reservations;
         record the session impression and the stats. The records go with the commits unless a
         commit may be late or contested (then they wait for the commits' answers: one more
@@ -917,36 +879,23 @@ class Engine:
             rnd.add(bud.commit_call(c.cid, rid, cost))
             for (c, _), cost in zip(wins, costs, strict=True)
         ]
-        for cid in sorted(set(release)):
-            rnd.add(bud.release_call(cid, rid))
+        rnd.calls += [bud.release_call(cid, rid) for cid in sorted(set(release))]
         if not separate_records:
             rnd.calls += self._stats_records(a.req, wins, costs)
-        r = (yield from _send(a, rnd.calls)) if rnd.calls else []
+        r = yield from _send(a, rnd.calls)
         done = [_commit_status(r[i]) for i in commits]
-        charged = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
-        if separate_records and charged:
-            records = self._stats_records(
-                a.req, [wins[i] for i in charged], [costs[i] for i in charged]
+        if separate_records:
+            ok = [i for i, (status, _) in enumerate(done) if status in _CHARGED]
+            yield from _send(
+                a, self._stats_records(a.req, [wins[i] for i in ok], [costs[i] for i in ok])
             )
-            yield from _send(a, records)
         placements: list[Placement] = []
         for (c, imp), cost, (status, index) in zip(wins, costs, done, strict=True):
             if index:  # the commit exhausted the budget: the index updates go with the next
                 self._add_pending(index)  # request; meanwhile this client leaves it out
                 self._leave_out(c.cid)
             if status in _CHARGED:
-                placements.append(
-                    Placement(
-                        imp.imp_id,
-                        c.cid,
-                        c.seat,
-                        c.creative_id,
-                        c.price,
-                        imp.clearing_micros,
-                        cost,
-                        c.multiplier,
-                    )
-                )
+                placements.append(c.placement(imp, cost))
             else:
                 log.warning("adcache: commit of %s for %s refused (%s)", c.cid, rid, status)
                 unfilled.append((imp.imp_id, "refused"))
@@ -969,20 +918,17 @@ class Engine:
                 )
         return out
 
-    def _settle_replay(self, a: _Attempt, result: auc.AuctionResult) -> Plan:
+    def _settle_replay(self, a: _Attempt, result: auc.AuctionResult) -> Plan[Decision]:
         """A retry whose auction already closed: settle that auction, never a new one. Rounds:
         (the winners' records if not cached), the winners' cap records (+ the close if due), then
         the commits and releases, then the stats and session records."""
-        rid, cfg = a.rid, self.config
         need = sorted({i.winner.cid for i in result.imps if i.winner and i.winner.cid})
         usable, _, missing = self.records.lookup(need)
-        if missing:
-            r = yield from _send(a, [campaign_get_call(c) for c in missing])
-            usable.update(self.records.store(missing, [_ok(x) for x in r]))
+        r = yield from _send(a, [campaign_get_call(c) for c in missing])
+        usable.update(self.records.store(missing, [_ok(x) for x in r]))
         unfilled: list[tuple[str, str]] = []
         rnd = _Round()
-        records: dict[str, int] = {}
-        winning: dict[str, auc.ImpResult] = {}
+        records: list[tuple[auc.ImpWin, str, int]] = []  # (a win, its campaign, its cap record)
         for imp in result.imps:
             w = imp.winner
             if w is None or w.cid is None:
@@ -990,30 +936,22 @@ class Engine:
             elif w.cid not in usable:
                 unfilled.append((imp.imp_id, "removed"))  # the campaign is gone: nothing to charge
             else:
-                winning[imp.imp_id] = imp
-                records[imp.imp_id] = rnd.add(
-                    fc.record_call(
-                        a.req.user_id,
-                        f"{rid}:{imp.imp_id}",
-                        usable[w.cid].candidate,
-                        dedupe_ttl=cfg.cap_dedupe_ttl,
-                    )
+                won = auc.ImpWin(imp.imp_id, w.cid, w.price_micros, w.crid, imp.clearing_micros)
+                records.append(
+                    (won, w.cid, rnd.add(self._cap_record(a, imp.imp_id, usable[w.cid])))
                 )
         if result.state == "due":
-            rnd.add(auc.bid_close_call(rid, []))  # record the close (its reply: the same outcome)
-        r = (yield from _send(a, rnd.calls)) if rnd.calls else []
+            rnd.add(auc.bid_close_call(a.rid, []))  # record the close (its reply: the same outcome)
+        r = yield from _send(a, rnd.calls)
         wins: list[Win] = []
-        for imp_id, i in records.items():
-            imp = winning[imp_id]
-            assert imp.winner is not None and imp.winner.cid is not None
+        for won, cid, i in records:
             if not _ok(r[i]).admitted:
-                unfilled.append((imp_id, "capped"))
+                unfilled.append((won.imp_id, "capped"))
                 continue
-            e = usable[imp.winner.cid]
-            price, bid = imp.winner.price_micros, e.record.spec.bid_cpm_micros
+            e, price = usable[cid], won.price_micros
+            bid = e.record.spec.bid_cpm_micros
             m = -(-price * BP // bid) if bid else 0  # the multiplier that gave this price
-            won = auc.ImpWin(imp_id, imp.winner.cid, price, imp.winner.crid, imp.clearing_micros)
-            wins.append((_Cand(e, imp_id, imp.winner.crid or "", price, m), won))
+            wins.append((_Cand(e, won.imp_id, won.crid or "", price, m), won))
         # Which bidders hold a reservation is not known here: give back every loser's (a
         # release of a reservation that does not exist changes nothing).
         winners = {c.cid for c, _ in wins}
@@ -1043,10 +981,6 @@ def _shards(req: AdRequest, interests: list[str]) -> dict[str, list[str]]:
     return user_shards(interests, _loc(req.location), _loc(req.device))
 
 
-def _names(per_dim: dict[str, list[str]]) -> list[str]:
-    return sorted({s for d in DIMENSIONS if d in per_dim for s in per_dim[d]})
-
-
 # ---- facades ----
 
 
@@ -1066,19 +1000,13 @@ class Decisions(Facade[M]):
         self.engine.configure(value)
 
     @plan
-    def decide(self, request: AdRequest) -> FacadePlan[Decision]:
+    def decide(self, request: AdRequest) -> Plan[Decision]:
         """Serve one request end to end (four rounds with a warm record cache); safe to retry
         with the same request id."""
-        path = self.engine.path(request)
-        try:
-            calls = next(path)
-            while True:
-                calls = path.send((yield Many(calls, raise_on_error=False)))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return (yield from self.engine.path(request))
 
     @plan
-    def flush(self) -> FacadePlan[int]:
+    def flush(self) -> Plan[int]:
         """Send the index updates commits asked for (normally they ride with the next request)."""
         calls, refresh = self.engine._take_pending()
         if refresh:

@@ -20,9 +20,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from adcache._core import Call
+from adcache._facade import Async, Facade, M, Plan, Sync, one, plan
 from adcache._generated import BadArgumentError
 from adcache.auctions import (
     DEFAULT_EXP_S,
@@ -225,46 +226,35 @@ def response_id(response: Document) -> str:
     return _str(load(response).get("id"), "response id")
 
 
-class OpenRTB:
+class OpenRTB(Facade[M]):
     """OpenRTB on the sync or asyncio `AdCache`: `OpenRTB(cache).create(request)`, `.submit(response)`."""
 
-    def __init__(self, cache: AdCache, *, currency: str = "USD") -> None:
-        self._c = cache
+    @overload
+    def __init__(self: OpenRTB[Sync], cache: AdCache, *, currency: str = "USD") -> None: ...
+    @overload
+    def __init__(self: OpenRTB[Async], cache: aio.AdCache, *, currency: str = "USD") -> None: ...
+    def __init__(self, cache: Any, *, currency: str = "USD") -> None:
+        super().__init__(cache)
         self.currency = currency
 
-    def create(self, request: Document, *, increment: Decimal | None = None) -> Created:
+    @plan
+    def create(self, request: Document, *, increment: Decimal | None = None) -> Plan[Created]:
+        """Create the auction a bid request describes, in one FCALL (OpenRTBError when the
+        request is malformed, AlreadyExistsError when its id is taken)."""
         spec = auction_from_request(request, currency=self.currency)
-        return self._c.run(spec.create_call(increment=increment))
+        return (yield from one(spec.create_call(increment=increment)))
 
+    @plan
     def submit(
         self, response: Document, *, auction_id: str | None = None, default_seat: str = "default"
-    ) -> list[BidReply]:
+    ) -> Plan[list[BidReply]]:
         """Every bid of the response in one FCALL; the auction is the response id unless given."""
         doc = load(response)
         aid = auction_id or response_id(doc)
         bids = bids_from_response(doc, currency=self.currency, default_seat=default_seat)
         if not bids:
             return []
-        return self._c.run(bid_many_call(aid, bids))
+        return (yield from one(bid_many_call(aid, bids)))
 
 
-class AsyncOpenRTB:
-    """The asyncio twin of `OpenRTB`."""
-
-    def __init__(self, cache: aio.AdCache, *, currency: str = "USD") -> None:
-        self._c = cache
-        self.currency = currency
-
-    async def create(self, request: Document, *, increment: Decimal | None = None) -> Created:
-        spec = auction_from_request(request, currency=self.currency)
-        return await self._c.run(spec.create_call(increment=increment))
-
-    async def submit(
-        self, response: Document, *, auction_id: str | None = None, default_seat: str = "default"
-    ) -> list[BidReply]:
-        doc = load(response)
-        aid = auction_id or response_id(doc)
-        bids = bids_from_response(doc, currency=self.currency, default_seat=default_seat)
-        if not bids:
-            return []
-        return await self._c.run(bid_many_call(aid, bids))
+AsyncOpenRTB = OpenRTB  # the same class: on an asyncio client its methods return awaitables

@@ -102,6 +102,11 @@ def user_shards(
     }
 
 
+def shard_names(per_dim: dict[str, list[str]], dims: Iterable[str] = DIMENSIONS) -> list[str]:
+    """The distinct shards of `user_shards` on the given dimensions, sorted."""
+    return sorted({s for d in dims if d in per_dim for s in per_dim[d]})
+
+
 def combine(per_dim: dict[str, list[str]], members: dict[str, list[str]]) -> list[str]:
     """Union within a dimension, intersection across dimensions; sorted ids."""
     result: set[str] | None = None
@@ -168,7 +173,7 @@ def apply_calls(
 def _query_calls(
     per_dim: dict[str, list[str]], dims: Iterable[str], limit: int
 ) -> tuple[list[str], list[Call[list[str]]]]:
-    names = sorted({s for d in dims for s in per_dim[d]})
+    names = shard_names(per_dim, dims)
     return names, [query_call(s, limit) for s in names]
 
 
@@ -179,11 +184,11 @@ def _second_round(
     candidates the first dimension produced (whole shards when there are too many)."""
     candidates = sorted({c for ids in first.values() for c in ids})
     rest = [d for d in per_dim if d != DIMENSIONS[0]]
-    names = sorted({s for d in rest for s in per_dim[d]})
     if not candidates:
         return [], []
     if len(candidates) > MAX_QUERY:
         return _query_calls(per_dim, rest, limit)
+    names = shard_names(per_dim, rest)
     return names, [filter_call(s, candidates) for s in names]
 
 
@@ -253,12 +258,9 @@ class TargetingIndex(Facade[M]):
         from adcache.campaigns import get_call
 
         per_dim = user_shards(interests, location, device)
-        if rounds == 1:
-            names, calls = _query_calls(per_dim, DIMENSIONS, limit)
-            members = _members(names, (yield from many(calls)), limit)
-        else:
-            names, calls = _query_calls(per_dim, DIMENSIONS[:1], limit)
-            members = _members(names, (yield from many(calls)), limit)
+        names, calls = _query_calls(per_dim, DIMENSIONS if rounds == 1 else DIMENSIONS[:1], limit)
+        members = _members(names, (yield from many(calls)), limit)
+        if rounds == 2:
             names, calls = _second_round(per_dim, members, limit)
             if not calls:
                 return []
@@ -274,6 +276,4 @@ class TargetingIndex(Facade[M]):
         return keep
 
 
-AsyncTargetingIndex = (
-    TargetingIndex  # the same class: on an asyncio client its methods return awaitables
-)
+AsyncTargetingIndex = TargetingIndex  # the same class serves the asyncio client
