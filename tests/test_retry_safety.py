@@ -13,7 +13,7 @@ import redis.asyncio as aredis
 
 from adcache import AdCache, aio
 from adcache_loader.deploy import deploy
-from adcache_loader.servers import RedisServer
+from adcache_loader.servers import RedisServer, Standalone
 
 
 @pytest.fixture
@@ -94,3 +94,37 @@ async def test_async_write_lost_in_flight_is_not_sent_again(
         t.join()
     finally:
         await cache.aclose()
+
+
+def test_a_batch_cut_after_some_replies_keeps_the_replies_it_read(
+    lib_standalone: Standalone, uid: str
+) -> None:
+    """The server answers two creates, then closes the connection (QUIT) with a third create
+    written after it: the two replies read are results, the unanswered write is the error (it
+    may have run), and a read written after the cut is sent again."""
+    from adcache._core import REDO, AfterSend, Call
+    from adcache._redispy import pack
+    from adcache.client import _Batch
+    from adcache.sessions import Session, create_call, get_call
+
+    cache = AdCache(lib_standalone.client())
+    calls: list[Call[object]] = [
+        create_call(f"{uid}-{x}", "u", idle_ttl=60, max_lifetime=60) for x in "ab"
+    ]
+    calls += [create_call(f"{uid}-c", "u", idle_ttl=60, max_lifetime=60), get_call(f"{uid}-a")]
+    cache.sessions.get(uid)  # connected, library checked
+    node = cache._standalone
+    assert node is not None
+    payload = b"".join(c.packed() for c in calls[:2]) + pack(("QUIT",))
+    payload += b"".join(c.packed() for c in calls[2:])
+    with pytest.raises(AfterSend) as cut:
+        _Batch(node, payload, 5).read()
+    assert len(cut.value.got) == 3  # two records and the QUIT's OK
+    cut.value.got = cut.value.got[:2]  # the batch as run_many sees it: without the QUIT
+    replies = cut.value.replies(calls, [0, 1, 2, 3])
+    assert all(isinstance(calls[i].parse(replies[i]), Session) for i in (0, 1))
+    assert isinstance(replies[2], redis.ConnectionError) and replies[3] is REDO
+    assert AfterSend(redis.ConnectionError("x"), [], 2).replies(calls, [0, 1, 2, 3])[2:] == [
+        REDO,
+        REDO,
+    ], "calls never written are sent again, writes included"

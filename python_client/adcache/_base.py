@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adcache._core import (
+    REDO,
     AfterSend,
     Call,
     backoff_s,
@@ -56,7 +57,6 @@ R = TypeVar("R")
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError)
 ASKING = pack(("ASKING",))
-REDO: Any = object()  # a batched call whose node failed as a whole: retried on its own
 
 
 class ClientBase(Generic[R]):

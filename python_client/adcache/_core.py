@@ -124,13 +124,30 @@ def positive_ms(seconds: float, name: str) -> int:
 # ---- errors ----
 
 
+REDO: Any = object()  # a batched call not run, or safe to run again: retried on its own
+
+
 class AfterSend(Exception):
     """A connection failed after commands were (perhaps partly) sent: they may have run, so a
-    write is not sent again (see `AdCache.fcall`)."""
+    write is not sent again (see `AdCache.fcall`). For a batch: the replies read before the
+    failure (`got`) and how many commands were written (`written`; None: all)."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(
+        self, cause: Exception, got: list[Any] | None = None, written: int | None = None
+    ) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.got = got or []
+        self.written = written
+
+    def replies(self, calls: Sequence[Call[Any]], idxs: list[int]) -> list[Any]:
+        """A batch's replies as far as they are known: each one read; for a command written but
+        not answered, REDO when its call is repeatable, else the error; REDO for one never
+        written."""
+        got = self.got[: len(idxs)]
+        upto = len(idxs) if self.written is None else max(len(got), min(self.written, len(idxs)))
+        lost = [REDO if calls[i].repeatable else self.cause for i in idxs[len(got) : upto]]
+        return got + lost + [REDO] * (len(idxs) - upto)
 
 
 def raise_error_reply(reply: Any) -> Any:

@@ -33,8 +33,9 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._base import REDO, TRANSIENT, ClientBase
+from adcache._base import TRANSIENT, ClientBase
 from adcache._core import (
+    REDO,
     AfterSend,
     Arg,
     Call,
@@ -341,7 +342,7 @@ class AdCache(AsyncFacades, ClientBase[aredis.Redis | RedisCluster]):
                 replies = [REDO] * len(idxs)
             except AfterSend as e:  # repeatable calls are retried; other writes get the error
                 await self._refresh_topology()
-                replies = [REDO if calls[i].repeatable else e.cause for i in idxs]
+                replies = e.replies(calls, idxs)
             await _drive_async(self, self._settle(calls, name, idxs, replies, results))
 
         groups = self._groups(calls)

@@ -20,8 +20,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from adcache._base import REDO, TRANSIENT, ClientBase
-from adcache._core import AfterSend, Arg, Call, durable_replies, needs_retry, translate_error
+from adcache._base import TRANSIENT, ClientBase
+from adcache._core import (
+    REDO,
+    AfterSend,
+    Arg,
+    Call,
+    durable_replies,
+    needs_retry,
+    translate_error,
+)
 from adcache._facade import _drive_sync
 from adcache._redispy import pool_connection, reader, refresh, standalone_name
 from adcache.facades import SyncFacades
@@ -268,9 +276,9 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
         results: list[Any] = [None] * len(calls)
         # Write every node's batch first, then read them all: the nodes work in parallel, so the
         # whole batch costs about one round trip, not one per node.
-        sent: list[tuple[str, list[int], _Batch | Exception | None]] = []
+        sent: list[tuple[str, list[int], _Batch | AfterSend | None]] = []
         for name, (node, idxs) in self._groups(calls).items():
-            batch: _Batch | Exception | None = None
+            batch: _Batch | AfterSend | None = None
             try:
                 if self.verify_library and name not in self._verified:
                     _drive_sync(self, self._verify(node))
@@ -278,7 +286,7 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
             except TRANSIENT:
                 pass  # not sent: every call of this node is retried on its own below
             except AfterSend as e:
-                batch = e.cause
+                batch = e
             except BaseException:
                 for _, _, b in sent:
                     if isinstance(b, _Batch):
@@ -288,8 +296,8 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
         refreshed = False
         for name, idxs, batch in sent:
             try:
-                if isinstance(batch, Exception):
-                    raise AfterSend(batch)
+                if isinstance(batch, AfterSend):
+                    raise batch
                 replies = [REDO] * len(idxs) if batch is None else batch.read()
                 if len(replies) > len(idxs):
                     replies = durable_replies(self, name, calls, idxs, replies)
@@ -298,7 +306,9 @@ class AdCache(SyncFacades, ClientBase[redis.Redis | RedisCluster]):
                 if not refreshed:
                     self._refresh_topology()
                     refreshed = True
-                replies = [REDO if calls[i].repeatable else e.cause for i in idxs]
+                if self.durable_replicas:
+                    e.got = []  # a reply read is not vouched for until its WAIT answered
+                replies = e.replies(calls, idxs)
             _drive_sync(self, self._settle(calls, name, idxs, replies, results))
         return self._results(results, raise_on_error)
 
@@ -308,7 +318,8 @@ class _Batch:
     replies, an error reply taking its command's place instead of raising.
 
     Failing to get a connected connection raises the connection error itself (nothing was sent);
-    a failure once sending began raises AfterSend (the commands may have run)."""
+    a failure once sending began raises AfterSend (the commands may have run) with the replies
+    read before it."""
 
     __slots__ = ("conn", "n", "node")
 
@@ -327,12 +338,14 @@ class _Batch:
 
     def read(self) -> list[Any]:
         conn = self.conn
+        out: list[Any] = []
         try:
             read = reader(conn)
-            out = [read() for _ in range(self.n)]
+            for _ in range(self.n):
+                out.append(read())
         except _LOST as e:
             self.node.drop(conn)
-            raise AfterSend(_lost(e)) from e
+            raise AfterSend(_lost(e), out) from e
         except BaseException:
             self.node.drop(conn)
             raise
