@@ -430,6 +430,21 @@ def test_tag_invalidation_over_shards(acs: AdCache, uid: str, src: CountingSourc
     assert c.invalidate_tag("never-used") == 0
 
 
+def test_an_absence_written_through_is_not_tagged(acs: AdCache, uid: str, tmp_path: Path) -> None:
+    """tags_for is asked about values only: a None written through (to a source that takes it
+    as a delete) caches an absence, untagged."""
+
+    class NoneDeletes(CountingSource):
+        def save(self, key: str, value: Any) -> None:
+            self.delete(key) if value is None else super().save(key, value)
+
+    src = NoneDeletes(tmp_path / "none.sqlite")
+    src.save("gone", {"color": "red"})
+    c = StrategyCache(acs, uid, src, CachePolicy(shards=8), tags_for=lambda k, v: [v["color"]])
+    c.write_through("gone", None)
+    assert c.get("gone") is None and src.loads("gone") == 0 and src.items() == {}
+
+
 # ---- writes ----
 
 

@@ -380,7 +380,7 @@ class StrategyCache(Facade[M]):
         yield from save
         try:
             payload, grace_ms = (None, 0) if value is None else (encode(value), p.grace_ms)
-            tags = self._tags(key, value, tags)  # a delete passes ()
+            tags = () if value is None else self._tags(key, value, tags)  # an absence: untagged
             yield from one(
                 ops.set_call(
                     self.space, key, token, payload, ttl_ms=ttl_ms, grace_ms=grace_ms, tags=tags
