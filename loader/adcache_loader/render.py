@@ -15,6 +15,7 @@ helper is emitted once, before everything that includes it; a cycle or a missing
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1010,12 +1011,31 @@ def write(check: bool = False) -> list[Path]:
         paths.generated_python: r.python,
         paths.docs: r.docs,
         contracts_path(): r.contracts,
-        # The client ships the library as package data (auto_deploy): it never imports the loader.
-        paths.generated_python.parent / "_library" / "adcache.lua": r.source,
     }
     stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     if not check:
         for p in stale:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(outputs[p])
+    if paths.root is not None and not _package_data_linked(paths.library, check):
+        stale.append(package_library(paths.library))
     return stale
+
+
+def package_library(library: Path) -> Path:
+    """The client's package data (`adcache/_library/adcache.lua`, what auto_deploy loads: the
+    client never imports the loader): a symlink to the rendered library, which a wheel build
+    stores as a file."""
+    return library.parent.parent / "python_client" / "adcache" / "_library" / "adcache.lua"
+
+
+def _package_data_linked(library: Path, check: bool) -> bool:
+    link = package_library(library)
+    target = os.path.relpath(library, link.parent)
+    if link.is_symlink() and os.readlink(link) == target:
+        return True
+    if not check:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return False
