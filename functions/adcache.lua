@@ -25,6 +25,33 @@ function E.fail(code, msg)
   error({err = code .. ' ' .. msg}, 0)
 end
 
+-- ==== helper: memo (lua/_memo.lua.j2) ====
+local B = {}
+
+function B.new(max, ...)
+  local m = {max = max, fixed = {...}}
+  B.clear(m)
+  return m
+end
+
+function B.clear(m)
+  local t, fixed = {}, m.fixed
+  for i = 1, #fixed do t[fixed[i]] = {} end -- no ipairs: B.new runs at load, without globals
+  m.t, m.n = t, 0
+end
+
+function B.put(m, kind, input, value)
+  if m.n >= m.max then B.clear(m) end
+  local t = m.t[kind]
+  if not t then
+    t = {}
+    m.t[kind] = t
+  end
+  t[input] = value
+  m.n = m.n + 1
+  return value
+end
+
 -- ==== helper: keys (lua/_keys.lua.j2) ====
 local K = {}
 K.PREFIX = 'ad'
@@ -67,11 +94,11 @@ function K.split(key)
 end
 
 K.MAX_SEEN = 8192
-K.seen, K.nseen = {}, 0
+K.seen = B.new(K.MAX_SEEN)
 K.ONCE = {auction = true, auction_bids = true}
 
 local function check_one(key, name, i)
-  local by = K.seen[name]
+  local by = K.seen.t[name]
   local tag = by and by[key]
   if tag then return tag end
   local spec = K.SPEC[name]
@@ -84,15 +111,7 @@ local function check_one(key, name, i)
   end
   tag = letter .. ':' .. id
   if K.ONCE[name] then return tag end
-  if K.nseen >= K.MAX_SEEN then K.seen, K.nseen = {}, 0 end
-  by = K.seen[name]
-  if not by then
-    by = {}
-    K.seen[name] = by
-  end
-  by[key] = tag
-  K.nseen = K.nseen + 1
-  return tag
+  return B.put(K.seen, name, key, tag)
 end
 
 function K.check(keys, names, rest, max_rest)
@@ -387,7 +406,7 @@ T.ZONES = {
   'PST8PDT,M3.2.0,M11.1.0 America/Los_Angeles',
 }
 T.ZMAX = 1000
-T.zc, T.zn = {}, 0
+T.zc = B.new(T.ZMAX, 'zone')
 
 function T.tzparse(s)
   local j = 1
@@ -489,7 +508,7 @@ function T.zbounds(z, ms, unit, nokeep)
 end
 
 function T.zone(v, what, max)
-  local z = T.zc[v]
+  local z = T.zc.t.zone[v]
   if z then return z end
   if type(v) == 'string' and string.match(v, '^%-?%d+$') then return V.int(v, what, -max, max) end
   if not T.byname then
@@ -503,9 +522,8 @@ function T.zone(v, what, max)
     E.fail('ADCACHE_BADARG', what .. ': not an offset, time zone name or POSIX TZ rule: '
       .. tostring(v):sub(1, 128))
   end
-  if T.zn >= T.ZMAX then T.zc, T.zn = {}, 0 end
-  z.key, T.zc[v], T.zn = v, z, T.zn + 1
-  return z
+  z.key = v
+  return B.put(T.zc, 'zone', v, z)
 end
 
 function T.tz(v)
@@ -604,24 +622,13 @@ function CS.int(v, bkey)
   return n
 end
 
-CS.days, CS.ndays = {}, 0
+CS.days = B.new(1024)
 function CS.today(now, tz)
   if type(tz) == 'table' then return select(3, T.zbounds(tz, now, 'day')) end -- kept by the zone
   local off = (tz or 0) * 1000
   local start = (now + off) - (now + off) % T.DAY
-  local by = CS.days[tz]
-  local label = by and by[start]
-  if label then return label end
-  label = T.ymd(now, tz)
-  if CS.ndays >= 1024 then CS.days, CS.ndays = {}, 0 end
-  by = CS.days[tz]
-  if not by then
-    by = {}
-    CS.days[tz] = by
-  end
-  by[start] = label
-  CS.ndays = CS.ndays + 1
-  return label
+  local by = CS.days.t[tz]
+  return by and by[start] or B.put(CS.days, tz, start, T.ymd(now, tz))
 end
 
 function CS.budget(bkey, rec, now, extra)
@@ -1559,9 +1566,9 @@ C.BOOL = {['0'] = true, ['1'] = true}
 C.KINDS = {value = true, negative = true}
 C.OPS = {set = true, del = true}
 
-C.pairs, C.npairs = {}, 0
+C.pairs = B.new(K.MAX_SEEN, 'lock')
 function C.same_key(keys, n)
-  local hit = C.pairs[keys[1]]
+  local hit = C.pairs.t.lock[keys[1]]
   if hit and (n or 2) == 2 and hit[1] == keys[2] then return hit[2] end
   local _, _, vs = K.split(keys[1])
   local k = string.sub(vs, 3)
@@ -1571,9 +1578,7 @@ function C.same_key(keys, n)
       E.fail('ADCACHE_BADKEY', 'KEYS[' .. i .. '] must belong to ' .. k .. ', got ' .. keys[i])
     end
   end
-  if C.npairs >= K.MAX_SEEN then C.pairs, C.npairs = {}, 0 end
-  C.pairs[keys[1]] = {keys[2], k}
-  C.npairs = C.npairs + 1
+  B.put(C.pairs, 'lock', keys[1], {keys[2], k})
   return k
 end
 
@@ -2047,22 +2052,11 @@ FC.PAIR = {'freqcap', 'freqcap_imps'}
 function FC.fmt(n) return string.format('%d', n) end
 
 FC.MAX_MEMO = 4096
-FC.memo = {win = {}, lim = {}, cand = {}, n = 0}
+FC.memo = B.new(FC.MAX_MEMO, 'win', 'lim', 'cand')
 FC.NRULES = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6, ['7'] = 7, ['8'] = 8, ['9'] = 9, ['10'] = 10, ['11'] = 11, ['12'] = 12, ['13'] = 13, ['14'] = 14, ['15'] = 15, ['16'] = 16, ['17'] = 17, ['18'] = 18, ['19'] = 19, ['20'] = 20, ['21'] = 21, ['22'] = 22, ['23'] = 23, ['24'] = 24, ['25'] = 25, ['26'] = 26, ['27'] = 27, ['28'] = 28, ['29'] = 29, ['30'] = 30, ['31'] = 31, ['32'] = 32}
 
-function FC.remember(kind, key, value)
-  local m = FC.memo
-  if m.n >= FC.MAX_MEMO then
-    m = {win = {}, lim = {}, cand = {}, n = 0}
-    FC.memo = m
-  end
-  m[kind][key] = value
-  m.n = m.n + 1
-  return value
-end
-
 function FC.window(tok, what)
-  local w = FC.memo.win[tok]
+  local w = FC.memo.t.win[tok]
   if w then return w end
   if type(tok) ~= 'string' then E.fail('ADCACHE_BADARG', what() .. ' window is missing') end
   w = {}
@@ -2082,7 +2076,7 @@ function FC.window(tok, what)
     E.fail('ADCACHE_BADARG', what() .. ' has an unknown window ' .. tok .. ' (expected minute,'
       .. ' hour, day, week, month[@offset_s|@zone], rolling:<s>, recency:<s> or lifetime)')
   end
-  return FC.remember('win', tok, w)
+  return B.put(FC.memo, 'win', tok, w)
 end
 
 function FC.period(w, now)
@@ -2115,10 +2109,10 @@ function FC.id(v, c, name, optional)
 end
 
 function FC.uint(tok, c, r, name)
-  local n = FC.memo.lim[tok]
+  local n = FC.memo.t.lim[tok]
   if n then return n end
   n = V.uint(tok, FC.what(c, r) .. ' ' .. name, FC.MAX_LIMIT)
-  return FC.remember('lim', tok, n)
+  return B.put(FC.memo, 'lim', tok, n)
 end
 
 function FC.candidate(args, i, c)
@@ -2173,10 +2167,10 @@ function FC.get(args, i, c, now)
     j = i + 4 + 3 * n
     if j - 1 <= #args then
       local key = table.concat(args, '{', i, j - 1)
-      cand = FC.memo.cand[key]
+      cand = FC.memo.t.cand[key]
       if not cand or cand.n ~= n then
         cand, j = FC.candidate(args, i, c)
-        FC.remember('cand', key, cand)
+        B.put(FC.memo, 'cand', key, cand)
       end
     end
   end
@@ -3244,18 +3238,15 @@ local REACH = {['0'] = true, ['1'] = true}
 local S = {}
 
 S.MAX_MEMO = 4096
-S.memo, S.nmemo = {}, 0
+S.memo = B.new(S.MAX_MEMO, 'v')
 
 function S.remember(key, value)
-  if S.nmemo >= S.MAX_MEMO then S.memo, S.nmemo = {}, 0 end
-  S.memo[key] = value
-  S.nmemo = S.nmemo + 1
-  return value
+  return B.put(S.memo, 'v', key, value)
 end
 
 function S.utc_hour(h)
   local key = 'u' .. h
-  return S.memo[key] or S.remember(key, T.ymdh(h, 0))
+  return S.memo.t.v[key] or S.remember(key, T.ymdh(h, 0))
 end
 
 function S.offset(v)
@@ -3269,7 +3260,7 @@ end
 
 function S.range(tag, unit, n, now, off)
   local key = tag .. '{' .. unit .. '{' .. n .. '{' .. (type(off) == 'table' and off.key or off)
-  local hit = S.memo[key]
+  local hit = S.memo.t.v[key]
   if hit and now >= hit[1] and now < hit[2] then return hit[3] end
   local step = unit == 'hour' and T.HOUR or T.DAY
   local start = S.bucket(unit, now, off)
@@ -3299,7 +3290,7 @@ end
 
 function S.current(tag, now, off)
   local key = tag .. '{' .. (type(off) == 'table' and off.key or off)
-  local hit = S.memo[key]
+  local hit = S.memo.t.v[key]
   if hit and now >= hit[1] and now < hit[2] then return hit end
   local hour_start, hour = S.bucket('hour', now, off)
   local _, day = S.bucket('day', now, off)
@@ -3630,7 +3621,7 @@ end
 -- ==== domain: version (lua/version.lua.j2) ====
 do
 local LIBRARY_VERSION = '0.6.0'
-local LIBRARY_SHA256 = 'a647156c9cd4189945bc82419c268d136ee74882f488e2db502d2b36aa6a3f8f'
+local LIBRARY_SHA256 = 'dbc28d60293939db94a6a462385299a76ef758c176010285a7ab3cbda47107dd'
 
 local function version(keys, args)
   return {'name', 'adcache', 'version', LIBRARY_VERSION, 'sha256', LIBRARY_SHA256}

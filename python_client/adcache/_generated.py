@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 LIBRARY_NAME = 'adcache'
 LIBRARY_VERSION = '0.6.0'
-LIBRARY_SHA256 = 'a647156c9cd4189945bc82419c268d136ee74882f488e2db502d2b36aa6a3f8f'
+LIBRARY_SHA256 = 'dbc28d60293939db94a6a462385299a76ef758c176010285a7ab3cbda47107dd'
 # The time zones the library knows by name (lua/zones.txt); adcache.zones sends others
 # as their POSIX TZ rule.
 LIBRARY_ZONES = frozenset(
