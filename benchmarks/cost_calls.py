@@ -26,12 +26,10 @@ import redis
 
 from adcache import AdCache, auctions, budgets, caches, caps, profiles, segments, sessions, stats
 from adcache import _generated as keys
-from adcache.auctions import Bid, Imp
 from adcache.campaigns import CampaignSpec
-from adcache.caps import Candidate, CapRule
 from adcache.stats import Event
 from adcache.targeting import Targeting
-from benchmarks.hotpath import backfill_stats_day
+from benchmarks.hotpath import BIDS, CANDIDATES, IMPS, backfill_stats_day
 
 Command = tuple[Any, ...]
 NOOP: Command = ("FCALL_RO", "ac_version", 0)
@@ -39,22 +37,6 @@ FCALLS = frozenset({"fcall", "fcall_ro"})
 # Rows that are not a function's inner commands: the counters' own reading, and what redis-py may
 # send on a new connection.
 NOT_INNER = frozenset({"info", "client|setinfo", "hello", "select", "ping", "echo"})
-N_CANDIDATES = 10
-RULES = (
-    CapRule.fixed("campaign", "day", 1_000_000),
-    CapRule.fixed("campaign", "hour", 1_000_000),
-    CapRule.fixed("advertiser", "week", 1_000_000),
-)
-CANDIDATES = tuple(
-    Candidate(f"camp-{i:02d}", RULES, advertiser_id=f"adv-{i % 3}") for i in range(N_CANDIDATES)
-)
-IMPS = [Imp("1", floor="1.00")]
-BIDS = [
-    Bid(f"b{n}", "1", seat, price, cid=cid)
-    for n, (seat, cid, price) in enumerate(
-        (("seat-a", "c-1", "2.50"), ("seat-b", "c-2", "3.00"), ("seat-c", "c-3", "2.80"))
-    )
-]
 CACHE = caches.Space("cost", shards=16)
 CACHE_TOKEN = "cost-token"
 RESERVE_TTL_S = 600
