@@ -524,34 +524,35 @@ def test_bad_create_input(
     assert acs.redis.exists(keys.auction(uid)) == 0
 
 
-@pytest.mark.parametrize(
-    ("bid", "error"),
-    [
-        (("s1", "b9", "1", "-1", *BID_BLANKS), BadArgumentError),  # negative price
-        (("s1", "b9", "1", "abc", *BID_BLANKS), BadArgumentError),  # non-numeric price
-        (("s1", "b9", "1", "1.5", *BID_BLANKS), BadArgumentError),  # not integer micros
-        (("s1", "b9", "1", "", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "1", "99999999999999999999", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "nope", "100", *BID_BLANKS), BadArgumentError),  # unknown imp
-        (("s1", "b" * 129, "1", "100", *BID_BLANKS), BadArgumentError),  # oversized ids
-        (("s" * 129, "b9", "1", "100", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "1", "100", "d" * 129, *BID_BLANKS[1:]), BadArgumentError),
-        (("s1", "b9", "1", "100", "", "c" * 129, *BID_BLANKS[2:]), BadArgumentError),
-        (("s1", "b9", "1", "100", *BID_BLANKS[:4], "u" * 2049, "", ""), BadArgumentError),
-        (("s1", "b{9}", "1", "100", *BID_BLANKS), BadArgumentError),
-        (("", "b9", "1", "100", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "1", "100"), ArityError),
-        # a good bid followed by a bad one: the whole call is refused
-        (
-            ("s1", "ok", "1", "100", *BID_BLANKS, "s1", "b9", "1", "-1", *BID_BLANKS),
-            BadArgumentError,
-        ),
-        (
-            tuple(x for n in range(257) for x in ("s", f"b{n}", "1", "1", *BID_BLANKS)),
-            LimitExceededError,
-        ),
-    ],
-)
+# Bad bid arguments, for ac_auction_bid and ac_auction_bid_close (test_auction_fused).
+BAD_BIDS: list[tuple[tuple[str, ...], type[Exception]]] = [
+    (("s1", "b9", "1", "-1", *BID_BLANKS), BadArgumentError),  # negative price
+    (("s1", "b9", "1", "abc", *BID_BLANKS), BadArgumentError),  # non-numeric price
+    (("s1", "b9", "1", "1.5", *BID_BLANKS), BadArgumentError),  # not integer micros
+    (("s1", "b9", "1", "", *BID_BLANKS), BadArgumentError),
+    (("s1", "b9", "1", "99999999999999999999", *BID_BLANKS), BadArgumentError),
+    (("s1", "b9", "nope", "100", *BID_BLANKS), BadArgumentError),  # unknown imp
+    (("s1", "b" * 129, "1", "100", *BID_BLANKS), BadArgumentError),  # oversized ids
+    (("s" * 129, "b9", "1", "100", *BID_BLANKS), BadArgumentError),
+    (("s1", "b9", "1", "100", "d" * 129, *BID_BLANKS[1:]), BadArgumentError),
+    (("s1", "b9", "1", "100", "", "c" * 129, *BID_BLANKS[2:]), BadArgumentError),
+    (("s1", "b9", "1", "100", *BID_BLANKS[:4], "u" * 2049, "", ""), BadArgumentError),
+    (("s1", "b{9}", "1", "100", *BID_BLANKS), BadArgumentError),
+    (("", "b9", "1", "100", *BID_BLANKS), BadArgumentError),
+    (("s1", "b9", "1", "100"), ArityError),
+    # a good bid followed by a bad one: the whole call is refused
+    (
+        ("s1", "ok", "1", "100", *BID_BLANKS, "s1", "b9", "1", "-1", *BID_BLANKS),
+        BadArgumentError,
+    ),
+    (
+        tuple(x for n in range(257) for x in ("s", f"b{n}", "1", "1", *BID_BLANKS)),
+        LimitExceededError,
+    ),
+]
+
+
+@pytest.mark.parametrize(("bid", "error"), BAD_BIDS)
 def test_bad_bid_input(
     acs: AdCache, uid: str, bid: tuple[str, ...], error: type[Exception]
 ) -> None:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from test_auction import BID_BLANKS, GOOD_HEAD, ONE_IMP, _bid, _raw, _snapshot
+from test_auction import BAD_BIDS, GOOD_HEAD, ONE_IMP, _bid, _raw, _snapshot
 
 from adcache import (
     AdCache,
@@ -159,25 +159,7 @@ def test_bad_open_input(
     assert _snapshot(acs, uid) == before
 
 
-@pytest.mark.parametrize(
-    ("bid", "error"),
-    [
-        (("s1", "b9", "1", "-1", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "1", "1.5", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "nope", "100", *BID_BLANKS), BadArgumentError),  # unknown imp
-        (("s1", "b{9}", "1", "100", *BID_BLANKS), BadArgumentError),
-        (("s1", "b9", "1", "100", "", "c" * 129, *BID_BLANKS[2:]), BadArgumentError),
-        (("s1", "b9", "1", "100"), ArityError),
-        (
-            ("s1", "ok", "1", "100", *BID_BLANKS, "s1", "b9", "1", "-1", *BID_BLANKS),
-            BadArgumentError,
-        ),
-        (
-            tuple(x for n in range(257) for x in ("s", f"b{n}", "1", "1", *BID_BLANKS)),
-            LimitExceededError,
-        ),
-    ],
-)
+@pytest.mark.parametrize(("bid", "error"), BAD_BIDS)
 def test_bad_bid_close_input(
     acs: AdCache, uid: str, bid: tuple[str, ...], error: type[Exception]
 ) -> None:
