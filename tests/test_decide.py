@@ -414,33 +414,38 @@ class CallLog(AdCache):
         return sum(r.count(function) for r in self.log)
 
 
+def _capped_campaign(admin: AdCache, uid: str, name: str, bid: int, budget: int, cap: int) -> str:
+    """A live campaign `<uid><name>` targeting interest `<uid>x`, capped at `cap` a month."""
+    from adcache.campaigns import CampaignSpec, FrequencyCapRule
+    from adcache.targeting import Targeting
+
+    now = int(time.time() * 1000)
+    cid = f"{uid}{name}"
+    admin.campaigns.set(
+        cid,
+        CampaignSpec(
+            advertiser_id=f"{uid}adv{name}",
+            bid_cpm_micros=bid,
+            budget_micros=budget,
+            start_ms=now - 1000,
+            end_ms=now + 3_600_000,
+            targeting=Targeting.of([f"{uid}x"]),
+            frequency_caps=(FrequencyCapRule(cap, "month"),),
+        ),
+    )
+    return cid
+
+
 def test_reservations_only_where_a_bid_can_win(lib_standalone: Standalone, uid: str) -> None:
     """Round 2 reserves only each imp's top candidate; a capped top is released and the next
     one reserved with the bids (round 3); a campaign refused a reservation is left out of the
     next requests for refusal_ttl."""
-    from adcache.campaigns import CampaignSpec, FrequencyCapRule
-    from adcache.targeting import Targeting
-
     admin = AdCache(lib_standalone.client())
     cache = CallLog(lib_standalone.client())
     try:
-        now = int(time.time() * 1000)
 
         def campaign(name: str, bid: int, budget: int, cap: int) -> str:
-            cid = f"{uid}{name}"
-            admin.campaigns.set(
-                cid,
-                CampaignSpec(
-                    advertiser_id=f"{uid}adv{name}",
-                    bid_cpm_micros=bid,
-                    budget_micros=budget,
-                    start_ms=now - 1000,
-                    end_ms=now + 3_600_000,
-                    targeting=Targeting.of([f"{uid}x"]),
-                    frequency_caps=(FrequencyCapRule(cap, "month"),),
-                ),
-            )
-            return cid
+            return _capped_campaign(admin, uid, name, bid, budget, cap)
 
         high = campaign("h", 4_000_000, 1_000_000, 1)  # wins first, then capped for the user
         # servable (its budget pays one impression at its bid, 3,000), but the profile lifts its
@@ -492,29 +497,12 @@ def test_a_remembered_cap_moves_the_reservation(lib_standalone: Standalone, uid:
     """A campaign this client saw capped for the user (its cap record left nothing) still gets
     checked, but round 2 reserves for the imp's next candidate instead: no reservation to give
     back, no fallback in round 3. A memory that is wrong costs only that fallback."""
-    from adcache.campaigns import CampaignSpec, FrequencyCapRule
-    from adcache.targeting import Targeting
-
     admin = AdCache(lib_standalone.client())
     cache = CallLog(lib_standalone.client())
     try:
-        now = int(time.time() * 1000)
 
         def campaign(name: str, bid: int, budget: int, cap: int) -> str:
-            cid = f"{uid}{name}"
-            admin.campaigns.set(
-                cid,
-                CampaignSpec(
-                    advertiser_id=f"{uid}adv{name}",
-                    bid_cpm_micros=bid,
-                    budget_micros=budget,
-                    start_ms=now - 1000,
-                    end_ms=now + 3_600_000,
-                    targeting=Targeting.of([f"{uid}x"]),
-                    frequency_caps=(FrequencyCapRule(cap, "month"),),
-                ),
-            )
-            return cid
+            return _capped_campaign(admin, uid, name, bid, budget, cap)
 
         high = campaign("h", 4_000_000, 1_000_000, 1)  # wins first, then capped for the user
         mid = campaign("m", 3_000_000, 3_000, 5)  # its reservation (3,600) is over its budget
