@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 
 from clock import calm_offset
+from specs import live_spec
 
 from adcache import AdCache
 from adcache.caps import Candidate, CapRule
@@ -44,19 +45,10 @@ def test_caps_blocked_counter(ac: AdCache, uid: str) -> None:
 
 
 def test_budget_refusal_counter(ac: AdCache, uid: str) -> None:
-    from adcache.campaigns import CampaignSpec
     from adcache.targeting import Targeting
 
-    now = int(time.time() * 1000)
-    spec = CampaignSpec(
-        advertiser_id="adv",
-        bid_cpm_micros=1_000_000,
-        budget_micros=1_000,
-        start_ms=now - 1000,
-        end_ms=now + 3_600_000,
-        # its own shards: the shared ".all" shards belong to the targeting tests
-        targeting=Targeting.of([uid], [uid], [uid]),
-    )
+    # its own shards: the shared ".all" shards belong to the targeting tests
+    spec = live_spec(Targeting.of([uid], [uid], [uid]), budget_micros=1_000)
     ac.campaigns.set(uid, spec)
     before = _counters(ac)
     r = ac.budgets.reserve(uid, f"{uid}-r1", 10_000_000, ttl=30)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from specs import live_spec
 
 from adcache import AdCache, aio
 from adcache import _generated as keys
@@ -313,24 +314,15 @@ def test_one_user_from_many_clients_at_once_never_passes_a_cap(
 def test_tracking_and_profile_interests_in_the_query(lib_standalone: Standalone, uid: str) -> None:
     """track=True appends the request to the session; expand_interests=True adds the profile's
     interests to the query (one more round) and finds campaigns the page alone would not."""
-    from adcache.campaigns import CampaignSpec
     from adcache.targeting import Targeting
 
     cache = AdCache(lib_standalone.client())
     try:
-        now = int(time.time() * 1000)
         cid = f"{uid}c"
-        cache.campaigns.set(
-            cid,
-            CampaignSpec(
-                advertiser_id=f"{uid}a",
-                bid_cpm_micros=2_000_000,
-                budget_micros=1_000_000,
-                start_ms=now - 1000,
-                end_ms=now + 3_600_000,
-                targeting=Targeting.of([f"{uid}x"]),
-            ),
+        spec = live_spec(
+            Targeting.of([f"{uid}x"]), advertiser_id=f"{uid}a", bid_cpm_micros=2_000_000
         )
+        cache.campaigns.set(cid, spec)
         cache.profiles.set(f"{uid}u", interests=[f"{uid}x"])
         cache.sessions.create(f"{uid}s", f"{uid}u", idle_ttl=60, max_lifetime=600)
         req = AdRequest(f"{uid}r1", f"{uid}u", (AdImp("1"),), session_id=f"{uid}s",
@@ -416,20 +408,17 @@ class CallLog(AdCache):
 
 def _capped_campaign(admin: AdCache, uid: str, name: str, bid: int, budget: int, cap: int) -> str:
     """A live campaign `<uid><name>` targeting interest `<uid>x`, capped at `cap` a month."""
-    from adcache.campaigns import CampaignSpec, FrequencyCapRule
+    from adcache.campaigns import FrequencyCapRule
     from adcache.targeting import Targeting
 
-    now = int(time.time() * 1000)
     cid = f"{uid}{name}"
     admin.campaigns.set(
         cid,
-        CampaignSpec(
+        live_spec(
+            Targeting.of([f"{uid}x"]),
             advertiser_id=f"{uid}adv{name}",
             bid_cpm_micros=bid,
             budget_micros=budget,
-            start_ms=now - 1000,
-            end_ms=now + 3_600_000,
-            targeting=Targeting.of([f"{uid}x"]),
             frequency_caps=(FrequencyCapRule(cap, "month"),),
         ),
     )
@@ -557,27 +546,15 @@ def test_shard_members_are_kept_for_index_ttl(lib_standalone: Standalone, uid: s
     """A request queries only the targeting shards it does not hold fresh; index_ttl=0 queries
     every time; a campaign added to the index shows once the shard's entry is older than
     index_ttl."""
-    from adcache.campaigns import CampaignSpec
     from adcache.targeting import Targeting
 
     admin = AdCache(lib_standalone.client())
     cache = CallLog(lib_standalone.client())
     try:
-        now = int(time.time() * 1000)
 
         def campaign(name: str) -> str:
             cid = f"{uid}{name}"
-            admin.campaigns.set(
-                cid,
-                CampaignSpec(
-                    advertiser_id=f"{uid}a",
-                    bid_cpm_micros=1_000_000,
-                    budget_micros=1_000_000,
-                    start_ms=now - 1000,
-                    end_ms=now + 3_600_000,
-                    targeting=Targeting.of([f"{uid}x"]),
-                ),
-            )
+            admin.campaigns.set(cid, live_spec(Targeting.of([f"{uid}x"]), advertiser_id=f"{uid}a"))
             return cid
 
         campaign("c1")

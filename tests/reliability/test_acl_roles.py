@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 from redis.exceptions import NoPermissionError
+from specs import live_spec
 
 from adcache import AdCache, AdCacheError
 from adcache import _generated as keys
@@ -59,15 +59,8 @@ def _denied(fn: Any) -> None:
 
 
 def _spec(uid: str) -> CampaignSpec:
-    now = int(time.time() * 1000)
-    return CampaignSpec(
-        advertiser_id=f"adv-{uid}",
-        bid_cpm_micros=1_000_000,
-        budget_micros=100_000,
-        start_ms=now - 60_000,
-        end_ms=now + 3_600_000,
-        targeting=Targeting.of([f"{uid}-i"], [f"{uid}-g"], ["mobile"]),
-    )
+    targeting = Targeting.of([f"{uid}-i"], [f"{uid}-g"], ["mobile"])
+    return live_spec(targeting, advertiser_id=f"adv-{uid}", budget_micros=100_000)
 
 
 def _cap(uid: str) -> Candidate:

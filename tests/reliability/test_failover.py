@@ -16,10 +16,10 @@ import pytest
 from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from specs import live_spec
 
 from adcache import AdCache, AdCacheError, DurabilityError
 from adcache import _generated as keys
-from adcache.campaigns import CampaignSpec
 from adcache.caps import Candidate, CapRule
 from adcache.targeting import Targeting
 from adcache_loader.deploy import deploy
@@ -92,19 +92,9 @@ def test_failover_under_commits_and_cap_records(
     # The campaign and the user both live on the primary that will die.
     cid = cl.id_on(0, f"{uid}c", keys.campaign)
     user = cl.id_on(0, f"{uid}u", keys.freqcap)
-    now = int(time.time() * 1000)
     # Set up durably in both modes: the campaign record is not what is under test.
-    base.durable(replicas=1, timeout_ms=2000).campaigns.set(
-        cid,
-        CampaignSpec(
-            advertiser_id="adv",
-            bid_cpm_micros=1_000_000,
-            budget_micros=10**12,
-            start_ms=now - 1000,
-            end_ms=now + 3_600_000,
-            targeting=Targeting.of([uid]),
-        ),
-    )
+    spec = live_spec(Targeting.of([uid]), budget_micros=10**12)
+    base.durable(replicas=1, timeout_ms=2000).campaigns.set(cid, spec)
     load, stop = Load(), threading.Event()
     t = threading.Thread(target=_run_load, args=(cache, cid, user, uid, stop, load))
     t.start()

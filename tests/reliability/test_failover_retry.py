@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from specs import live_spec
+
 from adcache import AdCache
 from adcache import _generated as keys
 from adcache._generated import FUNCTIONS
 from adcache.budgets import commit_call, release_call, reserve_call, state_call
-from adcache.campaigns import CampaignSpec
 from adcache.caps import Candidate, CapRule
 from adcache.caps import record_call as cap_record_call
 from adcache.sessions import create_call, get_call, impression_call
@@ -91,19 +92,8 @@ def test_a_failover_fails_no_idempotent_call(cluster_with_replicas: LocalCluster
     cid = cl.id_on(0, f"{uid}c", keys.campaign)
     user = cl.id_on(0, f"{uid}u", keys.freqcap)
     sid = cl.id_on(0, f"{uid}s", keys.session)
-    now = int(time.time() * 1000)
     setup = cache.durable(replicas=1, timeout_ms=2000)
-    setup.campaigns.set(
-        cid,
-        CampaignSpec(
-            advertiser_id="adv",
-            bid_cpm_micros=1_000_000,
-            budget_micros=10**12,
-            start_ms=now - 1000,
-            end_ms=now + 3_600_000,
-            targeting=Targeting.of([uid]),
-        ),
-    )
+    setup.campaigns.set(cid, live_spec(Targeting.of([uid]), budget_micros=10**12))
     setup.run(create_call(sid, "u", idle_ttl=600, max_lifetime=600))
     cand = Candidate(campaign_id=cid, rules=(CapRule("campaign", "lifetime", 10**6),))
     load, stop = Load(), threading.Event()
