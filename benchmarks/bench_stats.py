@@ -10,10 +10,10 @@ from typing import Any
 
 import redis
 
-from adcache import _generated as keys
 from adcache.stats import Event
 from benchmarks.env import BenchEnv
 from benchmarks.harness import Result, commands_per_op, ratio, round_trips, side_by_side
+from benchmarks.hotpath import backfill_stats_day
 
 METRICS = ("impressions", "clicks", "conversions", "cost", "revenue")
 
@@ -52,20 +52,7 @@ def _seed(r: redis.Redis, old: Predecessor, cid: str, days: int) -> None:
     for i in range(days):
         d = now - timedelta(days=i)
         label = d.strftime("%Y%m%d")
-        k = keys.stats_day(cid, label)
-        pipe.hset(
-            k,
-            mapping={
-                "impressions": 1000,
-                "clicks": 20,
-                "conversions": 2,
-                "cost_micros": 1_500_000,
-                "revenue_micros": 4_000_000,
-            },
-        )
-        pipe.pfadd(keys.stats_reach_day(cid, label), *[f"u{j}" for j in range(200)])
-        pipe.expire(k, 86400 * 3)
-        pipe.expire(keys.stats_reach_day(cid, label), 86400 * 3)
+        backfill_stats_day(pipe, cid, label, users=200)
         ok = old.key(cid, (datetime.now() - timedelta(days=i)).strftime("%Y-%m-%d"))
         pipe.hset(
             ok,
