@@ -29,7 +29,7 @@ from adcache import _generated as keys
 from adcache.campaigns import CampaignSpec
 from adcache.stats import Event
 from adcache.targeting import Targeting
-from benchmarks.hotpath import BIDS, CANDIDATES, IMPS, backfill_stats_day
+from benchmarks.hotpath import BIDS, CANDIDATES, IMPS, backfill_stats_day, seed_user_calls
 
 Command = tuple[Any, ...]
 NOOP: Command = ("FCALL_RO", "ac_version", 0)
@@ -76,21 +76,7 @@ def seed(ac: AdCache, world: World) -> None:
     r, n = world.r, world.entities
     calls: list[Any] = []
     for i in range(n):
-        u, s = world.user(i), world.session(i)
-        calls.append(
-            profiles.set_call(
-                u,
-                idle_ttl=3600,
-                score_milli=75_500,
-                segment="high_value",
-                interests=["tech", "gaming", "sports"],
-                demographics={"age": "28", "location": "Seoul"},
-            )
-        )
-        calls.append(sessions.create_call(s, u, idle_ttl=3600, max_lifetime=7200))
-        calls.extend(
-            segments.join_call(u, f"seg{(i + j) % 20}", now_ms + 3_600_000) for j in range(4)
-        )
+        calls += seed_user_calls(world.user(i), world.session(i), i, now_ms)
         calls.append(caches.write_begin_call(CACHE, world.cache_key(i), CACHE_TOKEN, ttl_ms=60_000))
     ac.run_many(calls)
     calls = []

@@ -89,6 +89,21 @@ def _old(kind: str, id_: str) -> str:
     return f"old:{kind}:{id_}"
 
 
+def seed_user_calls(u: str, s: str, i: int, now_ms: int) -> list[Call[Any]]:
+    """A seeded user `u`: a profile, a session `s` and four segments (of 20, by `i`)."""
+    profile = profiles.set_call(
+        u,
+        idle_ttl=3600,
+        score_milli=75_500,
+        segment="high_value",
+        interests=["tech", "gaming", "sports"],
+        demographics={"age": "28", "location": "Seoul"},
+    )
+    session_ = sessions.create_call(s, u, idle_ttl=3600, max_lifetime=7200)
+    joins = [segments.join_call(u, f"seg{(i + j) % 20}", now_ms + 3_600_000) for j in range(4)]
+    return [profile, session_, *joins]
+
+
 def backfill_stats_day(r: Any, cid: str, label: str, *, users: int = 100) -> None:
     """One daily stats bucket and its reach written directly, as a day of traffic would leave
     them (the library only records into the current hour and day, so a benchmark cannot
@@ -121,20 +136,7 @@ def seed(ac: AdCache, r: redis.Redis | RedisCluster, tag: str) -> None:
     now_iso = datetime.now().isoformat()
     calls: list[Call[Any]] = []
     for i in range(N_USERS):
-        u, s = user(tag, i), session(tag, i)
-        calls.append(
-            profiles.set_call(
-                u,
-                idle_ttl=3600,
-                score_milli=75_500,
-                segment="high_value",
-                interests=["tech", "gaming", "sports"],
-                demographics={"age": "28", "location": "Seoul"},
-            )
-        )
-        calls.append(sessions.create_call(s, u, idle_ttl=3600, max_lifetime=7200))
-        for j in range(4):
-            calls.append(segments.join_call(u, f"seg{(i + j) % 20}", now_ms + 3_600_000))
+        calls += seed_user_calls(user(tag, i), session(tag, i), i, now_ms)
     ac.run_many(calls)
     calls = []
     for i in range(N_USERS):

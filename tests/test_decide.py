@@ -4,6 +4,7 @@ the number of sequential rounds, and the asyncio twin."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -431,11 +432,8 @@ def test_reservations_only_where_a_bid_can_win(lib_standalone: Standalone, uid: 
     next requests for refusal_ttl."""
     admin = AdCache(lib_standalone.client())
     cache = CallLog(lib_standalone.client())
+    campaign = functools.partial(_capped_campaign, admin, uid)
     try:
-
-        def campaign(name: str, bid: int, budget: int, cap: int) -> str:
-            return _capped_campaign(admin, uid, name, bid, budget, cap)
-
         high = campaign("h", 4_000_000, 1_000_000, 1)  # wins first, then capped for the user
         # servable (its budget pays one impression at its bid, 3,000), but the profile lifts its
         # price by 20 %: the reservation (3,600) is over its budget
@@ -488,11 +486,8 @@ def test_a_remembered_cap_moves_the_reservation(lib_standalone: Standalone, uid:
     back, no fallback in round 3. A memory that is wrong costs only that fallback."""
     admin = AdCache(lib_standalone.client())
     cache = CallLog(lib_standalone.client())
+    campaign = functools.partial(_capped_campaign, admin, uid)
     try:
-
-        def campaign(name: str, bid: int, budget: int, cap: int) -> str:
-            return _capped_campaign(admin, uid, name, bid, budget, cap)
-
         high = campaign("h", 4_000_000, 1_000_000, 1)  # wins first, then capped for the user
         mid = campaign("m", 3_000_000, 3_000, 5)  # its reservation (3,600) is over its budget
         low = campaign("l", 1_000_000, 1_000_000, 5)
