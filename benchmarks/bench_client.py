@@ -62,7 +62,7 @@ class _Bare(asyncio.Protocol):
 
 def _new_loop(uv: bool) -> asyncio.AbstractEventLoop:
     if uv:
-        import uvloop  # optional: `pip install uvloop`
+        import uvloop  # in the dev extras, not a client dependency
 
         return uvloop.new_event_loop()  # type: ignore[no-any-return]
     return asyncio.new_event_loop()
